@@ -1,0 +1,325 @@
+//! Kairos' access to NATS JetStream: the events stream (the log, source of truth), its
+//! dead-letter stream, subject names, and acknowledged publishing.
+//!
+//! Publishing here only reports success once JetStream acknowledged the message (invariant 3).
+//! This crate knows nothing of HTTP, PostgreSQL or projections.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use kairos_events::{Event, StreamSeq};
+use serde::Deserialize;
+
+/// Where and how the log lives. Several Kairos instances share one NATS server by using
+/// different stream names and subject prefixes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    /// NATS server URL, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Name of the events stream; the dead-letter stream is `<stream>_DLQ`.
+    pub stream: String,
+    /// First token of every subject: events are `<prefix>.events.<category>.<project>`.
+    pub subject_prefix: String,
+    /// JetStream's duplicate window for `Nats-Msg-Id` (projections dedupe forever regardless).
+    #[serde(default = "default_duplicate_window_secs")]
+    pub duplicate_window_secs: u64,
+    /// How long events are kept on the stream; 0 keeps them forever.
+    #[serde(default)]
+    pub max_age_days: u64,
+    /// Stream replicas: 1 on a single server, 3 in a cluster.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_duplicate_window_secs() -> u64 {
+    120
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+impl BusConfig {
+    /// Checks the names are usable as NATS stream names and subject tokens.
+    pub fn validate(&self) -> Result<(), BusError> {
+        let token_ok = |s: &str| {
+            !s.is_empty()
+                && s.split('.').all(|t| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                })
+        };
+        if !token_ok(&self.subject_prefix) {
+            return Err(BusError::Config(format!(
+                "nats.subject_prefix {:?} must be dot-separated tokens of letters, digits, '_' or '-'",
+                self.subject_prefix
+            )));
+        }
+        let name_ok = !self.stream.is_empty()
+            && self.stream.len() <= 200
+            && self
+                .stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(BusError::Config(format!(
+                "nats.stream {:?} must be letters, digits, '_' or '-'",
+                self.stream
+            )));
+        }
+        if self.duplicate_window_secs == 0 {
+            return Err(BusError::Config(
+                "nats.duplicate_window_secs must be at least 1".into(),
+            ));
+        }
+        if !matches!(self.replicas, 1 | 3 | 5) {
+            return Err(BusError::Config("nats.replicas must be 1, 3 or 5".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid NATS configuration: {0}")]
+    Config(String),
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("JetStream stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+    #[error("publish to {subject} was not acknowledged: {message}")]
+    Publish { subject: String, message: String },
+}
+
+/// The acknowledgement of one stored event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: StreamSeq,
+    /// JetStream already had a message with this `Nats-Msg-Id` inside its duplicate window;
+    /// `seq` is the original's.
+    pub duplicate: bool,
+}
+
+/// A connection to NATS plus the names of this Kairos instance's streams.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    config: BusConfig,
+}
+
+impl Bus {
+    /// Connects (retrying the first connection for a few seconds) without touching streams.
+    pub async fn connect(config: &BusConfig, name: &str) -> Result<Self, BusError> {
+        config.validate()?;
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .connect(&config.url);
+        let client = tokio::time::timeout(Duration::from_secs(15), client)
+            .await
+            .map_err(|_| {
+                BusError::Config(format!(
+                    "no NATS server answered at {} within 15 s",
+                    config.url
+                ))
+            })?
+            .map_err(|source| BusError::Connect {
+                url: config.url.clone(),
+                source,
+            })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .max_ack_inflight(8192)
+            .build(client.clone());
+        Ok(Self {
+            client,
+            js,
+            config: config.clone(),
+        })
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn config(&self) -> &BusConfig {
+        &self.config
+    }
+
+    pub fn stream_name(&self) -> &str {
+        &self.config.stream
+    }
+
+    pub fn dlq_stream_name(&self) -> String {
+        format!("{}_DLQ", self.config.stream)
+    }
+
+    /// Every event subject: `<prefix>.events.>`.
+    pub fn events_filter(&self) -> String {
+        format!("{}.events.>", self.config.subject_prefix)
+    }
+
+    /// Where a projection's rejected events go: `<prefix>.dlq.<projection>`.
+    pub fn dlq_subject(&self, projection: &str) -> String {
+        format!("{}.dlq.{projection}", self.config.subject_prefix)
+    }
+
+    /// Creates the events and dead-letter streams, or updates their settings.
+    ///
+    /// The events stream denies deleting and purging messages: history leaves only by age.
+    pub async fn ensure_streams(&self) -> Result<(), BusError> {
+        let max_age = Duration::from_secs(self.config.max_age_days * 86_400);
+        let events = stream::Config {
+            name: self.config.stream.clone(),
+            subjects: vec![self.events_filter()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: Duration::from_secs(self.config.duplicate_window_secs),
+            max_age,
+            num_replicas: self.config.replicas,
+            deny_delete: true,
+            deny_purge: true,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let dlq = stream::Config {
+            name: self.dlq_stream_name(),
+            subjects: vec![format!("{}.dlq.>", self.config.subject_prefix)],
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(self.config.duplicate_window_secs),
+            num_replicas: self.config.replicas,
+            ..Default::default()
+        };
+        for config in [events, dlq] {
+            let name = config.name.clone();
+            self.js
+                .create_or_update_stream(config)
+                .await
+                .map_err(|e| BusError::Stream {
+                    stream: name,
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The last sequence stored on the events stream (0 when empty).
+    pub async fn last_seq(&self) -> Result<StreamSeq, BusError> {
+        let mut stream =
+            self.js
+                .get_stream(&self.config.stream)
+                .await
+                .map_err(|e| BusError::Stream {
+                    stream: self.config.stream.clone(),
+                    message: e.to_string(),
+                })?;
+        let info = stream.info().await.map_err(|e| BusError::Stream {
+            stream: self.config.stream.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(StreamSeq(info.state.last_sequence))
+    }
+
+    /// Publishes events in order and waits for every acknowledgement. Publishes are pipelined:
+    /// all are sent before the first acknowledgement is awaited.
+    pub async fn publish_events(&self, events: &[Event]) -> Vec<Result<Receipt, BusError>> {
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let subject = event.nats_subject(&self.config.subject_prefix);
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event.msg_id().as_str());
+            headers.insert("Content-Type", "application/cloudevents+json");
+            let sent = self
+                .js
+                .publish_with_headers(
+                    subject.clone(),
+                    headers,
+                    Bytes::copy_from_slice(event.to_bytes()),
+                )
+                .await;
+            pending.push((subject, sent));
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for (subject, sent) in pending {
+            let result = match sent {
+                Ok(ack) => ack.await.map(|ack| Receipt {
+                    seq: StreamSeq(ack.sequence),
+                    duplicate: ack.duplicate,
+                }),
+                Err(e) => Err(e),
+            };
+            results.push(result.map_err(|e| BusError::Publish {
+                subject,
+                message: e.to_string(),
+            }));
+        }
+        results
+    }
+
+    /// Publishes one event and waits for its acknowledgement.
+    pub async fn publish_event(&self, event: &Event) -> Result<Receipt, BusError> {
+        self.publish_events(std::slice::from_ref(event))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(BusError::Config("nothing was published".into())))
+    }
+
+    /// Sends a message a projection could not apply to `<prefix>.dlq.<projection>`, with the
+    /// reason and its origin in headers, and waits for the acknowledgement. Idempotent per
+    /// (projection, original sequence) inside the duplicate window.
+    pub async fn dead_letter(
+        &self,
+        projection: &str,
+        original_subject: &str,
+        original_seq: StreamSeq,
+        payload: Bytes,
+        code: &str,
+        reason: &str,
+    ) -> Result<StreamSeq, BusError> {
+        let subject = self.dlq_subject(projection);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("dlq-{projection}-{original_seq}").as_str(),
+        );
+        headers.insert("Kairos-Dlq-Projection", projection);
+        headers.insert("Kairos-Dlq-Code", code);
+        // Header values cannot carry line breaks; reasons can quote hostile input.
+        let reason: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(1000)
+            .collect();
+        headers.insert("Kairos-Dlq-Reason", reason.as_str());
+        headers.insert("Kairos-Original-Subject", original_subject);
+        headers.insert("Kairos-Original-Seq", original_seq.to_string().as_str());
+        let publish_err = |e: &dyn std::fmt::Display| BusError::Publish {
+            subject: subject.clone(),
+            message: e.to_string(),
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload)
+            .await
+            .map_err(|e| publish_err(&e))?
+            .await
+            .map_err(|e| publish_err(&e))?;
+        Ok(StreamSeq(ack.sequence))
+    }
+}

@@ -1,0 +1,102 @@
+//! The Kairos projection runtime.
+//!
+//! A projection is a fold from events to PostgreSQL tables. It implements [`Projection`]: decode
+//! an event into what it folds (pure, no I/O), and apply a batch of those inside a transaction.
+//! The runtime supplies everything else, once, for every projection:
+//!
+//! - a durable JetStream pull consumer per projection, applied strictly in stream order;
+//! - batch apply and checkpoint in one PostgreSQL transaction, then the ack (effectively-once);
+//! - dedupe of CloudEvent identities (`source` + `id`) that outlives JetStream's duplicate window;
+//! - a dead-letter subject (`<prefix>.dlq.<projection>`) for events that fail validation or keep
+//!   failing, so one bad event never blocks the ones behind it;
+//! - an outbox for events a projection emits, published after commit;
+//! - one active consumer per projection (a PostgreSQL advisory lock), so extra processes stand by
+//!   instead of double counting;
+//! - [`CheckpointWatch`] so a reader can wait until a projection reached a stream sequence.
+//!
+//! It is not a place for projection logic: nothing here knows what a budget is.
+
+mod runner;
+mod store;
+mod watch;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use kairos_events::{Event, StreamSeq};
+
+pub use runner::{Runner, RunnerConfig, RunnerError};
+
+pub use store::{Checkpoint, checkpoint, checkpoints};
+pub use watch::{CheckpointWatch, WaitError};
+
+/// An event as it sits on the stream.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: StreamSeq,
+    pub subject: String,
+    /// When JetStream stored it: the fallback for events without `time`.
+    pub stored_at: DateTime<Utc>,
+    pub event: Event,
+}
+
+impl StoredEvent {
+    /// When the event happened: its `time`, else when the stream stored it. Deterministic on
+    /// replay, unlike the wall clock.
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        self.event.time().unwrap_or(self.stored_at)
+    }
+}
+
+/// Why a projection refuses one event: it goes to the dead-letter subject with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {reason}")]
+pub struct Rejection {
+    pub code: &'static str,
+    pub reason: String,
+}
+
+impl From<kairos_events::EventError> for Rejection {
+    fn from(e: kairos_events::EventError) -> Self {
+        Self {
+            code: e.code,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// A fold from events into PostgreSQL tables.
+///
+/// The runtime guarantees `apply` sees each event at most once (by stream sequence and by
+/// CloudEvent identity), in stream order, inside the transaction that also moves the checkpoint.
+pub trait Projection: Send + Sync + 'static {
+    /// What one event decodes into.
+    type Item: Send + Sync;
+
+    /// Stable name: consumer name, checkpoint key, dead-letter subject token.
+    fn name(&self) -> &'static str;
+
+    /// Pure decoding: `Ok(None)` for events this projection ignores (unknown types included),
+    /// `Err` for an event it must fold but cannot (dead-lettered).
+    fn decode(&self, event: &StoredEvent) -> Result<Option<Self::Item>, Rejection>;
+
+    /// Folds `items` (in stream order) into the projection's tables inside `tx`, returning
+    /// events to emit once the transaction commits.
+    fn apply(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        items: Vec<Self::Item>,
+    ) -> impl Future<Output = Result<Vec<Event>, ApplyError>> + Send;
+}
+
+/// Why a batch could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The database failed; data errors (SQLSTATE classes 22, 23) count as [`ApplyError::Data`].
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The events cannot be folded (an overflow, an impossible state): retried, then the event
+    /// at fault is isolated and dead-lettered.
+    #[error("{0}")]
+    Data(String),
+}

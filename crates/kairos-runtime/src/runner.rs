@@ -1,0 +1,619 @@
+//! The loop that feeds one projection from its durable consumer.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::pull::Config as PullConfig;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::{AckKind, Message};
+use futures_util::StreamExt;
+use kairos_bus::{Bus, BusError};
+use kairos_events::{Event, StreamSeq};
+use serde::Deserialize;
+use sqlx::PgPool;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::store::{self, Advance};
+use crate::{Projection, Rejection, StoredEvent};
+
+/// How a runner consumes. Defaults suit production; tests shorten `ack_wait`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnerConfig {
+    /// Most events applied in one transaction.
+    pub batch_size: usize,
+    /// How long JetStream waits for an ack before redelivering, in milliseconds.
+    pub ack_wait_ms: u64,
+    /// How long one idle pull waits for the next event, in milliseconds.
+    pub idle_wait_ms: u64,
+    /// Failures of the same data error before the batch is split and, event by event, the one
+    /// that keeps failing is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            ack_wait_ms: 30_000,
+            idle_wait_ms: 5_000,
+            max_attempts: 3,
+        }
+    }
+}
+
+impl RunnerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err("projections.batch_size must be between 1 and 10000".into());
+        }
+        if self.ack_wait_ms < 500 {
+            return Err("projections.ack_wait_ms must be at least 500".into());
+        }
+        if !(10..=60_000).contains(&self.idle_wait_ms) {
+            return Err("projections.idle_wait_ms must be between 10 and 60000".into());
+        }
+        if self.max_attempts == 0 {
+            return Err("projections.max_attempts must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("projection database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("JetStream consumer {consumer}: {message}")]
+    Consumer { consumer: String, message: String },
+}
+
+/// Runs one projection: `Runner::new(projection, bus, pool, config).run().await`.
+pub struct Runner<P: Projection> {
+    projection: Arc<P>,
+    bus: Bus,
+    pool: PgPool,
+    config: RunnerConfig,
+}
+
+enum Failure {
+    /// The database or NATS is unavailable: retry the same batch, forever, with backoff.
+    Transient(String),
+    /// The data made the transaction fail (constraint, overflow): retry, then isolate.
+    Data(String),
+    /// Someone else moved the checkpoint: re-read it.
+    Moved,
+}
+
+struct State {
+    checkpoint: StreamSeq,
+    failures: u32,
+    /// While set, batches are one event long, until the checkpoint passes this sequence.
+    isolate_until: Option<StreamSeq>,
+    last_lag_report: Instant,
+}
+
+impl<P: Projection> Runner<P> {
+    pub fn new(projection: P, bus: Bus, pool: PgPool, config: RunnerConfig) -> Self {
+        Self {
+            projection: Arc::new(projection),
+            bus,
+            pool,
+            config,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    fn consumer_error(&self, e: impl std::fmt::Display) -> RunnerError {
+        RunnerError::Consumer {
+            consumer: self.name().to_owned(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Consumes until the task is dropped or a fatal error occurs. Transient NATS and database
+    /// failures are retried with backoff, not returned.
+    pub async fn run(self) -> Result<(), RunnerError> {
+        let name = self.name();
+        // One active runner per projection; others wait here as hot standbys.
+        let mut lock = self.pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(format!("kairos.projection.{name}"))
+            .fetch_one(&mut lock)
+            .await?;
+        if !got {
+            info!(projection = name, "another runner is active; standing by");
+            sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+                .bind(format!("kairos.projection.{name}"))
+                .execute(&mut lock)
+                .await?;
+        }
+        let checkpoint = store::ensure_checkpoint(&self.pool, name).await?;
+        info!(
+            projection = name,
+            checkpoint = checkpoint.0,
+            "projection running"
+        );
+        if let Err(e) = self.drain_outbox().await {
+            warn!(projection = name, error = %e, "outbox not drained yet; will retry after the next batch");
+        }
+        let consumer = self.consumer(checkpoint).await?;
+        let mut state = State {
+            checkpoint,
+            failures: 0,
+            isolate_until: None,
+            last_lag_report: Instant::now(),
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let max = if state.isolate_until.is_some() {
+                1
+            } else {
+                self.config.batch_size
+            };
+            let msgs = match self.next_batch(&consumer, max).await {
+                Ok(msgs) => {
+                    backoff = Duration::from_millis(100);
+                    msgs
+                }
+                Err(e) => {
+                    warn!(projection = name, error = %e, "pull failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if msgs.is_empty() {
+                continue;
+            }
+            self.handle(&mut state, msgs).await;
+            if state.last_lag_report.elapsed() > Duration::from_secs(10) {
+                state.last_lag_report = Instant::now();
+                let mut c = consumer.clone();
+                if let Ok(info) = c.info().await {
+                    info!(
+                        projection = name,
+                        checkpoint = state.checkpoint.0,
+                        lag = info.num_pending + info.num_ack_pending as u64,
+                        "progress"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The projection's durable consumer, (re)created at the PostgreSQL checkpoint when the
+    /// consumer is missing or ahead of it (tables restored or dropped for a rebuild).
+    async fn consumer(&self, checkpoint: StreamSeq) -> Result<PullConsumer, RunnerError> {
+        let name = self.name();
+        let stream = self
+            .bus
+            .jetstream()
+            .get_stream(self.bus.stream_name())
+            .await
+            .map_err(|e| self.consumer_error(e))?;
+        if let Ok(mut existing) = stream.get_consumer::<PullConfig>(name).await {
+            let info = existing.info().await.map_err(|e| self.consumer_error(e))?;
+            if info.ack_floor.stream_sequence <= checkpoint.0 {
+                return Ok(existing);
+            }
+            warn!(
+                projection = name,
+                ack_floor = info.ack_floor.stream_sequence,
+                checkpoint = checkpoint.0,
+                "consumer is ahead of the checkpoint; recreating it at the checkpoint"
+            );
+            stream
+                .delete_consumer(name)
+                .await
+                .map_err(|e| self.consumer_error(e))?;
+        }
+        let config = PullConfig {
+            durable_name: Some(name.to_owned()),
+            description: Some(format!("Kairos projection {name}")),
+            deliver_policy: if checkpoint.0 == 0 {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: checkpoint.0 + 1,
+                }
+            },
+            ack_policy: AckPolicy::All,
+            ack_wait: Duration::from_millis(self.config.ack_wait_ms),
+            max_deliver: -1,
+            filter_subject: self.bus.events_filter(),
+            max_ack_pending: 50_000,
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(name, config)
+            .await
+            .map_err(|e| self.consumer_error(e))
+    }
+
+    /// What is available now (up to `max`), or, when nothing is, the next event as soon as it
+    /// arrives followed by whatever came with it.
+    async fn next_batch(
+        &self,
+        consumer: &PullConsumer,
+        max: usize,
+    ) -> Result<Vec<Message>, RunnerError> {
+        let mut msgs = self.fetch_now(consumer, max).await?;
+        if msgs.is_empty() {
+            let mut waiting = consumer
+                .batch()
+                .max_messages(1)
+                .expires(Duration::from_millis(self.config.idle_wait_ms))
+                .messages()
+                .await
+                .map_err(|e| self.consumer_error(e))?;
+            while let Some(m) = waiting.next().await {
+                msgs.push(m.map_err(|e| self.consumer_error(e))?);
+            }
+            if !msgs.is_empty() && max > 1 {
+                msgs.extend(self.fetch_now(consumer, max - 1).await?);
+            }
+        }
+        Ok(msgs)
+    }
+
+    async fn fetch_now(
+        &self,
+        consumer: &PullConsumer,
+        max: usize,
+    ) -> Result<Vec<Message>, RunnerError> {
+        let mut fetched = consumer
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(|e| self.consumer_error(e))?;
+        let mut msgs = Vec::new();
+        while let Some(m) = fetched.next().await {
+            msgs.push(m.map_err(|e| self.consumer_error(e))?);
+        }
+        Ok(msgs)
+    }
+
+    async fn handle(&self, state: &mut State, msgs: Vec<Message>) {
+        let name = self.name();
+        let mut expected = state.checkpoint.0 + 1;
+        let (mut batch, mut later, mut stale) = (Vec::new(), Vec::new(), None);
+        for m in msgs {
+            let Ok(info) = m.info() else { continue };
+            let seq = info.stream_sequence;
+            if seq <= state.checkpoint.0 {
+                stale = Some(m); // applied before a crash or redelivered: ack, don't apply
+            } else if seq == expected {
+                expected += 1;
+                batch.push(m);
+            } else {
+                later.push(m);
+            }
+        }
+        if let Some(m) = stale {
+            let _ = m.ack().await;
+        }
+        if batch.is_empty() && !later.is_empty() && self.history_starts_after(state).await {
+            // Retention removed events the projection never saw: start at the oldest one kept.
+            let first = later
+                .iter()
+                .filter_map(|m| m.info().ok().map(|i| i.stream_sequence))
+                .min()
+                .unwrap_or(0);
+            warn!(
+                projection = name,
+                checkpoint = state.checkpoint.0,
+                first,
+                "events before the stream's first sequence are gone; continuing from it"
+            );
+            state.checkpoint = StreamSeq(first.saturating_sub(1));
+            return Box::pin(self.handle(state, later)).await;
+        }
+        for m in later {
+            // A gap: an earlier event is still out for redelivery. Apply in order or not at all.
+            let _ = m
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(250))))
+                .await;
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let first_seq = state.checkpoint.0 + 1;
+        let last_seq = expected - 1;
+        let span = info_span!(
+            "batch",
+            projection = name,
+            first_seq,
+            last_seq,
+            events = batch.len()
+        );
+        let outcome = self.apply(state, &batch).instrument(span).await;
+        match outcome {
+            Ok(emitted) => {
+                state.checkpoint = StreamSeq(last_seq);
+                state.failures = 0;
+                if state.isolate_until.is_some_and(|u| u.0 <= last_seq) {
+                    state.isolate_until = None;
+                }
+                if let Some(last) = batch.last()
+                    && let Err(e) = last.ack().await
+                {
+                    // Harmless: the redelivery is skipped by sequence.
+                    debug!(projection = name, error = %e, "ack failed");
+                }
+                if emitted && let Err(e) = self.drain_outbox().await {
+                    warn!(projection = name, error = %e, "outbox publish failed; will retry");
+                }
+            }
+            Err(failure) => self.recover(state, batch, failure).await,
+        }
+    }
+
+    async fn history_starts_after(&self, state: &State) -> bool {
+        let Ok(mut stream) = self
+            .bus
+            .jetstream()
+            .get_stream(self.bus.stream_name())
+            .await
+        else {
+            return false;
+        };
+        stream
+            .info()
+            .await
+            .is_ok_and(|i| i.state.first_sequence > state.checkpoint.0 + 1)
+    }
+
+    async fn recover(&self, state: &mut State, batch: Vec<Message>, failure: Failure) {
+        let name = self.name();
+        match failure {
+            Failure::Moved => {
+                if let Ok(seq) = store::ensure_checkpoint(&self.pool, name).await {
+                    warn!(
+                        projection = name,
+                        checkpoint = seq.0,
+                        "checkpoint moved by another writer; resynchronising"
+                    );
+                    state.checkpoint = seq;
+                }
+            }
+            Failure::Transient(reason) => {
+                state.failures = state.failures.saturating_add(1);
+                error!(projection = name, failures = state.failures, %reason, "batch failed; will retry");
+            }
+            Failure::Data(reason) => {
+                state.failures = state.failures.saturating_add(1);
+                error!(projection = name, failures = state.failures, %reason, "batch failed on its data");
+                if state.failures >= self.config.max_attempts {
+                    if batch.len() > 1 {
+                        let last = batch
+                            .last()
+                            .and_then(|m| m.info().ok())
+                            .map_or(0, |i| i.stream_sequence);
+                        warn!(
+                            projection = name,
+                            until = last,
+                            "isolating events one by one to find the one that fails"
+                        );
+                        state.isolate_until = Some(StreamSeq(last));
+                        state.failures = 0;
+                    } else if let Some(m) = batch.first() {
+                        match self.dead_letter_alone(state, m, &reason).await {
+                            Ok(()) => {
+                                state.failures = 0;
+                                let _ = m.ack().await;
+                                return;
+                            }
+                            Err(e) => {
+                                error!(projection = name, error = %e, "could not dead-letter")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let backoff = Duration::from_millis(100 * 2u64.pow(state.failures.min(6)));
+        tokio::time::sleep(backoff.min(Duration::from_secs(5))).await;
+        for m in batch {
+            let _ = m.ack_with(AckKind::Nak(None)).await;
+        }
+    }
+
+    /// Applies one contiguous batch; returns whether events were emitted to the outbox.
+    async fn apply(&self, state: &State, batch: &[Message]) -> Result<bool, Failure> {
+        let name = self.name();
+        let mut items = Vec::new();
+        let mut identities = Vec::new();
+        let mut seqs = Vec::new();
+        let mut dead = 0i64;
+        let mut duplicates = 0i64;
+        let mut seen = HashSet::new();
+        for m in batch {
+            let info = m.info().map_err(|e| Failure::Transient(e.to_string()))?;
+            let seq = StreamSeq(info.stream_sequence);
+            let decoded = Event::from_slice(&m.payload)
+                .map_err(Rejection::from)
+                .and_then(|event| {
+                    let stored = StoredEvent {
+                        seq,
+                        subject: m.subject.to_string(),
+                        stored_at: info.published,
+                        event,
+                    };
+                    let identity = stored.event.identity();
+                    self.projection
+                        .decode(&stored)
+                        .map(|item| item.map(|i| (identity, i)))
+                });
+            match decoded {
+                Ok(None) => {}
+                Ok(Some((identity, item))) => {
+                    if seen.insert(identity) {
+                        identities.push(identity);
+                        seqs.push(store::to_i64(seq));
+                        items.push(item);
+                    } else {
+                        duplicates += 1;
+                    }
+                }
+                Err(rejection) => {
+                    dead += 1;
+                    warn!(projection = name, seq = seq.0, code = rejection.code, reason = %rejection.reason, "dead-lettering event");
+                    self.bus
+                        .dead_letter(
+                            name,
+                            &m.subject,
+                            seq,
+                            m.payload.clone(),
+                            rejection.code,
+                            &rejection.reason,
+                        )
+                        .await
+                        .map_err(|e| Failure::Transient(e.to_string()))?;
+                }
+            }
+        }
+        let last = batch
+            .last()
+            .and_then(|m| m.info().ok())
+            .map_or(state.checkpoint, |i| StreamSeq(i.stream_sequence));
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        if store::lock_checkpoint(&mut tx, name)
+            .await
+            .map_err(classify)?
+            != state.checkpoint
+        {
+            return Err(Failure::Moved);
+        }
+        let fresh = store::claim_identities(&mut tx, name, &identities, &seqs)
+            .await
+            .map_err(classify)?;
+        duplicates += fresh.iter().filter(|f| !**f).count() as i64;
+        let items: Vec<P::Item> = items
+            .into_iter()
+            .zip(fresh)
+            .filter_map(|(item, fresh)| fresh.then_some(item))
+            .collect();
+        let applied = items.len() as i64;
+        let emitted = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.projection
+                .apply(&mut tx, items)
+                .await
+                .map_err(|e| match e {
+                    crate::ApplyError::Database(e) => classify(e),
+                    crate::ApplyError::Data(reason) => Failure::Data(reason),
+                })?
+        };
+        let emitted: Vec<Vec<u8>> = emitted.iter().map(|e| e.to_bytes().to_vec()).collect();
+        store::enqueue_outbox(&mut tx, name, &emitted)
+            .await
+            .map_err(classify)?;
+        let advance = Advance {
+            to: last,
+            applied,
+            duplicates,
+            dead_lettered: dead,
+        };
+        store::advance(&mut tx, name, &advance)
+            .await
+            .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        debug!(
+            projection = name,
+            applied, duplicates, dead, "batch committed"
+        );
+        Ok(!emitted.is_empty())
+    }
+
+    /// The single event at the checkpoint keeps failing on its data: dead-letter it and move on.
+    async fn dead_letter_alone(
+        &self,
+        state: &mut State,
+        m: &Message,
+        reason: &str,
+    ) -> Result<(), RunnerError> {
+        let name = self.name();
+        let seq = StreamSeq(
+            m.info()
+                .map_err(|e| self.consumer_error(e))?
+                .stream_sequence,
+        );
+        self.bus
+            .dead_letter(
+                name,
+                &m.subject,
+                seq,
+                m.payload.clone(),
+                "apply_failed",
+                reason,
+            )
+            .await?;
+        let mut tx = self.pool.begin().await?;
+        if store::lock_checkpoint(&mut tx, name).await? == state.checkpoint {
+            let advance = Advance {
+                to: seq,
+                applied: 0,
+                duplicates: 0,
+                dead_lettered: 1,
+            };
+            store::advance(&mut tx, name, &advance).await?;
+            tx.commit().await?;
+            state.checkpoint = seq;
+        }
+        warn!(
+            projection = name,
+            seq = seq.0,
+            reason,
+            "event kept failing; dead-lettered"
+        );
+        Ok(())
+    }
+
+    /// Publishes what the projection emitted, oldest first, deleting each row once acked.
+    async fn drain_outbox(&self) -> Result<(), RunnerError> {
+        loop {
+            let rows = store::pending_outbox(&self.pool, self.name()).await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut ids = Vec::with_capacity(rows.len());
+            let mut events = Vec::with_capacity(rows.len());
+            for (id, bytes) in rows {
+                ids.push(id);
+                match Event::from_slice(&bytes) {
+                    Ok(e) => events.push(e),
+                    Err(e) => {
+                        error!(projection = self.name(), outbox_id = id, error = %e, "dropping an invalid outbox event")
+                    }
+                }
+            }
+            for result in self.bus.publish_events(&events).await {
+                result?;
+            }
+            store::delete_outbox(&self.pool, &ids).await?;
+        }
+    }
+}
+
+/// Data errors (SQLSTATE classes 22 and 23) are the event's fault; the rest are the system's.
+fn classify(e: sqlx::Error) -> Failure {
+    match &e {
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")) =>
+        {
+            Failure::Data(e.to_string())
+        }
+        _ => Failure::Transient(e.to_string()),
+    }
+}

@@ -1,0 +1,102 @@
+//! Waiting for a projection to reach a stream sequence (read-your-writes).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    #[error("projection {projection} reached sequence {reached}, not {wanted}, within {waited:?}")]
+    Timeout {
+        projection: String,
+        wanted: u64,
+        reached: u64,
+        waited: Duration,
+    },
+    #[error("projection database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Follows every projection's checkpoint through PostgreSQL notifications (sent in the same
+/// transaction as the checkpoint), so it works whichever process runs the projection.
+#[derive(Clone)]
+pub struct CheckpointWatch {
+    pool: PgPool,
+    seen: watch::Receiver<HashMap<String, u64>>,
+}
+
+impl CheckpointWatch {
+    /// Starts listening on `kairos_checkpoint` in a background task.
+    pub async fn start(pool: PgPool) -> Result<Self, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen("kairos_checkpoint").await?;
+        let (tx, rx) = watch::channel(HashMap::new());
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(n) => {
+                        if let Some((name, seq)) = n.payload().rsplit_once(':')
+                            && let Ok(seq) = seq.parse::<u64>()
+                        {
+                            tx.send_modify(|m| {
+                                let e: &mut u64 = m.entry(name.to_owned()).or_default();
+                                *e = (*e).max(seq);
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        // PgListener reconnects on the next recv; waiters also poll meanwhile.
+                        warn!(error = %e, "checkpoint listener interrupted");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(Self { pool, seen: rx })
+    }
+
+    /// Returns once `projection` has applied stream sequence `seq`, or fails after `timeout`.
+    pub async fn wait_for(
+        &self,
+        projection: &str,
+        seq: u64,
+        timeout: Duration,
+    ) -> Result<u64, WaitError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = self.seen.clone();
+        loop {
+            if let Some(&reached) = seen.borrow_and_update().get(projection)
+                && reached >= seq
+            {
+                return Ok(reached);
+            }
+            // The table is the truth; notifications only make the wait short.
+            let reached = store::checkpoint(&self.pool, projection)
+                .await?
+                .map_or(0, |c| c.last_seq);
+            if reached >= seq {
+                return Ok(reached);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(WaitError::Timeout {
+                    projection: projection.to_owned(),
+                    wanted: seq,
+                    reached,
+                    waited: timeout,
+                });
+            }
+            let nap = (deadline - now).min(Duration::from_millis(250));
+            let _ = tokio::time::timeout(nap, seen.changed()).await;
+        }
+    }
+}

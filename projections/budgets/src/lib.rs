@@ -1,0 +1,584 @@
+//! The budgets projection: what each project spent per calendar month, against its limit.
+//!
+//! Folds `kairos.llm.call.completed.v1` (spend) and `kairos.budget.set.v1` (limits). When spend
+//! reaches `warn_at_percent` of the limit, and when it reaches the limit, it emits one
+//! `kairos.budget.threshold_crossed.v1` per project, month and threshold — recorded in
+//! `budgets.crossings` in the same transaction, so redelivery and replay never emit it twice.
+//! Money is exact ([`Money`], nano-dollars); the month is taken in the configured time zone from
+//! the event's `time` (or, without one, when the stream stored it).
+//!
+//! The logic is the pure [`Ledger::fold`]; [`Budgets`] loads the rows a batch touches, folds, and
+//! writes them back. [`read`] and [`list`] are the queries the API serves.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use kairos_events::types::{
+    BUDGET_SET, BUDGET_THRESHOLD_CROSSED, BudgetSet, CallStatus, LLM_CALL_COMPLETED,
+    LlmCallCompleted, OnExceeded, Threshold, ThresholdCrossed,
+};
+use kairos_events::{Event, Money, Period, ProjectId};
+use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Row};
+
+/// The name of the projection: consumer, checkpoint and dead-letter subject.
+pub const NAME: &str = "budgets";
+/// The CloudEvent `source` of the events this projection emits.
+pub const SOURCE: &str = "kairos/budgets";
+
+/// One event the budgets fold cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Call {
+        seq: u64,
+        at: DateTime<Utc>,
+        period: Period,
+        call: LlmCallCompleted,
+    },
+    Set {
+        seq: u64,
+        at: DateTime<Utc>,
+        period: Period,
+        set: BudgetSet,
+    },
+}
+
+impl Item {
+    fn project(&self) -> &ProjectId {
+        match self {
+            Item::Call { call, .. } => &call.project,
+            Item::Set { set, .. } => &set.project,
+        }
+    }
+
+    fn period(&self) -> Period {
+        match self {
+            Item::Call { period, .. } | Item::Set { period, .. } => *period,
+        }
+    }
+}
+
+/// A project's budget as last set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub monthly_limit: Money,
+    pub warn_at_percent: u8,
+    pub on_exceeded: OnExceeded,
+    pub fallback_model: Option<String>,
+    pub set_by: Option<String>,
+    pub set_seq: u64,
+    pub set_at: DateTime<Utc>,
+}
+
+/// Spend of one project in one month.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spend {
+    pub spent: Money,
+    pub calls: i64,
+    pub failed_calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Warning,
+    Exceeded,
+}
+
+/// The status of `spent` against a limit: exceeded from the limit on (nothing remains), warning
+/// from `warn_at_percent` of it.
+pub fn status(limit: Money, warn_at_percent: u8, spent: Money) -> Status {
+    if spent >= limit {
+        Status::Exceeded
+    } else if i128::from(spent.nanos()) * 100
+        >= i128::from(limit.nanos()) * i128::from(warn_at_percent)
+    {
+        Status::Warning
+    } else {
+        Status::Ok
+    }
+}
+
+/// A threshold a project reached in a month, caused by the event at `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crossing {
+    pub project: ProjectId,
+    pub period: Period,
+    pub threshold: Threshold,
+    pub limit: Limit,
+    pub spent: Money,
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+}
+
+impl Crossing {
+    /// The event announcing it. Its id is the crossing itself, so re-emitting it is a duplicate.
+    pub fn to_event(&self) -> Result<Event, kairos_events::EventError> {
+        let data = ThresholdCrossed {
+            project: self.project.clone(),
+            period: self.period.to_string(),
+            threshold: self.threshold,
+            limit: self.limit.monthly_limit,
+            spent: self.spent,
+            warn_at_percent: self.limit.warn_at_percent,
+            on_exceeded: self.limit.on_exceeded,
+            stream_seq: self.seq,
+        };
+        Event::from_value(serde_json::json!({
+            "specversion": "1.0",
+            "id": format!("{}/{}/{}", self.project, self.period, self.threshold.as_str()),
+            "source": SOURCE,
+            "type": BUDGET_THRESHOLD_CROSSED,
+            "subject": self.project.as_str(),
+            "time": self.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "datacontenttype": "application/json",
+            "data": data,
+        }))
+    }
+}
+
+/// The rows one batch touches, folded in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub limits: HashMap<ProjectId, Limit>,
+    pub spend: HashMap<(ProjectId, Period), Spend>,
+    pub crossed: HashSet<(ProjectId, Period, Threshold)>,
+}
+
+impl Ledger {
+    /// Folds one item, returning the thresholds it made the project cross.
+    pub fn fold(&mut self, item: &Item) -> Result<Vec<Crossing>, String> {
+        let (seq, at) = match item {
+            Item::Call {
+                seq,
+                at,
+                call,
+                period,
+            } => {
+                let s = self
+                    .spend
+                    .entry((call.project.clone(), *period))
+                    .or_default();
+                s.spent = s.spent.checked_add(call.cost).ok_or_else(|| {
+                    format!(
+                        "spend of {} in {period} overflows 9.2 billion USD",
+                        call.project
+                    )
+                })?;
+                s.calls += 1;
+                if call.status == CallStatus::Error {
+                    s.failed_calls += 1;
+                }
+                s.input_tokens = s
+                    .input_tokens
+                    .saturating_add(i64::try_from(call.input_tokens).unwrap_or(i64::MAX));
+                s.output_tokens = s
+                    .output_tokens
+                    .saturating_add(i64::try_from(call.output_tokens).unwrap_or(i64::MAX));
+                s.last_seq = *seq;
+                (*seq, *at)
+            }
+            Item::Set { seq, at, set, .. } => {
+                let limit = Limit {
+                    monthly_limit: set.monthly_limit,
+                    warn_at_percent: set.warn_at_percent,
+                    on_exceeded: set.on_exceeded,
+                    fallback_model: set.fallback_model.clone(),
+                    set_by: set.actor.clone(),
+                    set_seq: *seq,
+                    set_at: *at,
+                };
+                self.limits.insert(set.project.clone(), limit);
+                (*seq, *at)
+            }
+        };
+        let project = item.project();
+        let period = item.period();
+        let Some(limit) = self.limits.get(project) else {
+            return Ok(Vec::new());
+        };
+        let spent = self
+            .spend
+            .get(&(project.clone(), period))
+            .map_or(Money::ZERO, |s| s.spent);
+        let reached: &[Threshold] = match status(limit.monthly_limit, limit.warn_at_percent, spent)
+        {
+            Status::Ok => &[],
+            Status::Warning => &[Threshold::Warning],
+            Status::Exceeded => &[Threshold::Warning, Threshold::Exceeded],
+        };
+        let mut crossings = Vec::new();
+        for &threshold in reached {
+            if self.crossed.insert((project.clone(), period, threshold)) {
+                crossings.push(Crossing {
+                    project: project.clone(),
+                    period,
+                    threshold,
+                    limit: limit.clone(),
+                    spent,
+                    seq,
+                    at,
+                });
+            }
+        }
+        Ok(crossings)
+    }
+}
+
+/// The projection, taking months in time zone `tz`.
+#[derive(Debug, Clone)]
+pub struct Budgets {
+    pub tz: Tz,
+}
+
+impl Projection for Budgets {
+    type Item = Item;
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn decode(&self, stored: &StoredEvent) -> Result<Option<Item>, Rejection> {
+        let at = stored.occurred_at();
+        let period = Period::containing(at, &self.tz);
+        let seq = stored.seq.0;
+        match stored.event.event_type().as_str() {
+            LLM_CALL_COMPLETED => Ok(Some(Item::Call {
+                seq,
+                at,
+                period,
+                call: stored.event.data_as()?,
+            })),
+            BUDGET_SET => Ok(Some(Item::Set {
+                seq,
+                at,
+                period,
+                set: stored.event.data_as()?,
+            })),
+            _ => Ok(None),
+        }
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        items: Vec<Item>,
+    ) -> Result<Vec<Event>, ApplyError> {
+        let mut ledger = load(tx, &items).await?;
+        let before = ledger.clone();
+        let mut crossings = Vec::new();
+        for item in &items {
+            crossings.extend(ledger.fold(item).map_err(ApplyError::Data)?);
+        }
+        save(tx, &before, &ledger, &crossings).await?;
+        crossings
+            .iter()
+            .map(|c| c.to_event().map_err(|e| ApplyError::Data(e.to_string())))
+            .collect()
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn money(nanos: i64) -> Money {
+    Money::from_nanos(nanos)
+}
+
+/// Loads the limits, spend and crossings of every (project, month) the items touch.
+async fn load(tx: &mut PgConnection, items: &[Item]) -> Result<Ledger, sqlx::Error> {
+    let projects: Vec<String> = items
+        .iter()
+        .map(|i| i.project().to_string())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let keys: HashSet<(String, String)> = items
+        .iter()
+        .map(|i| (i.project().to_string(), i.period().to_string()))
+        .collect();
+    let (kp, kper): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
+    let mut ledger = Ledger::default();
+    let rows = sqlx::query("SELECT * FROM budgets.limits WHERE project = ANY($1)")
+        .bind(&projects)
+        .fetch_all(&mut *tx)
+        .await?;
+    for r in rows {
+        let project = parse_project(r.try_get("project")?)?;
+        let on_exceeded: String = r.try_get("on_exceeded")?;
+        ledger.limits.insert(
+            project,
+            Limit {
+                monthly_limit: money(r.try_get("monthly_limit_nanos")?),
+                warn_at_percent: u8::try_from(r.try_get::<i16, _>("warn_at_percent")?)
+                    .unwrap_or(100),
+                on_exceeded: OnExceeded::parse(&on_exceeded).unwrap_or(OnExceeded::Block),
+                fallback_model: r.try_get("fallback_model")?,
+                set_by: r.try_get("set_by")?,
+                set_seq: u64::try_from(r.try_get::<i64, _>("set_seq")?).unwrap_or(0),
+                set_at: r.try_get("set_at")?,
+            },
+        );
+    }
+    let rows = sqlx::query(
+        "SELECT s.* FROM budgets.spend s JOIN unnest($1::text[], $2::text[]) AS k(project, period)
+         USING (project, period)",
+    )
+    .bind(&kp)
+    .bind(&kper)
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in rows {
+        let key = (
+            parse_project(r.try_get("project")?)?,
+            parse_period(r.try_get("period")?)?,
+        );
+        ledger.spend.insert(
+            key,
+            Spend {
+                spent: money(r.try_get("spent_nanos")?),
+                calls: r.try_get("calls")?,
+                failed_calls: r.try_get("failed_calls")?,
+                input_tokens: r.try_get("input_tokens")?,
+                output_tokens: r.try_get("output_tokens")?,
+                last_seq: u64::try_from(r.try_get::<i64, _>("last_seq")?).unwrap_or(0),
+            },
+        );
+    }
+    let rows = sqlx::query(
+        "SELECT c.project, c.period, c.threshold FROM budgets.crossings c
+         JOIN unnest($1::text[], $2::text[]) AS k(project, period) USING (project, period)",
+    )
+    .bind(&kp)
+    .bind(&kper)
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in rows {
+        let threshold = match r.try_get::<String, _>("threshold")?.as_str() {
+            "warning" => Threshold::Warning,
+            _ => Threshold::Exceeded,
+        };
+        ledger.crossed.insert((
+            parse_project(r.try_get("project")?)?,
+            parse_period(r.try_get("period")?)?,
+            threshold,
+        ));
+    }
+    Ok(ledger)
+}
+
+fn parse_project(s: String) -> Result<ProjectId, sqlx::Error> {
+    ProjectId::parse(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn parse_period(s: String) -> Result<Period, sqlx::Error> {
+    Period::parse(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// Writes back what changed, in three statements whatever the batch size.
+async fn save(
+    tx: &mut PgConnection,
+    before: &Ledger,
+    after: &Ledger,
+    crossings: &[Crossing],
+) -> Result<(), sqlx::Error> {
+    let changed: Vec<(&ProjectId, &Limit)> = after
+        .limits
+        .iter()
+        .filter(|(p, l)| before.limits.get(*p) != Some(*l))
+        .collect();
+    if !changed.is_empty() {
+        sqlx::query(
+            "INSERT INTO budgets.limits (project, monthly_limit_nanos, warn_at_percent, on_exceeded,
+                                         fallback_model, set_by, set_seq, set_at)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::int2[], $4::text[], $5::text[], $6::text[],
+                                  $7::int8[], $8::timestamptz[])
+             ON CONFLICT (project) DO UPDATE SET
+               monthly_limit_nanos = EXCLUDED.monthly_limit_nanos, warn_at_percent = EXCLUDED.warn_at_percent,
+               on_exceeded = EXCLUDED.on_exceeded, fallback_model = EXCLUDED.fallback_model,
+               set_by = EXCLUDED.set_by, set_seq = EXCLUDED.set_seq, set_at = EXCLUDED.set_at",
+        )
+        .bind(changed.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, l)| l.monthly_limit.nanos()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, l)| i16::from(l.warn_at_percent)).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, l)| l.on_exceeded.as_str()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, l)| l.fallback_model.clone()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, l)| l.set_by.clone()).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, l)| to_i64(l.set_seq)).collect::<Vec<_>>())
+        .bind(changed.iter().map(|(_, l)| l.set_at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let spend: Vec<(&(ProjectId, Period), &Spend)> = after
+        .spend
+        .iter()
+        .filter(|(k, s)| before.spend.get(*k) != Some(*s))
+        .collect();
+    if !spend.is_empty() {
+        sqlx::query(
+            "INSERT INTO budgets.spend (project, period, spent_nanos, calls, failed_calls, input_tokens,
+                                        output_tokens, last_seq)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
+                                  $7::int8[], $8::int8[])
+             ON CONFLICT (project, period) DO UPDATE SET
+               spent_nanos = EXCLUDED.spent_nanos, calls = EXCLUDED.calls, failed_calls = EXCLUDED.failed_calls,
+               input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+               last_seq = EXCLUDED.last_seq",
+        )
+        .bind(spend.iter().map(|((p, _), _)| p.to_string()).collect::<Vec<_>>())
+        .bind(spend.iter().map(|((_, per), _)| per.to_string()).collect::<Vec<_>>())
+        .bind(spend.iter().map(|(_, s)| s.spent.nanos()).collect::<Vec<_>>())
+        .bind(spend.iter().map(|(_, s)| s.calls).collect::<Vec<_>>())
+        .bind(spend.iter().map(|(_, s)| s.failed_calls).collect::<Vec<_>>())
+        .bind(spend.iter().map(|(_, s)| s.input_tokens).collect::<Vec<_>>())
+        .bind(spend.iter().map(|(_, s)| s.output_tokens).collect::<Vec<_>>())
+        .bind(spend.iter().map(|(_, s)| to_i64(s.last_seq)).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !crossings.is_empty() {
+        sqlx::query(
+            "INSERT INTO budgets.crossings (project, period, threshold, limit_nanos, spent_nanos, seq, crossed_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
+                                  $7::timestamptz[])",
+        )
+        .bind(crossings.iter().map(|c| c.project.to_string()).collect::<Vec<_>>())
+        .bind(crossings.iter().map(|c| c.period.to_string()).collect::<Vec<_>>())
+        .bind(crossings.iter().map(|c| c.threshold.as_str()).collect::<Vec<_>>())
+        .bind(crossings.iter().map(|c| c.limit.monthly_limit.nanos()).collect::<Vec<_>>())
+        .bind(crossings.iter().map(|c| c.spent.nanos()).collect::<Vec<_>>())
+        .bind(crossings.iter().map(|c| to_i64(c.seq)).collect::<Vec<_>>())
+        .bind(crossings.iter().map(|c| c.at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// A project's budget for one month, as the API answers it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BudgetView {
+    pub project: String,
+    pub period: String,
+    pub limit: Option<Money>,
+    pub spent: Money,
+    pub remaining: Option<Money>,
+    /// `ok` when no limit is set.
+    pub status: Status,
+    pub warn_at_percent: Option<u8>,
+    pub on_exceeded: Option<OnExceeded>,
+    pub fallback_model: Option<String>,
+    pub calls: i64,
+    pub failed_calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// The budgets projection had applied the stream up to this sequence when this was read.
+    pub as_of_seq: u64,
+}
+
+const VIEW_SQL: &str = "
+    WITH p AS (
+        SELECT project FROM budgets.limits
+        UNION SELECT project FROM budgets.spend WHERE period = $2
+    )
+    SELECT p.project, l.monthly_limit_nanos, l.warn_at_percent, l.on_exceeded, l.fallback_model,
+           coalesce(s.spent_nanos, 0) AS spent_nanos, coalesce(s.calls, 0) AS calls,
+           coalesce(s.failed_calls, 0) AS failed_calls, coalesce(s.input_tokens, 0) AS input_tokens,
+           coalesce(s.output_tokens, 0) AS output_tokens,
+           coalesce((SELECT last_seq FROM kairos.checkpoints WHERE projection = 'budgets'), 0) AS as_of_seq
+    FROM p
+    LEFT JOIN budgets.limits l ON l.project = p.project
+    LEFT JOIN budgets.spend s ON s.project = p.project AND s.period = $2
+    WHERE $1::text IS NULL OR p.project = $1
+    ORDER BY p.project
+    LIMIT $3";
+
+fn view(r: &sqlx::postgres::PgRow, period: Period) -> Result<BudgetView, sqlx::Error> {
+    let limit: Option<i64> = r.try_get("monthly_limit_nanos")?;
+    let limit = limit.map(money);
+    let warn: Option<i16> = r.try_get("warn_at_percent")?;
+    let warn = warn.and_then(|w| u8::try_from(w).ok());
+    let spent = money(r.try_get("spent_nanos")?);
+    let on_exceeded: Option<String> = r.try_get("on_exceeded")?;
+    Ok(BudgetView {
+        project: r.try_get("project")?,
+        period: period.to_string(),
+        limit,
+        spent,
+        remaining: limit.and_then(|l| l.checked_sub(spent)),
+        status: match (limit, warn) {
+            (Some(l), Some(w)) => status(l, w, spent),
+            _ => Status::Ok,
+        },
+        warn_at_percent: warn,
+        on_exceeded: on_exceeded.as_deref().and_then(OnExceeded::parse),
+        fallback_model: r.try_get("fallback_model")?,
+        calls: r.try_get("calls")?,
+        failed_calls: r.try_get("failed_calls")?,
+        input_tokens: r.try_get("input_tokens")?,
+        output_tokens: r.try_get("output_tokens")?,
+        as_of_seq: u64::try_from(r.try_get::<i64, _>("as_of_seq")?).unwrap_or(0),
+    })
+}
+
+/// One project's budget in `period`; `None` if it has neither a limit nor spend then.
+pub async fn read(
+    pool: &PgPool,
+    project: &ProjectId,
+    period: Period,
+) -> Result<Option<BudgetView>, sqlx::Error> {
+    sqlx::query(VIEW_SQL)
+        .bind(Some(project.as_str()))
+        .bind(period.to_string())
+        .bind(1i64)
+        .fetch_optional(pool)
+        .await?
+        .map(|r| view(&r, period))
+        .transpose()
+}
+
+/// Every project with a limit, or with spend in `period`, by project id.
+pub async fn list(
+    pool: &PgPool,
+    period: Period,
+    limit: i64,
+) -> Result<Vec<BudgetView>, sqlx::Error> {
+    sqlx::query(VIEW_SQL)
+        .bind(None::<&str>)
+        .bind(period.to_string())
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| view(r, period))
+        .collect()
+}
+
+/// The thresholds a project crossed in `period`, in the order it crossed them.
+pub async fn crossings(
+    pool: &PgPool,
+    project: &ProjectId,
+    period: Period,
+) -> Result<Vec<(String, u64)>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT threshold, seq FROM budgets.crossings WHERE project = $1 AND period = $2 ORDER BY seq, threshold DESC",
+    )
+    .bind(project.as_str())
+    .bind(period.to_string())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(t, s)| (t, u64::try_from(s).unwrap_or(0)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests;

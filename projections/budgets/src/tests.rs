@@ -1,0 +1,148 @@
+//! The fold, without NATS or a database.
+
+use super::*;
+
+fn p(s: &str) -> ProjectId {
+    ProjectId::parse(s).unwrap()
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn call(seq: u64, project: &str, cost: &str, when: &str) -> Item {
+    Item::Call {
+        seq,
+        at: at(when),
+        period: Period::containing(at(when), &Utc),
+        call: LlmCallCompleted {
+            project: p(project),
+            model: "m".into(),
+            provider: "x".into(),
+            input_tokens: 10,
+            output_tokens: 5,
+            cost: Money::parse(cost).unwrap(),
+            latency_ms: 1,
+            status: CallStatus::Ok,
+            session_id: None,
+            workflow_id: None,
+            actor: None,
+            context_tokens: None,
+            error: None,
+        },
+    }
+}
+
+fn set(seq: u64, project: &str, limit: &str, warn: u8, when: &str) -> Item {
+    Item::Set {
+        seq,
+        at: at(when),
+        period: Period::containing(at(when), &Utc),
+        set: BudgetSet {
+            project: p(project),
+            monthly_limit: Money::parse(limit).unwrap(),
+            warn_at_percent: warn,
+            on_exceeded: OnExceeded::FallbackToLocal,
+            fallback_model: None,
+            actor: None,
+        },
+    }
+}
+
+fn thresholds(c: &[Crossing]) -> Vec<(u64, Threshold)> {
+    c.iter().map(|c| (c.seq, c.threshold)).collect()
+}
+
+#[test]
+fn status_boundaries() {
+    let ten = Money::parse("10").unwrap();
+    assert_eq!(
+        status(ten, 80, Money::parse("7.999999999").unwrap()),
+        Status::Ok
+    );
+    assert_eq!(status(ten, 80, Money::parse("8").unwrap()), Status::Warning);
+    assert_eq!(
+        status(ten, 80, Money::parse("9.999999999").unwrap()),
+        Status::Warning
+    );
+    assert_eq!(status(ten, 80, ten), Status::Exceeded);
+    assert_eq!(status(Money::ZERO, 80, Money::ZERO), Status::Exceeded);
+}
+
+#[test]
+fn each_threshold_is_crossed_once_per_month() {
+    let mut l = Ledger::default();
+    let mut all = Vec::new();
+    let items = [
+        set(1, "a", "1.00", 50, "2026-11-01T00:00:00Z"),
+        call(2, "a", "0.40", "2026-11-02T00:00:00Z"),
+        call(3, "a", "0.10", "2026-11-02T00:00:00Z"), // 0.50: warning
+        call(4, "a", "0.10", "2026-11-02T00:00:00Z"),
+        call(5, "a", "0.40", "2026-11-03T00:00:00Z"), // 1.00: exceeded
+        call(6, "a", "5", "2026-11-03T00:00:00Z"),
+        call(7, "a", "2", "2026-12-01T00:00:00Z"), // new month: both at once
+    ];
+    for i in &items {
+        all.extend(l.fold(i).unwrap());
+    }
+    assert_eq!(
+        thresholds(&all),
+        vec![
+            (3, Threshold::Warning),
+            (5, Threshold::Exceeded),
+            (7, Threshold::Warning),
+            (7, Threshold::Exceeded)
+        ]
+    );
+    let nov = l.spend[&(p("a"), Period::parse("2026-11").unwrap())].spent;
+    assert_eq!(nov, Money::parse("6.00").unwrap());
+}
+
+#[test]
+fn raising_the_limit_does_not_re_emit_and_lowering_it_crosses() {
+    let mut l = Ledger::default();
+    l.fold(&call(1, "a", "3", "2026-11-02T00:00:00Z")).unwrap();
+    let c = l
+        .fold(&set(2, "a", "2", 80, "2026-11-03T00:00:00Z"))
+        .unwrap();
+    assert_eq!(
+        thresholds(&c),
+        vec![(2, Threshold::Warning), (2, Threshold::Exceeded)]
+    );
+    assert!(
+        l.fold(&set(3, "a", "100", 80, "2026-11-03T00:00:00Z"))
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        l.fold(&call(4, "a", "90", "2026-11-04T00:00:00Z"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn spend_without_a_limit_crosses_nothing() {
+    let mut l = Ledger::default();
+    assert!(
+        l.fold(&call(1, "b", "1000", "2026-11-02T00:00:00Z"))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(l.spend.len(), 1);
+}
+
+#[test]
+fn crossing_events_are_valid_and_deterministic() {
+    let mut l = Ledger::default();
+    l.fold(&set(1, "a", "1", 50, "2026-11-01T00:00:00Z"))
+        .unwrap();
+    let c = l
+        .fold(&call(2, "a", "0.75", "2026-11-02T00:00:00Z"))
+        .unwrap();
+    let e1 = c[0].to_event().unwrap();
+    let e2 = c[0].to_event().unwrap();
+    assert_eq!(e1.to_bytes(), e2.to_bytes());
+    assert_eq!(e1.id(), "a/2026-11/warning");
+    assert_eq!(e1.json()["data"]["spent"], "0.75");
+}

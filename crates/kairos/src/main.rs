@@ -1,1 +1,190 @@
-fn main() {}
+//! `kairos`: the command line. Parses arguments and calls into the library; nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kairos::configuration::Settings;
+use kairos::startup::{Kairos, MIGRATOR, PROJECTIONS, redact};
+use kairos::{demo, publish, telemetry};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "kairos",
+    version,
+    about = "Event-sourced control plane for LLM and agent platforms"
+)]
+struct Cli {
+    /// Configuration file (default: ./kairos.toml when it exists, else built-in defaults).
+    #[arg(long, short, global = true, env = "KAIROS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API and every projection in one process.
+    Serve {
+        /// Also publish demo traffic.
+        #[arg(long)]
+        demo: bool,
+        /// Run the API only (projections run elsewhere with `kairos consume`).
+        #[arg(long)]
+        no_projections: bool,
+    },
+    /// Run one projection alone.
+    Consume {
+        /// The projection's name.
+        projection: String,
+    },
+    /// Publish CloudEvents, one JSON object per line, from FILE or stdin.
+    Publish {
+        /// File of JSON lines; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+    },
+    /// Apply database migrations and create the streams, then exit.
+    Migrate,
+    /// Publish demo traffic only.
+    Demo,
+    /// Validate the configuration and print it.
+    CheckConfig,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kairos: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = cli.config.or_else(|| {
+        let default = PathBuf::from("kairos.toml");
+        default.is_file().then_some(default)
+    });
+    let settings = Settings::load(path.as_deref())?;
+    telemetry::init(&settings.log);
+    match cli.command {
+        Command::CheckConfig => {
+            let mut shown = settings.clone();
+            shown.database.url = redact(&shown.database.url);
+            println!("{shown:#?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let k = Kairos::connect(settings).await?;
+            info!(
+                migrations = MIGRATOR.iter().count(),
+                stream = k.bus.stream_name(),
+                "database migrated, streams ready"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish { file } => {
+            let bus = kairos_bus::Bus::connect(&settings.nats, "kairos-publish").await?;
+            bus.ensure_streams().await?;
+            let mut stdout = std::io::stdout().lock();
+            let summary = match file.filter(|f| f.as_os_str() != "-") {
+                Some(f) => {
+                    let input = tokio::fs::File::open(&f)
+                        .await
+                        .with_context(|| format!("cannot open {}", f.display()))?;
+                    publish::publish_lines(&bus, input, &mut stdout).await?
+                }
+                None => publish::publish_lines(&bus, tokio::io::stdin(), &mut stdout).await?,
+            };
+            eprintln!(
+                "kairos publish: {} accepted ({} duplicates), {} rejected, {} failed",
+                summary.accepted, summary.duplicates, summary.rejected, summary.failed
+            );
+            Ok(match (summary.failed, summary.rejected) {
+                (0, 0) => ExitCode::SUCCESS,
+                (0, _) => ExitCode::from(1),
+                _ => ExitCode::from(2),
+            })
+        }
+        Command::Demo => {
+            let bus = kairos_bus::Bus::connect(&settings.nats, "kairos-demo").await?;
+            bus.ensure_streams().await?;
+            demo::run(bus, settings.demo.events_per_second).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Consume { projection } => {
+            let k = Kairos::connect(settings).await?;
+            let task = k.spawn_projection(&projection)?;
+            tokio::select! {
+                r = task => { r??; }
+                _ = tokio::signal::ctrl_c() => info!("stopping"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            demo,
+            no_projections,
+        } => serve(settings, demo, !no_projections).await,
+    }
+}
+
+async fn serve(
+    settings: Settings,
+    with_demo: bool,
+    with_projections: bool,
+) -> anyhow::Result<ExitCode> {
+    let addr = settings.http.addr.clone();
+    let demo_rate = settings.demo.events_per_second;
+    let k = Kairos::connect(settings).await?;
+    let presets = k.apply_budget_presets().await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    if with_projections {
+        for name in PROJECTIONS {
+            let handle = k.spawn_projection(name)?;
+            tasks.spawn(async move { (name, handle.await) });
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (set http.addr or KAIROS_HTTP_ADDR)"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let app = k.api().await?;
+    if with_demo {
+        let bus = k.bus.clone();
+        tokio::spawn(async move {
+            if let Err(e) = demo::run(bus, demo_rate).await {
+                error!(error = %e, "demo traffic stopped");
+            }
+        });
+    }
+    println!("\nKairos is running at {url}");
+    println!(
+        "  stream {} · projections: {} · budget presets: {presets}",
+        k.bus.stream_name(),
+        PROJECTIONS.join(", ")
+    );
+    println!("\nTry:");
+    println!("  curl -s {url}/v1/budgets | jq");
+    println!("  curl -s {url}/v1/projects/research/budget | jq");
+    println!(
+        "  curl -s -X POST {url}/v1/events -H 'content-type: application/cloudevents+json' -d \
+         '{{\"specversion\":\"1.0\",\"id\":\"call-1\",\"source\":\"my-gateway\",\"type\":\"kairos.llm.call.completed.v1\",\"subject\":\"checkout\",\"data\":{{\"project\":\"checkout\",\"model\":\"gpt-4o\",\"provider\":\"openai\",\"input_tokens\":1200,\"output_tokens\":300,\"cost\":\"0.0123\",\"latency_ms\":840,\"status\":\"ok\"}}}}'"
+    );
+    println!("  (more: {url}/v1/projections, {url}/metrics; Ctrl-C stops)\n");
+    let server = axum::serve(listener, app).with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    tokio::select! {
+        r = server => { r?; Ok(ExitCode::SUCCESS) }
+        Some(done) = tasks.join_next(), if with_projections => {
+            let (name, result) = done?;
+            error!(projection = name, ?result, "projection stopped");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

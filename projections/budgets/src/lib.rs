@@ -496,7 +496,7 @@ const VIEW_SQL: &str = "
     FROM p
     LEFT JOIN budgets.limits l ON l.project = p.project
     LEFT JOIN budgets.spend s ON s.project = p.project AND s.period = $2
-    WHERE $1::text IS NULL OR p.project = $1
+    WHERE ($1::text IS NULL OR p.project = $1) AND ($4::text IS NULL OR p.project > $4)
     ORDER BY p.project
     LIMIT $3";
 
@@ -538,22 +538,25 @@ pub async fn read(
         .bind(Some(project.as_str()))
         .bind(period.to_string())
         .bind(1i64)
+        .bind(None::<&str>)
         .fetch_optional(pool)
         .await?
         .map(|r| view(&r, period))
         .transpose()
 }
 
-/// Every project with a limit, or with spend in `period`, by project id.
+/// Every project with a limit, or with spend in `period`, by project id, after `after`.
 pub async fn list(
     pool: &PgPool,
     period: Period,
+    after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<BudgetView>, sqlx::Error> {
     sqlx::query(VIEW_SQL)
         .bind(None::<&str>)
         .bind(period.to_string())
         .bind(limit)
+        .bind(after)
         .fetch_all(pool)
         .await?
         .iter()

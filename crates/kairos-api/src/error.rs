@@ -1,0 +1,100 @@
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kairos_events::EventError;
+use serde_json::{Value, json};
+
+/// Every error the API answers, mapped to a status and `{"error": {"code", "message", "field"?}}`
+/// in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidEvent(EventError),
+    #[error("{message}")]
+    BadRequest {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
+    /// Every event of a batch was refused; `results` says why for each.
+    #[error("every event in the batch was rejected")]
+    AllRejected { results: Value },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the request body is larger than the {limit} bytes this server accepts")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    NotYetApplied(String),
+    #[error("the event stream is unavailable: {0}")]
+    StreamUnavailable(String),
+    #[error("the projection database is unavailable")]
+    Database(#[from] sqlx::Error),
+}
+
+impl ApiError {
+    pub fn bad(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, field) = match &self {
+            Self::InvalidEvent(e) => (StatusCode::BAD_REQUEST, e.code, e.field.clone()),
+            Self::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, *code, field.clone()),
+            Self::AllRejected { .. } => (StatusCode::BAD_REQUEST, "all_events_rejected", None),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            Self::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
+            }
+            Self::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                None,
+            ),
+            Self::NotYetApplied(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_applied", None),
+            Self::StreamUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable", None)
+            }
+            Self::Database(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                None,
+            ),
+        };
+        let message = match &self {
+            Self::InvalidEvent(e) => e.message.clone(),
+            other => other.to_string(),
+        };
+        if let Self::Database(e) = &self {
+            tracing::error!(error = %e, "database error");
+        }
+        let mut error = json!({"code": code, "message": message});
+        if let Some(field) = field {
+            error["field"] = Value::String(field);
+        }
+        let mut body = json!({ "error": error });
+        if let Self::AllRejected { results } = self {
+            body["results"] = results;
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<EventError> for ApiError {
+    fn from(e: EventError) -> Self {
+        Self::InvalidEvent(e)
+    }
+}

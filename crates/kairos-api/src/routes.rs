@@ -1,0 +1,454 @@
+//! The handlers: parse, call, answer.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use chrono::Utc;
+use kairos_budgets as budgets;
+use kairos_events::types::BUDGET_SET;
+use kairos_events::{
+    Event, EventError, Period, ProjectId, parse_batch, parse_binary, parse_structured,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{ApiError, AppState};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v1/events", post(ingest))
+        .route(
+            "/v1/projects/{project}/budget",
+            get(get_budget).put(put_budget),
+        )
+        .route("/v1/budgets", get(list_budgets))
+        .route("/v1/projections", get(projections))
+}
+
+async fn live() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    sqlx::query("SELECT 1").execute(&st.pool).await?;
+    let seq = st
+        .bus
+        .last_seq()
+        .await
+        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    Ok(Json(json!({"status": "ready", "stream_last_seq": seq.0})))
+}
+
+fn body_bytes(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: st.http.body_limit_bytes,
+            }
+        } else {
+            ApiError::bad("invalid_body", "body", rejection.body_text())
+        }
+    })
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+}
+
+enum Mode {
+    Structured,
+    Batch,
+    Binary,
+}
+
+/// `POST /v1/events`: structured, batch or binary CloudEvents; `202` once JetStream has them.
+async fn ingest(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(&st, body)?;
+    let media = media_type(&headers);
+    let mode = match media.as_deref() {
+        Some("application/cloudevents-batch+json") => Mode::Batch,
+        Some("application/cloudevents+json") => Mode::Structured,
+        _ if headers.contains_key("ce-specversion") => Mode::Binary,
+        None | Some("application/json") => match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'[') => Mode::Batch,
+            _ => Mode::Structured,
+        },
+        Some(other) => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "{other} is not a CloudEvents encoding: send application/cloudevents+json, \
+                 application/cloudevents-batch+json, or binary mode with ce-* headers"
+            )));
+        }
+    };
+    let parsed: Vec<Result<Event, EventError>> = match mode {
+        Mode::Structured => vec![Ok(parse_structured(&body)?)],
+        Mode::Binary => {
+            let ce = headers
+                .iter()
+                .filter(|(name, _)| name.as_str().starts_with("ce-"))
+                .map(|(name, value)| (name.as_str(), value.as_bytes()));
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            vec![Ok(parse_binary(ce, ct, &body)?)]
+        }
+        Mode::Batch => {
+            let items = parse_batch(&body)?;
+            if items.is_empty() {
+                return Err(ApiError::bad("invalid_batch", "body", "the batch is empty"));
+            }
+            if items.len() > st.http.max_batch_events {
+                return Err(ApiError::bad(
+                    "batch_too_large",
+                    "body",
+                    format!(
+                        "the batch has {} events; at most {} are accepted per request",
+                        items.len(),
+                        st.http.max_batch_events
+                    ),
+                ));
+            }
+            items
+        }
+    };
+    let valid: Vec<Event> = parsed
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let receipts = st.bus.publish_events(&valid).await;
+    let mut receipts = receipts.into_iter();
+    let mut results = Vec::with_capacity(parsed.len());
+    let (mut accepted, mut rejected, mut unavailable) = (0u64, 0u64, 0u64);
+    for (index, item) in parsed.iter().enumerate() {
+        match item {
+            Ok(event) => match receipts.next() {
+                Some(Ok(r)) => {
+                    accepted += 1;
+                    if r.duplicate {
+                        st.counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
+                    }
+                    results.push(
+                        json!({"index": index, "id": event.id(), "status": "accepted",
+                                        "seq": r.seq.0, "duplicate": r.duplicate}),
+                    );
+                }
+                Some(Err(e)) => {
+                    unavailable += 1;
+                    tracing::error!(error = %e, "publish failed");
+                    results.push(json!({"index": index, "id": event.id(), "status": "failed",
+                        "error": {"code": "stream_unavailable", "message": e.to_string()}}));
+                }
+                None => unreachable_receipt(&mut results, index),
+            },
+            Err(e) => {
+                rejected += 1;
+                let mut error = json!({"code": e.code, "message": e.message});
+                if let Some(f) = &e.field {
+                    error["field"] = json!(f);
+                }
+                results.push(json!({"index": index, "status": "rejected", "error": error}));
+            }
+        }
+    }
+    st.counters
+        .events_accepted
+        .fetch_add(accepted, Ordering::Relaxed);
+    st.counters
+        .events_rejected
+        .fetch_add(rejected, Ordering::Relaxed);
+    if accepted == 0 && unavailable > 0 {
+        return Err(ApiError::StreamUnavailable(
+            "no event was acknowledged".into(),
+        ));
+    }
+    if accepted == 0 {
+        return Err(ApiError::AllRejected {
+            results: Value::Array(results),
+        });
+    }
+    let body = json!({"accepted": accepted, "rejected": rejected, "failed": unavailable, "results": results});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+fn unreachable_receipt(results: &mut Vec<Value>, index: usize) {
+    // publish_events answers once per event; keep the response well-formed regardless.
+    results.push(json!({"index": index, "status": "failed",
+        "error": {"code": "stream_unavailable", "message": "no acknowledgement"}}));
+}
+
+fn project_param(raw: &str) -> Result<ProjectId, ApiError> {
+    ProjectId::parse(raw).map_err(|e| ApiError::bad(e.code, "project", e.message))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadQuery {
+    period: Option<String>,
+    min_seq: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+fn query(q: Result<Query<ReadQuery>, QueryRejection>) -> Result<ReadQuery, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad("invalid_query", "query", e.body_text()))
+}
+
+impl ReadQuery {
+    fn period(&self, st: &AppState) -> Result<Period, ApiError> {
+        match &self.period {
+            Some(p) => Period::parse(p).map_err(|e| ApiError::bad(e.code, "period", e.message)),
+            None => Ok(Period::containing(Utc::now(), &st.tz)),
+        }
+    }
+
+    /// Waits until the budgets projection applied `min_seq`, if given.
+    async fn wait(&self, st: &AppState) -> Result<(), ApiError> {
+        let Some(raw) = &self.min_seq else {
+            return Ok(());
+        };
+        let seq: u64 = raw.parse().map_err(|_| {
+            ApiError::bad(
+                "invalid_query",
+                "min_seq",
+                "min_seq must be a non-negative integer",
+            )
+        })?;
+        let wait = Duration::from_millis(st.http.read_wait_ms);
+        match st.checkpoints.wait_for(budgets::NAME, seq, wait).await {
+            Ok(_) => Ok(()),
+            Err(kairos_runtime::WaitError::Database(e)) => Err(ApiError::Database(e)),
+            Err(e) => Err(ApiError::NotYetApplied(e.to_string())),
+        }
+    }
+}
+
+/// `GET /v1/projects/{project}/budget?period=&min_seq=`
+async fn get_budget(
+    State(st): State<AppState>,
+    Path(project): Path<String>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Json<budgets::BudgetView>, ApiError> {
+    let project = project_param(&project)?;
+    let q = query(q)?;
+    let period = q.period(&st)?;
+    q.wait(&st).await?;
+    budgets::read(&st.pool, &project, period)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "project {project} has no budget and no spend in {period}"
+            ))
+        })
+}
+
+/// `GET /v1/budgets?period=&min_seq=&limit=&after=`
+async fn list_budgets(
+    State(st): State<AppState>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let period = q.period(&st)?;
+    let limit = match &q.limit {
+        None => 100,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "invalid_query",
+                    "limit",
+                    "limit must be an integer from 1 to 1000",
+                )
+            })?,
+    };
+    if let Some(after) = &q.after {
+        project_param(after)
+            .map_err(|_| ApiError::bad("invalid_query", "after", "after must be a project id"))?;
+    }
+    q.wait(&st).await?;
+    let items = budgets::list(&st.pool, period, q.after.as_deref(), limit).await?;
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|b| b.project.clone()))
+        .flatten();
+    Ok(Json(
+        json!({"period": period, "budgets": items, "next_after": next}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetBody {
+    monthly_limit: Value,
+    warn_at_percent: Option<Value>,
+    on_exceeded: Option<Value>,
+    fallback_model: Option<Value>,
+}
+
+/// `PUT /v1/projects/{project}/budget`: records a `kairos.budget.set.v1` event.
+async fn put_budget(
+    State(st): State<AppState>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let project = project_param(&project)?;
+    let body = body_bytes(&st, body)?;
+    if let Some(m) = media_type(&headers)
+        && m != "application/json"
+    {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "{m}: send application/json"
+        )));
+    }
+    let b: BudgetBody = serde_json::from_slice(&body).map_err(|e| {
+        let msg = e.to_string();
+        let field = [
+            "monthly_limit",
+            "warn_at_percent",
+            "on_exceeded",
+            "fallback_model",
+        ]
+        .into_iter()
+        .find(|f| msg.contains(f))
+        .unwrap_or("body");
+        ApiError::bad("invalid_body", field, msg)
+    })?;
+    // A limit is a decimal string ("10.00"); a JSON number is read from its text as well.
+    let limit = kairos_events::Money::from_json(&b.monthly_limit)
+        .map_err(|e| ApiError::bad("invalid_body", "monthly_limit", e.to_string()))?;
+    let mut data = json!({
+        "project": project.as_str(),
+        "monthly_limit": limit.to_string(),
+        "warn_at_percent": b.warn_at_percent.unwrap_or(json!(80)),
+        "on_exceeded": b.on_exceeded.unwrap_or(json!("fallback_to_local")),
+    });
+    if let Some(m) = b.fallback_model {
+        data["fallback_model"] = m;
+    }
+    let event = Event::from_value(json!({
+        "specversion": "1.0",
+        "id": uuid::Uuid::now_v7().to_string(),
+        "source": "kairos/api",
+        "type": BUDGET_SET,
+        "subject": project.as_str(),
+        "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "datacontenttype": "application/json",
+        "data": data,
+    }))
+    .map_err(|e| {
+        let field = e
+            .field
+            .as_deref()
+            .map(|f| f.trim_start_matches("data.").to_owned());
+        ApiError::BadRequest {
+            code: e.code,
+            message: e.message,
+            field,
+        }
+    })?;
+    let receipt = st
+        .bus
+        .publish_event(&event)
+        .await
+        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    let body = json!({
+        "project": project.as_str(),
+        "event_id": event.id(),
+        "seq": receipt.seq.0,
+        "budget": format!("/v1/projects/{project}/budget?min_seq={}", receipt.seq.0),
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `GET /v1/projections`: each projection's checkpoint and lag behind the stream.
+async fn projections(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let last = st
+        .bus
+        .last_seq()
+        .await
+        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    let items: Vec<Value> = kairos_runtime::checkpoints(&st.pool)
+        .await?
+        .into_iter()
+        .map(|c| {
+            json!({
+                "projection": c.projection, "last_seq": c.last_seq,
+                "lag": last.0.saturating_sub(c.last_seq), "events_applied": c.events_applied,
+                "duplicates": c.duplicates, "dead_lettered": c.dead_lettered, "updated_at": c.updated_at,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"stream_last_seq": last.0, "projections": items}),
+    ))
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
+    use std::fmt::Write;
+    let last = st.bus.last_seq().await.map(|s| s.0).unwrap_or(0);
+    let mut out = String::new();
+    let c = &st.counters;
+    let _ = writeln!(
+        out,
+        "# TYPE kairos_stream_last_seq gauge\nkairos_stream_last_seq {last}"
+    );
+    let _ = writeln!(out, "# TYPE kairos_ingest_events_total counter");
+    for (outcome, n) in [
+        ("accepted", &c.events_accepted),
+        ("duplicate", &c.events_duplicate),
+        ("rejected", &c.events_rejected),
+    ] {
+        let _ = writeln!(
+            out,
+            "kairos_ingest_events_total{{outcome=\"{outcome}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
+    }
+    let checkpoints = kairos_runtime::checkpoints(&st.pool).await?;
+    for (metric, kind) in [
+        ("kairos_projection_checkpoint", "gauge"),
+        ("kairos_projection_lag_events", "gauge"),
+        ("kairos_projection_events_applied_total", "counter"),
+        ("kairos_projection_duplicates_total", "counter"),
+        ("kairos_projection_dead_lettered_total", "counter"),
+    ] {
+        let _ = writeln!(out, "# TYPE {metric} {kind}");
+        for cp in &checkpoints {
+            let v = match metric {
+                "kairos_projection_checkpoint" => cp.last_seq,
+                "kairos_projection_lag_events" => last.saturating_sub(cp.last_seq),
+                "kairos_projection_events_applied_total" => cp.events_applied,
+                "kairos_projection_duplicates_total" => cp.duplicates,
+                _ => cp.dead_lettered,
+            };
+            let _ = writeln!(out, "{metric}{{projection=\"{}\"}} {v}", cp.projection);
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}

@@ -1,0 +1,241 @@
+//! `kairos.toml` plus `KAIROS_<SECTION>_<KEY>` environment overrides, validated once.
+
+use std::path::Path;
+
+use chrono_tz::Tz;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use kairos_api::HttpSettings;
+use kairos_bus::BusConfig;
+use kairos_events::{Money, ProjectId};
+use kairos_runtime::RunnerConfig;
+use serde::Deserialize;
+
+/// The shipped `kairos.toml`: every default, in one readable place.
+pub const DEFAULTS: &str = include_str!("../../../kairos.toml");
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub nats: BusConfig,
+    pub database: DatabaseSettings,
+    pub projections: RunnerConfig,
+    pub budgets: BudgetSettings,
+    pub log: LogSettings,
+    pub demo: DemoSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSettings {
+    /// IANA time zone of budget months.
+    pub timezone: String,
+    #[serde(default)]
+    pub preset: Vec<BudgetPreset>,
+}
+
+/// A budget set from the configuration at start-up.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetPreset {
+    pub project: String,
+    pub monthly_limit: String,
+    #[serde(default = "default_warn")]
+    pub warn_at_percent: u8,
+    #[serde(default = "default_policy")]
+    pub on_exceeded: String,
+    pub fallback_model: Option<String>,
+}
+
+fn default_warn() -> u8 {
+    80
+}
+
+fn default_policy() -> String {
+    "fallback_to_local".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DemoSettings {
+    pub events_per_second: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    Missing(String),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Defaults, then `path` (if given, it must exist), then `KAIROS_*` environment variables.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::Missing(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Self::from_figment(figment.merge(env_overrides()))
+    }
+
+    /// Defaults and a TOML text, without the environment (tests, `kairos config check`).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(DEFAULTS)).merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(|e| {
+            let msgs: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError::Invalid(msgs.join("; "))
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot; every message names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(m);
+        self.http.validate().map_err(invalid)?;
+        self.nats.validate().map_err(|e| invalid(e.to_string()))?;
+        self.projections.validate().map_err(invalid)?;
+        let db = &self.database.url;
+        if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+            return Err(invalid(
+                "database.url must start with postgres:// or postgresql://".into(),
+            ));
+        }
+        if !(2..=1000).contains(&self.database.max_connections) {
+            return Err(invalid(
+                "database.max_connections must be between 2 and 1000".into(),
+            ));
+        }
+        self.timezone()?;
+        for (i, p) in self.budgets.preset.iter().enumerate() {
+            let key = |k: &str| format!("budgets.preset[{i}].{k}");
+            ProjectId::parse(&p.project)
+                .map_err(|e| invalid(format!("{}: {}", key("project"), e.message)))?;
+            Money::parse(&p.monthly_limit)
+                .map_err(|e| invalid(format!("{}: {e}", key("monthly_limit"))))?;
+            if !(1..=100).contains(&p.warn_at_percent) {
+                return Err(invalid(format!(
+                    "{} must be between 1 and 100",
+                    key("warn_at_percent")
+                )));
+            }
+            if kairos_events::types::OnExceeded::parse(&p.on_exceeded).is_none() {
+                return Err(invalid(format!(
+                    "{} must be fallback_to_local or block",
+                    key("on_exceeded")
+                )));
+            }
+        }
+        if !(1..=100_000).contains(&self.demo.events_per_second) {
+            return Err(invalid(
+                "demo.events_per_second must be between 1 and 100000".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn timezone(&self) -> Result<Tz, ConfigError> {
+        self.budgets.timezone.parse::<Tz>().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "budgets.timezone {:?} is not an IANA time zone such as UTC or Europe/Berlin",
+                self.budgets.timezone
+            ))
+        })
+    }
+}
+
+/// `KAIROS_<SECTION>_<KEY>`: the first `_` after the prefix separates section from key, so
+/// `KAIROS_NATS_SUBJECT_PREFIX` is `nats.subject_prefix`.
+fn env_overrides() -> Env {
+    Env::prefixed("KAIROS_")
+        .filter(|k| {
+            let k = k.as_str().to_ascii_lowercase();
+            k.contains('_') && !k.starts_with("bootstrap")
+        })
+        .map(|k| k.as_str().replacen('_', ".", 1).into())
+        .lowercase(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_is_valid() {
+        let s = Settings::from_toml("").unwrap();
+        assert_eq!(s.nats.subject_prefix, "kairos");
+        assert_eq!(s.timezone().unwrap(), chrono_tz::UTC);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[http]\naddr = 5", "http.addr"),
+            ("[http]\naddr = \"nowhere\"", "http.addr"),
+            ("[http]\nbody_limit_bytes = -1", "body_limit_bytes"),
+            ("[nats]\nsubject_prefix = \"a b\"", "nats.subject_prefix"),
+            ("[nats]\nstream = \"a.b\"", "nats.stream"),
+            ("[nats]\nreplicas = 2", "nats.replicas"),
+            ("[database]\nurl = \"mysql://x\"", "database.url"),
+            ("[budgets]\ntimezone = \"Mars/Olympus\"", "budgets.timezone"),
+            ("[projections]\nbatch_size = 0", "projections.batch_size"),
+            ("[http]\nsurprise = 1", "surprise"),
+            ("[log]\nformat = \"xml\"", "format"),
+            (
+                "[[budgets.preset]]\nproject = \"a.b\"\nmonthly_limit = \"1\"",
+                "budgets.preset[0].project",
+            ),
+            (
+                "[[budgets.preset]]\nproject = \"a\"\nmonthly_limit = \"-1\"",
+                "budgets.preset[0].monthly_limit",
+            ),
+            (
+                "[[budgets.preset]]\nproject = \"a\"\nmonthly_limit = \"1\"\non_exceeded = \"pray\"",
+                "budgets.preset[0].on_exceeded",
+            ),
+            ("not toml at all [", "TOML"),
+        ];
+        for (text, key) in cases {
+            let err = Settings::from_toml(text).unwrap_err().to_string();
+            assert!(
+                err.contains(key),
+                "{text:?} gave {err:?}, which does not name {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = Settings::load(Some(Path::new("/nonexistent/kairos.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::Missing(_)));
+    }
+}

@@ -1,0 +1,174 @@
+//! Wiring: connect, migrate, create streams, run projections and the API.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono_tz::Tz;
+use kairos_api::{AppState, Counters};
+use kairos_budgets::Budgets;
+use kairos_bus::Bus;
+use kairos_events::Event;
+use kairos_runtime::{CheckpointWatch, Runner, RunnerError};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinHandle;
+
+use crate::configuration::Settings;
+
+/// Every migration: the runtime's tables and each projection's.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// The projections this build runs, by name.
+pub const PROJECTIONS: &[&str] = &[kairos_budgets::NAME];
+
+/// A connected Kairos: settings, the bus (streams ensured) and a migrated database.
+#[derive(Clone)]
+pub struct Kairos {
+    pub settings: Settings,
+    pub bus: Bus,
+    pub pool: PgPool,
+    pub tz: Tz,
+}
+
+impl Kairos {
+    /// Connects to PostgreSQL and NATS as configured, applies migrations, ensures the streams.
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.database.max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(&settings.database.url)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to PostgreSQL at {}",
+                    redact(&settings.database.url)
+                )
+            })?;
+        Self::with_pool(settings, pool).await
+    }
+
+    /// As [`Kairos::connect`], on an existing pool (tests hand in a fresh database).
+    pub async fn with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        MIGRATOR.run(&pool).await.context("applying migrations")?;
+        claim_database(&pool, &settings).await?;
+        let bus = Bus::connect(&settings.nats, "kairos").await?;
+        bus.ensure_streams().await?;
+        let tz = settings.timezone()?;
+        Ok(Self {
+            settings,
+            bus,
+            pool,
+            tz,
+        })
+    }
+
+    /// Starts the projection called `name` on its own task.
+    pub fn spawn_projection(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<JoinHandle<Result<(), RunnerError>>> {
+        let config = self.settings.projections.clone();
+        let (bus, pool) = (self.bus.clone(), self.pool.clone());
+        match name {
+            kairos_budgets::NAME => Ok(tokio::spawn(
+                Runner::new(Budgets { tz: self.tz }, bus, pool, config).run(),
+            )),
+            other => anyhow::bail!(
+                "unknown projection {other:?}; known: {}",
+                PROJECTIONS.join(", ")
+            ),
+        }
+    }
+
+    /// The API router with its state.
+    pub async fn api(&self) -> anyhow::Result<axum::Router> {
+        let checkpoints = CheckpointWatch::start(self.pool.clone()).await?;
+        Ok(kairos_api::router(AppState {
+            bus: self.bus.clone(),
+            pool: self.pool.clone(),
+            checkpoints,
+            http: Arc::new(self.settings.http.clone()),
+            tz: self.tz,
+            counters: Arc::new(Counters::default()),
+        }))
+    }
+
+    /// Publishes a `kairos.budget.set.v1` for each `[[budgets.preset]]`. The event id is derived
+    /// from the preset's values, so a preset takes effect once per distinct value, however often
+    /// Kairos restarts, and a budget changed through the API later is not reverted by a restart.
+    pub async fn apply_budget_presets(&self) -> anyhow::Result<usize> {
+        let mut events = Vec::new();
+        for p in &self.settings.budgets.preset {
+            let mut data = json!({
+                "project": p.project, "monthly_limit": p.monthly_limit,
+                "warn_at_percent": p.warn_at_percent, "on_exceeded": p.on_exceeded,
+            });
+            if let Some(m) = &p.fallback_model {
+                data["fallback_model"] = json!(m);
+            }
+            let digest = Sha256::digest(data.to_string().as_bytes());
+            let id: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+            events.push(Event::from_value(json!({
+                "specversion": "1.0", "id": format!("preset-{id}"), "source": "kairos/config",
+                "type": kairos_events::types::BUDGET_SET, "subject": p.project,
+                "datacontenttype": "application/json", "data": data,
+            }))?);
+        }
+        for r in self.bus.publish_events(&events).await {
+            r?;
+        }
+        Ok(events.len())
+    }
+}
+
+/// Ties the database to the configured stream on first use; refuses another stream later, since
+/// checkpoints of one stream mean nothing on another.
+async fn claim_database(pool: &PgPool, settings: &Settings) -> anyhow::Result<()> {
+    let (stream, prefix) = (&settings.nats.stream, &settings.nats.subject_prefix);
+    sqlx::query("INSERT INTO kairos.instance (stream, subject_prefix) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(stream)
+        .bind(prefix)
+        .execute(pool)
+        .await?;
+    let (s, p): (String, String) =
+        sqlx::query_as("SELECT stream, subject_prefix FROM kairos.instance")
+            .fetch_one(pool)
+            .await?;
+    if (&s, &p) != (stream, prefix) {
+        anyhow::bail!(
+            "database {} holds projections of stream {s} (subjects {p}.*), not {stream} ({prefix}.*): \
+             point database.url at another database or nats.stream back at {s}",
+            redact(&settings.database.url)
+        );
+    }
+    Ok(())
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,1 +1,250 @@
-//! placeholder
+//! The end-to-end test harness: a real Kairos (API + projections) on a random port, against the
+//! real NATS server on a fresh stream and subject prefix, and a fresh PostgreSQL database (from
+//! `#[sqlx::test]`). Tests talk HTTP to it and read the stream directly. No mocks.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use futures_util::StreamExt;
+use kairos::configuration::Settings;
+use kairos::startup::Kairos;
+use kairos_events::Event;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+/// A running Kairos for one test.
+pub struct TestApp {
+    pub url: String,
+    pub kairos: Kairos,
+    pub http: reqwest::Client,
+    pub projections: Vec<JoinHandle<Result<(), kairos_runtime::RunnerError>>>,
+    server: JoinHandle<()>,
+}
+
+/// Settings for an isolated instance: unique stream and subject prefix, short timeouts.
+pub fn test_settings() -> Settings {
+    let mut s = Settings::from_toml("").expect("the shipped kairos.toml is valid");
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    s.nats.url =
+        std::env::var("KAIROS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    s.nats.stream = format!("TEST_{}", &tag[..16]);
+    s.nats.subject_prefix = format!("t{}", &tag[..12]);
+    // Let NATS clean up streams a crashed test leaves behind.
+    s.nats.max_age_days = 1;
+    s.http.addr = "127.0.0.1:0".into();
+    s.http.read_wait_ms = 10_000;
+    s.projections.ack_wait_ms = 2_000;
+    s.projections.idle_wait_ms = 200;
+    s
+}
+
+/// Starts Kairos with the default test settings and every projection.
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with(pool, test_settings(), true).await
+}
+
+/// Starts Kairos with `settings`; projections only if `projections`.
+pub async fn spawn_app_with(pool: PgPool, settings: Settings, projections: bool) -> TestApp {
+    let kairos = Kairos::with_pool(settings, pool)
+        .await
+        .expect("Kairos starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = kairos.api().await.expect("api");
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.expect("server runs");
+    });
+    let mut app = TestApp {
+        url,
+        kairos,
+        http: reqwest::Client::new(),
+        projections: Vec::new(),
+        server,
+    };
+    if projections {
+        app.start_projection("budgets");
+    }
+    app
+}
+
+impl TestApp {
+    pub fn start_projection(&mut self, name: &str) {
+        let handle = self
+            .kairos
+            .spawn_projection(name)
+            .expect("known projection");
+        self.projections.push(handle);
+    }
+
+    pub fn stop_projections(&mut self) {
+        for p in self.projections.drain(..) {
+            p.abort();
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.kairos.settings.nats.subject_prefix
+    }
+
+    /// POSTs `body` to `/v1/events` with `content_type`.
+    pub async fn post_events(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/v1/events", self.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs batches of 1000; panics unless every event was accepted. Returns the last stream
+    /// sequence.
+    pub async fn ingest(&self, events: &[Value]) -> u64 {
+        let mut last = 0;
+        for chunk in events.chunks(1000) {
+            let (status, body) = self
+                .post_events(
+                    "application/cloudevents-batch+json",
+                    serde_json::to_vec(chunk).expect("json"),
+                )
+                .await;
+            assert_eq!(status, 202, "{body}");
+            assert_eq!(body["accepted"], json!(chunk.len()), "{body}");
+            last = last.max(
+                body["results"]
+                    .as_array()
+                    .and_then(|r| r.iter().filter_map(|r| r["seq"].as_u64()).max())
+                    .expect("seqs"),
+            );
+        }
+        last
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits (bounded) until `projection` applied stream sequence `seq`.
+    pub async fn wait_for(&self, projection: &str, seq: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let reached = kairos_runtime::checkpoint(&self.kairos.pool, projection)
+                .await
+                .expect("checkpoint query")
+                .map_or(0, |c| c.last_seq);
+            if reached >= seq {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{projection} stuck at {reached}, waiting for {seq}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every message on `filter` in the events stream (or the stream named `stream`), in order.
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        filter: &str,
+    ) -> Vec<async_nats::jetstream::Message> {
+        let js = self.kairos.bus.jetstream();
+        let stream = js.get_stream(stream).await.expect("stream exists");
+        let consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: filter.to_owned(),
+                ack_policy: AckPolicy::None,
+                deliver_policy: DeliverPolicy::All,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut out = Vec::new();
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(5000)
+                .messages()
+                .await
+                .expect("fetch");
+            let mut got = 0;
+            while let Some(m) = batch.next().await {
+                out.push(m.expect("message"));
+                got += 1;
+            }
+            if got == 0 {
+                return out;
+            }
+        }
+    }
+
+    /// Parsed events on `<prefix>.events.<category>.>`.
+    pub async fn events_in(&self, category: &str) -> Vec<Event> {
+        let filter = format!("{}.events.{category}.>", self.prefix());
+        self.read_stream(self.kairos.bus.stream_name(), &filter)
+            .await
+            .iter()
+            .map(|m| Event::from_slice(&m.payload).expect("valid event on the stream"))
+            .collect()
+    }
+
+    /// Deletes this test's streams.
+    pub async fn cleanup(mut self) {
+        self.stop_projections();
+        self.server.abort();
+        let js = self.kairos.bus.jetstream().clone();
+        let _ = js.delete_stream(self.kairos.bus.stream_name()).await;
+        let _ = js.delete_stream(self.kairos.bus.dlq_stream_name()).await;
+    }
+}
+
+/// A valid `kairos.llm.call.completed.v1` as JSON.
+pub fn llm_call(id: &str, project: &str, cost: &str) -> Value {
+    json!({
+        "specversion": "1.0", "id": id, "source": "test/gateway", "type": "kairos.llm.call.completed.v1",
+        "subject": project, "time": "2026-11-10T12:00:00Z", "datacontenttype": "application/json",
+        "data": {"project": project, "model": "gpt-4o", "provider": "openai", "input_tokens": 100,
+                 "output_tokens": 20, "cost": cost, "latency_ms": 300, "status": "ok"}
+    })
+}
+
+/// A valid `kairos.budget.set.v1` as JSON.
+pub fn budget_set(id: &str, project: &str, limit: &str, warn: u8) -> Value {
+    json!({
+        "specversion": "1.0", "id": id, "source": "test/admin", "type": "kairos.budget.set.v1",
+        "subject": project, "time": "2026-11-01T00:00:00Z",
+        "data": {"project": project, "monthly_limit": limit, "warn_at_percent": warn,
+                 "on_exceeded": "fallback_to_local"}
+    })
+}

@@ -326,16 +326,14 @@ async fn put_budget(
         )));
     }
     let b: BudgetBody = serde_json::from_slice(&body).map_err(|e| {
+        // serde names the offending field as "unknown field `x`" / "missing field `x`".
         let msg = e.to_string();
-        let field = [
-            "monthly_limit",
-            "warn_at_percent",
-            "on_exceeded",
-            "fallback_model",
-        ]
-        .into_iter()
-        .find(|f| msg.contains(f))
-        .unwrap_or("body");
+        let field = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|p| msg.strip_prefix(p))
+            .and_then(|rest| rest.split('`').next())
+            .unwrap_or("body")
+            .to_owned();
         ApiError::bad("invalid_body", field, msg)
     })?;
     // A limit is a decimal string ("10.00"); a JSON number is read from its text as well.

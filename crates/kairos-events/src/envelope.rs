@@ -131,6 +131,7 @@ impl Event {
                 EventError::field("missing_attribute", "data", format!("{ty} requires data"))
             })?;
             known.validate(data)?;
+            check_amounts(ty.as_str(), data)?;
             let data_project = data.get("project").and_then(Value::as_str);
             match (&project, data_project) {
                 (None, Some(_)) if known.project_required => {
@@ -235,6 +236,26 @@ impl Event {
         let project = self.project.as_ref().map_or("_global", ProjectId::as_str);
         format!("{prefix}.events.{}.{project}", self.ty.category())
     }
+}
+
+/// Amounts the schema admits but Kairos cannot keep exactly (more than 9 decimals, over a
+/// billion USD) are refused here, at every door, rather than dead-lettered later.
+fn check_amounts(ty: &str, data: &Value) -> Result<(), EventError> {
+    use crate::types::{BUDGET_SET, BUDGET_THRESHOLD_CROSSED, LLM_CALL_COMPLETED};
+    let fields: &[&str] = match ty {
+        LLM_CALL_COMPLETED => &["cost"],
+        BUDGET_SET => &["monthly_limit"],
+        BUDGET_THRESHOLD_CROSSED => &["limit", "spent"],
+        _ => &[],
+    };
+    for field in fields {
+        if let Some(v) = data.get(*field) {
+            crate::Money::from_json(v).map_err(|e| {
+                EventError::field("invalid_amount", format!("data.{field}"), e.to_string())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn is_json_media_type(ct: &str) -> bool {

@@ -51,6 +51,9 @@ enum Command {
     Demo,
     /// Validate the configuration and print it.
     CheckConfig,
+    /// Measure ingest, projection and latency against raw JetStream in one run (logs off
+    /// unless RUST_LOG is set).
+    Bench(kairos::bench::BenchOptions),
 }
 
 #[tokio::main]
@@ -71,7 +74,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         default.is_file().then_some(default)
     });
     let settings = Settings::load(path.as_deref())?;
-    telemetry::init(&settings.log);
+    // The bench prints a table; logs would only garble it.
+    if !matches!(cli.command, Command::Bench(_)) || std::env::var_os("RUST_LOG").is_some() {
+        telemetry::init(&settings.log);
+    }
     match cli.command {
         Command::CheckConfig => {
             let mut shown = settings.clone();
@@ -118,12 +124,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Consume { projection } => {
+            if !PROJECTIONS.contains(&projection.as_str()) {
+                anyhow::bail!(
+                    "unknown projection {projection:?}; known: {}",
+                    PROJECTIONS.join(", ")
+                );
+            }
             let k = Kairos::connect(settings).await?;
             let task = k.spawn_projection(&projection)?;
             tokio::select! {
                 r = task => { r??; }
                 _ = tokio::signal::ctrl_c() => info!("stopping"),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(opts) => {
+            kairos::bench::run(settings, opts).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve {

@@ -146,3 +146,100 @@ fn crossing_events_are_valid_and_deterministic() {
     assert_eq!(e1.id(), "a/2026-11/warning");
     assert_eq!(e1.json()["data"]["spent"], "0.75");
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The runtime hands a projection batches of any size and reloads only the rows a batch
+    /// touches; redelivered and duplicate events are filtered before `fold`. Whatever the batch
+    /// boundaries, the stored state and the crossings announced must be the same.
+    fn fold_in_batches(
+        items: &[Item],
+        cuts: &[usize],
+    ) -> (Ledger, Vec<(String, String, Threshold)>) {
+        let mut stored = Ledger::default();
+        let mut crossed = Vec::new();
+        let mut start = 0;
+        let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (items.len() + 1)).collect();
+        bounds.push(items.len());
+        bounds.sort_unstable();
+        for end in bounds {
+            if end <= start {
+                continue;
+            }
+            let batch = &items[start..end];
+            // Load: only the touched rows, as `load` does.
+            let mut ledger = Ledger::default();
+            for i in batch {
+                let p = i.project().clone();
+                if let Some(l) = stored.limits.get(&p) {
+                    ledger.limits.insert(p.clone(), l.clone());
+                }
+                for ((sp, per), s) in &stored.spend {
+                    if *sp == p && *per == i.period() {
+                        ledger.spend.insert((sp.clone(), *per), s.clone());
+                    }
+                }
+                for c in &stored.crossed {
+                    if c.0 == p && c.1 == i.period() {
+                        ledger.crossed.insert(c.clone());
+                    }
+                }
+            }
+            for i in batch {
+                for c in ledger.fold(i).unwrap() {
+                    crossed.push((c.project.to_string(), c.period.to_string(), c.threshold));
+                }
+            }
+            // Save: write back what the batch holds.
+            stored.limits.extend(ledger.limits);
+            stored.spend.extend(ledger.spend);
+            stored.crossed.extend(ledger.crossed);
+            start = end;
+        }
+        (stored, crossed)
+    }
+
+    fn item() -> impl Strategy<Value = (u8, u8, u32, bool, u8)> {
+        // (project, month, cost in nanos or limit in cents, is a budget change, warn percent)
+        (
+            0u8..3,
+            10u8..13,
+            0u32..2_000_000_000,
+            prop::bool::weighted(0.1),
+            1u8..=100,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn batch_boundaries_do_not_change_the_result(
+            raw in prop::collection::vec(item(), 1..120),
+            cuts in prop::collection::vec(0usize..200, 0..8),
+        ) {
+            let items: Vec<Item> = raw
+                .iter()
+                .enumerate()
+                .map(|(seq, (p, month, amount, is_set, warn))| {
+                    let when = format!("2026-{month:02}-15T00:00:00Z");
+                    let project = format!("p{p}");
+                    if *is_set {
+                        let limit = Money::from_nanos(i64::from(*amount) * 10).to_string();
+                        set(seq as u64 + 1, &project, &limit, *warn, &when)
+                    } else {
+                        call(seq as u64 + 1, &project, &Money::from_nanos(i64::from(*amount)).to_string(), &when)
+                    }
+                })
+                .collect();
+            let whole = fold_in_batches(&items, &[]);
+            let split = fold_in_batches(&items, &cuts);
+            prop_assert_eq!(&whole.0, &split.0);
+            prop_assert_eq!(&whole.1, &split.1);
+            // Each (project, month, threshold) is announced at most once.
+            let unique: std::collections::HashSet<_> = whole.1.iter().collect();
+            prop_assert_eq!(unique.len(), whole.1.len());
+        }
+    }
+}

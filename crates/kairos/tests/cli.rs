@@ -1,0 +1,202 @@
+//! The command line as a user meets it: bad configuration stops start-up naming the key, and
+//! `kairos publish` validates every line like the HTTP door, against a real NATS server.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn kairos(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kairos"));
+    cmd.args(args)
+        .env_remove("KAIROS_CONFIG")
+        .env("RUST_LOG", "error")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("kairos runs");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        // A writer thread: the child may answer before it has read everything.
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    child.wait_with_output().expect("kairos exits")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("kairos-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        ("[http]\naddr = 8080\n", "http.addr"),
+        (
+            "[nats]\nurl = \"nats://x\"\nsubject_prefix = \"has space\"\n",
+            "nats.subject_prefix",
+        ),
+        (
+            "[budgets]\ntimezone = \"Atlantis/Capital\"\n",
+            "budgets.timezone",
+        ),
+        (
+            "[database]\nmax_connections = \"many\"\n",
+            "database.max_connections",
+        ),
+        ("[unknown_section]\nx = 1\n", "unknown_section"),
+        ("[http\naddr=", "TOML"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = dir.join(format!("bad-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = kairos(
+            &["check-config", "--config", path.to_str().unwrap()],
+            &[],
+            None,
+        );
+        assert!(!out.status.success(), "{text}");
+        assert!(stderr(&out).contains(key), "{text}: {}", stderr(&out));
+    }
+    let out = kairos(
+        &["check-config", "--config", "/no/such/kairos.toml"],
+        &[],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("/no/such/kairos.toml"));
+
+    // Environment overrides are validated the same way, and applied when valid.
+    let out = kairos(
+        &["check-config"],
+        &[("KAIROS_HTTP_ADDR", "not-an-address")],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("http.addr"), "{}", stderr(&out));
+    let out = kairos(
+        &["check-config"],
+        &[
+            ("KAIROS_NATS_SUBJECT_PREFIX", "tenant-b"),
+            ("KAIROS_DATABASE_URL", "postgres://u:hunter2@db/k"),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("\"tenant-b\""));
+    assert!(!shown.contains("hunter2"), "passwords are not printed");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn unknown_commands_and_projections_are_refused() {
+    let out = kairos(&["consume", "nonexistent"], &[], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown projection"),
+        "{}",
+        stderr(&out)
+    );
+    let out = kairos(&["frobnicate"], &[], None);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn publish_validates_each_line_and_keeps_going() {
+    let tag = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let stream = format!("CLI_{tag}");
+    let prefix = format!("cli{tag}");
+    let good = |id: &str| {
+        format!(
+            r#"{{"specversion":"1.0","id":"{id}","source":"cli-test","type":"kairos.llm.call.completed.v1","subject":"p1","data":{{"project":"p1","model":"m","provider":"x","input_tokens":1,"output_tokens":1,"cost":"0.01","latency_ms":1,"status":"ok"}}}}"#
+        )
+    };
+    let mut input = String::new();
+    input.push_str(&good("one"));
+    input.push('\n');
+    input.push_str("{not json\n");
+    input.push('\n');
+    input.push_str(&good("one").replace("\"cost\":\"0.01\"", "\"cost\":\"cheap\""));
+    input.push('\n');
+    input.push_str(&format!(
+        "{{\"pad\":\"{}\"}}\n",
+        "x".repeat(10 * 1024 * 1024)
+    ));
+    input.push_str(&good("two"));
+    input.push('\n');
+    input.push_str(&good("one")); // a retry: stored once
+    let env = [
+        ("KAIROS_NATS_STREAM", stream.as_str()),
+        ("KAIROS_NATS_SUBJECT_PREFIX", prefix.as_str()),
+    ];
+    let out = kairos(&["publish"], &env, Some(input.as_bytes()));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "rejected lines give exit code 1: {}",
+        stderr(&out)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON result per line"))
+        .collect();
+    let summary: Vec<(u64, &str)> = lines
+        .iter()
+        .map(|l| (l["line"].as_u64().unwrap(), l["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (2, "rejected"),
+            (4, "rejected"),
+            (5, "rejected"),
+            (1, "accepted"),
+            (6, "accepted"),
+            (7, "accepted")
+        ]
+    );
+    assert_eq!(lines[1]["error"]["field"], "data.cost");
+    assert_eq!(lines[2]["error"]["code"], "event_too_large");
+    assert_eq!(lines[5]["duplicate"], true);
+    assert!(
+        stderr(&out).contains("3 accepted (1 duplicates), 3 rejected"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Clean up the stream this test made.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url =
+            std::env::var("KAIROS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let info = js
+            .get_stream(&stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(info.state.messages, 2, "two distinct events stored");
+        js.delete_stream(&stream).await.unwrap();
+        js.delete_stream(format!("{stream}_DLQ")).await.unwrap();
+    });
+}

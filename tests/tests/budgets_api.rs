@@ -1,0 +1,217 @@
+//! Setting and reading budgets over HTTP: writes are events, reads wait for them with min_seq,
+//! bad input gets a 4xx naming the field, thresholds are announced once.
+
+use kairos_tests::{llm_call, spawn_app, spawn_app_with, test_settings};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+#[sqlx::test(migrations = false)]
+async fn a_budget_set_over_http_is_read_back_with_its_sequence(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (status, r) = app
+        .put_json(
+            "/v1/projects/acme/budget",
+            &json!({"monthly_limit": "10.00", "warn_at_percent": 50, "on_exceeded": "block"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    let seq = r["seq"].as_u64().unwrap();
+    let (status, b) = app
+        .get(&format!("/v1/projects/acme/budget?min_seq={seq}"))
+        .await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["limit"], "10.00");
+    assert_eq!(b["spent"], "0.00");
+    assert_eq!(b["remaining"], "10.00");
+    assert_eq!(b["status"], "ok");
+    assert_eq!(b["on_exceeded"], "block");
+    assert!(b["as_of_seq"].as_u64().unwrap() >= seq);
+    assert_eq!(b["period"].as_str().map(str::len), Some(7));
+
+    // Spend this month (the API's period is the current month) crosses 50 % then 100 %.
+    let now = chrono::Utc::now().to_rfc3339();
+    let calls: Vec<Value> = ["4.99", "0.01", "4.99", "0.01", "3"]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut e = llm_call(&format!("c-{i}"), "acme", c);
+            e["time"] = json!(now);
+            e
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in &calls {
+        let seq = app.ingest(std::slice::from_ref(c)).await;
+        let (_, b) = app
+            .get(&format!("/v1/projects/acme/budget?min_seq={seq}"))
+            .await;
+        statuses.push(b["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        statuses,
+        ["ok", "warning", "warning", "exceeded", "exceeded"]
+    );
+    let (_, b) = app.get("/v1/projects/acme/budget").await;
+    assert_eq!(b["spent"], "13.00");
+    assert_eq!(b["remaining"], "-3.00");
+
+    // Lowering, then raising the limit does not announce anything twice.
+    let (_, r) = app
+        .put_json("/v1/projects/acme/budget", &json!({"monthly_limit": "100"}))
+        .await;
+    let seq = r["seq"].as_u64().unwrap();
+    let (_, b) = app
+        .get(&format!("/v1/projects/acme/budget?min_seq={seq}"))
+        .await;
+    assert_eq!(
+        (b["status"].as_str(), b["warn_at_percent"].as_u64()),
+        (Some("ok"), Some(80))
+    );
+    let mut crossed = Vec::new();
+    for _ in 0..100 {
+        crossed = app
+            .events_in("budget")
+            .await
+            .into_iter()
+            .filter(|e| e.event_type().as_str() == "kairos.budget.threshold_crossed.v1")
+            .map(|e| e.json()["data"]["threshold"].as_str().unwrap().to_owned())
+            .collect();
+        if crossed.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(crossed, ["warning", "exceeded"]);
+
+    let (status, list) = app.get("/v1/budgets").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["budgets"].as_array().map(Vec::len), Some(1));
+    app.cleanup().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn budget_writes_and_reads_refuse_bad_input(pool: PgPool) {
+    let mut settings = test_settings();
+    settings.http.read_wait_ms = 300;
+    let app = spawn_app_with(pool, settings, true).await;
+    let cases = [
+        (json!({"monthly_limit": "-1"}), "monthly_limit"),
+        (json!({"monthly_limit": "1.0000000001"}), "monthly_limit"),
+        (json!({"monthly_limit": "ten"}), "monthly_limit"),
+        (json!({"monthly_limit": [1]}), "monthly_limit"),
+        (
+            json!({"monthly_limit": "1", "warn_at_percent": 0}),
+            "warn_at_percent",
+        ),
+        (
+            json!({"monthly_limit": "1", "warn_at_percent": 101}),
+            "warn_at_percent",
+        ),
+        (
+            json!({"monthly_limit": "1", "warn_at_percent": "80"}),
+            "warn_at_percent",
+        ),
+        (
+            json!({"monthly_limit": "1", "on_exceeded": "pray"}),
+            "on_exceeded",
+        ),
+        (
+            json!({"monthly_limit": "1", "fallback_model": ""}),
+            "fallback_model",
+        ),
+        (json!({"monthly_limit": "1", "surprise": true}), "surprise"),
+        (json!({}), "monthly_limit"),
+        (json!([]), "body"),
+    ];
+    for (body, field) in cases {
+        let (status, r) = app.put_json("/v1/projects/acme/budget", &body).await;
+        assert_eq!(status, 400, "{body} -> {r}");
+        assert_eq!(r["error"]["field"], field, "{body} -> {r}");
+    }
+    let resp = app
+        .http
+        .put(format!("{}/v1/projects/acme/budget", app.url))
+        .header("content-type", "application/json")
+        .body("{\"monthly_limit\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let (status, r) = app
+        .put_json(
+            "/v1/projects/bad.project/budget",
+            &json!({"monthly_limit": "1"}),
+        )
+        .await;
+    assert_eq!(
+        (status, r["error"]["field"].as_str()),
+        (400, Some("project"))
+    );
+
+    for (path, status, field) in [
+        ("/v1/projects/nobody/budget", 404, None),
+        ("/v1/projects/a%20b/budget", 400, Some("project")),
+        (
+            "/v1/projects/acme/budget?period=2026-13",
+            400,
+            Some("period"),
+        ),
+        (
+            "/v1/projects/acme/budget?period=yesterday",
+            400,
+            Some("period"),
+        ),
+        ("/v1/projects/acme/budget?min_seq=-1", 400, Some("min_seq")),
+        ("/v1/projects/acme/budget?min_seq=1e9", 400, Some("min_seq")),
+        ("/v1/budgets?limit=0", 400, Some("limit")),
+        ("/v1/budgets?limit=abc", 400, Some("limit")),
+        ("/v1/budgets?after=a.b", 400, Some("after")),
+    ] {
+        let (s, r) = app.get(path).await;
+        assert_eq!(s, status, "{path} -> {r}");
+        assert_eq!(r["error"]["field"].as_str(), field, "{path} -> {r}");
+    }
+    // Waiting for a sequence that never comes is bounded and says so.
+    let (s, r) = app.get("/v1/budgets?min_seq=999999").await;
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (503, Some("not_yet_applied"))
+    );
+
+    // Nothing invalid reached the stream.
+    assert!(app.events_in("budget").await.is_empty());
+    app.cleanup().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn listing_pages_through_projects(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let events: Vec<Value> = (0..25)
+        .map(|i| llm_call(&format!("c-{i}"), &format!("p{i:02}"), "1"))
+        .collect();
+    let seq = app.ingest(&events).await;
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/v1/budgets?period=2026-11&limit=10&min_seq={seq}&after={a}"),
+            None => format!("/v1/budgets?period=2026-11&limit=10&min_seq={seq}"),
+        };
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(
+            page["budgets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["project"].as_str().unwrap().to_owned()),
+        );
+        match page["next_after"].as_str() {
+            Some(a) => after = Some(a.to_owned()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
+    assert_eq!(seen, expected);
+    app.cleanup().await;
+}

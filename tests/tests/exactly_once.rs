@@ -30,7 +30,7 @@ fn cost(rng: &mut Rng) -> (Money, Value) {
     let nanos = 1 + (rng.next() % 50_000_000) as i64;
     let m = Money::from_nanos(nanos);
     let text = m.to_string();
-    let json = if rng.next() % 2 == 0 {
+    let json = if rng.next().is_multiple_of(2) {
         Value::String(text)
     } else {
         serde_json::from_str(&text).expect("a decimal is a JSON number")
@@ -45,7 +45,6 @@ async fn budgets_are_exact_under_duplicates_crashes_and_redelivery(pool: PgPool)
     settings.projections.batch_size = 500;
     settings.projections.ack_wait_ms = 1_500;
     let mut app = spawn_app_with(pool, settings, false).await;
-    let prefix = app.prefix().to_owned();
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
 
     // Budgets: three projects will exceed, three will likely warn, four stay fine.
@@ -187,8 +186,7 @@ async fn budgets_are_exact_under_duplicates_crashes_and_redelivery(pool: PgPool)
     // Threshold events: exactly the crossings the truth implies, each exactly once on the stream.
     let expected: BTreeSet<(String, String)> = truth
         .iter()
-        .enumerate()
-        .flat_map(|(_, (project, (spent, _)))| {
+        .flat_map(|(project, (spent, _))| {
             let idx: usize = project[1..].parse().unwrap();
             let limit = Money::parse(limits[idx]).unwrap();
             let mut v = Vec::new();
@@ -230,6 +228,5 @@ async fn budgets_are_exact_under_duplicates_crashes_and_redelivery(pool: PgPool)
         seen.values().all(|n| *n == 1),
         "each threshold event exactly once: {seen:?}"
     );
-    let _ = &prefix;
     app.cleanup().await;
 }

@@ -9,7 +9,7 @@ const STRUCTURED: &str = "application/cloudevents+json";
 const BATCH: &str = "application/cloudevents-batch+json";
 
 fn body(v: &Value) -> Vec<u8> {
-    serde_json::to_vec(v).unwrap()
+    serde_json::to_vec(v).expect("serialisable")
 }
 
 #[sqlx::test(migrations = false)]

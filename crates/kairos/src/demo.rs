@@ -131,7 +131,7 @@ pub async fn run(bus: Bus, per_second: u32) -> anyhow::Result<()> {
                     project,
                     &session,
                     &format!("t-{}", rng.next()),
-                    *rng.pick(TASKS),
+                    rng.pick::<&str>(TASKS),
                 )
                 .source("demo/agents")
                 .build()?,
@@ -139,7 +139,7 @@ pub async fn run(bus: Bus, per_second: u32) -> anyhow::Result<()> {
                     project,
                     &session,
                     &format!("t-{}", rng.next()),
-                    *rng.pick(TASKS),
+                    rng.pick::<&str>(TASKS),
                     "ok",
                 )
                 .duration_ms(rng.below(20_000))

@@ -215,3 +215,55 @@ async fn listing_pages_through_projects(pool: PgPool) {
     assert_eq!(seen, expected);
     app.cleanup().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn budgets_from_the_configuration_apply_once_per_value(pool: PgPool) {
+    let mut settings = test_settings();
+    settings.budgets.preset = vec![kairos::configuration::BudgetPreset {
+        project: "from-config".into(),
+        monthly_limit: "42.50".into(),
+        warn_at_percent: 90,
+        on_exceeded: "block".into(),
+        fallback_model: None,
+    }];
+    let app = spawn_app_with(pool, settings, true).await;
+    // Start-up publishes the preset; a restart publishes the same identity again.
+    assert_eq!(app.kairos.apply_budget_presets().await.unwrap(), 1);
+    assert_eq!(app.kairos.apply_budget_presets().await.unwrap(), 1);
+    let seq = app.kairos.bus.last_seq().await.unwrap().0;
+    let (status, b) = app
+        .get(&format!("/v1/projects/from-config/budget?min_seq={seq}"))
+        .await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(
+        (b["limit"].as_str(), b["warn_at_percent"].as_u64()),
+        (Some("42.50"), Some(90))
+    );
+    assert_eq!(b["on_exceeded"], "block");
+    // A budget changed through the API afterwards is not reverted by the next start-up.
+    let (_, r) = app
+        .put_json(
+            "/v1/projects/from-config/budget",
+            &json!({"monthly_limit": "7"}),
+        )
+        .await;
+    app.kairos.apply_budget_presets().await.unwrap();
+    let seq = app
+        .kairos
+        .bus
+        .last_seq()
+        .await
+        .unwrap()
+        .0
+        .max(r["seq"].as_u64().unwrap());
+    let (_, b) = app
+        .get(&format!("/v1/projects/from-config/budget?min_seq={seq}"))
+        .await;
+    assert_eq!(b["limit"], "7.00");
+    let cp = kairos_runtime::checkpoint(&app.kairos.pool, "budgets")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.events_applied, 2, "the repeated preset was applied once");
+    app.cleanup().await;
+}

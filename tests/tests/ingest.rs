@@ -391,3 +391,19 @@ async fn unknown_types_are_kept_and_ignored_by_budgets(pool: PgPool) {
     assert_eq!((cp.events_applied, cp.dead_lettered), (1, 0));
     app.cleanup().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn unknown_routes_and_methods_answer_json(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (status, r) = app.get("/v2/nothing").await;
+    assert_eq!(
+        (status, r["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (status, r) = app.get("/v1/events").await;
+    assert_eq!(
+        (status, r["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    app.cleanup().await;
+}

@@ -21,6 +21,8 @@ pub enum ApiError {
     AllRejected { results: Value },
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("the request body is larger than the {limit} bytes this server accepts")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -50,6 +52,9 @@ impl IntoResponse for ApiError {
             Self::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, *code, field.clone()),
             Self::AllRejected { .. } => (StatusCode::BAD_REQUEST, "all_events_rejected", None),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            Self::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
+            }
             Self::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
             }

@@ -33,6 +33,16 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/v1/budgets", get(list_budgets))
         .route("/v1/projections", get(projections))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+}
+
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}", uri.path()))
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
 async fn live() -> &'static str {

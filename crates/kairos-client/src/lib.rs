@@ -21,11 +21,12 @@
 use chrono::{DateTime, Utc};
 use cloudevents::EventBuilder;
 use cloudevents::EventBuilderV10;
-use kairos_bus::{Bus, BusConfig, BusError, Receipt};
+use kairos_bus::{Bus, BusError};
 use kairos_events::Event;
 use kairos_events::types;
 use serde_json::{Map, Value, json};
 
+pub use kairos_bus::{BusConfig, Receipt};
 pub use kairos_events;
 
 #[derive(Debug, thiserror::Error)]

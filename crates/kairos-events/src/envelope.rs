@@ -145,7 +145,7 @@ impl Event {
                     return Err(EventError::field(
                         "subject_mismatch",
                         "subject",
-                        format!("subject {p:?} differs from data.project {d:?}"),
+                        format!("subject {:?} differs from data.project {d:?}", p.as_str()),
                     ));
                 }
                 _ => {}

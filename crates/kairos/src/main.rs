@@ -134,7 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let task = k.spawn_projection(&projection)?;
             tokio::select! {
                 r = task => { r??; }
-                _ = tokio::signal::ctrl_c() => info!("stopping"),
+                _ = shutdown_signal() => info!("stopping"),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -179,10 +179,14 @@ async fn serve(
         });
     }
     println!("\nKairos is running at {url}");
-    println!(
-        "  stream {} · projections: {} · budget presets: {presets}",
-        k.bus.stream_name(),
+    let running = if with_projections {
         PROJECTIONS.join(", ")
+    } else {
+        "none in this process (run kairos consume)".into()
+    };
+    println!(
+        "  stream {} · projections: {running} · budget presets: {presets}",
+        k.bus.stream_name()
     );
     println!("\nTry:");
     println!("  curl -s {url}/v1/budgets | jq");
@@ -192,9 +196,7 @@ async fn serve(
          '{{\"specversion\":\"1.0\",\"id\":\"call-1\",\"source\":\"my-gateway\",\"type\":\"kairos.llm.call.completed.v1\",\"subject\":\"checkout\",\"data\":{{\"project\":\"checkout\",\"model\":\"gpt-4o\",\"provider\":\"openai\",\"input_tokens\":1200,\"output_tokens\":300,\"cost\":\"0.0123\",\"latency_ms\":840,\"status\":\"ok\"}}}}'"
     );
     println!("  (more: {url}/v1/projections, {url}/metrics; Ctrl-C stops)\n");
-    let server = axum::serve(listener, app).with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
     tokio::select! {
         r = server => { r?; Ok(ExitCode::SUCCESS) }
         Some(done) = tasks.join_next(), if with_projections => {
@@ -202,5 +204,21 @@ async fn serve(
             error!(projection = name, ?result, "projection stopped");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+/// Ctrl-C or SIGTERM (what a container runtime sends).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }

@@ -16,6 +16,8 @@
 //!
 //! It is not a place for projection logic: nothing here knows what a budget is.
 
+mod apply;
+mod replay;
 mod runner;
 mod store;
 mod watch;
@@ -25,6 +27,8 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use kairos_events::{Event, StreamSeq};
 
+pub use apply::{Delivered, Target, writer_lock};
+pub use replay::{Progress, ReplayOptions, ReplayReport, replay};
 pub use runner::{Runner, RunnerConfig, RunnerError};
 
 pub use store::{Checkpoint, checkpoint, checkpoints};
@@ -75,6 +79,11 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Stable name: consumer name, checkpoint key, dead-letter subject token.
     fn name(&self) -> &'static str;
+
+    /// The PostgreSQL schema of its live tables. The projection's writing SQL names its tables
+    /// unqualified: the runtime puts the schema being written (live, or a generation being
+    /// rebuilt by replay) first on the search path.
+    fn schema(&self) -> &'static str;
 
     /// Pure decoding: `Ok(None)` for events this projection ignores (unknown types included),
     /// `Err` for an event it must fold but cannot (dead-lettered).

@@ -1,6 +1,5 @@
 //! The loop that feeds one projection from its durable consumer.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,9 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::Projection;
+use crate::apply::{Delivered, Failure, Target, apply_batch};
 use crate::store::{self, Advance};
-use crate::{Projection, Rejection, StoredEvent};
 
 /// How a runner consumes. Defaults suit production; tests shorten `ack_wait`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -77,15 +77,14 @@ pub struct Runner<P: Projection> {
     bus: Bus,
     pool: PgPool,
     config: RunnerConfig,
+    target: Target,
 }
 
-enum Failure {
-    /// The database or NATS is unavailable: retry the same batch, forever, with backoff.
-    Transient(String),
-    /// The data made the transaction fail (constraint, overflow): retry, then isolate.
-    Data(String),
-    /// Someone else moved the checkpoint: re-read it.
-    Moved,
+#[derive(Debug, PartialEq, Eq)]
+enum Handled {
+    Done,
+    /// Nothing applicable: the next events after the checkpoint were not delivered.
+    Gap,
 }
 
 struct State {
@@ -98,11 +97,13 @@ struct State {
 
 impl<P: Projection> Runner<P> {
     pub fn new(projection: P, bus: Bus, pool: PgPool, config: RunnerConfig) -> Self {
+        let target = Target::live(&projection);
         Self {
             projection: Arc::new(projection),
             bus,
             pool,
             config,
+            target,
         }
     }
 
@@ -143,7 +144,7 @@ impl<P: Projection> Runner<P> {
         if let Err(e) = self.drain_outbox().await {
             warn!(projection = name, error = %e, "outbox not drained yet; will retry after the next batch");
         }
-        let consumer = self.consumer(checkpoint).await?;
+        let mut consumer = self.consumer(checkpoint).await?;
         let mut state = State {
             checkpoint,
             failures: 0,
@@ -172,7 +173,25 @@ impl<P: Projection> Runner<P> {
             if msgs.is_empty() {
                 continue;
             }
-            self.handle(&mut state, msgs).await;
+            if self.handle(&mut state, msgs).await == Handled::Gap {
+                // Events after the checkpoint are missing. Usually they are out for redelivery;
+                // but when the consumer already acknowledged past the checkpoint (the tables
+                // were rebuilt or restored behind it) they never come back: start over at the
+                // checkpoint.
+                let mut c = consumer.clone();
+                let ahead = c
+                    .info()
+                    .await
+                    .is_ok_and(|i| i.ack_floor.stream_sequence > state.checkpoint.0);
+                if ahead {
+                    match self.consumer(state.checkpoint).await {
+                        Ok(c) => consumer = c,
+                        Err(e) => {
+                            warn!(projection = name, error = %e, "cannot recreate the consumer")
+                        }
+                    }
+                }
+            }
             if state.last_lag_report.elapsed() > Duration::from_secs(10) {
                 state.last_lag_report = Instant::now();
                 let mut c = consumer.clone();
@@ -281,7 +300,7 @@ impl<P: Projection> Runner<P> {
         Ok(msgs)
     }
 
-    async fn handle(&self, state: &mut State, msgs: Vec<Message>) {
+    async fn handle(&self, state: &mut State, msgs: Vec<Message>) -> Handled {
         let name = self.name();
         let mut expected = state.checkpoint.0 + 1;
         let (mut batch, mut later, mut stale) = (Vec::new(), Vec::new(), None);
@@ -316,6 +335,7 @@ impl<P: Projection> Runner<P> {
             state.checkpoint = StreamSeq(first.saturating_sub(1));
             return Box::pin(self.handle(state, later)).await;
         }
+        let gap = batch.is_empty() && !later.is_empty();
         for m in later {
             // A gap: an earlier event is still out for redelivery. Apply in order or not at all.
             let _ = m
@@ -323,7 +343,7 @@ impl<P: Projection> Runner<P> {
                 .await;
         }
         if batch.is_empty() {
-            return;
+            return if gap { Handled::Gap } else { Handled::Done };
         }
         let first_seq = state.checkpoint.0 + 1;
         let last_seq = expected - 1;
@@ -354,6 +374,7 @@ impl<P: Projection> Runner<P> {
             }
             Err(failure) => self.recover(state, batch, failure).await,
         }
+        Handled::Done
     }
 
     async fn history_starts_after(&self, state: &State) -> bool {
@@ -428,110 +449,16 @@ impl<P: Projection> Runner<P> {
 
     /// Applies one contiguous batch; returns whether events were emitted to the outbox.
     async fn apply(&self, state: &State, batch: &[Message]) -> Result<bool, Failure> {
-        let name = self.name();
-        let mut items = Vec::new();
-        let mut identities = Vec::new();
-        let mut seqs = Vec::new();
-        let mut dead = 0i64;
-        let mut duplicates = 0i64;
-        let mut seen = HashSet::new();
-        for m in batch {
-            let info = m.info().map_err(|e| Failure::Transient(e.to_string()))?;
-            let seq = StreamSeq(info.stream_sequence);
-            let decoded = Event::from_slice(&m.payload)
-                .map_err(Rejection::from)
-                .and_then(|event| {
-                    let stored = StoredEvent {
-                        seq,
-                        subject: m.subject.to_string(),
-                        stored_at: info.published,
-                        event,
-                    };
-                    let identity = stored.event.identity();
-                    self.projection
-                        .decode(&stored)
-                        .map(|item| item.map(|i| (identity, i)))
-                });
-            match decoded {
-                Ok(None) => {}
-                Ok(Some((identity, item))) => {
-                    if seen.insert(identity) {
-                        identities.push(identity);
-                        seqs.push(store::to_i64(seq));
-                        items.push(item);
-                    } else {
-                        duplicates += 1;
-                    }
-                }
-                Err(rejection) => {
-                    dead += 1;
-                    warn!(projection = name, seq = seq.0, code = rejection.code, reason = %rejection.reason, "dead-lettering event");
-                    self.bus
-                        .dead_letter(
-                            name,
-                            &m.subject,
-                            seq,
-                            m.payload.clone(),
-                            rejection.code,
-                            &rejection.reason,
-                        )
-                        .await
-                        .map_err(|e| Failure::Transient(e.to_string()))?;
-                }
-            }
-        }
-        let last = batch
-            .last()
-            .and_then(|m| m.info().ok())
-            .map_or(state.checkpoint, |i| StreamSeq(i.stream_sequence));
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        if store::lock_checkpoint(&mut tx, name)
-            .await
-            .map_err(classify)?
-            != state.checkpoint
-        {
-            return Err(Failure::Moved);
-        }
-        let fresh = store::claim_identities(&mut tx, name, &identities, &seqs)
-            .await
-            .map_err(classify)?;
-        duplicates += fresh.iter().filter(|f| !**f).count() as i64;
-        let items: Vec<P::Item> = items
-            .into_iter()
-            .zip(fresh)
-            .filter_map(|(item, fresh)| fresh.then_some(item))
-            .collect();
-        let applied = items.len() as i64;
-        let emitted = if items.is_empty() {
-            Vec::new()
-        } else {
-            self.projection
-                .apply(&mut tx, items)
-                .await
-                .map_err(|e| match e {
-                    crate::ApplyError::Database(e) => classify(e),
-                    crate::ApplyError::Data(reason) => Failure::Data(reason),
-                })?
-        };
-        let emitted: Vec<Vec<u8>> = emitted.iter().map(|e| e.to_bytes().to_vec()).collect();
-        store::enqueue_outbox(&mut tx, name, &emitted)
-            .await
-            .map_err(classify)?;
-        let advance = Advance {
-            to: last,
-            applied,
-            duplicates,
-            dead_lettered: dead,
-        };
-        store::advance(&mut tx, name, &advance)
-            .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)?;
-        debug!(
-            projection = name,
-            applied, duplicates, dead, "batch committed"
-        );
-        Ok(!emitted.is_empty())
+        let delivered: Vec<Delivered> = batch.iter().filter_map(Delivered::from_message).collect();
+        apply_batch(
+            self.projection.as_ref(),
+            &self.bus,
+            &self.pool,
+            &self.target,
+            state.checkpoint,
+            &delivered,
+        )
+        .await
     }
 
     /// The single event at the checkpoint keeps failing on its data: dead-letter it and move on.
@@ -557,7 +484,7 @@ impl<P: Projection> Runner<P> {
                 reason,
             )
             .await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::apply::begin(&self.pool, &self.target, name).await?;
         if store::lock_checkpoint(&mut tx, name).await? == state.checkpoint {
             let advance = Advance {
                 to: seq,
@@ -601,19 +528,5 @@ impl<P: Projection> Runner<P> {
             }
             store::delete_outbox(&self.pool, &ids).await?;
         }
-    }
-}
-
-/// Data errors (SQLSTATE classes 22 and 23) are the event's fault; the rest are the system's.
-fn classify(e: sqlx::Error) -> Failure {
-    match &e {
-        sqlx::Error::Database(db)
-            if db
-                .code()
-                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")) =>
-        {
-            Failure::Data(e.to_string())
-        }
-        _ => Failure::Transient(e.to_string()),
     }
 }

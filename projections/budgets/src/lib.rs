@@ -244,6 +244,10 @@ impl Projection for Budgets {
         NAME
     }
 
+    fn schema(&self) -> &'static str {
+        "budgets"
+    }
+
     fn decode(&self, stored: &StoredEvent) -> Result<Option<Item>, Rejection> {
         let at = stored.occurred_at();
         let period = Period::containing(at, &self.tz);
@@ -306,7 +310,7 @@ async fn load(tx: &mut PgConnection, items: &[Item]) -> Result<Ledger, sqlx::Err
         .collect();
     let (kp, kper): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
     let mut ledger = Ledger::default();
-    let rows = sqlx::query("SELECT * FROM budgets.limits WHERE project = ANY($1)")
+    let rows = sqlx::query("SELECT * FROM limits WHERE project = ANY($1)")
         .bind(&projects)
         .fetch_all(&mut *tx)
         .await?;
@@ -328,7 +332,7 @@ async fn load(tx: &mut PgConnection, items: &[Item]) -> Result<Ledger, sqlx::Err
         );
     }
     let rows = sqlx::query(
-        "SELECT s.* FROM budgets.spend s JOIN unnest($1::text[], $2::text[]) AS k(project, period)
+        "SELECT s.* FROM spend s JOIN unnest($1::text[], $2::text[]) AS k(project, period)
          USING (project, period)",
     )
     .bind(&kp)
@@ -353,7 +357,7 @@ async fn load(tx: &mut PgConnection, items: &[Item]) -> Result<Ledger, sqlx::Err
         );
     }
     let rows = sqlx::query(
-        "SELECT c.project, c.period, c.threshold FROM budgets.crossings c
+        "SELECT c.project, c.period, c.threshold FROM crossings c
          JOIN unnest($1::text[], $2::text[]) AS k(project, period) USING (project, period)",
     )
     .bind(&kp)
@@ -396,7 +400,7 @@ async fn save(
         .collect();
     if !changed.is_empty() {
         sqlx::query(
-            "INSERT INTO budgets.limits (project, monthly_limit_nanos, warn_at_percent, on_exceeded,
+            "INSERT INTO limits (project, monthly_limit_nanos, warn_at_percent, on_exceeded,
                                          fallback_model, set_by, set_seq, set_at)
              SELECT * FROM unnest($1::text[], $2::int8[], $3::int2[], $4::text[], $5::text[], $6::text[],
                                   $7::int8[], $8::timestamptz[])
@@ -423,7 +427,7 @@ async fn save(
         .collect();
     if !spend.is_empty() {
         sqlx::query(
-            "INSERT INTO budgets.spend (project, period, spent_nanos, calls, failed_calls, input_tokens,
+            "INSERT INTO spend (project, period, spent_nanos, calls, failed_calls, input_tokens,
                                         output_tokens, last_seq)
              SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
                                   $7::int8[], $8::int8[])
@@ -445,7 +449,7 @@ async fn save(
     }
     if !crossings.is_empty() {
         sqlx::query(
-            "INSERT INTO budgets.crossings (project, period, threshold, limit_nanos, spent_nanos, seq, crossed_at)
+            "INSERT INTO crossings (project, period, threshold, limit_nanos, spent_nanos, seq, crossed_at)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
                                   $7::timestamptz[])",
         )

@@ -1,0 +1,238 @@
+//! Applying one contiguous batch of stream messages to a projection: decode, dead-letter, dedupe,
+//! fold and checkpoint in one transaction. Shared by the live runner and by replay.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use kairos_bus::Bus;
+use kairos_events::{Event, StreamSeq};
+use sqlx::PgPool;
+use tracing::{debug, warn};
+
+use crate::store::{self, Advance};
+use crate::{ApplyError, Projection, Rejection, StoredEvent};
+
+/// A message as delivered from the stream, whatever consumer delivered it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub seq: StreamSeq,
+    pub subject: String,
+    pub published: DateTime<Utc>,
+    pub payload: Bytes,
+}
+
+impl Delivered {
+    pub fn from_message(m: &async_nats::jetstream::Message) -> Option<Self> {
+        let info = m.info().ok()?;
+        Some(Self {
+            seq: StreamSeq(info.stream_sequence),
+            subject: m.subject.to_string(),
+            published: info.published,
+            payload: m.payload.clone(),
+        })
+    }
+}
+
+/// Where a batch is applied: the live tables, or a generation being rebuilt beside them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// PostgreSQL schema holding the tables (the projection's own SQL names tables unqualified).
+    pub schema: String,
+    /// Checkpoint and dedupe key.
+    pub key: String,
+    /// Live: dead letters and emitted events are published. A rebuild only rebuilds tables.
+    pub live: bool,
+}
+
+impl Target {
+    pub fn live<P: Projection>(p: &P) -> Self {
+        Self {
+            schema: p.schema().to_owned(),
+            key: p.name().to_owned(),
+            live: true,
+        }
+    }
+
+    /// The generation a replay builds: schema `<schema>_next`, checkpoint `<name>@next`.
+    pub fn next<P: Projection>(p: &P) -> Self {
+        Self {
+            schema: format!("{}_next", p.schema()),
+            key: format!("{}@next", p.name()),
+            live: false,
+        }
+    }
+}
+
+pub(crate) enum Failure {
+    /// The database or NATS is unavailable: retry the same batch, forever, with backoff.
+    Transient(String),
+    /// The data made the transaction fail (constraint, overflow): retry, then isolate.
+    Data(String),
+    /// Someone else moved the checkpoint: re-read it.
+    Moved,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Transient(r) | Failure::Data(r) => f.write_str(r),
+            Failure::Moved => f.write_str("the checkpoint moved"),
+        }
+    }
+}
+
+/// Data errors (SQLSTATE classes 22 and 23) are the event's fault; the rest are the system's.
+pub(crate) fn classify(e: sqlx::Error) -> Failure {
+    match &e {
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")) =>
+        {
+            Failure::Data(e.to_string())
+        }
+        _ => Failure::Transient(e.to_string()),
+    }
+}
+
+/// Starts a transaction writing to `target`: its schema first on the search path and, for the
+/// live tables, the projection's writer lock (a replay's switch takes it to pause live writes).
+pub(crate) async fn begin(
+    pool: &PgPool,
+    target: &Target,
+    projection: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('search_path', $1, true)")
+        .bind(format!("\"{}\", public", target.schema))
+        .execute(&mut *tx)
+        .await?;
+    if target.live {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+            .bind(writer_lock(projection))
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(tx)
+}
+
+/// The advisory lock key every live batch of `projection` holds (shared) while it writes.
+pub fn writer_lock(projection: &str) -> String {
+    format!("kairos.writer.{projection}")
+}
+
+/// Applies `batch` (contiguous, starting right after `checkpoint`); returns whether events were
+/// written to the outbox.
+pub(crate) async fn apply_batch<P: Projection>(
+    projection: &P,
+    bus: &Bus,
+    pool: &PgPool,
+    target: &Target,
+    checkpoint: StreamSeq,
+    batch: &[Delivered],
+) -> Result<bool, Failure> {
+    let name = projection.name();
+    let mut items = Vec::new();
+    let mut identities = Vec::new();
+    let mut seqs = Vec::new();
+    let mut dead = 0i64;
+    let mut duplicates = 0i64;
+    let mut seen = HashSet::new();
+    for m in batch {
+        let decoded = Event::from_slice(&m.payload)
+            .map_err(Rejection::from)
+            .and_then(|event| {
+                let stored = StoredEvent {
+                    seq: m.seq,
+                    subject: m.subject.clone(),
+                    stored_at: m.published,
+                    event,
+                };
+                let identity = stored.event.identity();
+                projection
+                    .decode(&stored)
+                    .map(|item| item.map(|i| (identity, i)))
+            });
+        match decoded {
+            Ok(None) => {}
+            Ok(Some((identity, item))) => {
+                if seen.insert(identity) {
+                    identities.push(identity);
+                    seqs.push(store::to_i64(m.seq));
+                    items.push(item);
+                } else {
+                    duplicates += 1;
+                }
+            }
+            Err(rejection) => {
+                dead += 1;
+                if target.live {
+                    warn!(projection = name, seq = m.seq.0, code = rejection.code, reason = %rejection.reason, "dead-lettering event");
+                    bus.dead_letter(
+                        name,
+                        &m.subject,
+                        m.seq,
+                        m.payload.clone(),
+                        rejection.code,
+                        &rejection.reason,
+                    )
+                    .await
+                    .map_err(|e| Failure::Transient(e.to_string()))?;
+                }
+            }
+        }
+    }
+    let last = batch.last().map_or(checkpoint, |m| m.seq);
+    let mut tx = begin(pool, target, name).await.map_err(classify)?;
+    if store::lock_checkpoint(&mut tx, &target.key)
+        .await
+        .map_err(classify)?
+        != checkpoint
+    {
+        return Err(Failure::Moved);
+    }
+    let fresh = store::claim_identities(&mut tx, &target.key, &identities, &seqs)
+        .await
+        .map_err(classify)?;
+    duplicates += fresh.iter().filter(|f| !**f).count() as i64;
+    let items: Vec<P::Item> = items
+        .into_iter()
+        .zip(fresh)
+        .filter_map(|(item, fresh)| fresh.then_some(item))
+        .collect();
+    let applied = items.len() as i64;
+    let emitted = if items.is_empty() {
+        Vec::new()
+    } else {
+        projection
+            .apply(&mut tx, items)
+            .await
+            .map_err(|e| match e {
+                ApplyError::Database(e) => classify(e),
+                ApplyError::Data(reason) => Failure::Data(reason),
+            })?
+    };
+    // A rebuilt generation folds the same events to the same state, but what they announced
+    // is already on the stream: only the live tables emit.
+    let emitted: Vec<Vec<u8>> = if target.live {
+        emitted.iter().map(|e| e.to_bytes().to_vec()).collect()
+    } else {
+        Vec::new()
+    };
+    store::enqueue_outbox(&mut tx, name, &emitted)
+        .await
+        .map_err(classify)?;
+    let advance = Advance {
+        to: last,
+        applied,
+        duplicates,
+        dead_lettered: dead,
+    };
+    store::advance(&mut tx, &target.key, &advance)
+        .await
+        .map_err(classify)?;
+    tx.commit().await.map_err(classify)?;
+    debug!(projection = name, key = %target.key, applied, duplicates, dead, "batch committed");
+    Ok(!emitted.is_empty())
+}

@@ -1,0 +1,481 @@
+//! Rebuilding a projection from the stream into a fresh generation, beside the live one.
+//!
+//! The generation is a copy of the live schema's tables (`<schema>_next`), filled by folding the
+//! stream from sequence 1 with the projection's own code, checkpointed like the live tables so an
+//! interrupted replay resumes where it stopped. The switch pauses live writes (the projection's
+//! writer lock), brings the generation to the live checkpoint, renames the schemas and moves the
+//! checkpoint and dedupe keys in one transaction: readers see the old tables or the new ones,
+//! never a half-built generation, and the live runner carries on from the same sequence.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use futures_util::StreamExt;
+use kairos_bus::Bus;
+use kairos_events::StreamSeq;
+use sqlx::{PgPool, Row};
+use tracing::{info, warn};
+
+use crate::apply::{Delivered, Failure, Target, apply_batch, writer_lock};
+use crate::store::{self, Advance};
+use crate::{Projection, RunnerError};
+
+/// How to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Stop at this sequence and keep the generation beside the live one, without switching.
+    pub until_seq: Option<StreamSeq>,
+    /// Keep the previous live tables (renamed `<schema>_old_<unix time>`) after the switch.
+    pub keep_old: bool,
+    /// Throw away a half-built generation instead of resuming it.
+    pub restart: bool,
+    /// Replay even though the stream no longer holds its first events (retention).
+    pub allow_partial: bool,
+    pub batch_size: usize,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        Self {
+            until_seq: None,
+            keep_old: false,
+            restart: false,
+            allow_partial: false,
+            batch_size: 2_000,
+        }
+    }
+}
+
+/// Where a replay stands, for progress displays.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub at: u64,
+    pub target: u64,
+    pub events_per_sec: f64,
+}
+
+impl Progress {
+    pub fn eta(&self) -> Option<Duration> {
+        (self.events_per_sec > 0.0).then(|| {
+            Duration::from_secs_f64(
+                self.target.saturating_sub(self.at) as f64 / self.events_per_sec,
+            )
+        })
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone)]
+pub struct ReplayReport {
+    pub projection: String,
+    /// The sequence the generation reached.
+    pub reached: StreamSeq,
+    /// Events read from the stream by this run (a resumed replay reads fewer).
+    pub events_read: u64,
+    pub elapsed: Duration,
+    /// The generation became the live tables.
+    pub switched: bool,
+    /// Schema holding the generation (the live schema once switched).
+    pub schema: String,
+    /// The previous live tables, when kept.
+    pub kept_old: Option<String>,
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn replay_error(projection: &str, message: impl std::fmt::Display) -> RunnerError {
+    RunnerError::Consumer {
+        consumer: format!("{projection} replay"),
+        message: message.to_string(),
+    }
+}
+
+/// Rebuilds `projection` from the stream. See the module documentation.
+pub async fn replay<P: Projection>(
+    projection: &P,
+    bus: &Bus,
+    pool: &PgPool,
+    opts: &ReplayOptions,
+    mut on_progress: impl FnMut(Progress),
+) -> Result<ReplayReport, RunnerError> {
+    let name = projection.name();
+    let started = Instant::now();
+    let live = Target::live(projection);
+    let next = Target::next(projection);
+    let mut stream = bus
+        .jetstream()
+        .get_stream(bus.stream_name())
+        .await
+        .map_err(|e| replay_error(name, e))?;
+    let state = stream
+        .info()
+        .await
+        .map_err(|e| replay_error(name, e))?
+        .state
+        .clone();
+    if state.first_sequence > 1 && state.messages > 0 && !opts.allow_partial {
+        return Err(replay_error(
+            name,
+            format!(
+                "the stream no longer holds events 1..{} (retention, nats.max_age_days): a replay would \
+                 rebuild from sequence {} only; pass --allow-partial to accept that",
+                state.first_sequence - 1,
+                state.first_sequence
+            ),
+        ));
+    }
+    prepare_generation(pool, &live, &next, opts.restart).await?;
+    let end = opts
+        .until_seq
+        .map_or(state.last_sequence, |s| s.0.min(state.last_sequence));
+    let mut read = 0;
+    let reached = catch_up(
+        projection,
+        bus,
+        pool,
+        &next,
+        end,
+        opts.batch_size,
+        &mut read,
+        &mut on_progress,
+        started,
+    )
+    .await?;
+    if opts.until_seq.is_some() {
+        info!(projection = name, reached = reached.0, schema = %next.schema, "generation built; not switched (--until)");
+        return Ok(ReplayReport {
+            projection: name.to_owned(),
+            reached,
+            events_read: read,
+            elapsed: started.elapsed(),
+            switched: false,
+            schema: next.schema,
+            kept_old: None,
+        });
+    }
+    // Pause live writes: every live batch holds the writer lock shared for its transaction.
+    let mut lock = pool.acquire().await?.detach();
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+        .bind(writer_lock(name))
+        .execute(&mut lock)
+        .await?;
+    let result = async {
+        let live_seq = store::ensure_checkpoint(pool, &live.key).await?;
+        let reached = if live_seq > reached {
+            catch_up(
+                projection,
+                bus,
+                pool,
+                &next,
+                live_seq.0,
+                opts.batch_size,
+                &mut read,
+                &mut on_progress,
+                started,
+            )
+            .await?
+        } else {
+            reached
+        };
+        let old = switch(pool, &live, &next).await?;
+        Ok::<_, RunnerError>((reached, old))
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind(writer_lock(name))
+        .execute(&mut lock)
+        .await;
+    let (reached, old) = result?;
+    let kept_old = if opts.keep_old {
+        Some(old)
+    } else {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA {} CASCADE",
+            quote(&old)
+        )))
+        .execute(pool)
+        .await?;
+        None
+    };
+    info!(
+        projection = name,
+        reached = reached.0,
+        "replayed generation is live"
+    );
+    Ok(ReplayReport {
+        projection: name.to_owned(),
+        reached,
+        events_read: read,
+        elapsed: started.elapsed(),
+        switched: true,
+        schema: live.schema,
+        kept_old,
+    })
+}
+
+/// Creates the generation's schema with a copy of every live table (empty), or resumes it.
+async fn prepare_generation(
+    pool: &PgPool,
+    live: &Target,
+    next: &Target,
+    restart: bool,
+) -> Result<(), RunnerError> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&next.schema)
+            .fetch_one(pool)
+            .await?;
+    let resumable = exists && !restart && store::checkpoint(pool, &next.key).await?.is_some();
+    if resumable {
+        info!(schema = %next.schema, "resuming the generation an earlier replay left");
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE",
+        quote(&next.schema)
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA {}",
+        quote(&next.schema)
+    )))
+    .execute(&mut *tx)
+    .await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 AND table_type = 'BASE TABLE'",
+    )
+    .bind(&live.schema)
+    .fetch_all(&mut *tx)
+    .await?;
+    for t in tables {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {}.{} (LIKE {}.{} INCLUDING ALL)",
+            quote(&next.schema),
+            quote(&t),
+            quote(&live.schema),
+            quote(&t)
+        )))
+        .execute(&mut *tx)
+        .await?;
+    }
+    for sql in [
+        "DELETE FROM kairos.checkpoints WHERE projection = $1",
+        "DELETE FROM kairos.applied_events WHERE projection = $1",
+    ] {
+        sqlx::query(sql).bind(&next.key).execute(&mut *tx).await?;
+    }
+    sqlx::query("INSERT INTO kairos.checkpoints (projection) VALUES ($1)")
+        .bind(&next.key)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Folds the stream into `target` from its checkpoint up to `end`, in order.
+#[allow(clippy::too_many_arguments)]
+async fn catch_up<P: Projection>(
+    projection: &P,
+    bus: &Bus,
+    pool: &PgPool,
+    target: &Target,
+    end: u64,
+    batch_size: usize,
+    read: &mut u64,
+    on_progress: &mut impl FnMut(Progress),
+    started: Instant,
+) -> Result<StreamSeq, RunnerError> {
+    let name = projection.name();
+    let mut checkpoint = store::ensure_checkpoint(pool, &target.key).await?;
+    if checkpoint.0 >= end {
+        return Ok(checkpoint);
+    }
+    let stream = bus
+        .jetstream()
+        .get_stream(bus.stream_name())
+        .await
+        .map_err(|e| replay_error(name, e))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: bus.events_filter(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: checkpoint.0 + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| replay_error(name, e))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| replay_error(name, e))?;
+    let mut batch = Vec::with_capacity(batch_size);
+    let mut last_report = Instant::now();
+    let first = checkpoint.0;
+    while checkpoint.0 < end {
+        let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .map_err(|_| replay_error(name, "the stream stopped delivering for 30 s"))?;
+        let Some(m) = next else { break };
+        let m = m.map_err(|e| replay_error(name, e))?;
+        let Some(d) = Delivered::from_message(&m) else {
+            continue;
+        };
+        if d.seq.0 > end {
+            break;
+        }
+        *read += 1;
+        let full = batch.len() + 1 >= batch_size || d.seq.0 == end;
+        batch.push(d);
+        if full {
+            checkpoint =
+                apply_with_retry(projection, bus, pool, target, checkpoint, &batch).await?;
+            batch.clear();
+            if last_report.elapsed() > Duration::from_millis(500) || checkpoint.0 == end {
+                last_report = Instant::now();
+                let secs = started.elapsed().as_secs_f64().max(1e-6);
+                on_progress(Progress {
+                    at: checkpoint.0,
+                    target: end,
+                    events_per_sec: (checkpoint.0 - first) as f64 / secs,
+                });
+            }
+        }
+    }
+    if !batch.is_empty() {
+        checkpoint = apply_with_retry(projection, bus, pool, target, checkpoint, &batch).await?;
+    }
+    Ok(checkpoint)
+}
+
+/// Applies a batch; on a data error, applies its events one by one and skips (counts as dead
+/// letters) the ones that fail, as the live runner did when it dead-lettered them.
+async fn apply_with_retry<P: Projection>(
+    projection: &P,
+    bus: &Bus,
+    pool: &PgPool,
+    target: &Target,
+    checkpoint: StreamSeq,
+    batch: &[Delivered],
+) -> Result<StreamSeq, RunnerError> {
+    let name = projection.name();
+    let mut attempts = 0;
+    loop {
+        match apply_batch(projection, bus, pool, target, checkpoint, batch).await {
+            Ok(_) => return Ok(batch.last().map_or(checkpoint, |d| d.seq)),
+            Err(Failure::Data(reason)) if batch.len() > 1 => {
+                warn!(projection = name, %reason, "batch failed on its data; applying one by one");
+                let mut at = checkpoint;
+                for d in batch {
+                    at = Box::pin(apply_with_retry(
+                        projection,
+                        bus,
+                        pool,
+                        target,
+                        at,
+                        std::slice::from_ref(d),
+                    ))
+                    .await?;
+                }
+                return Ok(at);
+            }
+            Err(Failure::Data(reason)) => {
+                warn!(projection = name, seq = batch[0].seq.0, %reason, "skipping an event that cannot be applied");
+                let mut tx = pool.begin().await?;
+                store::lock_checkpoint(&mut tx, &target.key).await?;
+                let advance = Advance {
+                    to: batch[0].seq,
+                    applied: 0,
+                    duplicates: 0,
+                    dead_lettered: 1,
+                };
+                store::advance(&mut tx, &target.key, &advance).await?;
+                tx.commit().await?;
+                return Ok(batch[0].seq);
+            }
+            Err(Failure::Moved) => {
+                return Err(replay_error(
+                    name,
+                    "another replay of this projection is running",
+                ));
+            }
+            Err(Failure::Transient(reason)) => {
+                attempts += 1;
+                if attempts > 10 {
+                    return Err(replay_error(name, reason));
+                }
+                tokio::time::sleep(Duration::from_millis(200 * attempts)).await;
+            }
+        }
+    }
+}
+
+/// Makes the generation live in one transaction; returns the name the old live schema got.
+async fn switch(pool: &PgPool, live: &Target, next: &Target) -> Result<String, RunnerError> {
+    let old = format!("{}_old_{}", live.schema, chrono::Utc::now().timestamp());
+    let mut tx = pool.begin().await?;
+    let next_cp = sqlx::query("SELECT * FROM kairos.checkpoints WHERE projection = $1 FOR UPDATE")
+        .bind(&next.key)
+        .fetch_one(&mut *tx)
+        .await?;
+    sqlx::query("SELECT 1 FROM kairos.checkpoints WHERE projection = $1 FOR UPDATE")
+        .bind(&live.key)
+        .execute(&mut *tx)
+        .await?;
+    for sql in [
+        format!(
+            "ALTER SCHEMA {} RENAME TO {}",
+            quote(&live.schema),
+            quote(&old)
+        ),
+        format!(
+            "ALTER SCHEMA {} RENAME TO {}",
+            quote(&next.schema),
+            quote(&live.schema)
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "UPDATE kairos.checkpoints SET last_seq = $2, events_applied = $3, duplicates = $4,
+                dead_lettered = $5, updated_at = now()
+         WHERE projection = $1",
+    )
+    .bind(&live.key)
+    .bind(next_cp.try_get::<i64, _>("last_seq")?)
+    .bind(next_cp.try_get::<i64, _>("events_applied")?)
+    .bind(next_cp.try_get::<i64, _>("duplicates")?)
+    .bind(next_cp.try_get::<i64, _>("dead_lettered")?)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM kairos.checkpoints WHERE projection = $1")
+        .bind(&next.key)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM kairos.applied_events WHERE projection = $1")
+        .bind(&live.key)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE kairos.applied_events SET projection = $1 WHERE projection = $2")
+        .bind(&live.key)
+        .bind(&next.key)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify('kairos_checkpoint', $1)")
+        .bind(format!(
+            "{}:{}",
+            live.key,
+            next_cp.try_get::<i64, _>("last_seq")?
+        ))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(old)
+}

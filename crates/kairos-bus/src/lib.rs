@@ -236,6 +236,48 @@ impl Bus {
         Ok(StreamSeq(info.state.last_sequence))
     }
 
+    /// The last sequence the events stream stored at or before `at` (0 if none).
+    pub async fn seq_at_time(
+        &self,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<StreamSeq, BusError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        use futures_util::StreamExt;
+        let err = |e: &dyn std::fmt::Display| BusError::Stream {
+            stream: self.config.stream.clone(),
+            message: e.to_string(),
+        };
+        let last = self.last_seq().await?;
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| err(&e))?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.events_filter(),
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: at },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        // The first message stored after `at`, if the stream has one yet.
+        let first_after = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
+        match first_after {
+            Ok(Some(Ok(m))) => {
+                let info = m.info().map_err(|e| err(&e))?;
+                if info.published > at {
+                    Ok(StreamSeq(info.stream_sequence.saturating_sub(1)))
+                } else {
+                    Ok(StreamSeq(info.stream_sequence))
+                }
+            }
+            Ok(Some(Err(e))) => Err(err(&e)),
+            _ => Ok(last),
+        }
+    }
+
     /// Publishes events in order and waits for every acknowledgement. Publishes are pipelined:
     /// all are sent before the first acknowledgement is awaited.
     pub async fn publish_events(&self, events: &[Event]) -> Vec<Result<Receipt, BusError>> {

@@ -310,7 +310,7 @@ async fn measure_kairos(
     opts: &BenchOptions,
 ) -> anyhow::Result<Figures> {
     let pool = db.pool(settings.database.max_connections).await?;
-    let k = Kairos::with_pool(settings, pool.clone()).await?;
+    let k = Kairos::with_pool(settings, pool).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let api = k.api().await?;
@@ -337,7 +337,8 @@ async fn measure_kairos(
     let latency = latency(&k, &mut projection, run_id, opts, at, &mut sent).await?;
     let total = opts.events + latency.events;
     verify(&http, &base, &k.pool, period, sent, total).await?;
-    pool.close().await;
+    // No `pool.close()`: the API's checkpoint listener keeps a pooled connection for good, so
+    // it would wait forever; dropping the database WITH (FORCE) ends every connection instead.
     Ok(Figures {
         ingest,
         event_bytes,

@@ -51,9 +51,37 @@ enum Command {
     Demo,
     /// Validate the configuration and print it.
     CheckConfig,
+    /// Rebuild projections from the stream into a fresh generation, then switch to it.
+    Replay(ReplayArgs),
     /// Measure ingest, projection and latency against raw JetStream in one run (logs off
     /// unless RUST_LOG is set).
     Bench(kairos::bench::BenchOptions),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The projection to rebuild.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    projection: Option<String>,
+    /// Rebuild every projection.
+    #[arg(long)]
+    all: bool,
+    /// Stop at the last event stored at or before this RFC 3339 time; keep the generation
+    /// beside the live tables instead of switching.
+    #[arg(long, conflicts_with = "until_seq")]
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Stop at this stream sequence; keep the generation beside the live tables.
+    #[arg(long)]
+    until_seq: Option<u64>,
+    /// Keep the previous live tables after the switch.
+    #[arg(long)]
+    keep_old: bool,
+    /// Discard a half-built generation instead of resuming it.
+    #[arg(long)]
+    restart: bool,
+    /// Rebuild even though retention removed the stream's first events.
+    #[arg(long)]
+    allow_partial: bool,
 }
 
 #[tokio::main]
@@ -142,6 +170,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kairos::bench::run(settings, opts).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Replay(args) => replay(settings, args).await,
         Command::Serve {
             demo,
             no_projections,
@@ -221,4 +250,68 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let names: Vec<String> = match &args.projection {
+        Some(p) if !PROJECTIONS.contains(&p.as_str()) => {
+            anyhow::bail!(
+                "unknown projection {p:?}; known: {}",
+                PROJECTIONS.join(", ")
+            )
+        }
+        Some(p) => vec![p.clone()],
+        None => PROJECTIONS.iter().map(|p| (*p).to_owned()).collect(),
+    };
+    let k = Kairos::connect(settings).await?;
+    let until_seq = match (args.until, args.until_seq) {
+        (Some(t), _) => Some(k.bus.seq_at_time(t).await?),
+        (None, Some(s)) => Some(kairos_events::StreamSeq(s)),
+        (None, None) => None,
+    };
+    let opts = kairos_runtime::ReplayOptions {
+        until_seq,
+        keep_old: args.keep_old,
+        restart: args.restart,
+        allow_partial: args.allow_partial,
+        ..Default::default()
+    };
+    for name in names {
+        let report = k
+            .replay(&name, &opts, |p| {
+                let pct = if p.target == 0 {
+                    100.0
+                } else {
+                    p.at as f64 * 100.0 / p.target as f64
+                };
+                let eta = p.eta().map_or("?".into(), |d| format!("{}s", d.as_secs()));
+                eprint!(
+                    "\r{name}: {:>5.1}% {}/{} · {:.0} events/s · ETA {eta}   ",
+                    pct, p.at, p.target, p.events_per_sec
+                );
+                let _ = std::io::stderr().flush();
+            })
+            .await?;
+        eprintln!();
+        let rate = report.events_read as f64 / report.elapsed.as_secs_f64().max(1e-6);
+        println!(
+            "{name}: rebuilt to sequence {} ({} events read in {:.1}s, {rate:.0} events/s); {}",
+            report.reached.0,
+            report.events_read,
+            report.elapsed.as_secs_f64(),
+            if report.switched {
+                match &report.kept_old {
+                    Some(old) => format!("now live, previous tables kept in schema {old}"),
+                    None => "now live".to_owned(),
+                }
+            } else {
+                format!(
+                    "kept beside the live tables in schema {} (not switched)",
+                    report.schema
+                )
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use kairos_api::{AppState, Counters};
 use kairos_budgets::Budgets;
 use kairos_bus::Bus;
 use kairos_events::Event;
-use kairos_runtime::{CheckpointWatch, Runner, RunnerError};
+use kairos_runtime::{CheckpointWatch, Progress, ReplayOptions, ReplayReport, Runner, RunnerError};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -76,6 +76,29 @@ impl Kairos {
             kairos_budgets::NAME => Ok(tokio::spawn(
                 Runner::new(Budgets { tz: self.tz }, bus, pool, config).run(),
             )),
+            other => anyhow::bail!(
+                "unknown projection {other:?}; known: {}",
+                PROJECTIONS.join(", ")
+            ),
+        }
+    }
+
+    /// Rebuilds the projection called `name` from the stream (see `kairos_runtime::replay`).
+    pub async fn replay(
+        &self,
+        name: &str,
+        opts: &ReplayOptions,
+        progress: impl FnMut(Progress),
+    ) -> anyhow::Result<ReplayReport> {
+        match name {
+            kairos_budgets::NAME => Ok(kairos_runtime::replay(
+                &Budgets { tz: self.tz },
+                &self.bus,
+                &self.pool,
+                opts,
+                progress,
+            )
+            .await?),
             other => anyhow::bail!(
                 "unknown projection {other:?}; known: {}",
                 PROJECTIONS.join(", ")

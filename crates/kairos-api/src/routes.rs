@@ -216,6 +216,7 @@ fn project_param(raw: &str) -> Result<ProjectId, ApiError> {
 #[derive(Debug, Deserialize)]
 struct ReadQuery {
     period: Option<String>,
+    as_of: Option<String>,
     min_seq: Option<String>,
     limit: Option<String>,
     after: Option<String>,
@@ -255,7 +256,7 @@ impl ReadQuery {
     }
 }
 
-/// `GET /v1/projects/{project}/budget?period=&min_seq=`
+/// `GET /v1/projects/{project}/budget?period=&min_seq=&as_of=`
 async fn get_budget(
     State(st): State<AppState>,
     Path(project): Path<String>,
@@ -263,6 +264,9 @@ async fn get_budget(
 ) -> Result<Json<budgets::BudgetView>, ApiError> {
     let project = project_param(&project)?;
     let q = query(q)?;
+    if let Some(raw) = &q.as_of {
+        return budget_as_of(&st, &project, &q, raw).await.map(Json);
+    }
     let period = q.period(&st)?;
     q.wait(&st).await?;
     budgets::read(&st.pool, &project, period)
@@ -273,6 +277,51 @@ async fn get_budget(
                 "project {project} has no budget and no spend in {period}"
             ))
         })
+}
+
+/// The budget as it stood at `as_of`: from the nearest snapshot plus the events after it.
+async fn budget_as_of(
+    st: &AppState,
+    project: &ProjectId,
+    q: &ReadQuery,
+    raw: &str,
+) -> Result<budgets::BudgetView, ApiError> {
+    let at = chrono::DateTime::parse_from_rfc3339(raw)
+        .map_err(|e| {
+            ApiError::bad(
+                "invalid_query",
+                "as_of",
+                format!("as_of must be an RFC 3339 time: {e}"),
+            )
+        })?
+        .with_timezone(&Utc);
+    let period = match &q.period {
+        Some(_) => q.period(st)?,
+        None => Period::containing(at, &st.tz),
+    };
+    let seq = st
+        .bus
+        .seq_at_time(at)
+        .await
+        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    let wait = Duration::from_millis(st.http.read_wait_ms);
+    match st.checkpoints.wait_for(budgets::NAME, seq.0, wait).await {
+        Ok(_) => {}
+        Err(kairos_runtime::WaitError::Database(e)) => return Err(ApiError::Database(e)),
+        Err(e) => return Err(ApiError::NotYetApplied(e.to_string())),
+    }
+    let view = budgets::Budgets { tz: st.tz }
+        .read_as_of(&st.bus, &st.pool, project, period, seq)
+        .await
+        .map_err(|e| match e {
+            budgets::AsOfError::Database(e) => ApiError::Database(e),
+            other => ApiError::StreamUnavailable(other.to_string()),
+        })?;
+    view.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "project {project} had no budget and no spend in {period} at {raw}"
+        ))
+    })
 }
 
 /// `GET /v1/budgets?period=&min_seq=&limit=&after=`

@@ -34,6 +34,9 @@ impl Delivered {
     }
 }
 
+/// Sequences between snapshots unless configured otherwise.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 2_000;
+
 /// Where a batch is applied: the live tables, or a generation being rebuilt beside them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -43,6 +46,8 @@ pub struct Target {
     pub key: String,
     /// Live: dead letters and emitted events are published. A rebuild only rebuilds tables.
     pub live: bool,
+    /// Take a snapshot whenever this many sequences passed since the last one (0: never).
+    pub snapshot_every: u64,
 }
 
 impl Target {
@@ -51,6 +56,7 @@ impl Target {
             schema: p.schema().to_owned(),
             key: p.name().to_owned(),
             live: true,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
     }
 
@@ -60,6 +66,7 @@ impl Target {
             schema: format!("{}_next", p.schema()),
             key: format!("{}@next", p.name()),
             live: false,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
     }
 }
@@ -232,6 +239,17 @@ pub(crate) async fn apply_batch<P: Projection>(
     store::advance(&mut tx, &target.key, &advance)
         .await
         .map_err(classify)?;
+    if target.snapshot_every > 0 {
+        store::maybe_snapshot(
+            &mut tx,
+            projection,
+            &target.key,
+            last,
+            target.snapshot_every,
+        )
+        .await
+        .map_err(classify)?;
+    }
     tx.commit().await.map_err(classify)?;
     debug!(projection = name, key = %target.key, applied, duplicates, dead, "batch committed");
     Ok(!emitted.is_empty())

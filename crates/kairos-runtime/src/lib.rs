@@ -17,6 +17,7 @@
 //! It is not a place for projection logic: nothing here knows what a budget is.
 
 mod apply;
+mod history;
 mod replay;
 mod runner;
 mod store;
@@ -28,6 +29,7 @@ use chrono::{DateTime, Utc};
 use kairos_events::{Event, StreamSeq};
 
 pub use apply::{Delivered, Target, writer_lock};
+pub use history::{HistoryError, items_between, snapshot_at};
 pub use replay::{Progress, ReplayOptions, ReplayReport, replay};
 pub use runner::{Runner, RunnerConfig, RunnerError};
 
@@ -96,6 +98,16 @@ pub trait Projection: Send + Sync + 'static {
         tx: &mut sqlx::PgConnection,
         items: Vec<Self::Item>,
     ) -> impl Future<Output = Result<Vec<Event>, ApplyError>> + Send;
+
+    /// The projection's whole state as JSON, read inside `tx` (tables unqualified), for
+    /// point-in-time reads. `None` (the default) means the projection keeps no snapshots.
+    fn snapshot(
+        &self,
+        tx: &mut sqlx::PgConnection,
+    ) -> impl Future<Output = Result<Option<serde_json::Value>, sqlx::Error>> + Send {
+        let _ = tx;
+        async { Ok(None) }
+    }
 }
 
 /// Why a batch could not be applied.

@@ -266,6 +266,7 @@ async fn prepare_generation(
     for sql in [
         "DELETE FROM kairos.checkpoints WHERE projection = $1",
         "DELETE FROM kairos.applied_events WHERE projection = $1",
+        "DELETE FROM kairos.snapshots WHERE projection = $1",
     ] {
         sqlx::query(sql).bind(&next.key).execute(&mut *tx).await?;
     }
@@ -459,15 +460,21 @@ async fn switch(pool: &PgPool, live: &Target, next: &Target) -> Result<String, R
         .bind(&next.key)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM kairos.applied_events WHERE projection = $1")
+    for table in ["applied_events", "snapshots"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM kairos.{table} WHERE projection = $1"
+        )))
         .bind(&live.key)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("UPDATE kairos.applied_events SET projection = $1 WHERE projection = $2")
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE kairos.{table} SET projection = $1 WHERE projection = $2"
+        )))
         .bind(&live.key)
         .bind(&next.key)
         .execute(&mut *tx)
         .await?;
+    }
     sqlx::query("SELECT pg_notify('kairos_checkpoint', $1)")
         .bind(format!(
             "{}:{}",

@@ -30,6 +30,8 @@ pub struct RunnerConfig {
     /// Failures of the same data error before the batch is split and, event by event, the one
     /// that keeps failing is dead-lettered.
     pub max_attempts: u32,
+    /// Stream sequences between snapshots used by point-in-time reads (0: no snapshots).
+    pub snapshot_every: u64,
 }
 
 impl Default for RunnerConfig {
@@ -39,6 +41,7 @@ impl Default for RunnerConfig {
             ack_wait_ms: 30_000,
             idle_wait_ms: 5_000,
             max_attempts: 3,
+            snapshot_every: crate::apply::DEFAULT_SNAPSHOT_EVERY,
         }
     }
 }
@@ -97,7 +100,8 @@ struct State {
 
 impl<P: Projection> Runner<P> {
     pub fn new(projection: P, bus: Bus, pool: PgPool, config: RunnerConfig) -> Self {
-        let target = Target::live(&projection);
+        let mut target = Target::live(&projection);
+        target.snapshot_every = config.snapshot_every;
         Self {
             projection: Arc::new(projection),
             bus,

@@ -183,3 +183,30 @@ pub(crate) async fn delete_outbox(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx
         .await?;
     Ok(())
 }
+
+/// Stores the projection's state at `seq` when `every` sequences passed since the last snapshot.
+pub(crate) async fn maybe_snapshot<P: crate::Projection>(
+    tx: &mut PgConnection,
+    projection: &P,
+    key: &str,
+    seq: StreamSeq,
+    every: u64,
+) -> Result<(), sqlx::Error> {
+    let last: Option<i64> =
+        sqlx::query_scalar("SELECT max(seq) FROM kairos.snapshots WHERE projection = $1")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+    if seq.0 < last.map_or(0, to_u64) + every {
+        return Ok(());
+    }
+    if let Some(state) = projection.snapshot(&mut *tx).await? {
+        sqlx::query("INSERT INTO kairos.snapshots (projection, seq, state) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(key)
+            .bind(to_i64(seq))
+            .bind(state)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}

@@ -269,6 +269,23 @@ impl Projection for Budgets {
         }
     }
 
+    async fn snapshot(
+        &self,
+        tx: &mut PgConnection,
+    ) -> Result<Option<serde_json::Value>, sqlx::Error> {
+        let state: serde_json::Value = sqlx::query_scalar(
+            "SELECT json_build_object(
+                 'limits', (SELECT coalesce(json_agg(l), '[]') FROM limits l),
+                 'spend', (SELECT coalesce(json_agg(s), '[]') FROM spend s),
+                 'crossings', (SELECT coalesce(json_agg(json_build_object(
+                      'project', c.project, 'period', c.period, 'threshold', c.threshold)), '[]')
+                  FROM crossings c))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(Some(state))
+    }
+
     async fn apply(
         &self,
         tx: &mut PgConnection,
@@ -504,32 +521,72 @@ const VIEW_SQL: &str = "
     ORDER BY p.project
     LIMIT $3";
 
+impl BudgetView {
+    fn assemble(
+        project: String,
+        period: Period,
+        limit: Option<&Limit>,
+        spend: &Spend,
+        as_of_seq: u64,
+    ) -> Self {
+        let spent = spend.spent;
+        let amount = limit.map(|l| l.monthly_limit);
+        BudgetView {
+            project,
+            period: period.to_string(),
+            limit: amount,
+            spent,
+            remaining: amount.and_then(|l| l.checked_sub(spent)),
+            status: limit.map_or(Status::Ok, |l| {
+                status(l.monthly_limit, l.warn_at_percent, spent)
+            }),
+            warn_at_percent: limit.map(|l| l.warn_at_percent),
+            on_exceeded: limit.map(|l| l.on_exceeded),
+            fallback_model: limit.and_then(|l| l.fallback_model.clone()),
+            calls: spend.calls,
+            failed_calls: spend.failed_calls,
+            input_tokens: spend.input_tokens,
+            output_tokens: spend.output_tokens,
+            as_of_seq,
+        }
+    }
+}
+
 fn view(r: &sqlx::postgres::PgRow, period: Period) -> Result<BudgetView, sqlx::Error> {
-    let limit: Option<i64> = r.try_get("monthly_limit_nanos")?;
-    let limit = limit.map(money);
+    let limit_nanos: Option<i64> = r.try_get("monthly_limit_nanos")?;
     let warn: Option<i16> = r.try_get("warn_at_percent")?;
-    let warn = warn.and_then(|w| u8::try_from(w).ok());
-    let spent = money(r.try_get("spent_nanos")?);
     let on_exceeded: Option<String> = r.try_get("on_exceeded")?;
-    Ok(BudgetView {
-        project: r.try_get("project")?,
-        period: period.to_string(),
-        limit,
-        spent,
-        remaining: limit.and_then(|l| l.checked_sub(spent)),
-        status: match (limit, warn) {
-            (Some(l), Some(w)) => status(l, w, spent),
-            _ => Status::Ok,
-        },
-        warn_at_percent: warn,
-        on_exceeded: on_exceeded.as_deref().and_then(OnExceeded::parse),
-        fallback_model: r.try_get("fallback_model")?,
+    let limit = match (limit_nanos, warn) {
+        (Some(nanos), Some(warn)) => Some(Limit {
+            monthly_limit: money(nanos),
+            warn_at_percent: u8::try_from(warn).unwrap_or(100),
+            on_exceeded: on_exceeded
+                .as_deref()
+                .and_then(OnExceeded::parse)
+                .unwrap_or(OnExceeded::Block),
+            fallback_model: r.try_get("fallback_model")?,
+            set_by: None,
+            set_seq: 0,
+            set_at: DateTime::<Utc>::UNIX_EPOCH,
+        }),
+        _ => None,
+    };
+    let spend = Spend {
+        spent: money(r.try_get("spent_nanos")?),
         calls: r.try_get("calls")?,
         failed_calls: r.try_get("failed_calls")?,
         input_tokens: r.try_get("input_tokens")?,
         output_tokens: r.try_get("output_tokens")?,
-        as_of_seq: u64::try_from(r.try_get::<i64, _>("as_of_seq")?).unwrap_or(0),
-    })
+        last_seq: 0,
+    };
+    let as_of_seq = u64::try_from(r.try_get::<i64, _>("as_of_seq")?).unwrap_or(0);
+    Ok(BudgetView::assemble(
+        r.try_get("project")?,
+        period,
+        limit.as_ref(),
+        &spend,
+        as_of_seq,
+    ))
 }
 
 /// One project's budget in `period`; `None` if it has neither a limit nor spend then.
@@ -585,6 +642,133 @@ pub async fn crossings(
         .into_iter()
         .map(|(t, s)| (t, u64::try_from(s).unwrap_or(0)))
         .collect())
+}
+
+/// A stored snapshot could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum AsOfError {
+    #[error("snapshot of budgets is unreadable: {0}")]
+    Snapshot(String),
+    #[error(transparent)]
+    History(#[from] kairos_runtime::HistoryError),
+    #[error("projection database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(serde::Deserialize)]
+struct SnapshotRows {
+    limits: Vec<LimitRow>,
+    spend: Vec<SpendRow>,
+    crossings: Vec<CrossingRow>,
+}
+
+#[derive(serde::Deserialize)]
+struct LimitRow {
+    project: ProjectId,
+    monthly_limit_nanos: i64,
+    warn_at_percent: u8,
+    on_exceeded: OnExceeded,
+    fallback_model: Option<String>,
+    set_by: Option<String>,
+    set_seq: u64,
+    set_at: DateTime<Utc>,
+}
+
+#[derive(serde::Deserialize)]
+struct SpendRow {
+    project: ProjectId,
+    period: String,
+    spent_nanos: i64,
+    calls: i64,
+    failed_calls: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    last_seq: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct CrossingRow {
+    project: ProjectId,
+    period: String,
+    threshold: Threshold,
+}
+
+impl Ledger {
+    /// The ledger a snapshot (from [`Budgets`]' `snapshot`) describes.
+    pub fn from_snapshot(state: serde_json::Value) -> Result<Self, AsOfError> {
+        let bad = |e: &dyn std::fmt::Display| AsOfError::Snapshot(e.to_string());
+        let rows: SnapshotRows = serde_json::from_value(state).map_err(|e| bad(&e))?;
+        let mut ledger = Ledger::default();
+        for l in rows.limits {
+            ledger.limits.insert(
+                l.project,
+                Limit {
+                    monthly_limit: money(l.monthly_limit_nanos),
+                    warn_at_percent: l.warn_at_percent,
+                    on_exceeded: l.on_exceeded,
+                    fallback_model: l.fallback_model,
+                    set_by: l.set_by,
+                    set_seq: l.set_seq,
+                    set_at: l.set_at,
+                },
+            );
+        }
+        for s in rows.spend {
+            let period = Period::parse(&s.period).map_err(|e| bad(&e))?;
+            ledger.spend.insert(
+                (s.project, period),
+                Spend {
+                    spent: money(s.spent_nanos),
+                    calls: s.calls,
+                    failed_calls: s.failed_calls,
+                    input_tokens: s.input_tokens,
+                    output_tokens: s.output_tokens,
+                    last_seq: s.last_seq,
+                },
+            );
+        }
+        for c in rows.crossings {
+            let period = Period::parse(&c.period).map_err(|e| bad(&e))?;
+            ledger.crossed.insert((c.project, period, c.threshold));
+        }
+        Ok(ledger)
+    }
+}
+
+impl Budgets {
+    /// A project's budget in `period` as it stood once the stream held exactly the events up to
+    /// `seq` (at most the projection's checkpoint): the nearest snapshot, plus the events after
+    /// it folded in memory. `None` if the project had neither a limit nor spend then.
+    pub async fn read_as_of(
+        &self,
+        bus: &kairos_bus::Bus,
+        pool: &PgPool,
+        project: &ProjectId,
+        period: Period,
+        seq: kairos_events::StreamSeq,
+    ) -> Result<Option<BudgetView>, AsOfError> {
+        let (from, mut ledger) = match kairos_runtime::snapshot_at(pool, NAME, seq).await? {
+            Some((at, state)) => (at, Ledger::from_snapshot(state)?),
+            None => (kairos_events::StreamSeq(0), Ledger::default()),
+        };
+        for item in kairos_runtime::items_between(self, bus, pool, from, seq).await? {
+            // A fold error here was a dead-lettered batch live; it changed nothing then either.
+            let _ = ledger.fold(&item);
+        }
+        let limit = ledger.limits.get(project);
+        let spend = ledger.spend.get(&(project.clone(), period));
+        if limit.is_none() && spend.is_none() {
+            return Ok(None);
+        }
+        let spend = spend.cloned().unwrap_or_default();
+        Ok(Some(BudgetView::assemble(
+            project.to_string(),
+            period,
+            limit,
+            &spend,
+            seq.0,
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,117 @@
+//! Reading a projection's past: the nearest snapshot, and the events after it, decoded and
+//! deduplicated exactly as the live projection applied them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use futures_util::StreamExt;
+use kairos_bus::Bus;
+use kairos_events::{Event, StreamSeq};
+use sqlx::PgPool;
+
+use crate::apply::Delivered;
+use crate::store::to_i64;
+use crate::{Projection, StoredEvent};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("projection database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("reading the stream: {0}")]
+    Stream(String),
+}
+
+/// The newest snapshot of `key` taken at or before `seq`.
+pub async fn snapshot_at(
+    pool: &PgPool,
+    key: &str,
+    seq: StreamSeq,
+) -> Result<Option<(StreamSeq, serde_json::Value)>, sqlx::Error> {
+    let row: Option<(i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT seq, state FROM kairos.snapshots WHERE projection = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(key)
+    .bind(to_i64(seq))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(s, v)| (StreamSeq(u64::try_from(s).unwrap_or(0)), v)))
+}
+
+/// The items `projection` folded from the events after `after` up to `upto` (both stream
+/// sequences, `upto` at most its checkpoint), in order. Events it dead-lettered are skipped, and
+/// a retry of an event is skipped when the identity was first applied at an earlier sequence.
+pub async fn items_between<P: Projection>(
+    projection: &P,
+    bus: &Bus,
+    pool: &PgPool,
+    after: StreamSeq,
+    upto: StreamSeq,
+) -> Result<Vec<P::Item>, HistoryError> {
+    if upto <= after {
+        return Ok(Vec::new());
+    }
+    let stream_err = |e: &dyn std::fmt::Display| HistoryError::Stream(e.to_string());
+    let stream = bus
+        .jetstream()
+        .get_stream(bus.stream_name())
+        .await
+        .map_err(|e| stream_err(&e))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: bus.events_filter(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after.0 + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| stream_err(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| stream_err(&e))?;
+    let mut decoded = Vec::new();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .map_err(|_| stream_err(&"the stream stopped delivering"))?
+    {
+        let m = m.map_err(|e| stream_err(&e))?;
+        let Some(d) = Delivered::from_message(&m) else {
+            continue;
+        };
+        if d.seq > upto {
+            break;
+        }
+        let seq = d.seq;
+        if let Ok(event) = Event::from_slice(&d.payload) {
+            let identity = event.identity();
+            let stored = StoredEvent {
+                seq,
+                subject: d.subject,
+                stored_at: d.published,
+                event,
+            };
+            if let Ok(Some(item)) = projection.decode(&stored) {
+                decoded.push((identity, seq, item));
+            }
+        }
+        if seq >= upto {
+            break;
+        }
+    }
+    // Which sequence first applied each identity.
+    let ids: Vec<Vec<u8>> = decoded.iter().map(|(i, _, _)| i.to_vec()).collect();
+    let first: HashMap<Vec<u8>, i64> = sqlx::query_as::<_, (Vec<u8>, i64)>(
+        "SELECT identity, seq FROM kairos.applied_events WHERE projection = $1 AND identity = ANY($2)",
+    )
+    .bind(projection.name())
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(decoded
+        .into_iter()
+        .filter(|(identity, seq, _)| first.get(&identity[..]).is_some_and(|s| *s == to_i64(*seq)))
+        .map(|(_, _, item)| item)
+        .collect())
+}

@@ -1,0 +1,131 @@
+//! Point-in-time reads: the budget `as_of` an instant equals a brute-force recomputation from the
+//! raw events the stream held at that instant.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use kairos_events::{Event, Money};
+use kairos_tests::{budget_set, llm_call, spawn_app_with, test_settings};
+use serde_json::Value;
+use sqlx::PgPool;
+
+#[sqlx::test(migrations = false)]
+async fn as_of_answers_equal_a_recomputation_from_raw_events(pool: PgPool) {
+    let mut settings = test_settings();
+    settings.nats.duplicate_window_secs = 1;
+    settings.projections.snapshot_every = 400;
+    let app = spawn_app_with(pool.clone(), settings, true).await;
+    let mut sent = Vec::new();
+    for chunk in 0..30 {
+        let mut batch: Vec<Value> = (0..100)
+            .map(|i| {
+                let n = chunk * 100 + i;
+                llm_call(
+                    &format!("c{n}"),
+                    &format!("p{}", n % 3),
+                    &format!("0.{:04}", (n * 7919) % 10_000),
+                )
+            })
+            .collect();
+        if chunk % 7 == 3 {
+            batch.push(budget_set(
+                &format!("b{chunk}"),
+                &format!("p{}", chunk % 3),
+                &format!("{}", 10 + chunk),
+                70,
+            ));
+        }
+        if chunk == 15 {
+            // Retries of earlier events after the duplicate window: stored again, never counted.
+            tokio::time::sleep(Duration::from_millis(1_200)).await;
+            batch.extend(sent.iter().step_by(37).cloned().collect::<Vec<Value>>());
+        }
+        app.ingest(&batch).await;
+        sent.extend(batch);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let last = app.kairos.bus.last_seq().await.unwrap().0;
+    app.wait_for("budgets", last).await;
+    let snapshots: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM kairos.snapshots WHERE projection = 'budgets'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(snapshots >= 5, "snapshots were taken ({snapshots})");
+
+    // The raw stream, with the time each event was stored.
+    let raw: Vec<(DateTime<Utc>, Event)> = app
+        .read_stream(
+            app.kairos.bus.stream_name(),
+            &format!("{}.events.>", app.prefix()),
+        )
+        .await
+        .iter()
+        .map(|m| {
+            (
+                m.info().unwrap().published,
+                Event::from_slice(&m.payload).unwrap(),
+            )
+        })
+        .collect();
+    let (first, end) = (raw[0].0, raw[raw.len() - 1].0);
+    let span = (end - first).num_nanoseconds().unwrap();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for _ in 0..20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = first + chrono::Duration::nanoseconds((x % span as u64) as i64);
+        // Brute force: distinct calls and the latest limit among events stored by `at`.
+        let mut seen = HashSet::new();
+        let mut spent: HashMap<String, (Money, u64)> = HashMap::new();
+        let mut limit: HashMap<String, String> = HashMap::new();
+        for (stored, e) in raw.iter().filter(|(t, _)| *t <= at) {
+            let d = &e.json()["data"];
+            let project = d["project"].as_str().unwrap().to_owned();
+            match e.event_type().as_str() {
+                "kairos.llm.call.completed.v1"
+                    if seen.insert((e.source().to_owned(), e.id().to_owned())) =>
+                {
+                    let s = spent.entry(project).or_insert((Money::ZERO, 0));
+                    s.0 =
+                        s.0.checked_add(Money::from_json(&d["cost"]).unwrap())
+                            .unwrap();
+                    s.1 += 1;
+                }
+                "kairos.budget.set.v1" => {
+                    limit.insert(
+                        project,
+                        Money::from_json(&d["monthly_limit"]).unwrap().to_string(),
+                    );
+                }
+                _ => {}
+            }
+            let _ = stored;
+        }
+        for p in ["p0", "p1", "p2"] {
+            let t = at.to_rfc3339_opts(SecondsFormat::Nanos, true);
+            let (status, b) = app
+                .get(&format!("/v1/projects/{p}/budget?period=2026-11&as_of={t}"))
+                .await;
+            match spent.get(p) {
+                None if !limit.contains_key(p) => assert_eq!(status, 404, "{p} at {t}: {b}"),
+                expected => {
+                    assert_eq!(status, 200, "{p} at {t}: {b}");
+                    let (money, calls) = expected.copied().unwrap_or((Money::ZERO, 0));
+                    assert_eq!(b["spent"], Value::String(money.to_string()), "{p} at {t}");
+                    assert_eq!(b["calls"], Value::from(calls), "{p} at {t}");
+                    assert_eq!(
+                        b["limit"].as_str(),
+                        limit.get(p).map(String::as_str),
+                        "{p} at {t}"
+                    );
+                }
+            }
+        }
+    }
+    let (status, b) = app.get("/v1/projects/p0/budget?as_of=yesterday").await;
+    assert_eq!((status, b["error"]["field"].as_str()), (400, Some("as_of")));
+    app.cleanup().await;
+}

@@ -7,7 +7,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::Utc;
@@ -26,13 +26,13 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/v1/events", post(ingest))
         .route(
             "/v1/projects/{project}/budget",
             get(get_budget).put(put_budget),
         )
         .route("/v1/budgets", get(list_budgets))
         .route("/v1/projections", get(projections))
+        .route("/v1/events", get(list_events).post(ingest))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
 }
@@ -508,4 +508,126 @@ async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
         }
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    project: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// Most stream messages one `GET /v1/events` request scans for matches.
+const MAX_SCAN: usize = 20_000;
+
+fn time_param(
+    raw: &Option<String>,
+    field: &str,
+) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
+    raw.as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    ApiError::bad(
+                        "invalid_query",
+                        field,
+                        format!("{field} must be an RFC 3339 time: {e}"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// `GET /v1/events?from=&to=&type=&project=&after=&limit=`: the stream itself, oldest first,
+/// paged by sequence (`after` = the previous page's `next_after`).
+async fn list_events(
+    State(st): State<AppState>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = q
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad("invalid_query", "query", e.body_text()))?;
+    let from = time_param(&q.from, "from")?;
+    let to = time_param(&q.to, "to")?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| {
+            a.parse::<u64>().map_err(|_| {
+                ApiError::bad("invalid_query", "after", "after must be a stream sequence")
+            })
+        })
+        .transpose()?;
+    let limit = match &q.limit {
+        None => 100,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "invalid_query",
+                    "limit",
+                    "limit must be an integer from 1 to 1000",
+                )
+            })?,
+    };
+    let filter = match &q.project {
+        Some(p) => {
+            let p = ProjectId::parse(p).map_err(|e| ApiError::bad(e.code, "project", e.message))?;
+            Some(format!("{}.events.*.{p}", st.bus.config().subject_prefix))
+        }
+        None => None,
+    };
+    let unavailable = |e: kairos_bus::BusError| ApiError::StreamUnavailable(e.to_string());
+    let last = st.bus.last_seq().await.map_err(unavailable)?.0;
+    let start = match (after, from) {
+        (Some(a), _) => kairos_bus::ReadFrom::Seq(kairos_events::StreamSeq(a + 1)),
+        (None, Some(t)) => kairos_bus::ReadFrom::Time(t),
+        (None, None) => kairos_bus::ReadFrom::Seq(kairos_events::StreamSeq(1)),
+    };
+    let mut events = Vec::new();
+    let mut next_after = None;
+    if after.is_none_or(|a| a < last) {
+        let mut reader = st.bus.read(start, filter).await.map_err(unavailable)?;
+        let mut scanned = 0;
+        while let Some(m) = reader
+            .next(Duration::from_millis(300))
+            .await
+            .map_err(unavailable)?
+        {
+            if to.is_some_and(|to| m.stored_at > to) {
+                break;
+            }
+            scanned += 1;
+            let event: Option<Value> = serde_json::from_slice(&m.payload).ok();
+            let matches =
+                q.ty.as_deref()
+                    .is_none_or(|t| event.as_ref().and_then(|e| e["type"].as_str()) == Some(t));
+            if matches {
+                let mut item = json!({"seq": m.seq.0, "stored_at": m.stored_at, "subject": m.subject, "event": event});
+                if item["event"].is_null() {
+                    item["raw"] = json!(String::from_utf8_lossy(
+                        &m.payload[..m.payload.len().min(4096)]
+                    ));
+                }
+                events.push(item);
+            }
+            if m.seq.0 >= last {
+                break;
+            }
+            if events.len() >= limit || scanned >= MAX_SCAN {
+                next_after = Some(m.seq.0);
+                break;
+            }
+        }
+    }
+    Ok(Json(
+        json!({"events": events, "next_after": next_after, "stream_last_seq": last}),
+    ))
 }

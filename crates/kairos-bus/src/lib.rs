@@ -108,6 +108,55 @@ pub struct Receipt {
     pub duplicate: bool,
 }
 
+/// Where reading the events stream starts.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadFrom {
+    /// At this sequence (inclusive).
+    Seq(StreamSeq),
+    /// At the first event stored at or after this time.
+    Time(chrono::DateTime<chrono::Utc>),
+    /// With the next event stored from now on.
+    New,
+}
+
+/// A message of the events stream, as stored.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub seq: StreamSeq,
+    pub subject: String,
+    pub stored_at: chrono::DateTime<chrono::Utc>,
+    pub payload: Bytes,
+}
+
+/// Reads the events stream in order (an ordered, ephemeral consumer: no state on the server).
+pub struct EventReader {
+    messages: async_nats::jetstream::consumer::pull::Ordered,
+}
+
+impl EventReader {
+    /// The next message, or `None` when none arrives within `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Result<Option<StoredMessage>, BusError> {
+        use futures_util::StreamExt;
+        let err = |e: &dyn std::fmt::Display| BusError::Stream {
+            stream: "events".into(),
+            message: e.to_string(),
+        };
+        match tokio::time::timeout(wait, self.messages.next()).await {
+            Err(_) | Ok(None) => Ok(None),
+            Ok(Some(Err(e))) => Err(err(&e)),
+            Ok(Some(Ok(m))) => {
+                let info = m.info().map_err(|e| err(&e))?;
+                Ok(Some(StoredMessage {
+                    seq: StreamSeq(info.stream_sequence),
+                    subject: m.subject.to_string(),
+                    stored_at: info.published,
+                    payload: m.payload.clone(),
+                }))
+            }
+        }
+    }
+}
+
 /// A connection to NATS plus the names of this Kairos instance's streams.
 #[derive(Clone)]
 pub struct Bus {
@@ -236,18 +285,24 @@ impl Bus {
         Ok(StreamSeq(info.state.last_sequence))
     }
 
-    /// The last sequence the events stream stored at or before `at` (0 if none).
-    pub async fn seq_at_time(
+    /// Reads the events stream from `from`, only subjects matching `filter` (default: all events).
+    pub async fn read(
         &self,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<StreamSeq, BusError> {
+        from: ReadFrom,
+        filter: Option<String>,
+    ) -> Result<EventReader, BusError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-        use futures_util::StreamExt;
         let err = |e: &dyn std::fmt::Display| BusError::Stream {
             stream: self.config.stream.clone(),
             message: e.to_string(),
         };
-        let last = self.last_seq().await?;
+        let deliver_policy = match from {
+            ReadFrom::Seq(s) => DeliverPolicy::ByStartSequence {
+                start_sequence: s.0.max(1),
+            },
+            ReadFrom::Time(t) => DeliverPolicy::ByStartTime { start_time: t },
+            ReadFrom::New => DeliverPolicy::New,
+        };
         let stream = self
             .js
             .get_stream(&self.config.stream)
@@ -255,26 +310,28 @@ impl Bus {
             .map_err(|e| err(&e))?;
         let consumer = stream
             .create_consumer(OrderedConfig {
-                filter_subject: self.events_filter(),
-                deliver_policy: DeliverPolicy::ByStartTime { start_time: at },
+                filter_subject: filter.unwrap_or_else(|| self.events_filter()),
+                deliver_policy,
                 ..Default::default()
             })
             .await
             .map_err(|e| err(&e))?;
-        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
-        // The first message stored after `at`, if the stream has one yet.
-        let first_after = tokio::time::timeout(Duration::from_millis(500), messages.next()).await;
-        match first_after {
-            Ok(Some(Ok(m))) => {
-                let info = m.info().map_err(|e| err(&e))?;
-                if info.published > at {
-                    Ok(StreamSeq(info.stream_sequence.saturating_sub(1)))
-                } else {
-                    Ok(StreamSeq(info.stream_sequence))
-                }
-            }
-            Ok(Some(Err(e))) => Err(err(&e)),
-            _ => Ok(last),
+        let messages = consumer.messages().await.map_err(|e| err(&e))?;
+        Ok(EventReader { messages })
+    }
+
+    /// The last sequence the events stream stored at or before `at` (0 if none).
+    pub async fn seq_at_time(
+        &self,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<StreamSeq, BusError> {
+        let last = self.last_seq().await?;
+        // The first event stored at or after `at`, if the stream has one yet.
+        let mut reader = self.read(ReadFrom::Time(at), None).await?;
+        match reader.next(Duration::from_millis(500)).await? {
+            Some(m) if m.stored_at > at => Ok(StreamSeq(m.seq.0.saturating_sub(1))),
+            Some(m) => Ok(m.seq),
+            None => Ok(last),
         }
     }
 

@@ -3,8 +3,6 @@
 
 use std::collections::HashSet;
 
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use kairos_bus::Bus;
 use kairos_events::{Event, StreamSeq};
 use sqlx::PgPool;
@@ -14,24 +12,17 @@ use crate::store::{self, Advance};
 use crate::{ApplyError, Projection, Rejection, StoredEvent};
 
 /// A message as delivered from the stream, whatever consumer delivered it.
-#[derive(Debug, Clone)]
-pub struct Delivered {
-    pub seq: StreamSeq,
-    pub subject: String,
-    pub published: DateTime<Utc>,
-    pub payload: Bytes,
-}
+pub use kairos_bus::StoredMessage as Delivered;
 
-impl Delivered {
-    pub fn from_message(m: &async_nats::jetstream::Message) -> Option<Self> {
-        let info = m.info().ok()?;
-        Some(Self {
-            seq: StreamSeq(info.stream_sequence),
-            subject: m.subject.to_string(),
-            published: info.published,
-            payload: m.payload.clone(),
-        })
-    }
+/// The stored message behind a consumer delivery.
+pub(crate) fn delivered(m: &async_nats::jetstream::Message) -> Option<Delivered> {
+    let info = m.info().ok()?;
+    Some(Delivered {
+        seq: StreamSeq(info.stream_sequence),
+        subject: m.subject.to_string(),
+        stored_at: info.published,
+        payload: m.payload.clone(),
+    })
 }
 
 /// Sequences between snapshots unless configured otherwise.
@@ -153,7 +144,7 @@ pub(crate) async fn apply_batch<P: Projection>(
                 let stored = StoredEvent {
                     seq: m.seq,
                     subject: m.subject.clone(),
-                    stored_at: m.published,
+                    stored_at: m.stored_at,
                     event,
                 };
                 let identity = stored.event.identity();

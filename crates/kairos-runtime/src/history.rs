@@ -4,14 +4,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
-use futures_util::StreamExt;
-use kairos_bus::Bus;
+use kairos_bus::{Bus, ReadFrom};
 use kairos_events::{Event, StreamSeq};
 use sqlx::PgPool;
 
-use crate::apply::Delivered;
 use crate::store::to_i64;
 use crate::{Projection, StoredEvent};
 
@@ -53,30 +49,20 @@ pub async fn items_between<P: Projection>(
         return Ok(Vec::new());
     }
     let stream_err = |e: &dyn std::fmt::Display| HistoryError::Stream(e.to_string());
-    let stream = bus
-        .jetstream()
-        .get_stream(bus.stream_name())
+    let mut reader = bus
+        .read(ReadFrom::Seq(StreamSeq(after.0 + 1)), None)
         .await
         .map_err(|e| stream_err(&e))?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: bus.events_filter(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: after.0 + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| stream_err(&e))?;
-    let mut messages = consumer.messages().await.map_err(|e| stream_err(&e))?;
     let mut decoded = Vec::new();
-    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next())
-        .await
-        .map_err(|_| stream_err(&"the stream stopped delivering"))?
-    {
-        let m = m.map_err(|e| stream_err(&e))?;
-        let Some(d) = Delivered::from_message(&m) else {
-            continue;
+    loop {
+        let Some(d) = reader
+            .next(Duration::from_secs(10))
+            .await
+            .map_err(|e| stream_err(&e))?
+        else {
+            return Err(stream_err(
+                &"the stream stopped delivering before the requested sequence",
+            ));
         };
         if d.seq > upto {
             break;
@@ -87,7 +73,7 @@ pub async fn items_between<P: Projection>(
             let stored = StoredEvent {
                 seq,
                 subject: d.subject,
-                stored_at: d.published,
+                stored_at: d.stored_at,
                 event,
             };
             if let Ok(Some(item)) = projection.decode(&stored) {

@@ -9,10 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::OrderedConfig;
-use futures_util::StreamExt;
-use kairos_bus::Bus;
+use kairos_bus::{Bus, ReadFrom};
 use kairos_events::StreamSeq;
 use sqlx::{PgPool, Row};
 use tracing::{info, warn};
@@ -296,36 +293,20 @@ async fn catch_up<P: Projection>(
     if checkpoint.0 >= end {
         return Ok(checkpoint);
     }
-    let stream = bus
-        .jetstream()
-        .get_stream(bus.stream_name())
-        .await
-        .map_err(|e| replay_error(name, e))?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: bus.events_filter(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: checkpoint.0 + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| replay_error(name, e))?;
-    let mut messages = consumer
-        .messages()
+    let mut reader = bus
+        .read(ReadFrom::Seq(StreamSeq(checkpoint.0 + 1)), None)
         .await
         .map_err(|e| replay_error(name, e))?;
     let mut batch = Vec::with_capacity(batch_size);
     let mut last_report = Instant::now();
     let first = checkpoint.0;
     while checkpoint.0 < end {
-        let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+        let Some(d) = reader
+            .next(Duration::from_secs(30))
             .await
-            .map_err(|_| replay_error(name, "the stream stopped delivering for 30 s"))?;
-        let Some(m) = next else { break };
-        let m = m.map_err(|e| replay_error(name, e))?;
-        let Some(d) = Delivered::from_message(&m) else {
-            continue;
+            .map_err(|e| replay_error(name, e))?
+        else {
+            return Err(replay_error(name, "the stream stopped delivering for 30 s"));
         };
         if d.seq.0 > end {
             break;

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::Projection;
-use crate::apply::{Delivered, Failure, Target, apply_batch};
+use crate::apply::{Delivered, Failure, Target, apply_batch, delivered};
 use crate::store::{self, Advance};
 
 /// How a runner consumes. Defaults suit production; tests shorten `ack_wait`.
@@ -453,7 +453,7 @@ impl<P: Projection> Runner<P> {
 
     /// Applies one contiguous batch; returns whether events were emitted to the outbox.
     async fn apply(&self, state: &State, batch: &[Message]) -> Result<bool, Failure> {
-        let delivered: Vec<Delivered> = batch.iter().filter_map(Delivered::from_message).collect();
+        let delivered: Vec<Delivered> = batch.iter().filter_map(delivered).collect();
         apply_batch(
             self.projection.as_ref(),
             &self.bus,

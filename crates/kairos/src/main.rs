@@ -53,9 +53,66 @@ enum Command {
     CheckConfig,
     /// Rebuild projections from the stream into a fresh generation, then switch to it.
     Replay(ReplayArgs),
+    /// Inspect, export and import the event stream.
+    #[command(subcommand)]
+    Events(EventsCommand),
     /// Measure ingest, projection and latency against raw JetStream in one run (logs off
     /// unless RUST_LOG is set).
     Bench(kairos::bench::BenchOptions),
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print events as they are stored.
+    Tail {
+        #[command(flatten)]
+        sel: SelectionArgs,
+        /// One JSON line per event instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write stored events as JSON lines to stdout.
+    Export {
+        /// First stored time (RFC 3339); default: the beginning.
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Last stored time (RFC 3339); default: now.
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        #[command(flatten)]
+        sel: SelectionArgs,
+    },
+    /// Publish exported JSON lines again; already stored events are recognised by identity.
+    Import {
+        /// File of JSON lines; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct SelectionArgs {
+    /// Only this CloudEvent type.
+    #[arg(long = "type")]
+    ty: Option<String>,
+    /// Only this project.
+    #[arg(long)]
+    project: Option<String>,
+}
+
+impl SelectionArgs {
+    fn parse(self) -> anyhow::Result<kairos::history::Selection> {
+        let project = self
+            .project
+            .map(|p| {
+                kairos_events::ProjectId::parse(&p)
+                    .map_err(|e| anyhow::anyhow!("--project: {}", e.message))
+            })
+            .transpose()?;
+        Ok(kairos::history::Selection {
+            ty: self.ty,
+            project,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -122,7 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Publish { file } => {
+        Command::Events(EventsCommand::Import { file }) | Command::Publish { file } => {
             let bus = kairos_bus::Bus::connect(&settings.nats, "kairos-publish").await?;
             bus.ensure_streams().await?;
             let mut stdout = std::io::stdout().lock();
@@ -171,6 +228,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay(args) => replay(settings, args).await,
+        Command::Events(EventsCommand::Tail { sel, json }) => {
+            let sel = sel.parse()?;
+            let bus = kairos_bus::Bus::connect(&settings.nats, "kairos-tail").await?;
+            let mut out = std::io::stdout().lock();
+            tokio::select! {
+                r = kairos::history::tail(&bus, &sel, json, &mut out) => r?,
+                _ = shutdown_signal() => {}
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events(EventsCommand::Export { from, to, sel }) => {
+            let sel = sel.parse()?;
+            let bus = kairos_bus::Bus::connect(&settings.nats, "kairos-export").await?;
+            let n = kairos::history::export(&bus, from, to, &sel, &mut std::io::stdout().lock())
+                .await?;
+            eprintln!("kairos events export: {n} events");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve {
             demo,
             no_projections,

@@ -200,3 +200,82 @@ fn publish_validates_each_line_and_keeps_going() {
         js.delete_stream(format!("{stream}_DLQ")).await.unwrap();
     });
 }
+
+#[test]
+fn export_then_import_restores_the_same_events_once() {
+    let tag = format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let (src, dst) = (format!("EXA_{tag}"), format!("EXB_{tag}"));
+    let (psrc, pdst) = (format!("exa{tag}"), format!("exb{tag}"));
+    let lines: String = (0..20)
+        .map(|i| {
+            let ty = if i % 4 == 0 { "kairos.metric.recorded.v1" } else { "kairos.task.started.v1" };
+            let data = if i % 4 == 0 {
+                format!(r#"{{"project":"p","name":"queue_depth","value":{i}}}"#)
+            } else {
+                format!(r#"{{"project":"p","workflow_id":"w","task_id":"t{i}","task_type":"plan"}}"#)
+            };
+            format!(r#"{{"specversion":"1.0","id":"e{i}","source":"cli","type":"{ty}","subject":"p","data":{data}}}"#) + "\n"
+        })
+        .collect();
+    let env_src = [
+        ("KAIROS_NATS_STREAM", src.as_str()),
+        ("KAIROS_NATS_SUBJECT_PREFIX", psrc.as_str()),
+    ];
+    let env_dst = [
+        ("KAIROS_NATS_STREAM", dst.as_str()),
+        ("KAIROS_NATS_SUBJECT_PREFIX", pdst.as_str()),
+    ];
+    let out = kairos(&["publish"], &env_src, Some(lines.as_bytes()));
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let all = kairos(&["events", "export"], &env_src, None);
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert_eq!(String::from_utf8_lossy(&all.stdout).lines().count(), 20);
+    let metrics = kairos(
+        &["events", "export", "--type", "kairos.metric.recorded.v1"],
+        &env_src,
+        None,
+    );
+    assert_eq!(String::from_utf8_lossy(&metrics.stdout).lines().count(), 5);
+    let bad = kairos(&["events", "export", "--from", "noon"], &env_src, None);
+    assert!(!bad.status.success());
+
+    // Import into another instance; importing again stores nothing new.
+    for round in 0..2 {
+        let imported = kairos(&["events", "import"], &env_dst, Some(&all.stdout));
+        assert!(
+            imported.status.success(),
+            "round {round}: {}",
+            stderr(&imported)
+        );
+        let want = if round == 0 {
+            "20 accepted (0 duplicates)"
+        } else {
+            "20 accepted (20 duplicates)"
+        };
+        assert!(
+            stderr(&imported).contains(want),
+            "round {round}: {}",
+            stderr(&imported)
+        );
+    }
+    let copy = kairos(&["events", "export"], &env_dst, None);
+    assert_eq!(copy.stdout, all.stdout, "the exported bytes round-trip");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url =
+            std::env::var("KAIROS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+        for s in [&src, &dst] {
+            js.delete_stream(s).await.unwrap();
+            js.delete_stream(format!("{s}_DLQ")).await.unwrap();
+        }
+    });
+}

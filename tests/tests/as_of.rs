@@ -125,6 +125,26 @@ async fn as_of_answers_equal_a_recomputation_from_raw_events(pool: PgPool) {
             }
         }
     }
+    // The list answers the same as the single reads, at the last instant.
+    let t = end.to_rfc3339_opts(SecondsFormat::Nanos, true);
+    let (status, list) = app
+        .get(&format!("/v1/budgets?period=2026-11&as_of={t}"))
+        .await;
+    assert_eq!(status, 200, "{list}");
+    for b in list["budgets"].as_array().unwrap() {
+        let p = b["project"].as_str().unwrap();
+        let (_, one) = app
+            .get(&format!("/v1/projects/{p}/budget?period=2026-11&as_of={t}"))
+            .await;
+        assert_eq!(&one, b);
+        let (_, now) = app
+            .get(&format!("/v1/projects/{p}/budget?period=2026-11"))
+            .await;
+        assert_eq!(
+            one["spent"], now["spent"],
+            "at the end, as_of equals the live answer"
+        );
+    }
     let (status, b) = app.get("/v1/projects/p0/budget?as_of=yesterday").await;
     assert_eq!((status, b["error"]["field"].as_str()), (400, Some("as_of")));
     app.cleanup().await;

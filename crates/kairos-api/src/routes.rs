@@ -279,13 +279,13 @@ async fn get_budget(
         })
 }
 
-/// The budget as it stood at `as_of`: from the nearest snapshot plus the events after it.
-async fn budget_as_of(
+/// The budgets ledger as it stood at `as_of` (from the nearest snapshot plus the events after
+/// it), with the period asked for (default: the month containing `as_of`).
+async fn ledger_as_of(
     st: &AppState,
-    project: &ProjectId,
     q: &ReadQuery,
     raw: &str,
-) -> Result<budgets::BudgetView, ApiError> {
+) -> Result<(budgets::Ledger, Period, u64), ApiError> {
     let at = chrono::DateTime::parse_from_rfc3339(raw)
         .map_err(|e| {
             ApiError::bad(
@@ -310,14 +310,24 @@ async fn budget_as_of(
         Err(kairos_runtime::WaitError::Database(e)) => return Err(ApiError::Database(e)),
         Err(e) => return Err(ApiError::NotYetApplied(e.to_string())),
     }
-    let view = budgets::Budgets { tz: st.tz }
-        .read_as_of(&st.bus, &st.pool, project, period, seq)
+    let ledger = budgets::Budgets { tz: st.tz }
+        .ledger_as_of(&st.bus, &st.pool, seq)
         .await
         .map_err(|e| match e {
             budgets::AsOfError::Database(e) => ApiError::Database(e),
             other => ApiError::StreamUnavailable(other.to_string()),
         })?;
-    view.ok_or_else(|| {
+    Ok((ledger, period, seq.0))
+}
+
+async fn budget_as_of(
+    st: &AppState,
+    project: &ProjectId,
+    q: &ReadQuery,
+    raw: &str,
+) -> Result<budgets::BudgetView, ApiError> {
+    let (ledger, period, seq) = ledger_as_of(st, q, raw).await?;
+    ledger.view(project, period, seq).ok_or_else(|| {
         ApiError::NotFound(format!(
             "project {project} had no budget and no spend in {period} at {raw}"
         ))
@@ -348,6 +358,22 @@ async fn list_budgets(
     if let Some(after) = &q.after {
         project_param(after)
             .map_err(|_| ApiError::bad("invalid_query", "after", "after must be a project id"))?;
+    }
+    if let Some(raw) = &q.as_of {
+        let (ledger, period, seq) = ledger_as_of(&st, &q, raw).await?;
+        let items: Vec<_> = ledger
+            .views(period, seq)
+            .into_iter()
+            .filter(|b| q.after.as_deref().is_none_or(|a| b.project.as_str() > a))
+            .take(usize::try_from(limit).unwrap_or(100))
+            .collect();
+        let next = (items.len() as i64 == limit)
+            .then(|| items.last().map(|b| b.project.clone()))
+            .flatten();
+        return Ok(Json(
+            json!({"period": period, "as_of": raw, "as_of_seq": seq,
+                               "budgets": items, "next_after": next}),
+        ));
     }
     q.wait(&st).await?;
     let items = budgets::list(&st.pool, period, q.after.as_deref(), limit).await?;

@@ -736,38 +736,64 @@ impl Ledger {
 }
 
 impl Budgets {
-    /// A project's budget in `period` as it stood once the stream held exactly the events up to
-    /// `seq` (at most the projection's checkpoint): the nearest snapshot, plus the events after
-    /// it folded in memory. `None` if the project had neither a limit nor spend then.
-    pub async fn read_as_of(
+    /// The whole ledger as it stood once the stream held exactly the events up to `seq` (at most
+    /// the projection's checkpoint): the nearest snapshot plus the events after it, folded in
+    /// memory.
+    pub async fn ledger_as_of(
         &self,
         bus: &kairos_bus::Bus,
         pool: &PgPool,
-        project: &ProjectId,
-        period: Period,
         seq: kairos_events::StreamSeq,
-    ) -> Result<Option<BudgetView>, AsOfError> {
+    ) -> Result<Ledger, AsOfError> {
         let (from, mut ledger) = match kairos_runtime::snapshot_at(pool, NAME, seq).await? {
             Some((at, state)) => (at, Ledger::from_snapshot(state)?),
             None => (kairos_events::StreamSeq(0), Ledger::default()),
         };
         for item in kairos_runtime::items_between(self, bus, pool, from, seq).await? {
-            // A fold error here was a dead-lettered batch live; it changed nothing then either.
+            // The live projection applied exactly these items; a fold error was dead-lettered
+            // there and changed nothing, here too.
             let _ = ledger.fold(&item);
         }
-        let limit = ledger.limits.get(project);
-        let spend = ledger.spend.get(&(project.clone(), period));
+        Ok(ledger)
+    }
+}
+
+impl Ledger {
+    /// A project's budget in `period`; `None` if it has neither a limit nor spend then.
+    pub fn view(&self, project: &ProjectId, period: Period, seq: u64) -> Option<BudgetView> {
+        let limit = self.limits.get(project);
+        let spend = self.spend.get(&(project.clone(), period));
         if limit.is_none() && spend.is_none() {
-            return Ok(None);
+            return None;
         }
         let spend = spend.cloned().unwrap_or_default();
-        Ok(Some(BudgetView::assemble(
+        Some(BudgetView::assemble(
             project.to_string(),
             period,
             limit,
             &spend,
-            seq.0,
-        )))
+            seq,
+        ))
+    }
+
+    /// Every project with a limit or with spend in `period`, by project id.
+    pub fn views(&self, period: Period, seq: u64) -> Vec<BudgetView> {
+        let mut projects: Vec<&ProjectId> = self
+            .limits
+            .keys()
+            .chain(
+                self.spend
+                    .keys()
+                    .filter(|(_, p)| *p == period)
+                    .map(|(p, _)| p),
+            )
+            .collect();
+        projects.sort();
+        projects.dedup();
+        projects
+            .into_iter()
+            .filter_map(|p| self.view(p, period, seq))
+            .collect()
     }
 }
 

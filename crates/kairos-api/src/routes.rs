@@ -286,15 +286,9 @@ async fn ledger_as_of(
     q: &ReadQuery,
     raw: &str,
 ) -> Result<(budgets::Ledger, Period, u64), ApiError> {
-    let at = chrono::DateTime::parse_from_rfc3339(raw)
-        .map_err(|e| {
-            ApiError::bad(
-                "invalid_query",
-                "as_of",
-                format!("as_of must be an RFC 3339 time: {e}"),
-            )
-        })?
-        .with_timezone(&Utc);
+    let Some(at) = time_param(Some(raw), "as_of")? else {
+        return Err(ApiError::bad("invalid_query", "as_of", "as_of is empty"));
+    };
     let period = match &q.period {
         Some(_) => q.period(st)?,
         None => Period::containing(at, &st.tz),
@@ -334,17 +328,12 @@ async fn budget_as_of(
     })
 }
 
-/// `GET /v1/budgets?period=&min_seq=&limit=&after=`
-async fn list_budgets(
-    State(st): State<AppState>,
-    q: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let q = query(q)?;
-    let period = q.period(&st)?;
-    let limit = match &q.limit {
-        None => 100,
+/// `limit=`: 1 to 1000, 100 by default.
+fn limit_param(raw: &Option<String>) -> Result<usize, ApiError> {
+    match raw {
+        None => Ok(100),
         Some(raw) => raw
-            .parse::<i64>()
+            .parse::<usize>()
             .ok()
             .filter(|l| (1..=1000).contains(l))
             .ok_or_else(|| {
@@ -353,8 +342,18 @@ async fn list_budgets(
                     "limit",
                     "limit must be an integer from 1 to 1000",
                 )
-            })?,
-    };
+            }),
+    }
+}
+
+/// `GET /v1/budgets?period=&min_seq=&limit=&after=`
+async fn list_budgets(
+    State(st): State<AppState>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let period = q.period(&st)?;
+    let limit = limit_param(&q.limit)? as i64;
     if let Some(after) = &q.after {
         project_param(after)
             .map_err(|_| ApiError::bad("invalid_query", "after", "after must be a project id"))?;
@@ -550,23 +549,19 @@ struct EventsQuery {
 /// Most stream messages one `GET /v1/events` request scans for matches.
 const MAX_SCAN: usize = 20_000;
 
-fn time_param(
-    raw: &Option<String>,
-    field: &str,
-) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
-    raw.as_deref()
-        .map(|t| {
-            chrono::DateTime::parse_from_rfc3339(t)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|e| {
-                    ApiError::bad(
-                        "invalid_query",
-                        field,
-                        format!("{field} must be an RFC 3339 time: {e}"),
-                    )
-                })
-        })
-        .transpose()
+fn time_param(raw: Option<&str>, field: &str) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
+    raw.map(|t| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                ApiError::bad(
+                    "invalid_query",
+                    field,
+                    format!("{field} must be an RFC 3339 time: {e}"),
+                )
+            })
+    })
+    .transpose()
 }
 
 /// `GET /v1/events?from=&to=&type=&project=&after=&limit=`: the stream itself, oldest first,
@@ -578,8 +573,8 @@ async fn list_events(
     let q = q
         .map(|Query(q)| q)
         .map_err(|e| ApiError::bad("invalid_query", "query", e.body_text()))?;
-    let from = time_param(&q.from, "from")?;
-    let to = time_param(&q.to, "to")?;
+    let from = time_param(q.from.as_deref(), "from")?;
+    let to = time_param(q.to.as_deref(), "to")?;
     let after = q
         .after
         .as_deref()
@@ -589,20 +584,7 @@ async fn list_events(
             })
         })
         .transpose()?;
-    let limit = match &q.limit {
-        None => 100,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "invalid_query",
-                    "limit",
-                    "limit must be an integer from 1 to 1000",
-                )
-            })?,
-    };
+    let limit = limit_param(&q.limit)?;
     let filter = match &q.project {
         Some(p) => {
             let p = ProjectId::parse(p).map_err(|e| ApiError::bad(e.code, "project", e.message))?;

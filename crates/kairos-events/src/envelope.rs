@@ -153,15 +153,7 @@ impl Event {
         }
         let bytes = serde_json::to_vec(&json)
             .map_err(|e| EventError::new("invalid_event", e.to_string()))?;
-        if bytes.len() > MAX_EVENT_BYTES {
-            return Err(EventError::new(
-                "event_too_large",
-                format!(
-                    "the event is {} bytes; one event may be at most {MAX_EVENT_BYTES} bytes",
-                    bytes.len()
-                ),
-            ));
-        }
+        check_size(bytes.len())?;
         Ok(Self {
             id,
             source,
@@ -312,17 +304,19 @@ fn malformed(e: &serde_json::Error) -> EventError {
     EventError::new("malformed_json", format!("the body is not valid JSON: {e}"))
 }
 
-/// One event in structured mode (`application/cloudevents+json`).
-pub fn parse_structured(bytes: &[u8]) -> Result<Event, EventError> {
-    if bytes.len() > MAX_EVENT_BYTES {
+fn check_size(len: usize) -> Result<(), EventError> {
+    if len > MAX_EVENT_BYTES {
         return Err(EventError::new(
             "event_too_large",
-            format!(
-                "the event is {} bytes; one event may be at most {MAX_EVENT_BYTES} bytes",
-                bytes.len()
-            ),
+            format!("the event is {len} bytes; one event may be at most {MAX_EVENT_BYTES} bytes"),
         ));
     }
+    Ok(())
+}
+
+/// One event in structured mode (`application/cloudevents+json`).
+pub fn parse_structured(bytes: &[u8]) -> Result<Event, EventError> {
+    check_size(bytes.len())?;
     let json: Value = serde_json::from_slice(bytes).map_err(|e| malformed(&e))?;
     Event::from_value(json)
 }

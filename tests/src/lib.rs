@@ -65,7 +65,9 @@ pub async fn spawn_app_with(pool: PgPool, settings: Settings, projections: bool)
         server,
     };
     if projections {
-        app.start_projection("budgets");
+        for name in kairos::startup::PROJECTIONS {
+            app.start_projection(name);
+        }
     }
     app
 }

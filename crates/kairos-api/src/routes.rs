@@ -33,6 +33,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/budgets", get(list_budgets))
         .route("/v1/projections", get(projections))
         .route("/v1/events", get(list_events).post(ingest))
+        .route("/v1/audit", get(list_audit))
+        .route("/v1/audit/export", get(export_audit))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
 }
@@ -638,4 +640,174 @@ async fn list_events(
     Ok(Json(
         json!({"events": events, "next_after": next_after, "stream_last_seq": last}),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    resource: Option<String>,
+    outcome: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+    as_of: Option<String>,
+    min_seq: Option<String>,
+    format: Option<String>,
+}
+
+fn seq_param(raw: Option<&str>, field: &str) -> Result<Option<u64>, ApiError> {
+    raw.map(|s| {
+        s.parse::<u64>().map_err(|_| {
+            ApiError::bad(
+                "invalid_query",
+                field,
+                format!("{field} must be a stream sequence"),
+            )
+        })
+    })
+    .transpose()
+}
+
+impl AuditQuery {
+    async fn filter(&self, st: &AppState) -> Result<kairos_audit::Filter, ApiError> {
+        for (field, value) in [
+            ("actor", &self.actor),
+            ("action", &self.action),
+            ("resource", &self.resource),
+            ("outcome", &self.outcome),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > 500)
+            {
+                return Err(ApiError::bad(
+                    "invalid_query",
+                    field,
+                    format!("{field} must be 1-500 characters"),
+                ));
+            }
+        }
+        let upto_seq = match time_param(self.as_of.as_deref(), "as_of")? {
+            Some(at) => Some(
+                st.bus
+                    .seq_at_time(at)
+                    .await
+                    .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?
+                    .0,
+            ),
+            None => None,
+        };
+        let wait_seq = upto_seq.or(seq_param(self.min_seq.as_deref(), "min_seq")?);
+        if let Some(seq) = wait_seq {
+            let wait = Duration::from_millis(st.http.read_wait_ms);
+            match st.checkpoints.wait_for(kairos_audit::NAME, seq, wait).await {
+                Ok(_) => {}
+                Err(kairos_runtime::WaitError::Database(e)) => return Err(ApiError::Database(e)),
+                Err(e) => return Err(ApiError::NotYetApplied(e.to_string())),
+            }
+        }
+        Ok(kairos_audit::Filter {
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            resource: self.resource.clone(),
+            outcome: self.outcome.clone(),
+            from: time_param(self.from.as_deref(), "from")?,
+            to: time_param(self.to.as_deref(), "to")?,
+            before_seq: seq_param(self.cursor.as_deref(), "cursor")?,
+            upto_seq,
+            after_seq: None,
+        })
+    }
+}
+
+/// `GET /v1/audit?actor=&action=&resource=&outcome=&from=&to=&limit=&cursor=&as_of=`: newest
+/// first; `cursor` is the previous page's `next_cursor`.
+async fn list_audit(
+    State(st): State<AppState>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = q
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad("invalid_query", "query", e.body_text()))?;
+    let limit = limit_param(&q.limit)?;
+    let filter = q.filter(&st).await?;
+    let entries = kairos_audit::query(&st.pool, &filter, limit as i64, false).await?;
+    let next = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.entry.seq))
+        .flatten();
+    let entries: Vec<Value> = entries
+        .iter()
+        .map(kairos_audit::StoredEntry::to_json)
+        .collect();
+    Ok(Json(json!({"entries": entries, "next_cursor": next})))
+}
+
+/// `GET /v1/audit/export?from=&to=&format=jsonl|csv` (and the list filters): every matching entry,
+/// oldest first, streamed.
+async fn export_audit(
+    State(st): State<AppState>,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = q
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::bad("invalid_query", "query", e.body_text()))?;
+    let csv = match q.format.as_deref() {
+        None | Some("jsonl") => false,
+        Some("csv") => true,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "invalid_query",
+                "format",
+                "format must be jsonl or csv",
+            ));
+        }
+    };
+    let filter = q.filter(&st).await?;
+    let pool = st.pool.clone();
+    let first = if csv {
+        Some(Bytes::from_static(kairos_audit::CSV_HEADER.as_bytes()))
+    } else {
+        None
+    };
+    // Pages of 1000 by sequence, so an export of years of history never sits in memory.
+    let pages = futures_util::stream::unfold(Some(filter), move |state| {
+        let pool = pool.clone();
+        async move {
+            let mut filter = state?;
+            match kairos_audit::query(&pool, &filter, 1000, true).await {
+                Ok(rows) if rows.is_empty() => None,
+                Ok(rows) => {
+                    let mut chunk = String::new();
+                    for r in &rows {
+                        if csv {
+                            chunk.push_str(&r.to_csv());
+                        } else {
+                            chunk.push_str(&r.to_json().to_string());
+                            chunk.push('\n');
+                        }
+                    }
+                    filter.after_seq = rows.last().map(|r| r.entry.seq);
+                    let next = (rows.len() == 1000).then_some(filter);
+                    Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), next))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e)), None)),
+            }
+        }
+    });
+    let body = futures_util::StreamExt::chain(
+        futures_util::stream::iter(first.map(Ok::<_, std::io::Error>)),
+        pages,
+    );
+    let ct = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok((
+        [(header::CONTENT_TYPE, ct)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }

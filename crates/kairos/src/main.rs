@@ -53,12 +53,22 @@ enum Command {
     CheckConfig,
     /// Rebuild projections from the stream into a fresh generation, then switch to it.
     Replay(ReplayArgs),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Inspect, export and import the event stream.
     #[command(subcommand)]
     Events(EventsCommand),
     /// Measure ingest, projection and latency against raw JetStream in one run (logs off
     /// unless RUST_LOG is set).
     Bench(kairos::bench::BenchOptions),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain from the database and rebuild the entries from the stream;
+    /// report the first entry altered, deleted, inserted or reordered.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -228,6 +238,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay(args) => replay(settings, args).await,
+        Command::Audit(AuditCommand::Verify) => {
+            let k = Kairos::connect(settings).await?;
+            let chain = kairos_audit::verify_chain(&k.pool).await?;
+            let stream = kairos_audit::verify_against_stream(&k.bus, &k.pool).await?;
+            let ok = chain.first_bad.is_none() && stream.first_bad.is_none();
+            println!(
+                "{}",
+                serde_json::json!({"ok": ok, "chain": chain, "stream": stream})
+            );
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Events(EventsCommand::Tail { sel, json }) => {
             let sel = sel.parse()?;
             let bus = kairos_bus::Bus::connect(&settings.nats, "kairos-tail").await?;

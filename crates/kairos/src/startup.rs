@@ -22,7 +22,28 @@ use crate::configuration::Settings;
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 /// The projections this build runs, by name.
-pub const PROJECTIONS: &[&str] = &[kairos_budgets::NAME];
+pub const PROJECTIONS: &[&str] = &[kairos_budgets::NAME, kairos_audit::NAME];
+
+/// Runs `$body` with `$p` bound to the projection called `$name`; the one place that maps
+/// names to projection types.
+macro_rules! with_projection {
+    ($kairos:expr, $name:expr, |$p:ident| $body:expr) => {
+        match $name {
+            kairos_budgets::NAME => {
+                let $p = Budgets { tz: $kairos.tz };
+                $body
+            }
+            kairos_audit::NAME => {
+                let $p = kairos_audit::Audit;
+                $body
+            }
+            other => anyhow::bail!(
+                "unknown projection {other:?}; known: {}",
+                PROJECTIONS.join(", ")
+            ),
+        }
+    };
+}
 
 /// A connected Kairos: settings, the bus (streams ensured) and a migrated database.
 #[derive(Clone)]
@@ -72,15 +93,9 @@ impl Kairos {
     ) -> anyhow::Result<JoinHandle<Result<(), RunnerError>>> {
         let config = self.settings.projections.clone();
         let (bus, pool) = (self.bus.clone(), self.pool.clone());
-        match name {
-            kairos_budgets::NAME => Ok(tokio::spawn(
-                Runner::new(Budgets { tz: self.tz }, bus, pool, config).run(),
-            )),
-            other => anyhow::bail!(
-                "unknown projection {other:?}; known: {}",
-                PROJECTIONS.join(", ")
-            ),
-        }
+        with_projection!(self, name, |p| Ok(tokio::spawn(
+            Runner::new(p, bus, pool, config).run()
+        )))
     }
 
     /// Rebuilds the projection called `name` from the stream (see `kairos_runtime::replay`).
@@ -90,20 +105,10 @@ impl Kairos {
         opts: &ReplayOptions,
         progress: impl FnMut(Progress),
     ) -> anyhow::Result<ReplayReport> {
-        match name {
-            kairos_budgets::NAME => Ok(kairos_runtime::replay(
-                &Budgets { tz: self.tz },
-                &self.bus,
-                &self.pool,
-                opts,
-                progress,
-            )
-            .await?),
-            other => anyhow::bail!(
-                "unknown projection {other:?}; known: {}",
-                PROJECTIONS.join(", ")
-            ),
-        }
+        with_projection!(self, name, |p| Ok(kairos_runtime::replay(
+            &p, &self.bus, &self.pool, opts, progress
+        )
+        .await?))
     }
 
     /// The API router with its state.

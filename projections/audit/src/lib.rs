@@ -1,0 +1,537 @@
+//! The audit projection: who did what, when, with what outcome — in an append-only,
+//! hash-chained table that nobody can quietly rewrite.
+//!
+//! Entries come from `kairos.user.action.v1` and from the events that change budgets
+//! (`kairos.budget.set.v1`, `kairos.budget.threshold_crossed.v1`). Entry `n` stores the hash of
+//! entry `n-1` and `sha256(prev_hash || canonical(entry))`. [`verify_chain`] recomputes the chain
+//! from the table; [`verify_against_stream`] rebuilds the entries from the stream itself and
+//! compares, so a consistent forgery of the whole table is caught too. Both name the first entry
+//! that was altered, deleted, inserted or reordered.
+
+use chrono::{DateTime, Utc};
+use kairos_bus::Bus;
+use kairos_events::types::{BUDGET_SET, BUDGET_THRESHOLD_CROSSED, USER_ACTION};
+use kairos_events::{Event, StreamSeq};
+use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool, Row};
+
+pub const NAME: &str = "audit";
+
+/// The hash the first entry chains to.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// One audit entry, as hashed. Field order is the canonical order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub seq: u64,
+    /// Microseconds since the epoch (PostgreSQL's precision, so the stored row rehashes equal).
+    pub occurred_at_us: i64,
+    pub actor: String,
+    pub actor_role: Option<String>,
+    pub action: String,
+    pub resource: String,
+    pub outcome: String,
+    pub ip: Option<String>,
+    pub request_id: Option<String>,
+    pub reason: Option<String>,
+    pub event_id: String,
+    pub event_source: String,
+    pub event_type: String,
+}
+
+impl Entry {
+    /// The canonical bytes the hash covers.
+    pub fn canonical(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn hash(&self, prev: &[u8; 32]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(prev);
+        h.update(self.canonical());
+        h.finalize().into()
+    }
+
+    pub fn occurred_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(self.occurred_at_us).unwrap_or_default()
+    }
+
+    /// The entry an event makes, if it is auditable.
+    pub fn from_event(stored: &StoredEvent) -> Result<Option<Entry>, Rejection> {
+        let e = &stored.event;
+        let data = &e.json()["data"];
+        let s = |k: &str| data[k].as_str().map(str::to_owned);
+        let project = || format!("project:{}", s("project").unwrap_or_default());
+        let (actor, actor_role, action, resource, outcome, ip, request_id, reason) =
+            match e.event_type().as_str() {
+                USER_ACTION => (
+                    s("actor").unwrap_or_default(),
+                    s("role"),
+                    s("action").unwrap_or_default(),
+                    s("resource").unwrap_or_default(),
+                    s("outcome").unwrap_or_default(),
+                    s("ip"),
+                    s("request_id"),
+                    s("reason"),
+                ),
+                BUDGET_SET => (
+                    s("actor").unwrap_or_else(|| e.source().to_owned()),
+                    None,
+                    "budget.set".to_owned(),
+                    project(),
+                    "success".to_owned(),
+                    None,
+                    None,
+                    Some(format!(
+                        "monthly_limit {} warn_at_percent {} on_exceeded {}",
+                        s("monthly_limit").unwrap_or_default(),
+                        data["warn_at_percent"],
+                        s("on_exceeded").unwrap_or_default()
+                    )),
+                ),
+                BUDGET_THRESHOLD_CROSSED => (
+                    e.source().to_owned(),
+                    None,
+                    "budget.threshold_crossed".to_owned(),
+                    project(),
+                    "success".to_owned(),
+                    None,
+                    None,
+                    Some(format!(
+                        "{} in {}: spent {} of {}",
+                        s("threshold").unwrap_or_default(),
+                        s("period").unwrap_or_default(),
+                        s("spent").unwrap_or_default(),
+                        s("limit").unwrap_or_default()
+                    )),
+                ),
+                _ => return Ok(None),
+            };
+        Ok(Some(Entry {
+            seq: stored.seq.0,
+            occurred_at_us: stored.occurred_at().timestamp_micros(),
+            actor,
+            actor_role,
+            action,
+            resource,
+            outcome,
+            ip,
+            request_id,
+            reason,
+            event_id: e.id().to_owned(),
+            event_source: e.source().to_owned(),
+            event_type: e.event_type().to_string(),
+        }))
+    }
+}
+
+/// The projection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Audit;
+
+impl Projection for Audit {
+    type Item = Entry;
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schema(&self) -> &'static str {
+        "audit"
+    }
+
+    fn decode(&self, stored: &StoredEvent) -> Result<Option<Entry>, Rejection> {
+        Entry::from_event(stored)
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        items: Vec<Entry>,
+    ) -> Result<Vec<Event>, ApplyError> {
+        // The checkpoint row is locked for this transaction, so the chain head cannot move.
+        let head: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT hash FROM entries ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let mut prev: [u8; 32] = match head {
+            Some(h) => h.try_into().map_err(|_| {
+                ApplyError::Data("the audit chain head is not a 32-byte hash".into())
+            })?,
+            None => GENESIS,
+        };
+        let mut prevs = Vec::with_capacity(items.len());
+        let mut hashes = Vec::with_capacity(items.len());
+        for e in &items {
+            let h = e.hash(&prev);
+            prevs.push(prev.to_vec());
+            hashes.push(h.to_vec());
+            prev = h;
+        }
+        sqlx::query(
+            "INSERT INTO entries (seq, occurred_at, actor, actor_role, action, resource, outcome, ip,
+                                  request_id, reason, event_id, event_source, event_type, prev_hash, hash)
+             SELECT * FROM unnest($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                                  $13::text[], $14::bytea[], $15::bytea[])",
+        )
+        .bind(items.iter().map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+        .bind(items.iter().map(Entry::occurred_at).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.actor_role.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.action.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.resource.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.outcome.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.ip.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.request_id.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.reason.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.event_source.clone()).collect::<Vec<_>>())
+        .bind(items.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
+        .bind(prevs)
+        .bind(hashes)
+        .execute(&mut *tx)
+        .await?;
+        Ok(Vec::new())
+    }
+}
+
+/// A stored entry with its chain columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredEntry {
+    #[serde(flatten)]
+    pub entry: Entry,
+    #[serde(skip)]
+    pub prev_hash: Vec<u8>,
+    #[serde(skip)]
+    pub hash: Vec<u8>,
+}
+
+fn row_to_entry(r: &sqlx::postgres::PgRow) -> Result<StoredEntry, sqlx::Error> {
+    let occurred: DateTime<Utc> = r.try_get("occurred_at")?;
+    Ok(StoredEntry {
+        entry: Entry {
+            seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
+            occurred_at_us: occurred.timestamp_micros(),
+            actor: r.try_get("actor")?,
+            actor_role: r.try_get("actor_role")?,
+            action: r.try_get("action")?,
+            resource: r.try_get("resource")?,
+            outcome: r.try_get("outcome")?,
+            ip: r.try_get("ip")?,
+            request_id: r.try_get("request_id")?,
+            reason: r.try_get("reason")?,
+            event_id: r.try_get("event_id")?,
+            event_source: r.try_get("event_source")?,
+            event_type: r.try_get("event_type")?,
+        },
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+/// What is wrong with an entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    /// Its content no longer matches its own hash.
+    Altered,
+    /// It does not chain to the entry before it: something before it was deleted, inserted or
+    /// moved.
+    ChainBroken,
+    /// The stream says this entry should exist, but the table lacks it.
+    Deleted,
+    /// The table has it, but no event on the stream produced it.
+    Inserted,
+    /// The stream produced a different entry at this sequence.
+    Differs,
+}
+
+/// The first bad entry, or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub seq: u64,
+    pub problem: Problem,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    pub entries: u64,
+    pub first_bad: Option<Finding>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("audit database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    History(#[from] kairos_runtime::HistoryError),
+}
+
+impl StoredEntry {
+    /// The entry as the API shows it: its fields, the time as RFC 3339 and its hash in hex.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.entry).unwrap_or_default();
+        v["occurred_at"] = serde_json::json!(
+            self.entry
+                .occurred_at()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        );
+        v["prev_hash"] = serde_json::json!(hex(&self.prev_hash));
+        v["hash"] = serde_json::json!(hex(&self.hash));
+        v
+    }
+
+    /// One CSV record (RFC 4180 quoting; cells that a spreadsheet would run as a formula are
+    /// prefixed with `'`).
+    pub fn to_csv(&self) -> String {
+        let e = &self.entry;
+        let when = e
+            .occurred_at()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let cells = [
+            e.seq.to_string(),
+            when,
+            e.actor.clone(),
+            e.actor_role.clone().unwrap_or_default(),
+            e.action.clone(),
+            e.resource.clone(),
+            e.outcome.clone(),
+            e.ip.clone().unwrap_or_default(),
+            e.request_id.clone().unwrap_or_default(),
+            e.reason.clone().unwrap_or_default(),
+            e.event_id.clone(),
+            e.event_source.clone(),
+            e.event_type.clone(),
+            hex(&self.hash),
+        ];
+        cells
+            .iter()
+            .map(|c| csv_cell(c))
+            .collect::<Vec<_>>()
+            .join(",")
+            + "\r\n"
+    }
+}
+
+/// The CSV header matching [`StoredEntry::to_csv`].
+pub const CSV_HEADER: &str = "seq,occurred_at,actor,actor_role,action,resource,outcome,ip,request_id,reason,event_id,event_source,event_type,hash\r\n";
+
+fn csv_cell(c: &str) -> String {
+    let c = if c.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{c}")
+    } else {
+        c.to_owned()
+    };
+    if c.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", c.replace('"', "\"\""))
+    } else {
+        c
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Recomputes the chain over the table, oldest first.
+pub async fn verify_chain(pool: &PgPool) -> Result<Verification, VerifyError> {
+    let rows = sqlx::query("SELECT * FROM audit.entries ORDER BY seq")
+        .fetch_all(pool)
+        .await?;
+    let mut prev = GENESIS.to_vec();
+    let mut n = 0;
+    for r in &rows {
+        let s = row_to_entry(r)?;
+        n += 1;
+        let own = s
+            .entry
+            .hash(&s.prev_hash.clone().try_into().unwrap_or(GENESIS));
+        if own.as_slice() != s.hash.as_slice() {
+            return Ok(Verification {
+                entries: n,
+                first_bad: Some(Finding {
+                    seq: s.entry.seq,
+                    problem: Problem::Altered,
+                    detail: "the entry's content does not match its hash".into(),
+                }),
+            });
+        }
+        if s.prev_hash != prev {
+            return Ok(Verification {
+                entries: n,
+                first_bad: Some(Finding {
+                    seq: s.entry.seq,
+                    problem: Problem::ChainBroken,
+                    detail: format!(
+                        "it chains to {} but the entry before it hashes to {}: an entry before it was deleted, inserted or moved",
+                        &hex(&s.prev_hash)[..16],
+                        &hex(&prev)[..16]
+                    ),
+                }),
+            });
+        }
+        prev = s.hash;
+    }
+    Ok(Verification {
+        entries: n,
+        first_bad: None,
+    })
+}
+
+/// Rebuilds the entries the stream implies, up to the projection's checkpoint, and compares them
+/// with the table in order.
+pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verification, VerifyError> {
+    let upto = kairos_runtime::checkpoint(pool, NAME)
+        .await?
+        .map_or(0, |c| c.last_seq);
+    let expected =
+        kairos_runtime::items_between(&Audit, bus, pool, StreamSeq(0), StreamSeq(upto)).await?;
+    // Every row: the projection never writes past its checkpoint, so a row beyond it is forged too.
+    let rows = sqlx::query("SELECT * FROM audit.entries ORDER BY seq")
+        .fetch_all(pool)
+        .await?;
+    let actual: Vec<Entry> = rows
+        .iter()
+        .map(row_to_entry)
+        .map(|r| r.map(|s| s.entry))
+        .collect::<Result<_, _>>()?;
+    let (mut i, mut j) = (0, 0);
+    while i < expected.len() || j < actual.len() {
+        let finding = match (expected.get(i), actual.get(j)) {
+            (Some(e), Some(a)) if e == a => {
+                i += 1;
+                j += 1;
+                continue;
+            }
+            (Some(e), Some(a)) if e.seq == a.seq => Finding {
+                seq: a.seq,
+                problem: Problem::Differs,
+                detail: "the table's entry differs from the one its event produces".into(),
+            },
+            (Some(e), Some(a)) if e.seq < a.seq => Finding {
+                seq: e.seq,
+                problem: Problem::Deleted,
+                detail: "the event is on the stream; its entry is missing".into(),
+            },
+            (Some(_), Some(a)) | (None, Some(a)) => Finding {
+                seq: a.seq,
+                problem: Problem::Inserted,
+                detail: "no event on the stream produced this entry".into(),
+            },
+            (Some(e), None) => Finding {
+                seq: e.seq,
+                problem: Problem::Deleted,
+                detail: "the event is on the stream; its entry is missing".into(),
+            },
+            (None, None) => break,
+        };
+        return Ok(Verification {
+            entries: actual.len() as u64,
+            first_bad: Some(finding),
+        });
+    }
+    Ok(Verification {
+        entries: actual.len() as u64,
+        first_bad: None,
+    })
+}
+
+/// Filters for [`query`].
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub resource: Option<String>,
+    pub outcome: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Only entries before this sequence (keyset cursor, newest first).
+    pub before_seq: Option<u64>,
+    /// Only entries at or before this sequence (`as_of`).
+    pub upto_seq: Option<u64>,
+    /// Only entries after this sequence (keyset cursor, oldest first).
+    pub after_seq: Option<u64>,
+}
+
+/// Entries matching `f`, newest first, at most `limit`.
+pub async fn query(
+    pool: &PgPool,
+    f: &Filter,
+    limit: i64,
+    oldest_first: bool,
+) -> Result<Vec<StoredEntry>, sqlx::Error> {
+    let order = if oldest_first { "ASC" } else { "DESC" };
+    let sql = format!(
+        "SELECT * FROM audit.entries
+         WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR action = $2)
+           AND ($3::text IS NULL OR resource = $3) AND ($4::text IS NULL OR outcome = $4)
+           AND ($5::timestamptz IS NULL OR occurred_at >= $5) AND ($6::timestamptz IS NULL OR occurred_at <= $6)
+           AND ($7::int8 IS NULL OR seq < $7) AND ($8::int8 IS NULL OR seq <= $8)
+           AND ($10::int8 IS NULL OR seq > $10)
+         ORDER BY seq {order} LIMIT $9"
+    );
+    let seq = |s: Option<u64>| s.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&f.actor)
+        .bind(&f.action)
+        .bind(&f.resource)
+        .bind(&f.outcome)
+        .bind(f.from)
+        .bind(f.to)
+        .bind(seq(f.before_seq))
+        .bind(seq(f.upto_seq))
+        .bind(limit)
+        .bind(seq(f.after_seq))
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(row_to_entry)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, actor: &str) -> Entry {
+        Entry {
+            seq,
+            occurred_at_us: 1_700_000_000_000_000,
+            actor: actor.into(),
+            actor_role: Some("admin".into()),
+            action: "budget.set".into(),
+            resource: "project:p".into(),
+            outcome: "success".into(),
+            ip: None,
+            request_id: None,
+            reason: None,
+            event_id: format!("e{seq}"),
+            event_source: "s".into(),
+            event_type: USER_ACTION.into(),
+        }
+    }
+
+    #[test]
+    fn the_hash_covers_content_and_position_in_the_chain() {
+        let a = entry(1, "alice");
+        let h = a.hash(&GENESIS);
+        assert_eq!(h, a.hash(&GENESIS));
+        assert_ne!(h, entry(1, "mallory").hash(&GENESIS));
+        assert_ne!(h, entry(2, "alice").hash(&GENESIS));
+        assert_ne!(h, a.hash(&h));
+    }
+
+    #[test]
+    fn csv_cells_are_quoted_and_defused() {
+        assert_eq!(csv_cell("plain"), "plain");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
+        assert_eq!(csv_cell("-1"), "'-1");
+        assert_eq!(csv_cell("two\nlines"), "\"two\nlines\"");
+    }
+}

@@ -1,0 +1,332 @@
+//! The audit log: entries for user actions and budget changes, queried newest first, exported
+//! for auditors, and a hash chain that names the first entry anyone altered, deleted or moved.
+
+use kairos_audit::{Problem, verify_against_stream, verify_chain};
+use kairos_tests::{TestApp, spawn_app};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+fn action(i: usize, actor: &str, outcome: &str) -> Value {
+    json!({"specversion": "1.0", "id": format!("a{i}"), "source": "console", "type": "kairos.user.action.v1",
+           "subject": "acme", "time": format!("2026-11-20T10:{:02}:00Z", i % 60),
+           "data": {"project": "acme", "actor": actor, "role": "developer", "action": "prompt.update",
+                    "resource": format!("prompt:{i}"), "outcome": outcome, "ip": "10.1.2.3",
+                    "reason": if outcome == "denied" { "viewer may not write, \"really\"" } else { "ok" }}})
+}
+
+async fn audited(app: &TestApp) -> u64 {
+    let events: Vec<Value> = (0..40)
+        .map(|i| {
+            action(
+                i,
+                ["alice", "bob", "=cmd|' /C calc'!A0"][i % 3],
+                if i % 5 == 0 { "denied" } else { "success" },
+            )
+        })
+        .collect();
+    app.ingest(&events).await;
+    let (status, r) = app
+        .put_json(
+            "/v1/projects/acme/budget",
+            &json!({"monthly_limit": "12.50"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    let seq = r["seq"].as_u64().unwrap();
+    app.wait_for("audit", seq).await;
+    seq
+}
+
+#[sqlx::test(migrations = false)]
+async fn entries_are_queried_newest_first_and_exported(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let seq = audited(&app).await;
+
+    let (status, page) = app.get(&format!("/v1/audit?limit=10&min_seq={seq}")).await;
+    assert_eq!(status, 200, "{page}");
+    let first = page["entries"].as_array().unwrap();
+    assert_eq!(first.len(), 10);
+    assert_eq!(first[0]["action"], "budget.set", "newest first");
+    assert_eq!(first[0]["resource"], "project:acme");
+    assert_eq!(first[0]["event_source"], "kairos/api");
+    let mut all: Vec<u64> = first.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let mut cursor = page["next_cursor"].as_u64();
+    while let Some(c) = cursor {
+        let (_, page) = app.get(&format!("/v1/audit?limit=10&cursor={c}")).await;
+        all.extend(
+            page["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["seq"].as_u64().unwrap()),
+        );
+        cursor = page["next_cursor"].as_u64();
+    }
+    assert_eq!(all.len(), 41);
+    assert!(all.windows(2).all(|w| w[0] > w[1]));
+
+    let (_, denied) = app.get("/v1/audit?outcome=denied&actor=alice").await;
+    let denied = denied["entries"].as_array().unwrap();
+    assert!(
+        !denied.is_empty()
+            && denied
+                .iter()
+                .all(|e| e["outcome"] == "denied" && e["actor"] == "alice")
+    );
+    assert_eq!(denied[0]["ip"], "10.1.2.3");
+    let (_, none) = app.get("/v1/audit?to=2026-11-20T09:00:00Z").await;
+    assert_eq!(none["entries"].as_array().unwrap().len(), 0);
+
+    let jsonl = app
+        .http
+        .get(format!("{}/v1/audit/export", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(jsonl.headers()["content-type"], "application/x-ndjson");
+    let lines: Vec<Value> = jsonl
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 41);
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()),
+        "oldest first"
+    );
+    assert_eq!(
+        lines[1]["prev_hash"], lines[0]["hash"],
+        "the chain is visible in the export"
+    );
+
+    let csv = app
+        .http
+        .get(format!(
+            "{}/v1/audit/export?format=csv&actor=%3Dcmd%7C%27%20%2FC%20calc%27%21A0",
+            app.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rows: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert!(rows[0].starts_with("seq,occurred_at,actor"));
+    assert_eq!(rows.len(), 1 + 13);
+    assert!(
+        rows[1].contains(",'=cmd|' /C calc'!A0,"),
+        "formulas are defused: {}",
+        rows[1]
+    );
+
+    for (path, field) in [
+        ("/v1/audit?limit=5000", "limit"),
+        ("/v1/audit?cursor=abc", "cursor"),
+        ("/v1/audit?from=today", "from"),
+        ("/v1/audit/export?format=xml", "format"),
+        ("/v1/audit?actor=", "actor"),
+    ] {
+        let (status, r) = app.get(path).await;
+        assert_eq!(
+            (status, r["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{path}: {r}"
+        );
+    }
+    app.cleanup().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn verify_names_the_first_tampered_entry(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    audited(&app).await;
+    let bus = app.kairos.bus.clone();
+    let clean = verify_chain(&pool).await.unwrap();
+    assert_eq!((clean.entries, clean.first_bad), (41, None));
+    assert_eq!(
+        verify_against_stream(&bus, &pool).await.unwrap().first_bad,
+        None
+    );
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM audit.entries ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let (a, b) = (seqs[10], seqs[20]);
+
+    // 1. One field changed.
+    sqlx::query("UPDATE audit.entries SET outcome = 'success' WHERE seq = $1")
+        .bind(a)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let bad = verify_chain(&pool).await.unwrap().first_bad.unwrap();
+    assert_eq!((bad.seq, bad.problem), (a as u64, Problem::Altered));
+    let bad = verify_against_stream(&bus, &pool)
+        .await
+        .unwrap()
+        .first_bad
+        .unwrap();
+    assert_eq!((bad.seq, bad.problem), (a as u64, Problem::Differs));
+    sqlx::query("UPDATE audit.entries SET outcome = 'denied' WHERE seq = $1")
+        .bind(a)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        verify_chain(&pool).await.unwrap().first_bad,
+        None,
+        "restored"
+    );
+
+    // A forger who also recomputes that entry's hash is still caught by the next link.
+    let saved: (Vec<u8>, String) =
+        sqlx::query_as("SELECT hash, actor FROM audit.entries WHERE seq = $1")
+            .bind(a)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE audit.entries SET actor = 'nobody' WHERE seq = $1")
+        .bind(a)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let forged = kairos_audit::query(
+        &pool,
+        &kairos_audit::Filter {
+            upto_seq: Some(a as u64),
+            ..Default::default()
+        },
+        1,
+        false,
+    )
+    .await
+    .unwrap();
+    let rehash = forged[0]
+        .entry
+        .hash(&forged[0].prev_hash.clone().try_into().unwrap());
+    sqlx::query("UPDATE audit.entries SET hash = $2 WHERE seq = $1")
+        .bind(a)
+        .bind(rehash.to_vec())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let bad = verify_chain(&pool).await.unwrap().first_bad.unwrap();
+    assert_eq!(
+        (bad.seq, bad.problem),
+        (seqs[11] as u64, Problem::ChainBroken)
+    );
+    sqlx::query("UPDATE audit.entries SET hash = $2, actor = $3 WHERE seq = $1")
+        .bind(a)
+        .bind(&saved.0)
+        .bind(&saved.1)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // 2. One row deleted.
+    let row: Value = sqlx::query_scalar("SELECT to_jsonb(e) FROM audit.entries e WHERE seq = $1")
+        .bind(b)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit.entries WHERE seq = $1")
+        .bind(b)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let bad = verify_chain(&pool).await.unwrap().first_bad.unwrap();
+    assert_eq!(
+        (bad.seq, bad.problem),
+        (seqs[21] as u64, Problem::ChainBroken)
+    );
+    let bad = verify_against_stream(&bus, &pool)
+        .await
+        .unwrap()
+        .first_bad
+        .unwrap();
+    assert_eq!((bad.seq, bad.problem), (b as u64, Problem::Deleted));
+    sqlx::query(
+        "INSERT INTO audit.entries SELECT * FROM jsonb_populate_record(NULL::audit.entries, $1)",
+    )
+    .bind(&row)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        verify_chain(&pool).await.unwrap().first_bad,
+        None,
+        "restored"
+    );
+
+    // 3. Two rows swapped (everything but their position).
+    let swap = "UPDATE audit.entries t SET occurred_at = o.occurred_at, actor = o.actor, actor_role = o.actor_role,
+                  action = o.action, resource = o.resource, outcome = o.outcome, ip = o.ip, request_id = o.request_id,
+                  reason = o.reason, event_id = o.event_id, event_source = o.event_source, event_type = o.event_type,
+                  prev_hash = o.prev_hash, hash = o.hash
+                FROM audit.entries o WHERE (t.seq, o.seq) IN (($1, $2), ($2, $1))";
+    sqlx::query(swap)
+        .bind(a)
+        .bind(b)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let bad = verify_chain(&pool).await.unwrap().first_bad.unwrap();
+    assert_eq!(bad.seq, a as u64, "{bad:?}");
+    let bad = verify_against_stream(&bus, &pool)
+        .await
+        .unwrap()
+        .first_bad
+        .unwrap();
+    assert_eq!(bad.seq, a as u64, "{bad:?}");
+    sqlx::query(swap)
+        .bind(a)
+        .bind(b)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // 4. A row inserted that no event produced.
+    sqlx::query(
+        "INSERT INTO audit.entries SELECT * FROM jsonb_populate_record(NULL::audit.entries, $1)",
+    )
+    .bind({
+        let mut r = row.clone();
+        r["seq"] = json!(b * 1000);
+        r
+    })
+    .execute(&pool)
+    .await
+    .unwrap();
+    // A copied row no longer matches its hash (the position is hashed); the stream never had it.
+    let bad = verify_chain(&pool).await.unwrap().first_bad.unwrap();
+    assert_eq!(
+        (bad.seq, bad.problem),
+        ((b * 1000) as u64, Problem::Altered)
+    );
+    let bad = verify_against_stream(&bus, &pool)
+        .await
+        .unwrap()
+        .first_bad
+        .unwrap();
+    assert_eq!(
+        (bad.seq, bad.problem),
+        ((b * 1000) as u64, Problem::Inserted)
+    );
+    sqlx::query("DELETE FROM audit.entries WHERE seq = $1")
+        .bind(b * 1000)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    assert_eq!(verify_chain(&pool).await.unwrap().first_bad, None);
+    assert_eq!(
+        verify_against_stream(&bus, &pool).await.unwrap().first_bad,
+        None
+    );
+    app.cleanup().await;
+}

@@ -275,6 +275,9 @@ impl StoredEntry {
     /// The entry as the API shows it: its fields, the time as RFC 3339 and its hash in hex.
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.entry).unwrap_or_default();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("occurred_at_us");
+        }
         v["occurred_at"] = serde_json::json!(
             self.entry
                 .occurred_at()

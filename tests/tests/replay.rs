@@ -287,3 +287,68 @@ async fn an_interrupted_replay_resumes_and_until_keeps_the_live_tables(pool: PgP
     assert_eq!(digest(&pool, &old).await, live);
     app.cleanup().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_replay_leaves_what_the_live_runner_has_not_seen_to_it(pool: PgPool) {
+    let mut app = spawn_app(pool.clone()).await;
+    let seq = app.ingest(&[llm_call("c0", "beta", "1")]).await;
+    app.wait_for("budgets", seq).await;
+    // The live runner stops; a budget and a crossing call arrive; an operator replays.
+    app.stop_projections();
+    app.ingest(&[
+        budget_set("b-beta", "beta", "10", 50),
+        llm_call("c1", "beta", "9.50"),
+    ])
+    .await;
+    let r = app
+        .kairos
+        .replay("budgets", &ReplayOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        r.reached.0, seq,
+        "the generation stops at the live checkpoint"
+    );
+    // The live runner applies the rest and announces the crossings, once each.
+    app.start_projection("budgets");
+    let mut crossed = Vec::new();
+    for _ in 0..200 {
+        crossed = app
+            .events_in("budget")
+            .await
+            .into_iter()
+            .filter(|e| e.event_type().as_str() == "kairos.budget.threshold_crossed.v1")
+            .map(|e| e.json()["data"]["threshold"].as_str().unwrap().to_owned())
+            .collect();
+        if crossed.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(crossed, ["warning", "exceeded"]);
+
+    // An --until before a generation left further along rebuilds it instead of resuming.
+    let until = |s| ReplayOptions {
+        until_seq: Some(kairos_events::StreamSeq(s)),
+        ..Default::default()
+    };
+    assert_eq!(
+        app.kairos
+            .replay("budgets", &until(3), |_| {})
+            .await
+            .unwrap()
+            .reached
+            .0,
+        3
+    );
+    assert_eq!(
+        app.kairos
+            .replay("budgets", &until(1), |_| {})
+            .await
+            .unwrap()
+            .reached
+            .0,
+        1
+    );
+    app.cleanup().await;
+}

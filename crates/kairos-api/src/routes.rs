@@ -291,6 +291,13 @@ async fn ledger_as_of(
     let Some(at) = time_param(Some(raw), "as_of")? else {
         return Err(ApiError::bad("invalid_query", "as_of", "as_of is empty"));
     };
+    if at > Utc::now() {
+        return Err(ApiError::bad(
+            "invalid_query",
+            "as_of",
+            "as_of is in the future; omit it for the current state",
+        ));
+    }
     let period = match &q.period {
         Some(_) => q.period(st)?,
         None => Period::containing(at, &st.tz),
@@ -311,6 +318,9 @@ async fn ledger_as_of(
         .await
         .map_err(|e| match e {
             budgets::AsOfError::Database(e) => ApiError::Database(e),
+            budgets::AsOfError::History(e @ kairos_runtime::HistoryError::Gone { .. }) => {
+                ApiError::bad("history_gone", "as_of", e.to_string())
+            }
             other => ApiError::StreamUnavailable(other.to_string()),
         })?;
     Ok((ledger, period, seq.0))
@@ -476,8 +486,15 @@ async fn projections(State(st): State<AppState>) -> Result<Json<Value>, ApiError
         .last_seq()
         .await
         .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
-    let items: Vec<Value> = kairos_runtime::checkpoints(&st.pool)
+    let (generations, live): (Vec<_>, Vec<_>) = kairos_runtime::checkpoints(&st.pool)
         .await?
+        .into_iter()
+        .partition(|c| c.projection.contains('@'));
+    let generations: Vec<Value> = generations
+        .into_iter()
+        .map(|c| json!({"key": c.projection, "last_seq": c.last_seq, "updated_at": c.updated_at}))
+        .collect();
+    let items: Vec<Value> = live
         .into_iter()
         .map(|c| {
             json!({
@@ -488,7 +505,7 @@ async fn projections(State(st): State<AppState>) -> Result<Json<Value>, ApiError
         })
         .collect();
     Ok(Json(
-        json!({"stream_last_seq": last.0, "projections": items}),
+        json!({"stream_last_seq": last.0, "projections": items, "generations_being_rebuilt": generations}),
     ))
 }
 
@@ -514,7 +531,12 @@ async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
             n.load(Ordering::Relaxed)
         );
     }
-    let checkpoints = kairos_runtime::checkpoints(&st.pool).await?;
+    // Generations being rebuilt (`name@next`) are not projections readers depend on: no lag.
+    let checkpoints: Vec<_> = kairos_runtime::checkpoints(&st.pool)
+        .await?
+        .into_iter()
+        .filter(|c| !c.projection.contains('@'))
+        .collect();
     for (metric, kind) in [
         ("kairos_projection_checkpoint", "gauge"),
         ("kairos_projection_lag_events", "gauge"),

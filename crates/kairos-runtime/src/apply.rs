@@ -190,7 +190,7 @@ pub(crate) async fn apply_batch<P: Projection>(
     {
         return Err(Failure::Moved);
     }
-    let fresh = store::claim_identities(&mut tx, &target.key, &identities, &seqs)
+    let fresh = store::claim_identities(&mut tx, &identities, &seqs)
         .await
         .map_err(classify)?;
     duplicates += fresh.iter().filter(|f| !**f).count() as i64;

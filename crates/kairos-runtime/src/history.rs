@@ -17,6 +17,10 @@ pub enum HistoryError {
     Database(#[from] sqlx::Error),
     #[error("reading the stream: {0}")]
     Stream(String),
+    #[error(
+        "the stream no longer holds events {from}..{to} (retention); this point in time cannot be reconstructed"
+    )]
+    Gone { from: u64, to: u64 },
 }
 
 /// The newest snapshot of `key` taken at or before `seq`.
@@ -64,6 +68,13 @@ pub async fn items_between<P: Projection>(
                 &"the stream stopped delivering before the requested sequence",
             ));
         };
+        if decoded.is_empty() && d.seq.0 > after.0 + 1 && d.seq.0 <= upto.0 + 1 {
+            // The first events after the snapshot are gone: answering would skip them silently.
+            return Err(HistoryError::Gone {
+                from: after.0 + 1,
+                to: d.seq.0 - 1,
+            });
+        }
         if d.seq > upto {
             break;
         }
@@ -86,15 +97,17 @@ pub async fn items_between<P: Projection>(
     }
     // Which sequence first applied each identity.
     let ids: Vec<Vec<u8>> = decoded.iter().map(|(i, _, _)| i.to_vec()).collect();
-    let first: HashMap<Vec<u8>, i64> = sqlx::query_as::<_, (Vec<u8>, i64)>(
-        "SELECT identity, seq FROM kairos.applied_events WHERE projection = $1 AND identity = ANY($2)",
-    )
-    .bind(projection.name())
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .collect();
+    let sql = format!(
+        "SELECT identity, seq FROM \"{}\".kairos_applied WHERE identity = ANY($1)",
+        projection.schema()
+    );
+    let first: HashMap<Vec<u8>, i64> =
+        sqlx::query_as::<_, (Vec<u8>, i64)>(sqlx::AssertSqlSafe(sql))
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
     Ok(decoded
         .into_iter()
         .filter(|(identity, seq, _)| first.get(&identity[..]).is_some_and(|s| *s == to_i64(*seq)))

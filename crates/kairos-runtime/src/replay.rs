@@ -30,6 +30,8 @@ pub struct ReplayOptions {
     /// Replay even though the stream no longer holds its first events (retention).
     pub allow_partial: bool,
     pub batch_size: usize,
+    /// Sequences between the generation's snapshots (as `projections.snapshot_every`).
+    pub snapshot_every: u64,
 }
 
 impl Default for ReplayOptions {
@@ -40,6 +42,7 @@ impl Default for ReplayOptions {
             restart: false,
             allow_partial: false,
             batch_size: 2_000,
+            snapshot_every: crate::apply::DEFAULT_SNAPSHOT_EVERY,
         }
     }
 }
@@ -84,8 +87,8 @@ fn quote(ident: &str) -> String {
 }
 
 fn replay_error(projection: &str, message: impl std::fmt::Display) -> RunnerError {
-    RunnerError::Consumer {
-        consumer: format!("{projection} replay"),
+    RunnerError::Replay {
+        projection: projection.to_owned(),
         message: message.to_string(),
     }
 }
@@ -124,10 +127,30 @@ pub async fn replay<P: Projection>(
             ),
         ));
     }
-    prepare_generation(pool, &live, &next, opts.restart).await?;
-    let end = opts
-        .until_seq
-        .map_or(state.last_sequence, |s| s.0.min(state.last_sequence));
+    let mut next = next;
+    next.snapshot_every = opts.snapshot_every;
+    // A generation built further than this replay asks for cannot be taken back: start over.
+    let past_until = match (opts.until_seq, store::checkpoint(pool, &next.key).await?) {
+        (Some(until), Some(cp)) => cp.last_seq > until.0,
+        _ => false,
+    };
+    if past_until {
+        info!(
+            projection = name,
+            "the generation left by an earlier replay is past --until; rebuilding it"
+        );
+    }
+    prepare_generation(pool, &live, &next, opts.restart || past_until).await?;
+    // Without --until, build up to where the live tables are, not further: events after the
+    // live checkpoint are the live runner's to apply, so that what they announce (threshold
+    // events) is published; the switch then catches up the last stretch under the writer lock.
+    let end = match opts.until_seq {
+        Some(s) => s.0.min(state.last_sequence),
+        None => store::ensure_checkpoint(pool, &live.key)
+            .await?
+            .0
+            .min(state.last_sequence),
+    };
     let mut read = 0;
     let reached = catch_up(
         projection,
@@ -138,7 +161,6 @@ pub async fn replay<P: Projection>(
         opts.batch_size,
         &mut read,
         &mut on_progress,
-        started,
     )
     .await?;
     if opts.until_seq.is_some() {
@@ -171,7 +193,6 @@ pub async fn replay<P: Projection>(
                 opts.batch_size,
                 &mut read,
                 &mut on_progress,
-                started,
             )
             .await?
         } else {
@@ -230,6 +251,7 @@ async fn prepare_generation(
         info!(schema = %next.schema, "resuming the generation an earlier replay left");
         return Ok(());
     }
+    store::ensure_applied_table(pool, &live.schema).await?;
     let mut tx = pool.begin().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS {} CASCADE",
@@ -262,7 +284,6 @@ async fn prepare_generation(
     }
     for sql in [
         "DELETE FROM kairos.checkpoints WHERE projection = $1",
-        "DELETE FROM kairos.applied_events WHERE projection = $1",
         "DELETE FROM kairos.snapshots WHERE projection = $1",
     ] {
         sqlx::query(sql).bind(&next.key).execute(&mut *tx).await?;
@@ -286,8 +307,8 @@ async fn catch_up<P: Projection>(
     batch_size: usize,
     read: &mut u64,
     on_progress: &mut impl FnMut(Progress),
-    started: Instant,
 ) -> Result<StreamSeq, RunnerError> {
+    let began = Instant::now();
     let name = projection.name();
     let mut checkpoint = store::ensure_checkpoint(pool, &target.key).await?;
     if checkpoint.0 >= end {
@@ -320,7 +341,7 @@ async fn catch_up<P: Projection>(
             batch.clear();
             if last_report.elapsed() > Duration::from_millis(500) || checkpoint.0 == end {
                 last_report = Instant::now();
-                let secs = started.elapsed().as_secs_f64().max(1e-6);
+                let secs = began.elapsed().as_secs_f64().max(1e-6);
                 on_progress(Progress {
                     at: checkpoint.0,
                     target: end,
@@ -441,7 +462,7 @@ async fn switch(pool: &PgPool, live: &Target, next: &Target) -> Result<String, R
         .bind(&next.key)
         .execute(&mut *tx)
         .await?;
-    for table in ["applied_events", "snapshots"] {
+    for table in ["snapshots"] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM kairos.{table} WHERE projection = $1"
         )))

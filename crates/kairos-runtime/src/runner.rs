@@ -72,6 +72,8 @@ pub enum RunnerError {
     Bus(#[from] BusError),
     #[error("JetStream consumer {consumer}: {message}")]
     Consumer { consumer: String, message: String },
+    #[error("replay of {projection}: {message}")]
+    Replay { projection: String, message: String },
 }
 
 /// Runs one projection: `Runner::new(projection, bus, pool, config).run().await`.
@@ -140,6 +142,7 @@ impl<P: Projection> Runner<P> {
                 .await?;
         }
         let checkpoint = store::ensure_checkpoint(&self.pool, name).await?;
+        store::ensure_applied_table(&self.pool, &self.target.schema).await?;
         info!(
             projection = name,
             checkpoint = checkpoint.0,

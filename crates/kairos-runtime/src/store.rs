@@ -89,10 +89,29 @@ pub(crate) async fn lock_checkpoint(
     Ok(StreamSeq(to_u64(seq)))
 }
 
+/// Creates, if missing, the table of identities a projection folded, in its schema: each
+/// generation has its own, so switching generations moves it with a rename.
+pub(crate) async fn ensure_applied_table(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'kairos_applied')",
+    )
+    .bind(schema)
+    .fetch_one(pool)
+    .await?;
+    if !exists {
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS \"{}\".kairos_applied (
+                 identity bytea PRIMARY KEY CHECK (length(identity) = 32), seq bigint NOT NULL)",
+            schema.replace('"', "\"\"")
+        );
+        sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(pool).await?;
+    }
+    Ok(())
+}
+
 /// Records identities; returns the positions (in `identities`) that were new.
 pub(crate) async fn claim_identities(
     tx: &mut PgConnection,
-    projection: &str,
     identities: &[[u8; 32]],
     seqs: &[i64],
 ) -> Result<Vec<bool>, sqlx::Error> {
@@ -101,12 +120,11 @@ pub(crate) async fn claim_identities(
     }
     let ids: Vec<Vec<u8>> = identities.iter().map(|i| i.to_vec()).collect();
     let fresh: Vec<Vec<u8>> = sqlx::query_scalar(
-        "INSERT INTO kairos.applied_events (projection, identity, seq)
-         SELECT $1, i, s FROM unnest($2::bytea[], $3::int8[]) AS t(i, s)
+        "INSERT INTO kairos_applied (identity, seq)
+         SELECT i, s FROM unnest($1::bytea[], $2::int8[]) AS t(i, s)
          ON CONFLICT DO NOTHING
          RETURNING identity",
     )
-    .bind(projection)
     .bind(&ids)
     .bind(seqs)
     .fetch_all(&mut *tx)

@@ -330,10 +330,36 @@ async fn measure_kairos(
 
     let (events, mut sent) = llm_calls(run_id, "ingest", opts.events, at)?;
     let event_bytes = events.iter().map(|e| e.to_bytes().len()).sum::<usize>() / events.len();
-    if std::env::var_os("PROBE").is_some() {
+    if std::env::var("PROBE").as_deref() == Ok("cpu") {
         probe(&k, &events).await?;
     }
     let ingest = ingest(&http, &base, &events).await?;
+    if std::env::var("PROBE").as_deref() == Ok("deadlock") {
+        let (ev2, _) = llm_calls(run_id, "deadlock", 10_000, at)?;
+        let url = format!("{base}/v1/events");
+        let t = Instant::now();
+        let posts = ev2
+            .chunks(5000)
+            .map(|c| {
+                let http = http.clone();
+                let url = url.clone();
+                let body = batch_body(c);
+                tokio::spawn(async move {
+                    let r = http
+                        .post(&url)
+                        .header("content-type", "application/cloudevents-batch+json")
+                        .body(body)
+                        .send()
+                        .await;
+                    (r.map(|r| r.status()), t.elapsed())
+                })
+            })
+            .collect::<Vec<_>>();
+        for p in posts {
+            println!("PROBE 2x5000 concurrent: {:?}", p.await?);
+        }
+        bail!("probe done");
+    }
     println!("  ingest: {ingest:.0} events/s");
 
     let started = Instant::now();
@@ -766,7 +792,7 @@ async fn probe(k: &Kairos, events: &[Event]) -> anyhow::Result<()> {
     cfg.subject_prefix = "probe1".into();
     let bus = kairos_bus::Bus::connect(&cfg, "probe").await?;
     bus.ensure_streams().await?;
-    for (conc, chunk) in [(4usize, 1000usize), (1, 1000), (8, 1000), (4, 5000)] {
+    for (conc, chunk) in [(4usize, 1000usize), (1, 1000), (8, 1000)] {
         let t = Instant::now();
         let mut s = futures_util::stream::iter(events.chunks(chunk))
             .map(|c| bus.publish_events(c))

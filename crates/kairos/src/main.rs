@@ -102,7 +102,7 @@ enum EventsCommand {
 #[derive(clap::Args)]
 struct SelectionArgs {
     /// Only this CloudEvent type.
-    #[arg(long = "type")]
+    #[arg(long = "type", value_name = "TYPE")]
     ty: Option<String>,
     /// Only this project.
     #[arg(long)]
@@ -203,7 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => publish::publish_lines(&bus, tokio::io::stdin(), &mut stdout).await?,
             };
             eprintln!(
-                "kairos publish: {} accepted ({} duplicates), {} rejected, {} failed",
+                "kairos: {} accepted ({} duplicates), {} rejected, {} failed",
                 summary.accepted, summary.duplicates, summary.rejected, summary.failed
             );
             Ok(match (summary.failed, summary.rejected) {

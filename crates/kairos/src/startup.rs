@@ -105,8 +105,12 @@ impl Kairos {
         opts: &ReplayOptions,
         progress: impl FnMut(Progress),
     ) -> anyhow::Result<ReplayReport> {
+        let opts = ReplayOptions {
+            snapshot_every: self.settings.projections.snapshot_every,
+            ..opts.clone()
+        };
         with_projection!(self, name, |p| Ok(kairos_runtime::replay(
-            &p, &self.bus, &self.pool, opts, progress
+            &p, &self.bus, &self.pool, &opts, progress
         )
         .await?))
     }

@@ -34,6 +34,8 @@ pub fn test_settings() -> Settings {
     s.nats.max_age_days = 1;
     s.http.addr = "127.0.0.1:0".into();
     s.http.read_wait_ms = 10_000;
+    // Tests hammer the API from one address; the limit has its own test.
+    s.http.rate_limit_per_second = 0;
     s.projections.ack_wait_ms = 2_000;
     s.projections.idle_wait_ms = 200;
     s
@@ -55,7 +57,8 @@ pub async fn spawn_app_with(pool: PgPool, settings: Settings, projections: bool)
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let router = kairos.api().await.expect("api");
     let server = tokio::spawn(async move {
-        axum::serve(listener, router).await.expect("server runs");
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(listener, service).await.expect("server runs");
     });
     let mut app = TestApp {
         url,

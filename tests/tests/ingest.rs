@@ -411,3 +411,46 @@ async fn unknown_routes_and_methods_answer_json(pool: PgPool) {
     assert_eq!(r["error"]["code"], "method_not_allowed");
     app.cleanup().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn clients_over_their_rate_get_429_and_security_headers_are_set(pool: PgPool) {
+    let mut settings = kairos_tests::test_settings();
+    settings.http.rate_limit_per_second = 5;
+    settings.http.rate_limit_burst = 10;
+    let app = kairos_tests::spawn_app_with(pool, settings, false).await;
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let r = app
+            .http
+            .get(format!("{}/health/live", app.url))
+            .send()
+            .await
+            .unwrap();
+        for (name, value) in [
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "no-referrer"),
+        ] {
+            assert_eq!(r.headers()[name], value);
+        }
+        let status = r.status().as_u16();
+        statuses.push(status);
+        if status == 429 {
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry), "{retry}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!(
+        (10..=13).contains(&ok),
+        "the burst passes, then the rate: {statuses:?}"
+    );
+    assert!(statuses.contains(&429));
+    app.cleanup().await;
+}

@@ -31,6 +31,8 @@ pub enum ApiError {
     NotYetApplied(String),
     #[error("the event stream is unavailable: {0}")]
     StreamUnavailable(String),
+    #[error("too many requests from this client; retry in {0} s")]
+    RateLimited(u64),
     #[error("the projection database is unavailable")]
     Database(#[from] sqlx::Error),
 }
@@ -67,6 +69,7 @@ impl IntoResponse for ApiError {
             Self::StreamUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable", None)
             }
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None),
             Self::Database(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",

@@ -8,6 +8,7 @@
 //! Not here: projection logic, history computation, configuration loading.
 
 mod error;
+mod limits;
 mod routes;
 
 use std::sync::Arc;
@@ -46,6 +47,19 @@ pub struct HttpSettings {
     /// Whole-request timeout, in milliseconds.
     #[serde(default = "default_timeout")]
     pub request_timeout_ms: u64,
+    /// Requests per second each client address may make (token bucket); 0 turns limiting off.
+    #[serde(default = "default_rate")]
+    pub rate_limit_per_second: u32,
+    /// Requests a client may make at once above its rate.
+    #[serde(default = "default_burst")]
+    pub rate_limit_burst: u32,
+}
+
+fn default_rate() -> u32 {
+    100
+}
+fn default_burst() -> u32 {
+    200
 }
 
 fn default_body_limit() -> usize {
@@ -81,6 +95,9 @@ impl HttpSettings {
         if self.request_timeout_ms < 100 {
             return Err("http.request_timeout_ms must be at least 100".into());
         }
+        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
+            return Err("http.rate_limit_burst must be at least 1 when rate limiting is on".into());
+        }
         Ok(())
     }
 }
@@ -105,13 +122,22 @@ pub struct AppState {
     pub counters: Arc<Counters>,
 }
 
-/// The whole API as a router, with its middleware.
+/// The whole API as a router, with its middleware. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so rate limits apply per client address.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = Duration::from_millis(state.http.request_timeout_ms);
     let body_limit = state.http.body_limit_bytes;
-    routes::routes()
+    let limiter = limits::Limiter::new(
+        state.http.rate_limit_per_second,
+        state.http.rate_limit_burst,
+    );
+    let router = routes::routes()
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            limiter,
+            limits::rate_limit,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
@@ -119,5 +145,10 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http())
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+    limits::SECURITY_HEADERS
+        .into_iter()
+        .fold(router, |r, (name, value)| {
+            r.layer(limits::header_layer(name, value))
+        })
 }

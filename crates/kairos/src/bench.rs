@@ -335,7 +335,7 @@ async fn measure_kairos(
     }
     let ingest = ingest(&http, &base, &events).await?;
     if std::env::var("PROBE").as_deref() == Ok("deadlock") {
-        let (ev2, _) = llm_calls(run_id, "deadlock", 10_000, at)?;
+        let (ev2, _) = llm_calls(run_id, "deadlock", 20_000, at)?;
         let url = format!("{base}/v1/events");
         let t = Instant::now();
         let posts = ev2
@@ -356,7 +356,7 @@ async fn measure_kairos(
             })
             .collect::<Vec<_>>();
         for p in posts {
-            println!("PROBE 2x5000 concurrent: {:?}", p.await?);
+            println!("PROBE 4x5000 concurrent: {:?}", p.await?);
         }
         bail!("probe done");
     }

@@ -7,7 +7,8 @@
 //! 2. **raw consume**: a durable pull consumer fetching batches of 1000 from that stream, once
 //!    without acks and once acking every message;
 //! 3. **ingest**: Kairos in-process (fresh stream, fresh database), HTTP batches of
-//!    `kairos.llm.call.completed.v1` to `POST /v1/events`, every event acknowledged;
+//!    `kairos.llm.call.completed.v1` to `POST /v1/events`, every event acknowledged (events and
+//!    request bodies are built before the clock starts);
 //! 4. **apply**: the budgets projection folding those events, from start until its checkpoint
 //!    reaches the stream's last sequence; the spend it shows must equal the costs sent, exactly;
 //! 5. **latency**: events published at a steady rate while the projection runs, from the moment
@@ -242,13 +243,6 @@ impl BenchDb {
             .execute(&mut conn)
             .await
             .with_context(|| format!("creating database {name}"))?;
-        if std::env::var_os("PROBE").is_some() {
-            sqlx::raw_sql(AssertSqlSafe(format!(
-                "ALTER DATABASE \"{name}\" SET log_min_duration_statement = 0"
-            )))
-            .execute(&mut conn)
-            .await?;
-        }
         conn.close().await?;
         Ok(Self { admin, name })
     }
@@ -330,36 +324,7 @@ async fn measure_kairos(
 
     let (events, mut sent) = llm_calls(run_id, "ingest", opts.events, at)?;
     let event_bytes = events.iter().map(|e| e.to_bytes().len()).sum::<usize>() / events.len();
-    if std::env::var("PROBE").as_deref() == Ok("cpu") {
-        probe(&k, &events).await?;
-    }
     let ingest = ingest(&http, &base, &events).await?;
-    if std::env::var("PROBE").as_deref() == Ok("deadlock") {
-        let (ev2, _) = llm_calls(run_id, "deadlock", 20_000, at)?;
-        let url = format!("{base}/v1/events");
-        let t = Instant::now();
-        let posts = ev2
-            .chunks(5000)
-            .map(|c| {
-                let http = http.clone();
-                let url = url.clone();
-                let body = batch_body(c);
-                tokio::spawn(async move {
-                    let r = http
-                        .post(&url)
-                        .header("content-type", "application/cloudevents-batch+json")
-                        .body(body)
-                        .send()
-                        .await;
-                    (r.map(|r| r.status()), t.elapsed())
-                })
-            })
-            .collect::<Vec<_>>();
-        for p in posts {
-            println!("PROBE 4x5000 concurrent: {:?}", p.await?);
-        }
-        bail!("probe done");
-    }
     println!("  ingest: {ingest:.0} events/s");
 
     let started = Instant::now();
@@ -759,56 +724,4 @@ fn print_table(raw: &Raw, f: &Figures, opts: &BenchOptions) {
             r.name, r.value, r.unit, ratio, target
         );
     }
-}
-
-async fn probe(k: &Kairos, events: &[Event]) -> anyhow::Result<()> {
-    let t = Instant::now();
-    for e in events {
-        Event::from_slice(e.to_bytes())?;
-    }
-    println!(
-        "PROBE from_slice: {:.0}/s",
-        per_second(events.len(), t.elapsed())
-    );
-    let bodies: Vec<Vec<u8>> = events.chunks(HTTP_BATCH).map(batch_body).collect();
-    let t = Instant::now();
-    for b in &bodies {
-        kairos_events::parse_batch(b)?;
-    }
-    println!(
-        "PROBE parse_batch: {:.0}/s",
-        per_second(events.len(), t.elapsed())
-    );
-    let t = Instant::now();
-    for e in events {
-        let _ = serde_json::from_slice::<Value>(e.to_bytes())?;
-    }
-    println!(
-        "PROBE serde_json Value only: {:.0}/s",
-        per_second(events.len(), t.elapsed())
-    );
-    let mut cfg = k.bus.config().clone();
-    cfg.stream = format!("PROBE_{}", uuid::Uuid::new_v4().simple());
-    cfg.subject_prefix = "probe1".into();
-    let bus = kairos_bus::Bus::connect(&cfg, "probe").await?;
-    bus.ensure_streams().await?;
-    for (conc, chunk) in [(4usize, 1000usize), (1, 1000), (8, 1000)] {
-        let t = Instant::now();
-        let mut s = futures_util::stream::iter(events.chunks(chunk))
-            .map(|c| bus.publish_events(c))
-            .buffer_unordered(conc);
-        while let Some(r) = s.next().await {
-            for x in r {
-                x?;
-            }
-        }
-        println!(
-            "PROBE bus.publish_events {conc}x{chunk}: {:.0}/s (dups after first round)",
-            per_second(events.len(), t.elapsed())
-        );
-    }
-    let js = bus.jetstream();
-    js.delete_stream(&cfg.stream).await?;
-    js.delete_stream(format!("{}_DLQ", cfg.stream)).await?;
-    Ok(())
 }

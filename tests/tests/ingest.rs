@@ -454,3 +454,31 @@ async fn clients_over_their_rate_get_429_and_security_headers_are_set(pool: PgPo
     assert!(statuses.contains(&429));
     app.cleanup().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn concurrent_large_batches_are_all_acknowledged(pool: PgPool) {
+    // Four batches of 5000 together exceed the 8192 publishes JetStream may have in flight: each
+    // must still get its acknowledgements, not wait for the others forever.
+    let app = kairos_tests::spawn_app_with(pool, kairos_tests::test_settings(), false).await;
+    let bodies: Vec<Vec<u8>> = (0..4)
+        .map(|b| {
+            body(&json!(
+                (0..5000)
+                    .map(|i| llm_call(&format!("b{b}-{i}"), "acme", "0.01"))
+                    .collect::<Vec<_>>()
+            ))
+        })
+        .collect();
+    let posts = bodies.into_iter().map(|b| app.post_events(BATCH, b));
+    let answers = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        futures_util::future::join_all(posts),
+    )
+    .await
+    .expect("no deadlock");
+    for (status, r) in answers {
+        assert_eq!((status, r["accepted"].as_u64()), (202, Some(5000)));
+    }
+    assert_eq!(app.kairos.bus.last_seq().await.unwrap().0, 20_000);
+    app.cleanup().await;
+}

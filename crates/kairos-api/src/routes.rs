@@ -146,34 +146,41 @@ async fn ingest(
             items
         }
     };
-    let valid: Vec<Event> = parsed
-        .iter()
-        .filter_map(|r| r.as_ref().ok().cloned())
+    // Move the valid events out (no copies): `slots` keeps each one's place in the request.
+    let mut valid = Vec::with_capacity(parsed.len());
+    let slots: Vec<Result<usize, EventError>> = parsed
+        .into_iter()
+        .map(|r| {
+            r.map(|event| {
+                valid.push(event);
+                valid.len() - 1
+            })
+        })
         .collect();
     let receipts = st.bus.publish_events(&valid).await;
-    let mut receipts = receipts.into_iter();
-    let mut results = Vec::with_capacity(parsed.len());
+    let mut results = Vec::with_capacity(slots.len());
     let (mut accepted, mut rejected, mut unavailable) = (0u64, 0u64, 0u64);
-    for (index, item) in parsed.iter().enumerate() {
-        match item {
-            Ok(event) => match receipts.next() {
-                Some(Ok(r)) => {
+    for (index, slot) in slots.iter().enumerate() {
+        match slot {
+            Ok(i) => match &receipts[*i] {
+                Ok(r) => {
                     accepted += 1;
                     if r.duplicate {
                         st.counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
                     }
                     results.push(
-                        json!({"index": index, "id": event.id(), "status": "accepted",
+                        json!({"index": index, "id": valid[*i].id(), "status": "accepted",
                                         "seq": r.seq.0, "duplicate": r.duplicate}),
                     );
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     unavailable += 1;
                     tracing::error!(error = %e, "publish failed");
-                    results.push(json!({"index": index, "id": event.id(), "status": "failed",
-                        "error": {"code": "stream_unavailable", "message": e.to_string()}}));
+                    results.push(
+                        json!({"index": index, "id": valid[*i].id(), "status": "failed",
+                        "error": {"code": "stream_unavailable", "message": e.to_string()}}),
+                    );
                 }
-                None => unreachable_receipt(&mut results, index),
             },
             Err(e) => {
                 rejected += 1;
@@ -203,12 +210,6 @@ async fn ingest(
     }
     let body = json!({"accepted": accepted, "rejected": rejected, "failed": unavailable, "results": results});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-fn unreachable_receipt(results: &mut Vec<Value>, index: usize) {
-    // publish_events answers once per event; keep the response well-formed regardless.
-    results.push(json!({"index": index, "status": "failed",
-        "error": {"code": "stream_unavailable", "message": "no acknowledgement"}}));
 }
 
 fn project_param(raw: &str) -> Result<ProjectId, ApiError> {

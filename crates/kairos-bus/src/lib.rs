@@ -157,12 +157,18 @@ impl EventReader {
     }
 }
 
+/// Publishes awaiting an acknowledgement, at most (async-nats' own window has the same size).
+const MAX_IN_FLIGHT: usize = 8192;
+/// Publishes sent before their acknowledgements are awaited.
+const CHUNK: usize = 1024;
+
 /// A connection to NATS plus the names of this Kairos instance's streams.
 #[derive(Clone)]
 pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     config: BusConfig,
+    inflight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Bus {
@@ -189,12 +195,13 @@ impl Bus {
             })?;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(10))
-            .max_ack_inflight(8192)
+            .max_ack_inflight(MAX_IN_FLIGHT)
             .build(client.clone());
         Ok(Self {
             client,
             js,
             config: config.clone(),
+            inflight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         })
     }
 
@@ -335,38 +342,49 @@ impl Bus {
         }
     }
 
-    /// Publishes events in order and waits for every acknowledgement. Publishes are pipelined:
-    /// all are sent before the first acknowledgement is awaited.
+    /// Publishes events in order and waits for every acknowledgement. Publishes are pipelined
+    /// in chunks: a chunk's in-flight slots are taken all at once before it is sent, so callers
+    /// publishing concurrently never each hold part of the window while waiting for the rest.
     pub async fn publish_events(&self, events: &[Event]) -> Vec<Result<Receipt, BusError>> {
-        let mut pending = Vec::with_capacity(events.len());
-        for event in events {
-            let subject = event.nats_subject(&self.config.subject_prefix);
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event.msg_id().as_str());
-            headers.insert("Content-Type", "application/cloudevents+json");
-            let sent = self
-                .js
-                .publish_with_headers(
-                    subject.clone(),
-                    headers,
-                    Bytes::copy_from_slice(event.to_bytes()),
-                )
-                .await;
-            pending.push((subject, sent));
-        }
-        let mut results = Vec::with_capacity(pending.len());
-        for (subject, sent) in pending {
-            let result = match sent {
-                Ok(ack) => ack.await.map(|ack| Receipt {
-                    seq: StreamSeq(ack.sequence),
-                    duplicate: ack.duplicate,
-                }),
-                Err(e) => Err(e),
+        let mut results = Vec::with_capacity(events.len());
+        for chunk in events.chunks(CHUNK) {
+            let Ok(_slots) = self.inflight.acquire_many(chunk.len() as u32).await else {
+                results.extend(
+                    chunk
+                        .iter()
+                        .map(|_| Err(BusError::Config("the bus is closed".into()))),
+                );
+                continue;
             };
-            results.push(result.map_err(|e| BusError::Publish {
-                subject,
-                message: e.to_string(),
-            }));
+            let mut pending = Vec::with_capacity(chunk.len());
+            for event in chunk {
+                let subject = event.nats_subject(&self.config.subject_prefix);
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", event.msg_id().as_str());
+                headers.insert("Content-Type", "application/cloudevents+json");
+                let sent = self
+                    .js
+                    .publish_with_headers(
+                        subject.clone(),
+                        headers,
+                        Bytes::copy_from_slice(event.to_bytes()),
+                    )
+                    .await;
+                pending.push((subject, sent));
+            }
+            for (subject, sent) in pending {
+                let result = match sent {
+                    Ok(ack) => ack.await.map(|ack| Receipt {
+                        seq: StreamSeq(ack.sequence),
+                        duplicate: ack.duplicate,
+                    }),
+                    Err(e) => Err(e),
+                };
+                results.push(result.map_err(|e| BusError::Publish {
+                    subject,
+                    message: e.to_string(),
+                }));
+            }
         }
         results
     }

@@ -40,6 +40,12 @@ pub struct Event {
 impl Event {
     /// Validates a structured-mode event held as a JSON value.
     pub fn from_value(json: Value) -> Result<Self, EventError> {
+        Self::build(json, None)
+    }
+
+    /// Validates `json`; `raw` is the text it was parsed from, kept as the stored encoding when it
+    /// is a single line (so nothing is re-serialised and the stream holds exactly what was sent).
+    fn build(json: Value, raw: Option<&[u8]>) -> Result<Self, EventError> {
         let Value::Object(attrs) = &json else {
             return Err(EventError::new(
                 "invalid_event",
@@ -151,8 +157,11 @@ impl Event {
                 _ => {}
             }
         }
-        let bytes = serde_json::to_vec(&json)
-            .map_err(|e| EventError::new("invalid_event", e.to_string()))?;
+        let bytes = match raw.map(<[u8]>::trim_ascii) {
+            Some(r) if !r.contains(&b'\n') && !r.contains(&b'\r') => r.to_vec(),
+            _ => serde_json::to_vec(&json)
+                .map_err(|e| EventError::new("invalid_event", e.to_string()))?,
+        };
         check_size(bytes.len())?;
         Ok(Self {
             id,
@@ -204,8 +213,7 @@ impl Event {
 
     /// `data` decoded into the typed payload of its event type.
     pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, EventError> {
-        let data = self.json.get("data").cloned().unwrap_or(Value::Null);
-        serde_json::from_value(data)
+        T::deserialize(self.json.get("data").unwrap_or(&Value::Null))
             .map_err(|e| EventError::field("invalid_data", "data", e.to_string()))
     }
 
@@ -220,7 +228,13 @@ impl Event {
 
     /// The `Nats-Msg-Id`: lowercase hex of [`Event::identity`].
     pub fn msg_id(&self) -> String {
-        self.identity().iter().map(|b| format!("{b:02x}")).collect()
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in self.identity() {
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+        out
     }
 
     /// The NATS subject the event is stored on: `<prefix>.events.<category>.<project>`.
@@ -318,23 +332,32 @@ fn check_size(len: usize) -> Result<(), EventError> {
 pub fn parse_structured(bytes: &[u8]) -> Result<Event, EventError> {
     check_size(bytes.len())?;
     let json: Value = serde_json::from_slice(bytes).map_err(|e| malformed(&e))?;
-    Event::from_value(json)
+    Event::build(json, Some(bytes))
 }
 
 /// A batch (`application/cloudevents-batch+json`): a JSON array of structured events. The outer
 /// error is for a body that is not an array at all; each element gets its own result.
 pub fn parse_batch(bytes: &[u8]) -> Result<Vec<Result<Event, EventError>>, EventError> {
-    let items: Vec<Value> = match serde_json::from_slice(bytes) {
-        Ok(Value::Array(items)) => items,
-        Ok(_) => {
-            return Err(EventError::new(
-                "invalid_batch",
-                "a batch must be a JSON array of CloudEvents",
-            ));
+    let items: Vec<&serde_json::value::RawValue> = match serde_json::from_slice(bytes) {
+        Ok(items) => items,
+        Err(_) if !bytes.trim_ascii_start().starts_with(b"[") => {
+            return match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => Err(EventError::new(
+                    "invalid_batch",
+                    "a batch must be a JSON array of CloudEvents",
+                )),
+                Err(e) => Err(malformed(&e)),
+            };
         }
         Err(e) => return Err(malformed(&e)),
     };
-    Ok(items.into_iter().map(Event::from_value).collect())
+    Ok(items
+        .into_iter()
+        .map(|raw| {
+            let json: Value = serde_json::from_str(raw.get()).map_err(|e| malformed(&e))?;
+            Event::build(json, Some(raw.get().as_bytes()))
+        })
+        .collect())
 }
 
 /// One event in binary mode: attributes in `ce-*` headers (percent-encoded), the body is `data`.

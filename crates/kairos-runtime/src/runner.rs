@@ -159,13 +159,18 @@ impl<P: Projection> Runner<P> {
             last_lag_report: Instant::now(),
         };
         let mut backoff = Duration::from_millis(100);
+        let mut prefetched: Option<Vec<Message>> = None;
         loop {
             let max = if state.isolate_until.is_some() {
                 1
             } else {
                 self.config.batch_size
             };
-            let msgs = match self.next_batch(&consumer, max).await {
+            let fetched = match prefetched.take() {
+                Some(msgs) if !msgs.is_empty() => Ok(msgs),
+                _ => self.next_batch(&consumer, max).await,
+            };
+            let msgs = match fetched {
                 Ok(msgs) => {
                     backoff = Duration::from_millis(100);
                     msgs
@@ -180,7 +185,20 @@ impl<P: Projection> Runner<P> {
             if msgs.is_empty() {
                 continue;
             }
-            if self.handle(&mut state, msgs).await == Handled::Gap {
+            // While this batch is applied, the next one is pulled: NATS and PostgreSQL work at
+            // the same time. A prefetched batch after a failed one arrives out of order and is
+            // handed back (nak) by the gap check, so order is never at risk.
+            let isolating = state.isolate_until.is_some();
+            let prefetch = async {
+                if isolating {
+                    None
+                } else {
+                    self.fetch_now(&consumer, max).await.ok()
+                }
+            };
+            let (handled, next) = tokio::join!(self.handle(&mut state, msgs), prefetch);
+            prefetched = next;
+            if handled == Handled::Gap {
                 // Events after the checkpoint are missing. Usually they are out for redelivery;
                 // but when the consumer already acknowledged past the checkpoint (the tables
                 // were rebuilt or restored behind it) they never come back: start over at the

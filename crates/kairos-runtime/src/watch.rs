@@ -39,7 +39,12 @@ impl CheckpointWatch {
         let (tx, rx) = watch::channel(HashMap::new());
         tokio::spawn(async move {
             loop {
-                match listener.recv().await {
+                // Ends when every watcher is gone, releasing the listener's connection.
+                let next = tokio::select! {
+                    n = listener.recv() => n,
+                    () = tx.closed() => return,
+                };
+                match next {
                     Ok(n) => {
                         if let Some((name, seq)) = n.payload().rsplit_once(':')
                             && let Ok(seq) = seq.parse::<u64>()
@@ -50,14 +55,12 @@ impl CheckpointWatch {
                             });
                         }
                     }
+                    Err(sqlx::Error::PoolClosed) => return,
                     Err(e) => {
                         // PgListener reconnects on the next recv; waiters also poll meanwhile.
                         warn!(error = %e, "checkpoint listener interrupted");
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
-                }
-                if tx.is_closed() {
-                    return;
                 }
             }
         });
@@ -73,19 +76,26 @@ impl CheckpointWatch {
     ) -> Result<u64, WaitError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut seen = self.seen.clone();
+        let mut poll = true;
         loop {
             if let Some(&reached) = seen.borrow_and_update().get(projection)
                 && reached >= seq
             {
                 return Ok(reached);
             }
-            // The table is the truth; notifications only make the wait short.
-            let reached = store::checkpoint(&self.pool, projection)
-                .await?
-                .map_or(0, |c| c.last_seq);
-            if reached >= seq {
-                return Ok(reached);
-            }
+            // The table is the truth, read first and whenever no notification came for a while;
+            // notifications alone make the wait short without a query each.
+            let reached = if poll {
+                let r = store::checkpoint(&self.pool, projection)
+                    .await?
+                    .map_or(0, |c| c.last_seq);
+                if r >= seq {
+                    return Ok(r);
+                }
+                r
+            } else {
+                seen.borrow().get(projection).copied().unwrap_or(0)
+            };
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Err(WaitError::Timeout {
@@ -96,7 +106,11 @@ impl CheckpointWatch {
                 });
             }
             let nap = (deadline - now).min(Duration::from_millis(250));
-            let _ = tokio::time::timeout(nap, seen.changed()).await;
+            poll = !matches!(tokio::time::timeout(nap, seen.changed()).await, Ok(Ok(())));
+            if poll && seen.has_changed().is_err() {
+                // The listener is gone: fall back to polling at the nap interval.
+                tokio::time::sleep(nap).await;
+            }
         }
     }
 }

@@ -332,13 +332,28 @@ impl Bus {
         &self,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<StreamSeq, BusError> {
-        let last = self.last_seq().await?;
-        // The first event stored at or after `at`, if the stream has one yet.
+        let err = |e: &dyn std::fmt::Display| BusError::Stream {
+            stream: self.config.stream.clone(),
+            message: e.to_string(),
+        };
+        let mut stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| err(&e))?;
+        let state = stream.info().await.map_err(|e| err(&e))?.state.clone();
+        if state.messages == 0 || at < state.first_timestamp {
+            return Ok(StreamSeq(state.first_sequence.saturating_sub(1)));
+        }
+        if at >= state.last_timestamp {
+            return Ok(StreamSeq(state.last_sequence));
+        }
+        // Somewhere inside the stream: the first event stored at or after `at`.
         let mut reader = self.read(ReadFrom::Time(at), None).await?;
-        match reader.next(Duration::from_millis(500)).await? {
+        match reader.next(Duration::from_secs(5)).await? {
             Some(m) if m.stored_at > at => Ok(StreamSeq(m.seq.0.saturating_sub(1))),
             Some(m) => Ok(m.seq),
-            None => Ok(last),
+            None => Ok(StreamSeq(state.last_sequence)),
         }
     }
 

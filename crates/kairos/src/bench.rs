@@ -71,6 +71,12 @@ pub struct BenchOptions {
     /// Seconds of steady publishing for the latency figure.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    /// Events of history for the replay and point-in-time figures (0 skips them).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub history: usize,
+    /// Point-in-time (`as_of`) reads to time over that history.
+    #[arg(long, default_value_t = 200)]
+    pub as_of_reads: usize,
 }
 
 /// The raw ceilings, in messages per second.
@@ -120,8 +126,12 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
         "  raw: publish {:.0}/s, consume {:.0}/s without acks, {:.0}/s acking each",
         raw.publish, raw.consume_no_ack, raw.consume_ack
     );
-    let figures = kairos_figures(settings, &js, &run_id, &opts).await?;
+    let figures = kairos_figures(settings.clone(), &js, &run_id, &opts).await?;
     print_table(&raw, &figures, &opts);
+    if opts.history > 0 {
+        let history = history_figures(settings, &js, &run_id, &opts).await?;
+        print_history(&raw, &history, &opts);
+    }
     Ok(())
 }
 
@@ -711,6 +721,242 @@ fn print_table(raw: &Raw, f: &Figures, opts: &BenchOptions) {
         "{:<46} {:>10} {:<6} {:<28} {:<9} result",
         "figure", "value", "unit", "ratio", "target"
     );
+    for r in rows {
+        let ratio = r
+            .ratio
+            .map_or(String::new(), |(x, of)| format!("{x:.2} of {of}"));
+        let (target, result) = r
+            .target
+            .map_or(("", ""), |(t, met)| (t, if met { "PASS" } else { "MISS" }));
+        let digits = if r.unit == "ms" { 1 } else { 0 };
+        println!(
+            "{:<46} {:>10.digits$} {:<6} {:<28} {:<9} {result}",
+            r.name, r.value, r.unit, ratio, target
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6–7: replay and point-in-time reads over a long history
+
+struct History {
+    /// Every projection built live, together, from the whole history.
+    live: f64,
+    /// `kairos replay` of every projection, one after the other: history events / total time.
+    replay: f64,
+    as_of: Vec<Duration>,
+}
+
+/// Publishes `opts.history` events (LLM calls, user actions, budget changes) straight to a fresh
+/// stream, lets every projection build from them, replays every projection, then times `as_of`
+/// budget reads at random instants of that history.
+async fn history_figures(
+    mut settings: Settings,
+    js: &jetstream::Context,
+    run_id: &str,
+    opts: &BenchOptions,
+) -> anyhow::Result<History> {
+    let run_id = format!("h{}", &run_id[..31]);
+    settings.nats.stream = format!("BENCH_{run_id}");
+    settings.nats.subject_prefix = format!("bench{}", &run_id[..8]);
+    let streams = [
+        settings.nats.stream.clone(),
+        format!("{}_DLQ", settings.nats.stream),
+    ];
+    let db = BenchDb::create(&settings.database.url, &run_id).await?;
+    let measured = measure_history(settings, &db, &run_id, opts).await;
+    for name in streams {
+        if let Err(e) = js.delete_stream(&name).await {
+            eprintln!("kairos bench: could not delete stream {name}: {e}");
+        }
+    }
+    if let Err(e) = db.drop_database().await {
+        eprintln!("kairos bench: {e:#}");
+    }
+    measured
+}
+
+async fn measure_history(
+    settings: Settings,
+    db: &BenchDb,
+    run_id: &str,
+    opts: &BenchOptions,
+) -> anyhow::Result<History> {
+    let pool = db.pool(settings.database.max_connections).await?;
+    let k = Kairos::with_pool(settings, pool).await?;
+    let at = Utc::now();
+    let period = Period::containing(at, &k.tz);
+    // Build and publish in chunks: a million events do not sit in memory at once.
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < opts.history {
+        let n = (opts.history - sent).min(10_000);
+        let mut chunk = Vec::with_capacity(n);
+        for i in sent..sent + n {
+            let project = format!("bench-p{}", i % PROJECTS);
+            chunk.push(history_event(&project, i, run_id, at)?);
+        }
+        for r in k.bus.publish_events(&chunk).await {
+            r?;
+        }
+        sent += n;
+    }
+    let last = k.bus.last_seq().await?.0;
+    eprintln!(
+        "  history: {} events published in {:.1} s",
+        opts.history,
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    let _live: Vec<AbortOnDrop<_>> = crate::startup::PROJECTIONS
+        .iter()
+        .map(|name| k.spawn_projection(name).map(AbortOnDrop))
+        .collect::<anyhow::Result<_>>()?;
+    for name in crate::startup::PROJECTIONS {
+        loop {
+            let reached = kairos_runtime::checkpoint(&k.pool, name)
+                .await?
+                .map_or(0, |c| c.last_seq);
+            if reached >= last {
+                break;
+            }
+            ensure!(
+                started.elapsed() < CATCH_UP * 4,
+                "{name} stuck at {reached} of {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let live = per_second(opts.history, started.elapsed());
+    eprintln!("  live build of every projection: {live:.0} events/s");
+
+    let started = Instant::now();
+    for name in crate::startup::PROJECTIONS {
+        let report = k
+            .replay(name, &kairos_runtime::ReplayOptions::default(), |_| {})
+            .await?;
+        ensure!(
+            report.switched && report.reached.0 == last,
+            "{name} replay stopped at {}",
+            report.reached
+        );
+    }
+    let replay = per_second(opts.history, started.elapsed());
+    eprintln!("  replay of every projection: {replay:.0} events/s");
+
+    // Point-in-time reads at random instants of the history, through the API.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let api = k.api().await?;
+    let _server = AbortOnDrop(tokio::spawn(
+        async move { axum::serve(listener, api).await },
+    ));
+    let (first_time, last_time) = stored_span(&k).await?;
+    let span = (last_time - first_time)
+        .num_microseconds()
+        .unwrap_or(1)
+        .max(1) as u64;
+    let http = reqwest::Client::new();
+    let mut samples = Vec::with_capacity(opts.as_of_reads);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..opts.as_of_reads {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let instant = first_time + chrono::Duration::microseconds((x % span) as i64);
+        let url = format!(
+            "{base}/v1/projects/bench-p{}/budget?period={period}&as_of={}",
+            i % PROJECTS,
+            instant.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        );
+        let t = Instant::now();
+        let r = http.get(&url).send().await?;
+        let status = r.status();
+        let _ = r.bytes().await?;
+        samples.push(t.elapsed());
+        ensure!(
+            status == 200 || status == 404,
+            "as_of read answered {status}"
+        );
+    }
+    samples.sort();
+    Ok(History {
+        live,
+        replay,
+        as_of: samples,
+    })
+}
+
+fn return_user_action(project: &str, i: usize) -> kairos_client::UserAction {
+    kairos_client::UserAction::new(
+        "bench-user",
+        "prompt.update",
+        &format!("prompt:{i}"),
+        "success",
+    )
+    .project(project)
+}
+
+/// One event of the history: mostly LLM calls, some budget changes and user actions.
+fn history_event(
+    project: &str,
+    i: usize,
+    run_id: &str,
+    at: DateTime<Utc>,
+) -> anyhow::Result<Event> {
+    let id = format!("{run_id}-{i}");
+    let event = match i % 50 {
+        0 => kairos_client::BudgetSet::new(project, &format!("{}", 1_000 + i % 7_000))
+            .id(id)
+            .time(at)
+            .build()?,
+        1 => return_user_action(project, i).id(id).time(at).build()?,
+        _ => {
+            let cost = Money::from_nanos(((i * 7_919) % 5_000_000) as i64);
+            LlmCall::new(project, "gpt-4o", "openai")
+                .tokens(500, 100)
+                .cost(&cost.to_string())
+                .latency_ms(300)
+                .id(id)
+                .time(at)
+                .build()?
+        }
+    };
+    Ok(event)
+}
+
+/// When the history's first and last events were stored.
+async fn stored_span(k: &Kairos) -> anyhow::Result<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut stream = k.bus.jetstream().get_stream(k.bus.stream_name()).await?;
+    let state = stream.info().await?.state.clone();
+    Ok((state.first_timestamp, state.last_timestamp))
+}
+
+fn print_history(raw: &Raw, h: &History, opts: &BenchOptions) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |p: f64| {
+        h.as_of
+            .get(((h.as_of.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    let replay_ratio = h.replay / raw.consume_no_ack;
+    let p99 = ms(pct(0.99));
+    let rows = [
+        row(
+            format!("live build, every projection ({} events)", opts.history),
+            h.live,
+            "ev/s",
+        )
+        .ratio(h.live / raw.consume_no_ack, "consume, no ack"),
+        row("replay of every projection", h.replay, "ev/s")
+            .ratio(replay_ratio, "consume, no ack")
+            .target(">= 0.40", replay_ratio >= 0.4),
+        row("as_of budget read p50", ms(pct(0.50)), "ms"),
+        row("as_of budget read p99", p99, "ms").target("< 50 ms", p99 < 50.0),
+    ];
+    println!();
     for r in rows {
         let ratio = r
             .ratio

@@ -10,6 +10,11 @@ use kairos::startup::{Kairos, MIGRATOR, PROJECTIONS, redact};
 use kairos::{demo, publish, telemetry};
 use tracing::{error, info};
 
+// Ingest and projections allocate many small JSON values; mimalloc makes that markedly cheaper
+// than glibc's allocator (measured with `kairos bench`, see docs/operations.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kairos",

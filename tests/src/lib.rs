@@ -224,6 +224,30 @@ impl TestApp {
             .collect()
     }
 
+    /// The threshold events on the stream, as (project, threshold) in order, once at least
+    /// `expected` have landed (they are published after the commit that records them) or after
+    /// 10 s, whichever comes first.
+    pub async fn thresholds_crossed(&self, expected: usize) -> Vec<(String, String)> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let crossed: Vec<(String, String)> = self
+                .events_in("budget")
+                .await
+                .into_iter()
+                .filter(|e| e.event_type().as_str() == "kairos.budget.threshold_crossed.v1")
+                .map(|e| {
+                    let d = &e.json()["data"];
+                    let s = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+                    (s("project"), s("threshold"))
+                })
+                .collect();
+            if crossed.len() >= expected || tokio::time::Instant::now() >= deadline {
+                return crossed;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Deletes this test's streams.
     pub async fn cleanup(mut self) {
         self.stop_projections();

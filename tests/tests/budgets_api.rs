@@ -67,20 +67,12 @@ async fn a_budget_set_over_http_is_read_back_with_its_sequence(pool: PgPool) {
         (b["status"].as_str(), b["warn_at_percent"].as_u64()),
         (Some("ok"), Some(80))
     );
-    let mut crossed = Vec::new();
-    for _ in 0..100 {
-        crossed = app
-            .events_in("budget")
-            .await
-            .into_iter()
-            .filter(|e| e.event_type().as_str() == "kairos.budget.threshold_crossed.v1")
-            .map(|e| e.json()["data"]["threshold"].as_str().unwrap().to_owned())
-            .collect();
-        if crossed.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let crossed: Vec<String> = app
+        .thresholds_crossed(2)
+        .await
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
     assert_eq!(crossed, ["warning", "exceeded"]);
 
     let (status, list) = app.get("/v1/budgets").await;

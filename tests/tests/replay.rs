@@ -311,20 +311,12 @@ async fn a_replay_leaves_what_the_live_runner_has_not_seen_to_it(pool: PgPool) {
     );
     // The live runner applies the rest and announces the crossings, once each.
     app.start_projection("budgets");
-    let mut crossed = Vec::new();
-    for _ in 0..200 {
-        crossed = app
-            .events_in("budget")
-            .await
-            .into_iter()
-            .filter(|e| e.event_type().as_str() == "kairos.budget.threshold_crossed.v1")
-            .map(|e| e.json()["data"]["threshold"].as_str().unwrap().to_owned())
-            .collect();
-        if crossed.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let crossed: Vec<String> = app
+        .thresholds_crossed(2)
+        .await
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
     assert_eq!(crossed, ["warning", "exceeded"]);
 
     // An --until before a generation left further along rebuilds it instead of resuming.

@@ -288,46 +288,74 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// A Kairos of its own for one phase: fresh stream, subject prefix and database.
+struct Instance {
+    k: Kairos,
+    db: BenchDb,
+}
+
+impl Instance {
+    async fn start(mut settings: Settings, run_id: &str) -> anyhow::Result<Self> {
+        settings.nats.stream = format!("BENCH_{run_id}");
+        settings.nats.subject_prefix = format!("bench{}", &run_id[..8]);
+        let db = BenchDb::create(&settings.database.url, run_id).await?;
+        let max = settings.database.max_connections;
+        let started = async { Kairos::with_pool(settings, db.pool(max).await?).await }.await;
+        match started {
+            Ok(k) => Ok(Self { k, db }),
+            Err(e) => {
+                let _ = db.drop_database().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The API on a random local port: its base URL, and the task serving it.
+    async fn serve_api(&self) -> anyhow::Result<(String, AbortOnDrop<std::io::Result<()>>)> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let api = self.k.api().await?;
+        Ok((
+            base,
+            AbortOnDrop(tokio::spawn(
+                async move { axum::serve(listener, api).await },
+            )),
+        ))
+    }
+
+    /// Removes the streams and the database, whatever happened; failures are reported.
+    async fn remove(self, js: &jetstream::Context) {
+        let stream = self.k.bus.stream_name().to_owned();
+        for name in [stream.clone(), format!("{stream}_DLQ")] {
+            if let Err(e) = js.delete_stream(&name).await {
+                eprintln!("kairos bench: could not delete stream {name}: {e}");
+            }
+        }
+        if let Err(e) = self.db.drop_database().await {
+            eprintln!("kairos bench: {e:#}");
+        }
+    }
+}
+
 async fn kairos_figures(
-    mut settings: Settings,
+    settings: Settings,
     js: &jetstream::Context,
     run_id: &str,
     opts: &BenchOptions,
 ) -> anyhow::Result<Figures> {
-    settings.nats.stream = format!("BENCH_{run_id}");
-    settings.nats.subject_prefix = format!("bench{}", &run_id[..8]);
-    let streams = [
-        settings.nats.stream.clone(),
-        format!("{}_DLQ", settings.nats.stream),
-    ];
-    let db = BenchDb::create(&settings.database.url, run_id).await?;
-    let measured = measure_kairos(settings, &db, run_id, opts).await;
-    // Clean up whatever happened; a failed clean-up is reported, not hidden.
-    for name in streams {
-        if let Err(e) = js.delete_stream(&name).await {
-            eprintln!("kairos bench: could not delete stream {name}: {e}");
-        }
-    }
-    if let Err(e) = db.drop_database().await {
-        eprintln!("kairos bench: {e:#}");
-    }
+    let instance = Instance::start(settings, run_id).await?;
+    let measured = measure_kairos(&instance, run_id, opts).await;
+    instance.remove(js).await;
     measured
 }
 
 async fn measure_kairos(
-    settings: Settings,
-    db: &BenchDb,
+    instance: &Instance,
     run_id: &str,
     opts: &BenchOptions,
 ) -> anyhow::Result<Figures> {
-    let pool = db.pool(settings.database.max_connections).await?;
-    let k = Kairos::with_pool(settings, pool).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let api = k.api().await?;
-    let _server = AbortOnDrop(tokio::spawn(
-        async move { axum::serve(listener, api).await },
-    ));
+    let k = &instance.k;
+    let (base, _server) = instance.serve_api().await?;
     let at = Utc::now();
     let period = Period::containing(at, &k.tz);
     let http = reqwest::Client::new();
@@ -345,7 +373,7 @@ async fn measure_kairos(
     verify(&http, &base, &k.pool, period, sent, opts.events).await?;
     println!("  apply: {apply:.0} events/s, spend verified");
 
-    let latency = latency(&k, &mut projection, run_id, opts, at, &mut sent).await?;
+    let latency = latency(k, &mut projection, run_id, opts, at, &mut sent).await?;
     let total = opts.events + latency.events;
     verify(&http, &base, &k.pool, period, sent, total).await?;
     // No `pool.close()`: the API's checkpoint listener keeps a pooled connection for good, so
@@ -751,39 +779,24 @@ struct History {
 /// stream, lets every projection build from them, replays every projection, then times `as_of`
 /// budget reads at random instants of that history.
 async fn history_figures(
-    mut settings: Settings,
+    settings: Settings,
     js: &jetstream::Context,
     run_id: &str,
     opts: &BenchOptions,
 ) -> anyhow::Result<History> {
     let run_id = format!("h{}", &run_id[..31]);
-    settings.nats.stream = format!("BENCH_{run_id}");
-    settings.nats.subject_prefix = format!("bench{}", &run_id[..8]);
-    let streams = [
-        settings.nats.stream.clone(),
-        format!("{}_DLQ", settings.nats.stream),
-    ];
-    let db = BenchDb::create(&settings.database.url, &run_id).await?;
-    let measured = measure_history(settings, &db, &run_id, opts).await;
-    for name in streams {
-        if let Err(e) = js.delete_stream(&name).await {
-            eprintln!("kairos bench: could not delete stream {name}: {e}");
-        }
-    }
-    if let Err(e) = db.drop_database().await {
-        eprintln!("kairos bench: {e:#}");
-    }
+    let instance = Instance::start(settings, &run_id).await?;
+    let measured = measure_history(&instance, &run_id, opts).await;
+    instance.remove(js).await;
     measured
 }
 
 async fn measure_history(
-    settings: Settings,
-    db: &BenchDb,
+    instance: &Instance,
     run_id: &str,
     opts: &BenchOptions,
 ) -> anyhow::Result<History> {
-    let pool = db.pool(settings.database.max_connections).await?;
-    let k = Kairos::with_pool(settings, pool).await?;
+    let k = &instance.k;
     let at = Utc::now();
     let period = Period::containing(at, &k.tz);
     // Build and publish in chunks: a million events do not sit in memory at once.
@@ -846,13 +859,8 @@ async fn measure_history(
     eprintln!("  replay of every projection: {replay:.0} events/s");
 
     // Point-in-time reads at random instants of the history, through the API.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let api = k.api().await?;
-    let _server = AbortOnDrop(tokio::spawn(
-        async move { axum::serve(listener, api).await },
-    ));
-    let (first_time, last_time) = stored_span(&k).await?;
+    let (base, _server) = instance.serve_api().await?;
+    let (first_time, last_time) = stored_span(k).await?;
     let span = (last_time - first_time)
         .num_microseconds()
         .unwrap_or(1)

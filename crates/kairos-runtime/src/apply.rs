@@ -26,7 +26,7 @@ pub(crate) fn delivered(m: &async_nats::jetstream::Message) -> Option<Delivered>
 }
 
 /// Sequences between snapshots unless configured otherwise.
-pub const DEFAULT_SNAPSHOT_EVERY: u64 = 2_000;
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000;
 
 /// Where a batch is applied: the live tables, or a generation being rebuilt beside them.
 #[derive(Debug, Clone, PartialEq, Eq)]

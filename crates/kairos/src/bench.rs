@@ -749,19 +749,7 @@ fn print_table(raw: &Raw, f: &Figures, opts: &BenchOptions) {
         "{:<46} {:>10} {:<6} {:<28} {:<9} result",
         "figure", "value", "unit", "ratio", "target"
     );
-    for r in rows {
-        let ratio = r
-            .ratio
-            .map_or(String::new(), |(x, of)| format!("{x:.2} of {of}"));
-        let (target, result) = r
-            .target
-            .map_or(("", ""), |(t, met)| (t, if met { "PASS" } else { "MISS" }));
-        let digits = if r.unit == "ms" { 1 } else { 0 };
-        println!(
-            "{:<46} {:>10.digits$} {:<6} {:<28} {:<9} {result}",
-            r.name, r.value, r.unit, ratio, target
-        );
-    }
+    print_rows(rows);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -965,6 +953,10 @@ fn print_history(raw: &Raw, h: &History, opts: &BenchOptions) {
         row("as_of budget read p99", p99, "ms").target("< 50 ms", p99 < 50.0),
     ];
     println!();
+    print_rows(rows);
+}
+
+fn print_rows(rows: impl IntoIterator<Item = Row>) {
     for r in rows {
         let ratio = r
             .ratio

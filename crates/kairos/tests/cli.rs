@@ -31,6 +31,15 @@ fn kairos(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().expect("kairos exits")
 }
 
+/// A suffix no other run uses, for stream names and subject prefixes.
+fn unique_tag() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_nanos();
+    format!("{nanos:x}")
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -113,13 +122,7 @@ fn unknown_commands_and_projections_are_refused() {
 
 #[test]
 fn publish_validates_each_line_and_keeps_going() {
-    let tag = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let tag = unique_tag();
     let stream = format!("CLI_{tag}");
     let prefix = format!("cli{tag}");
     let good = |id: &str| {
@@ -203,13 +206,7 @@ fn publish_validates_each_line_and_keeps_going() {
 
 #[test]
 fn export_then_import_restores_the_same_events_once() {
-    let tag = format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
+    let tag = unique_tag();
     let (src, dst) = (format!("EXA_{tag}"), format!("EXB_{tag}"));
     let (psrc, pdst) = (format!("exa{tag}"), format!("exb{tag}"));
     let lines: String = (0..20)

@@ -10,6 +10,8 @@
 # Environment:
 #   KAIROS_URL       where Kairos listens (default http://127.0.0.1:8080)
 #   PROJECT          the project to use (default quickstart)
+#   KEY              an API key (default $KAIROS_BOOTSTRAP_ADMIN_KEY, which `make run` writes
+#                    to .kairos/env; the script sources that file when the variable is unset)
 #
 # Needs curl; pretty-prints with jq when it is installed. Every run uses fresh event ids, so
 # running it again adds to the project's spend.
@@ -17,6 +19,15 @@
 set -euo pipefail
 
 URL=${KAIROS_URL:-http://127.0.0.1:8080}
+if [[ -z ${KEY:-} && -z ${KAIROS_BOOTSTRAP_ADMIN_KEY:-} && -f .kairos/env ]]; then
+    # shellcheck disable=SC1091
+    . ./.kairos/env
+fi
+KEY=${KEY:-${KAIROS_BOOTSTRAP_ADMIN_KEY:-}}
+[[ -n $KEY ]] || {
+    echo "quickstart: set KEY to an API key (make run puts KAIROS_BOOTSTRAP_ADMIN_KEY in .kairos/env)" >&2
+    exit 1
+}
 PROJECT=${PROJECT:-quickstart}
 RUN=$(date +%s)-$$
 NOW=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -38,7 +49,7 @@ BODY=
 request() {
     local expected=$1 out status
     shift
-    out=$(curl -sS -w '\n%{http_code}' "$@") || {
+    out=$(curl -sS -w '\n%{http_code}' -H "Authorization: Bearer $KEY" "$@") || {
         echo "quickstart: curl failed; is Kairos running at $URL? (make run)" >&2
         exit 1
     }

@@ -24,7 +24,7 @@
 #
 # Then the database named in KAIROS_DATABASE_URL is created if missing.
 #
-# .kairos/env (sourced by the Makefile) exports KAIROS_NATS_URL,
+# .kairos/env (sourced by the Makefile) exports KAIROS_BOOTSTRAP_ADMIN_KEY, KAIROS_NATS_URL,
 # KAIROS_DATABASE_URL and DATABASE_URL (the same URL: #[sqlx::test] uses it
 # as the master connection and creates a fresh database per test).
 #
@@ -506,19 +506,37 @@ lock() {
     fi
 }
 
+# The first admin's key for this checkout: $KAIROS_BOOTSTRAP_ADMIN_KEY when set, else one
+# generated once and kept in .kairos/admin-key (readable by its owner only).
+admin_key() {
+    if [[ -n ${KAIROS_BOOTSTRAP_ADMIN_KEY:-} ]]; then
+        printf '%s' "$KAIROS_BOOTSTRAP_ADMIN_KEY"
+        return
+    fi
+    local file=$KDIR/admin-key
+    if [[ ! -s $file ]]; then
+        (umask 077 && printf 'kairos_%s' "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" >"$file")
+    fi
+    cat "$file"
+}
+
 cmd_up() {
     lock
     up_nats
     up_postgres
     local tmp=$ENV_FILE.tmp.$$
-    {
-        echo "# Written by scripts/services.sh up; source it: . ./.kairos/env"
-        echo "export KAIROS_NATS_URL=$(shell_quote "$NATS_URL")"
-        echo "export KAIROS_DATABASE_URL=$(shell_quote "$DATABASE_URL_OUT")"
-        echo "export DATABASE_URL=$(shell_quote "$DATABASE_URL_OUT")"
-    } >"$tmp"
+    (
+        umask 077
+        {
+            echo "# Written by scripts/services.sh up; source it: . ./.kairos/env"
+            echo "export KAIROS_NATS_URL=$(shell_quote "$NATS_URL")"
+            echo "export KAIROS_DATABASE_URL=$(shell_quote "$DATABASE_URL_OUT")"
+            echo "export DATABASE_URL=$(shell_quote "$DATABASE_URL_OUT")"
+            echo "export KAIROS_BOOTSTRAP_ADMIN_KEY=$(shell_quote "$(admin_key)")"
+        } >"$tmp"
+    )
     mv -f "$tmp" "$ENV_FILE"
-    grep '^export ' "$ENV_FILE"
+    grep '^export ' "$ENV_FILE" | sed 's/^\(export KAIROS_BOOTSTRAP_ADMIN_KEY=\).*/\1... (the first admin'"'"'s key; see .kairos\/env)/'
 }
 
 cmd_down() {

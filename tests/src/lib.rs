@@ -17,8 +17,14 @@ use tokio::task::JoinHandle;
 pub struct TestApp {
     pub url: String,
     pub kairos: Kairos,
+    /// A client that sends the bootstrap admin's key with every request.
     pub http: reqwest::Client,
+    /// The first admin's key (`auth.bootstrap_admin_key`).
+    pub admin_key: String,
     pub projections: Vec<JoinHandle<Result<(), kairos_runtime::RunnerError>>>,
+    /// The access projection runs from the start (keys are checked against it), apart from
+    /// the projections a test starts and stops.
+    access: JoinHandle<Result<(), kairos_runtime::RunnerError>>,
     server: JoinHandle<()>,
 }
 
@@ -36,6 +42,7 @@ pub fn test_settings() -> Settings {
     s.http.read_wait_ms = 10_000;
     // Tests hammer the API from one address; the limit has its own test.
     s.http.rate_limit_per_second = 0;
+    s.auth.bootstrap_admin_key = Some(format!("test-admin-{tag}"));
     s.projections.ack_wait_ms = 2_000;
     s.projections.idle_wait_ms = 200;
     s
@@ -46,7 +53,8 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
     spawn_app_with(pool, test_settings(), true).await
 }
 
-/// Starts Kairos with `settings`; projections only if `projections`.
+/// Starts Kairos with `settings`; projections only if `projections` (the access projection
+/// always, and the bootstrap admin whose key `TestApp::http` sends).
 pub async fn spawn_app_with(pool: PgPool, settings: Settings, projections: bool) -> TestApp {
     let kairos = Kairos::with_pool(settings, pool)
         .await
@@ -60,19 +68,53 @@ pub async fn spawn_app_with(pool: PgPool, settings: Settings, projections: bool)
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, service).await.expect("server runs");
     });
+    let access = kairos
+        .spawn_projection(kairos_access::NAME)
+        .expect("access projection");
+    let admin_key = kairos
+        .settings
+        .auth
+        .bootstrap_admin_key
+        .clone()
+        .expect("test settings carry a bootstrap key");
+    kairos.bootstrap_admin().await.expect("bootstrap admin");
     let mut app = TestApp {
         url,
+        http: client(&admin_key),
+        admin_key,
         kairos,
-        http: reqwest::Client::new(),
         projections: Vec::new(),
+        access,
         server,
     };
     if projections {
         for name in kairos::startup::PROJECTIONS {
-            app.start_projection(name);
+            if *name != kairos_access::NAME {
+                app.start_projection(name);
+            }
         }
     }
     app
+}
+
+/// Sends a request; its status and JSON body (`null` if none).
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = request.send().await.expect("request sent");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// An HTTP client that sends `key` as its bearer token.
+pub fn client(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }
 
 impl TestApp {
@@ -156,6 +198,14 @@ impl TestApp {
             .expect("request sent");
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        send(self.http.post(format!("{}{path}", self.url)).json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        send(self.http.delete(format!("{}{path}", self.url))).await
     }
 
     /// Waits (bounded) until `projection` applied stream sequence `seq`.
@@ -251,6 +301,7 @@ impl TestApp {
     /// Deletes this test's streams.
     pub async fn cleanup(mut self) {
         self.stop_projections();
+        self.access.abort();
         self.server.abort();
         let js = self.kairos.bus.jetstream().clone();
         let _ = js.delete_stream(self.kairos.bus.stream_name()).await;

@@ -49,6 +49,8 @@ async fn entries_are_queried_newest_first_and_exported(pool: PgPool) {
     assert_eq!(first[0]["action"], "budget.set", "newest first");
     assert_eq!(first[0]["resource"], "project:acme");
     assert_eq!(first[0]["event_source"], "kairos/api");
+    assert_eq!(first[0]["actor"], "admin@kairos.local");
+    assert_eq!(first[0]["actor_role"], "admin");
     let mut all: Vec<u64> = first.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     let mut cursor = page["next_cursor"].as_u64();
     while let Some(c) = cursor {
@@ -62,7 +64,9 @@ async fn entries_are_queried_newest_first_and_exported(pool: PgPool) {
         );
         cursor = page["next_cursor"].as_u64();
     }
-    assert_eq!(all.len(), 41);
+    // 40 reported actions, the budget change, the ingest request itself and the bootstrap
+    // admin's joining.
+    assert_eq!(all.len(), 43);
     assert!(all.windows(2).all(|w| w[0] > w[1]));
 
     let (_, denied) = app.get("/v1/audit?outcome=denied&actor=alice").await;
@@ -91,7 +95,11 @@ async fn entries_are_queried_newest_first_and_exported(pool: PgPool) {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 41);
+    assert_eq!(lines.len(), 43);
+    assert_eq!(
+        lines[0]["action"], "member.join",
+        "the bootstrap admin comes first"
+    );
     assert!(
         lines
             .windows(2)
@@ -147,7 +155,7 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
     audited(&app).await;
     let bus = app.kairos.bus.clone();
     let clean = verify_chain(&pool).await.unwrap();
-    assert_eq!((clean.entries, clean.first_bad), (41, None));
+    assert_eq!((clean.entries, clean.first_bad), (43, None));
     assert_eq!(
         verify_against_stream(&bus, &pool).await.unwrap().first_bad,
         None
@@ -156,7 +164,8 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
         .fetch_all(&pool)
         .await
         .unwrap();
-    let (a, b) = (seqs[10], seqs[20]);
+    // Entry 0 is the bootstrap admin's; 11 and 21 are reported actions 10 and 20 (denied ones).
+    let (a, b) = (seqs[11], seqs[21]);
 
     // 1. One field changed.
     sqlx::query("UPDATE audit.entries SET outcome = 'success' WHERE seq = $1")
@@ -218,7 +227,7 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
     let bad = verify_chain(&pool).await.unwrap().first_bad.unwrap();
     assert_eq!(
         (bad.seq, bad.problem),
-        (seqs[11] as u64, Problem::ChainBroken)
+        (seqs[12] as u64, Problem::ChainBroken)
     );
     sqlx::query("UPDATE audit.entries SET hash = $2, actor = $3 WHERE seq = $1")
         .bind(a)
@@ -242,7 +251,7 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
     let bad = verify_chain(&pool).await.unwrap().first_bad.unwrap();
     assert_eq!(
         (bad.seq, bad.problem),
-        (seqs[21] as u64, Problem::ChainBroken)
+        (seqs[22] as u64, Problem::ChainBroken)
     );
     let bad = verify_against_stream(&bus, &pool)
         .await

@@ -412,17 +412,18 @@ async fn unknown_routes_and_methods_answer_json(pool: PgPool) {
     app.cleanup().await;
 }
 
-#[sqlx::test(migrations = false)]
-async fn clients_over_their_rate_get_429_and_security_headers_are_set(pool: PgPool) {
-    let mut settings = kairos_tests::test_settings();
-    settings.http.rate_limit_per_second = 5;
-    settings.http.rate_limit_burst = 10;
-    let app = kairos_tests::spawn_app_with(pool, settings, false).await;
+/// Sends `n` GETs of `path` with `client`; checks the security headers and the shape of each
+/// 429; returns the statuses.
+async fn hammer(
+    app: &kairos_tests::TestApp,
+    client: &reqwest::Client,
+    path: &str,
+    n: usize,
+) -> Vec<u16> {
     let mut statuses = Vec::new();
-    for _ in 0..30 {
-        let r = app
-            .http
-            .get(format!("{}/health/live", app.url))
+    for _ in 0..n {
+        let r = client
+            .get(format!("{}{path}", app.url))
             .send()
             .await
             .unwrap();
@@ -446,12 +447,45 @@ async fn clients_over_their_rate_get_429_and_security_headers_are_set(pool: PgPo
             assert_eq!(body["error"]["code"], "rate_limited");
         }
     }
-    let ok = statuses.iter().filter(|s| **s == 200).count();
+    statuses
+}
+
+#[sqlx::test(migrations = false)]
+async fn clients_over_their_rate_get_429_and_security_headers_are_set(pool: PgPool) {
+    let mut settings = kairos_tests::test_settings();
+    settings.http.rate_limit_per_second = 5;
+    settings.http.rate_limit_burst = 10;
+    let app = kairos_tests::spawn_app_with(pool, settings, false).await;
+    let passed = |s: &[u16], ok: u16| s.iter().filter(|x| **x == ok).count();
+    // A second key of the admin's (the request spends one token of the first key's bucket).
+    let (status, second) = app
+        .post_json("/v1/api-keys", &json!({"name": "second"}))
+        .await;
+    assert_eq!(status, 201, "{second}");
+    let second = kairos_tests::client(second["api_key"].as_str().unwrap());
+
+    // Per key: the first key's burst passes, then its rate; the second key has its own bucket.
+    let first = hammer(&app, &app.http, "/v1/me", 30).await;
     assert!(
-        (10..=13).contains(&ok),
-        "the burst passes, then the rate: {statuses:?}"
+        (9..=13).contains(&passed(&first, 200)),
+        "burst, then rate: {first:?}"
     );
-    assert!(statuses.contains(&429));
+    assert!(first.contains(&429));
+    assert_eq!(hammer(&app, &second, "/v1/me", 1).await, vec![200]);
+
+    // Failed keys spend their address's bucket: guessing keys soon gets 429, not 401.
+    let guesser = kairos_tests::client(
+        "kairos_0000000000000000000000000000000000000000000000000000000000000000",
+    );
+    let guesses = hammer(&app, &guesser, "/v1/me", 30).await;
+    assert!((10..=13).contains(&passed(&guesses, 401)), "{guesses:?}");
+    assert!(guesses.contains(&429));
+    // ... the same bucket requests without a key spend.
+    let anonymous = reqwest::Client::new();
+    let health = hammer(&app, &anonymous, "/health/live", 5).await;
+    assert!(health.contains(&429), "{health:?}");
+    // A key on a public route does not open another bucket.
+    assert_eq!(hammer(&app, &guesser, "/health/live", 1).await, vec![429]);
     app.cleanup().await;
 }
 
@@ -479,6 +513,7 @@ async fn concurrent_large_batches_are_all_acknowledged(pool: PgPool) {
     for (status, r) in answers {
         assert_eq!((status, r["accepted"].as_u64()), (202, Some(5000)));
     }
-    assert_eq!(app.kairos.bus.last_seq().await.unwrap().0, 20_000);
+    // The events, the bootstrap admin's joining and the audit record of each request.
+    assert_eq!(app.kairos.bus.last_seq().await.unwrap().0, 20_000 + 1 + 4);
     app.cleanup().await;
 }

@@ -291,7 +291,9 @@ async fn an_interrupted_replay_resumes_and_until_keeps_the_live_tables(pool: PgP
 #[sqlx::test(migrations = false)]
 async fn a_replay_leaves_what_the_live_runner_has_not_seen_to_it(pool: PgPool) {
     let mut app = spawn_app(pool.clone()).await;
-    let seq = app.ingest(&[llm_call("c0", "beta", "1")]).await;
+    app.ingest(&[llm_call("c0", "beta", "1")]).await;
+    // The request's own audit record follows the event; the runner's checkpoint passes it too.
+    let seq = app.kairos.bus.last_seq().await.unwrap().0;
     app.wait_for("budgets", seq).await;
     // The live runner stops; a budget and a crossing call arrive; an operator replays.
     app.stop_projections();

@@ -19,14 +19,25 @@ pub enum ApiError {
     /// Every event of a batch was refused; `results` says why for each.
     #[error("every event in the batch was rejected")]
     AllRejected { results: Value },
+    /// No key, or one that is not valid. The message never repeats the key.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("the request body is larger than the {limit} bytes this server accepts")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("the request headers are larger than the {limit} bytes this server accepts")]
+    HeadersTooLarge { limit: usize },
     #[error("{0}")]
     NotYetApplied(String),
     #[error("the event stream is unavailable: {0}")]
@@ -53,7 +64,11 @@ impl IntoResponse for ApiError {
             Self::InvalidEvent(e) => (StatusCode::BAD_REQUEST, e.code, e.field.clone()),
             Self::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, *code, field.clone()),
             Self::AllRejected { .. } => (StatusCode::BAD_REQUEST, "all_events_rejected", None),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
+            Self::Gone(_) => (StatusCode::GONE, "gone", None),
             Self::MethodNotAllowed(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", None)
             }
@@ -63,6 +78,11 @@ impl IntoResponse for ApiError {
             Self::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
+                None,
+            ),
+            Self::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
                 None,
             ),
             Self::NotYetApplied(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_applied", None),
@@ -83,6 +103,10 @@ impl IntoResponse for ApiError {
         if let Self::Database(e) = &self {
             tracing::error!(error = %e, "database error");
         }
+        let info = ErrorInfo {
+            code,
+            message: message.clone(),
+        };
         let mut error = json!({"code": code, "message": message});
         if let Some(field) = field {
             error["field"] = Value::String(field);
@@ -97,7 +121,39 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        // For the audit entry of this request.
+        response.extensions_mut().insert(info);
         response
+    }
+}
+
+/// The code and message of an error answer, kept on the response for the audit middleware.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorInfo {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl From<kairos_access::commands::CommandError> for ApiError {
+    fn from(e: kairos_access::commands::CommandError) -> Self {
+        use kairos_access::commands::CommandError as C;
+        match e {
+            C::Invalid { field, message } => Self::BadRequest {
+                code: "invalid_body",
+                message,
+                field: Some(field),
+            },
+            C::NotFound(m) => Self::NotFound(m),
+            C::Conflict(m) => Self::Conflict(m),
+            C::Gone(m) => Self::Gone(m),
+            C::Database(e) => Self::Database(e),
+            C::Stream(m) => Self::StreamUnavailable(m),
+        }
     }
 }
 

@@ -7,8 +7,10 @@
 //!
 //! Not here: projection logic, history computation, configuration loading.
 
+mod auth;
 mod error;
 mod limits;
+mod members;
 mod routes;
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use auth::{Caller, ENDPOINTS, Endpoint, Guard, admits, endpoint, permission_table};
 pub use error::ApiError;
 
 /// The `[http]` section of `kairos.toml`.
@@ -47,12 +50,20 @@ pub struct HttpSettings {
     /// Whole-request timeout, in milliseconds.
     #[serde(default = "default_timeout")]
     pub request_timeout_ms: u64,
-    /// Requests per second each client address may make (token bucket); 0 turns limiting off.
+    /// Requests per second each API key may make, and each client address without a valid key
+    /// (token buckets); 0 turns limiting off.
     #[serde(default = "default_rate")]
     pub rate_limit_per_second: u32,
     /// Requests a client may make at once above its rate.
     #[serde(default = "default_burst")]
     pub rate_limit_burst: u32,
+    /// Largest total size of a request's headers, in bytes; larger ones get `431`.
+    #[serde(default = "default_header_limit")]
+    pub max_header_bytes: usize,
+}
+
+fn default_header_limit() -> usize {
+    16 * 1024
 }
 
 fn default_rate() -> u32 {
@@ -95,12 +106,84 @@ impl HttpSettings {
         if self.request_timeout_ms < 100 {
             return Err("http.request_timeout_ms must be at least 100".into());
         }
+        if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err("http.max_header_bytes must be between 1024 and 1048576".into());
+        }
         if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
             return Err("http.rate_limit_burst must be at least 1 when rate limiting is on".into());
         }
         Ok(())
     }
 }
+
+/// The `[auth]` section of `kairos.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// On first start, when no admin exists, this key becomes the first admin's key. Also read
+    /// from `KAIROS_BOOTSTRAP_ADMIN_KEY`.
+    #[serde(default)]
+    pub bootstrap_admin_key: Option<String>,
+    /// The e-mail the bootstrap admin is recorded under.
+    #[serde(default = "default_admin_email")]
+    pub bootstrap_admin_email: String,
+    /// HMAC key for API keys and invitation tokens; when unset, one is generated on first start
+    /// and kept in the database.
+    #[serde(default)]
+    pub key_secret: Option<String>,
+    /// How long an invitation token stays valid unless the request says otherwise.
+    #[serde(default = "default_invitation_hours")]
+    pub invitation_ttl_hours: u32,
+}
+
+fn default_admin_email() -> String {
+    "admin@kairos.local".into()
+}
+fn default_invitation_hours() -> u32 {
+    72
+}
+
+impl AuthSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(k) = &self.bootstrap_admin_key
+            && !(24..=512).contains(&k.len())
+        {
+            return Err(
+                "auth.bootstrap_admin_key (KAIROS_BOOTSTRAP_ADMIN_KEY) must be 24 to 512 characters"
+                    .into(),
+            );
+        }
+        if let Some(k) = &self.bootstrap_admin_key
+            && !k.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err("auth.bootstrap_admin_key must be printable ASCII without spaces".into());
+        }
+        if self.key_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err("auth.key_secret must be at least 32 characters".into());
+        }
+        if !(1..=720).contains(&self.invitation_ttl_hours) {
+            return Err("auth.invitation_ttl_hours must be between 1 and 720".into());
+        }
+        let e = &self.bootstrap_admin_email;
+        if e.len() > 200 || !e.contains('@') || e.chars().any(char::is_whitespace) {
+            return Err("auth.bootstrap_admin_email must be an e-mail address".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why `POST /v1/projections/{name}/replay` did not start a rebuild.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayRefused {
+    #[error("{0}")]
+    Unknown(String),
+    #[error("{0}")]
+    Running(String),
+}
+
+/// Starts rebuilding the named projection in the background; the API does not know the
+/// projections, the binary that wires them does.
+pub type Replayer = Arc<dyn Fn(&str) -> Result<(), ReplayRefused> + Send + Sync>;
 
 /// Counters the API itself keeps, exposed on `/metrics`.
 #[derive(Debug, Default)]
@@ -120,6 +203,11 @@ pub struct AppState {
     /// Time zone of budget months.
     pub tz: Tz,
     pub counters: Arc<Counters>,
+    /// HMAC key of API keys and invitation tokens.
+    pub secret: kairos_access::KeySecret,
+    pub auth: Arc<AuthSettings>,
+    /// Starts a projection rebuild; `None` where this process cannot (the endpoint answers 503).
+    pub replayer: Option<Replayer>,
 }
 
 /// The whole API as a router, with its middleware. Serve it with
@@ -132,23 +220,49 @@ pub fn router(state: AppState) -> Router {
         state.http.rate_limit_per_second,
         state.http.rate_limit_burst,
     );
+    let gate = auth::Gate {
+        st: state.clone(),
+        limiter: limiter.clone(),
+    };
+    let header_limit = state.http.max_header_bytes;
     let router = routes::routes()
+        .route_layer(axum::middleware::from_fn_with_state(gate, auth::guard))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             limiter,
             limits::rate_limit,
         ))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            limits::header_limit(header_limit, req, next)
+        }))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(span))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
     limits::SECURITY_HEADERS
         .into_iter()
         .fold(router, |r, (name, value)| {
             r.layer(limits::header_layer(name, value))
         })
+}
+
+/// The request's span: method, path (an invitation token in it redacted) and request id. Never
+/// headers, so keys stay out of logs.
+fn span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let path = req.uri().path();
+    let path = if path.starts_with("/v1/invitations/") && path.ends_with("/accept") {
+        "/v1/invitations/{token}/accept"
+    } else {
+        path
+    };
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("request", method = %req.method(), path, request_id = id)
 }

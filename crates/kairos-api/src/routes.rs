@@ -4,21 +4,24 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::Utc;
+use kairos_access::Permission;
 use kairos_budgets as budgets;
-use kairos_events::types::BUDGET_SET;
+use kairos_events::types::{BUDGET_SET, is_reserved};
 use kairos_events::{
     Event, EventError, Period, ProjectId, parse_batch, parse_binary, parse_structured,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::{AuditNote, Caller, Recorded};
+use crate::members;
 use crate::{ApiError, AppState};
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -35,6 +38,21 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/events", get(list_events).post(ingest))
         .route("/v1/audit", get(list_audit))
         .route("/v1/audit/export", get(export_audit))
+        .route("/v1/me", get(members::me))
+        .route("/v1/projections/{name}/replay", post(members::replay))
+        .route("/v1/members", get(members::list_members))
+        .route("/v1/members/{id}/role", put(members::set_role))
+        .route("/v1/members/{id}", delete(members::remove_member))
+        .route(
+            "/v1/invitations",
+            get(members::list_invitations).post(members::invite),
+        )
+        .route("/v1/invitations/{token}/accept", post(members::accept))
+        .route(
+            "/v1/api-keys",
+            get(members::list_keys).post(members::issue_key),
+        )
+        .route("/v1/api-keys/{id}", delete(members::revoke_key))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
 }
@@ -61,7 +79,10 @@ async fn ready(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"status": "ready", "stream_last_seq": seq.0})))
 }
 
-fn body_bytes(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(
+    st: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
@@ -73,7 +94,7 @@ fn body_bytes(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Byte
     })
 }
 
-fn media_type(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -95,6 +116,7 @@ enum Mode {
 /// `POST /v1/events`: structured, batch or binary CloudEvents; `202` once JetStream has them.
 async fn ingest(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -146,10 +168,13 @@ async fn ingest(
             items
         }
     };
+    let principal = caller.principal()?;
+    let parsed = parsed
+        .into_iter()
+        .map(|r| r.and_then(|e| admit(principal, e)));
     // Move the valid events out (no copies): `slots` keeps each one's place in the request.
     let mut valid = Vec::with_capacity(parsed.len());
     let slots: Vec<Result<usize, EventError>> = parsed
-        .into_iter()
         .map(|r| {
             r.map(|event| {
                 valid.push(event);
@@ -209,7 +234,60 @@ async fn ingest(
         });
     }
     let body = json!({"accepted": accepted, "rejected": rejected, "failed": unavailable, "results": results});
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    response.extensions_mut().insert(AuditNote(format!(
+        "accepted {accepted}, rejected {rejected}, failed {unavailable}"
+    )));
+    Ok(response)
+}
+
+/// Whether `principal` may publish `event`: never a reserved type (identity changes go through
+/// their endpoints), budgets only with `manage_budgets`, and only to projects its role reaches.
+fn admit(principal: &kairos_access::Principal, event: Event) -> Result<Event, EventError> {
+    let ty = event.event_type().as_str();
+    if is_reserved(ty) {
+        return Err(EventError::field(
+            "reserved_type",
+            "type",
+            format!("{ty} is published by Kairos itself; use its endpoint instead"),
+        ));
+    }
+    // Audit entries whose source is Kairos's own (`kairos/api`, …) are what Kairos recorded;
+    // nobody reports events in its name.
+    if event.source().starts_with("kairos/") {
+        return Err(EventError::field(
+            "reserved_source",
+            "source",
+            "sources starting with kairos/ are Kairos's own; name your producer",
+        ));
+    }
+    if ty == BUDGET_SET && !principal.can(Permission::ManageBudgets) {
+        return Err(EventError::field(
+            "forbidden",
+            "type",
+            format!("role {} may not set budgets", principal.role),
+        ));
+    }
+    if principal.projects.is_some() {
+        match event.project() {
+            Some(p) if principal.reaches(p.as_str()) => {}
+            Some(p) => {
+                return Err(EventError::field(
+                    "forbidden",
+                    "subject",
+                    format!("your role does not reach project {p}"),
+                ));
+            }
+            None => {
+                return Err(EventError::field(
+                    "forbidden",
+                    "subject",
+                    "your role is narrowed to projects; events must name one",
+                ));
+            }
+        }
+    }
+    Ok(event)
 }
 
 fn project_param(raw: &str) -> Result<ProjectId, ApiError> {
@@ -262,10 +340,12 @@ impl ReadQuery {
 /// `GET /v1/projects/{project}/budget?period=&min_seq=&as_of=`
 async fn get_budget(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
     q: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Json<budgets::BudgetView>, ApiError> {
     let project = project_param(&project)?;
+    caller.reach(project.as_str())?;
     let q = query(q)?;
     if let Some(raw) = &q.as_of {
         return budget_as_of(&st, &project, &q, raw).await.map(Json);
@@ -362,8 +442,10 @@ fn limit_param(raw: &Option<String>) -> Result<usize, ApiError> {
 /// `GET /v1/budgets?period=&min_seq=&limit=&after=`
 async fn list_budgets(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     q: Result<Query<ReadQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let principal = caller.principal()?;
     let q = query(q)?;
     let period = q.period(&st)?;
     let limit = limit_param(&q.limit)? as i64;
@@ -377,6 +459,7 @@ async fn list_budgets(
             .views(period, seq)
             .into_iter()
             .filter(|b| q.after.as_deref().is_none_or(|a| b.project.as_str() > a))
+            .filter(|b| principal.reaches(b.project.as_str()))
             .take(usize::try_from(limit).unwrap_or(100))
             .collect();
         let next = (items.len() as i64 == limit)
@@ -388,10 +471,12 @@ async fn list_budgets(
         ));
     }
     q.wait(&st).await?;
-    let items = budgets::list(&st.pool, period, q.after.as_deref(), limit).await?;
+    let mut items = budgets::list(&st.pool, period, q.after.as_deref(), limit).await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|b| b.project.clone()))
         .flatten();
+    // A role narrowed to projects sees only those (pages stay keyed on every project).
+    items.retain(|b| principal.reaches(b.project.as_str()));
     Ok(Json(
         json!({"period": period, "budgets": items, "next_after": next}),
     ))
@@ -409,11 +494,13 @@ struct BudgetBody {
 /// `PUT /v1/projects/{project}/budget`: records a `kairos.budget.set.v1` event.
 async fn put_budget(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let project = project_param(&project)?;
+    caller.reach(project.as_str())?;
     let body = body_bytes(&st, body)?;
     if let Some(m) = media_type(&headers)
         && m != "application/json"
@@ -444,6 +531,17 @@ async fn put_budget(
     });
     if let Some(m) = b.fallback_model {
         data["fallback_model"] = m;
+    }
+    let origin = caller.origin();
+    data["actor"] = json!(origin.actor);
+    if let Some(r) = origin.actor_role {
+        data["actor_role"] = json!(r.as_str());
+    }
+    if let Some(ip) = origin.ip {
+        data["ip"] = json!(ip);
+    }
+    if let Some(id) = origin.request_id {
+        data["request_id"] = json!(id);
     }
     let event = Event::from_value(json!({
         "specversion": "1.0",
@@ -477,7 +575,10 @@ async fn put_budget(
         "seq": receipt.seq.0,
         "budget": format!("/v1/projects/{project}/budget?min_seq={}", receipt.seq.0),
     });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    // The budget.set event carries the actor: it is this write's audit entry.
+    response.extensions_mut().insert(Recorded);
+    Ok(response)
 }
 
 /// `GET /v1/projections`: each projection's checkpoint and lag behind the stream.
@@ -593,11 +694,21 @@ fn time_param(raw: Option<&str>, field: &str) -> Result<Option<chrono::DateTime<
 /// paged by sequence (`after` = the previous page's `next_after`).
 async fn list_events(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let q = q
         .map(|Query(q)| q)
         .map_err(|e| ApiError::bad("invalid_query", "query", e.body_text()))?;
+    match (&caller.principal()?.projects, &q.project) {
+        (None, _) => {}
+        (Some(_), Some(p)) => caller.reach(p)?,
+        (Some(_), None) => {
+            return Err(ApiError::Forbidden(
+                "your role is narrowed to projects: add ?project=".into(),
+            ));
+        }
+    }
     let from = time_param(q.from.as_deref(), "from")?;
     let to = time_param(q.to.as_deref(), "to")?;
     let after = q

@@ -28,6 +28,12 @@ schemas![
     "kairos.task.completed.v1",
     "kairos.budget.set.v1",
     "kairos.budget.threshold_crossed.v1",
+    "kairos.member.invited.v1",
+    "kairos.member.joined.v1",
+    "kairos.member.removed.v1",
+    "kairos.role.assigned.v1",
+    "kairos.api_key.issued.v1",
+    "kairos.api_key.revoked.v1",
 ];
 
 /// A known event type: its compiled schema and whether its data carries a `project`.

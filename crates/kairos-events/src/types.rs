@@ -12,6 +12,28 @@ pub const USER_ACTION: &str = "kairos.user.action.v1";
 pub const METRIC_RECORDED: &str = "kairos.metric.recorded.v1";
 pub const TASK_STARTED: &str = "kairos.task.started.v1";
 pub const TASK_COMPLETED: &str = "kairos.task.completed.v1";
+pub const MEMBER_INVITED: &str = "kairos.member.invited.v1";
+pub const MEMBER_JOINED: &str = "kairos.member.joined.v1";
+pub const MEMBER_REMOVED: &str = "kairos.member.removed.v1";
+pub const ROLE_ASSIGNED: &str = "kairos.role.assigned.v1";
+pub const API_KEY_ISSUED: &str = "kairos.api_key.issued.v1";
+pub const API_KEY_REVOKED: &str = "kairos.api_key.revoked.v1";
+
+/// The identity events: who is a member, with which role, holding which keys.
+pub const IDENTITY: &[&str] = &[
+    MEMBER_INVITED,
+    MEMBER_JOINED,
+    MEMBER_REMOVED,
+    ROLE_ASSIGNED,
+    API_KEY_ISSUED,
+    API_KEY_REVOKED,
+];
+
+/// Types only Kairos itself publishes (identity changes and what projections announce):
+/// `POST /v1/events` refuses them, so nobody grants themselves a role by publishing an event.
+pub fn is_reserved(ty: &str) -> bool {
+    IDENTITY.contains(&ty) || ty == BUDGET_THRESHOLD_CROSSED
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -58,6 +58,7 @@ pub async fn items_between<P: Projection>(
         .await
         .map_err(|e| stream_err(&e))?;
     let mut decoded = Vec::new();
+    let mut first = true;
     loop {
         let Some(d) = reader
             .next(Duration::from_secs(10))
@@ -68,7 +69,8 @@ pub async fn items_between<P: Projection>(
                 &"the stream stopped delivering before the requested sequence",
             ));
         };
-        if decoded.is_empty() && d.seq.0 > after.0 + 1 && d.seq.0 <= upto.0 + 1 {
+        // Only the first message tells: later ones may follow events this projection ignores.
+        if std::mem::take(&mut first) && d.seq.0 > after.0 + 1 && d.seq.0 <= upto.0 + 1 {
             // The first events after the snapshot are gone: answering would skip them silently.
             return Err(HistoryError::Gone {
                 from: after.0 + 1,

@@ -292,17 +292,34 @@ impl<T> Drop for AbortOnDrop<T> {
 struct Instance {
     k: Kairos,
     db: BenchDb,
+    /// The bootstrap admin's key, which the benchmark's HTTP requests carry.
+    key: String,
+    /// The access projection, which checks keys; it runs from the start.
+    _access: AbortOnDrop<Result<(), kairos_runtime::RunnerError>>,
 }
 
 impl Instance {
     async fn start(mut settings: Settings, run_id: &str) -> anyhow::Result<Self> {
         settings.nats.stream = format!("BENCH_{run_id}");
         settings.nats.subject_prefix = format!("bench{}", &run_id[..8]);
+        let key = format!("bench-admin-key-{run_id}");
+        settings.auth.bootstrap_admin_key = Some(key.clone());
         let db = BenchDb::create(&settings.database.url, run_id).await?;
         let max = settings.database.max_connections;
-        let started = async { Kairos::with_pool(settings, db.pool(max).await?).await }.await;
+        let started = async {
+            let k = Kairos::with_pool(settings, db.pool(max).await?).await?;
+            let access = AbortOnDrop(k.spawn_projection(kairos_access::NAME)?);
+            k.bootstrap_admin().await?;
+            anyhow::Ok((k, access))
+        }
+        .await;
         match started {
-            Ok(k) => Ok(Self { k, db }),
+            Ok((k, access)) => Ok(Self {
+                k,
+                db,
+                key,
+                _access: access,
+            }),
             Err(e) => {
                 let _ = db.drop_database().await;
                 Err(e)
@@ -321,6 +338,18 @@ impl Instance {
                 async move { axum::serve(listener, api).await },
             )),
         ))
+    }
+
+    /// An HTTP client sending the admin's key.
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.key).parse()?,
+        );
+        Ok(reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?)
     }
 
     /// Removes the streams and the database, whatever happened; failures are reported.
@@ -358,7 +387,7 @@ async fn measure_kairos(
     let (base, _server) = instance.serve_api().await?;
     let at = Utc::now();
     let period = Period::containing(at, &k.tz);
-    let http = reqwest::Client::new();
+    let http = instance.client()?;
 
     let (events, mut sent) = llm_calls(run_id, "ingest", opts.events, at)?;
     let event_bytes = events.iter().map(|e| e.to_bytes().len()).sum::<usize>() / events.len();
@@ -853,7 +882,7 @@ async fn measure_history(
         .num_microseconds()
         .unwrap_or(1)
         .max(1) as u64;
-    let http = reqwest::Client::new();
+    let http = instance.client()?;
     let mut samples = Vec::with_capacity(opts.as_of_reads);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..opts.as_of_reads {

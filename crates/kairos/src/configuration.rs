@@ -5,7 +5,7 @@ use std::path::Path;
 use chrono_tz::Tz;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
-use kairos_api::HttpSettings;
+use kairos_api::{AuthSettings, HttpSettings};
 use kairos_bus::BusConfig;
 use kairos_events::{Money, ProjectId};
 use kairos_runtime::RunnerConfig;
@@ -18,6 +18,7 @@ pub const DEFAULTS: &str = include_str!("../../../kairos.toml");
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub http: HttpSettings,
+    pub auth: AuthSettings,
     pub nats: BusConfig,
     pub database: DatabaseSettings,
     pub projections: RunnerConfig,
@@ -101,7 +102,11 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        Self::from_figment(figment.merge(env_overrides()))
+        // The name for the bootstrap key, beside the generic KAIROS_AUTH_BOOTSTRAP_ADMIN_KEY.
+        let bootstrap = Env::raw()
+            .only(&["KAIROS_BOOTSTRAP_ADMIN_KEY"])
+            .map(|_| "auth.bootstrap_admin_key".into());
+        Self::from_figment(figment.merge(env_overrides()).merge(bootstrap))
     }
 
     /// Defaults and a TOML text, without the environment (tests, `kairos config check`).
@@ -122,6 +127,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| ConfigError::Invalid(m);
         self.http.validate().map_err(invalid)?;
+        self.auth.validate().map_err(invalid)?;
         self.nats.validate().map_err(|e| invalid(e.to_string()))?;
         self.projections.validate().map_err(invalid)?;
         let db = &self.database.url;
@@ -223,6 +229,24 @@ mod tests {
                 "budgets.preset[0].on_exceeded",
             ),
             ("not toml at all [", "TOML"),
+            (
+                "[auth]\nbootstrap_admin_key = \"short\"",
+                "auth.bootstrap_admin_key",
+            ),
+            (
+                "[auth]\nbootstrap_admin_key = \"has spaces in it, which headers mangle\"",
+                "auth.bootstrap_admin_key",
+            ),
+            ("[auth]\nkey_secret = \"tiny\"", "auth.key_secret"),
+            (
+                "[auth]\ninvitation_ttl_hours = 0",
+                "auth.invitation_ttl_hours",
+            ),
+            (
+                "[auth]\nbootstrap_admin_email = \"nobody\"",
+                "auth.bootstrap_admin_email",
+            ),
+            ("[auth]\nopen_by_default = true", "open_by_default"),
         ];
         for (text, key) in cases {
             let err = Settings::from_toml(text).unwrap_err().to_string();

@@ -64,6 +64,9 @@ enum Command {
     /// Inspect, export and import the event stream.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Members, roles, invitations and API keys, for operators (same checks as the API).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Measure ingest, projection and latency against raw JetStream in one run (logs off
     /// unless RUST_LOG is set).
     Bench(kairos::bench::BenchOptions),
@@ -74,6 +77,73 @@ enum AuditCommand {
     /// Recompute the hash chain from the database and rebuild the entries from the stream;
     /// report the first entry altered, deleted, inserted or reordered.
     Verify,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Print the permission matrix (Markdown), as the API enforces it.
+    Permissions,
+    /// List members.
+    Members {
+        /// Include removed members.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Add a member directly (no invitation) and print their first API key.
+    AddMember {
+        #[arg(long)]
+        email: String,
+        /// admin, developer or viewer.
+        #[arg(long)]
+        role: String,
+        /// Narrow the role to this project (repeatable).
+        #[arg(long = "project")]
+        projects: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Invite someone; prints the one-time token.
+    Invite {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long = "project")]
+        projects: Vec<String>,
+        /// Hours until the token expires (default: auth.invitation_ttl_hours).
+        #[arg(long)]
+        expires_in_hours: Option<u32>,
+    },
+    /// List invitations (never their tokens).
+    Invitations,
+    /// Change a member's role.
+    SetRole {
+        member_id: String,
+        role: String,
+        #[arg(long = "project")]
+        projects: Vec<String>,
+    },
+    /// Remove a member; their keys stop working.
+    Remove {
+        member_id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Issue an API key for a member and print it (shown once).
+    IssueKey {
+        member_id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Revoke an API key.
+    RevokeKey { key_id: String },
+    /// List API keys (of one member, or all).
+    Keys {
+        #[arg(long)]
+        member: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -182,6 +252,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => {
             let mut shown = settings.clone();
             shown.database.url = redact(&shown.database.url);
+            shown.nats.url = redact(&shown.nats.url);
+            for secret in [
+                &mut shown.auth.bootstrap_admin_key,
+                &mut shown.auth.key_secret,
+            ] {
+                if secret.is_some() {
+                    *secret = Some("***".into());
+                }
+            }
             println!("{shown:#?}");
             Ok(ExitCode::SUCCESS)
         }
@@ -280,6 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo,
             no_projections,
         } => serve(settings, demo, !no_projections).await,
+        Command::Admin(cmd) => admin(settings, cmd).await,
     }
 }
 
@@ -298,6 +378,11 @@ async fn serve(
             let handle = k.spawn_projection(name)?;
             tasks.spawn(async move { (name, handle.await) });
         }
+    }
+    match k.bootstrap_admin().await {
+        Ok(Some(member)) => info!(%member, "the bootstrap key is now the first admin's key"),
+        Ok(None) => {}
+        Err(e) => error!(error = %e, "could not bootstrap the first admin"),
     }
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -322,11 +407,14 @@ async fn serve(
         "  stream {} · projections: {running} · budget presets: {presets}",
         k.bus.stream_name()
     );
-    println!("\nTry:");
-    println!("  curl -s {url}/v1/budgets | jq");
-    println!("  curl -s {url}/v1/projects/research/budget | jq");
     println!(
-        "  curl -s -X POST {url}/v1/events -H 'content-type: application/cloudevents+json' -d \
+        "\nTry (every endpoint but /health needs the key; KAIROS_BOOTSTRAP_ADMIN_KEY is the first admin's):"
+    );
+    println!("  export KEY=$KAIROS_BOOTSTRAP_ADMIN_KEY   # `make run` puts it in .kairos/env");
+    println!("  curl -s -H \"Authorization: Bearer $KEY\" {url}/v1/budgets | jq");
+    println!("  curl -s -H \"Authorization: Bearer $KEY\" {url}/v1/projects/research/budget | jq");
+    println!(
+        "  curl -s -X POST {url}/v1/events -H \"Authorization: Bearer $KEY\" -H 'content-type: application/cloudevents+json' -d \
          '{{\"specversion\":\"1.0\",\"id\":\"call-1\",\"source\":\"my-gateway\",\"type\":\"kairos.llm.call.completed.v1\",\"subject\":\"checkout\",\"data\":{{\"project\":\"checkout\",\"model\":\"gpt-4o\",\"provider\":\"openai\",\"input_tokens\":1200,\"output_tokens\":300,\"cost\":\"0.0123\",\"latency_ms\":840,\"status\":\"ok\"}}}}'"
     );
     println!("  (more: {url}/v1/projections, {url}/metrics; Ctrl-C stops)\n");
@@ -419,5 +507,96 @@ async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<ExitCode
             }
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn admin(settings: Settings, cmd: AdminCommand) -> anyhow::Result<ExitCode> {
+    use kairos_access::commands;
+    if matches!(cmd, AdminCommand::Permissions) {
+        print!("{}", kairos_api::permission_table());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ttl_hours = settings.auth.invitation_ttl_hours;
+    let k = Kairos::connect(settings).await?;
+    let secret = k.key_secret().await?;
+    let watch = kairos_runtime::CheckpointWatch::start(k.pool.clone()).await?;
+    let ctx = k.access(&secret, &watch);
+    let origin = commands::Origin {
+        actor: format!(
+            "cli:{}",
+            std::env::var("USER").unwrap_or_else(|_| "operator".into())
+        ),
+        source: "kairos/cli".into(),
+        ..Default::default()
+    };
+    let scope = |p: Vec<String>| (!p.is_empty()).then_some(p);
+    let out = match cmd {
+        AdminCommand::Permissions => unreachable!("handled above"),
+        AdminCommand::Members { all } => {
+            serde_json::json!({"members": kairos_access::members(&k.pool, all).await?})
+        }
+        AdminCommand::Invitations => {
+            serde_json::json!({"invitations": kairos_access::invitations(&k.pool).await?})
+        }
+        AdminCommand::Keys { member } => {
+            serde_json::json!({"api_keys": kairos_access::keys(&k.pool, member.as_deref()).await?})
+        }
+        AdminCommand::AddMember {
+            email,
+            role,
+            projects,
+            name,
+        } => serde_json::to_value(
+            commands::add_member(ctx, &origin, &email, &role, scope(projects), name).await?,
+        )?,
+        AdminCommand::Invite {
+            email,
+            role,
+            projects,
+            expires_in_hours,
+        } => {
+            let hours = expires_in_hours.unwrap_or(ttl_hours);
+            if !(1..=720).contains(&hours) {
+                anyhow::bail!("--expires-in-hours must be between 1 and 720");
+            }
+            let ttl = chrono::Duration::hours(i64::from(hours));
+            serde_json::to_value(
+                commands::invite(ctx, &origin, &email, &role, scope(projects), ttl).await?,
+            )?
+        }
+        AdminCommand::SetRole {
+            member_id,
+            role,
+            projects,
+        } => serde_json::to_value(
+            commands::set_role(ctx, &origin, &member_id, &role, scope(projects)).await?,
+        )?,
+        AdminCommand::Remove { member_id, reason } => serde_json::to_value(
+            commands::remove(ctx, &origin, &member_id, reason.as_deref()).await?,
+        )?,
+        AdminCommand::IssueKey {
+            member_id,
+            name,
+            expires_in_days,
+        } => {
+            let expires = match expires_in_days {
+                None => None,
+                Some(d @ 1..=3650) => Some(chrono::Duration::days(i64::from(d))),
+                Some(_) => anyhow::bail!("--expires-in-days must be between 1 and 3650"),
+            };
+            serde_json::to_value(
+                commands::issue_key(ctx, &origin, &member_id, &name, expires).await?,
+            )?
+        }
+        AdminCommand::RevokeKey { key_id } => {
+            serde_json::to_value(commands::revoke_key(ctx, &origin, &key_id).await?)?
+        }
+    };
+    if out["applied"] == serde_json::json!(false) {
+        eprintln!(
+            "kairos admin: recorded, but the access projection has not applied it yet (is `kairos serve` or `kairos consume access` running?)"
+        );
+    }
+    println!("{out:#}");
     Ok(ExitCode::SUCCESS)
 }

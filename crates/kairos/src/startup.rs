@@ -4,7 +4,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono_tz::Tz;
-use kairos_api::{AppState, Counters};
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use kairos_access::KeySecret;
+use kairos_api::{AppState, Counters, ReplayRefused, Replayer};
 use kairos_budgets::Budgets;
 use kairos_bus::Bus;
 use kairos_events::Event;
@@ -22,7 +26,11 @@ use crate::configuration::Settings;
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 /// The projections this build runs, by name.
-pub const PROJECTIONS: &[&str] = &[kairos_budgets::NAME, kairos_audit::NAME];
+pub const PROJECTIONS: &[&str] = &[
+    kairos_budgets::NAME,
+    kairos_audit::NAME,
+    kairos_access::NAME,
+];
 
 /// Runs `$body` with `$p` bound to the projection called `$name`; the one place that maps
 /// names to projection types.
@@ -35,6 +43,10 @@ macro_rules! with_projection {
             }
             kairos_audit::NAME => {
                 let $p = kairos_audit::Audit;
+                $body
+            }
+            kairos_access::NAME => {
+                let $p = kairos_access::Access;
                 $body
             }
             other => anyhow::bail!(
@@ -115,6 +127,26 @@ impl Kairos {
         .await?))
     }
 
+    /// The HMAC key of API keys and invitation tokens.
+    pub async fn key_secret(&self) -> anyhow::Result<KeySecret> {
+        Ok(KeySecret::load(&self.pool, self.settings.auth.key_secret.as_deref()).await?)
+    }
+
+    /// What `kairos_access::commands` need, with `watch` following the checkpoints.
+    pub fn access<'a>(
+        &'a self,
+        secret: &'a KeySecret,
+        watch: &'a CheckpointWatch,
+    ) -> kairos_access::commands::Ctx<'a> {
+        kairos_access::commands::Ctx {
+            bus: &self.bus,
+            pool: &self.pool,
+            secret,
+            watch,
+            wait: std::time::Duration::from_millis(self.settings.http.read_wait_ms),
+        }
+    }
+
     /// The API router with its state.
     pub async fn api(&self) -> anyhow::Result<axum::Router> {
         let checkpoints = CheckpointWatch::start(self.pool.clone()).await?;
@@ -125,6 +157,84 @@ impl Kairos {
             http: Arc::new(self.settings.http.clone()),
             tz: self.tz,
             counters: Arc::new(Counters::default()),
+            secret: self.key_secret().await?,
+            auth: Arc::new(self.settings.auth.clone()),
+            replayer: Some(self.replayer()),
+        }))
+    }
+
+    /// Starts `POST /v1/projections/{name}/replay` rebuilds on background tasks, one per
+    /// projection at a time.
+    fn replayer(&self) -> Replayer {
+        let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let k = self.clone();
+        Arc::new(move |name: &str| {
+            let Some(name) = PROJECTIONS.iter().find(|p| **p == name) else {
+                return Err(ReplayRefused::Unknown(format!(
+                    "unknown projection {name:?}; known: {}",
+                    PROJECTIONS.join(", ")
+                )));
+            };
+            let mut set = running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !set.insert((*name).to_owned()) {
+                return Err(ReplayRefused::Running(format!(
+                    "{name} is being rebuilt already; follow it on /v1/projections"
+                )));
+            }
+            let (k, running) = (k.clone(), running.clone());
+            tokio::spawn(async move {
+                let result = k.replay(name, &ReplayOptions::default(), |_| {}).await;
+                match result {
+                    Ok(r) => tracing::info!(
+                        projection = name,
+                        reached = r.reached.0,
+                        events = r.events_read,
+                        "rebuilt"
+                    ),
+                    Err(e) => tracing::error!(projection = name, error = %e, "rebuild failed"),
+                }
+                running
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(*name);
+            });
+            Ok(())
+        })
+    }
+
+    /// First start: when no admin exists and `auth.bootstrap_admin_key` is set, that key becomes
+    /// the first admin's. Waits (bounded) for the access projection to catch up first, so it
+    /// knows whether an admin exists; the access projection must be running somewhere.
+    pub async fn bootstrap_admin(&self) -> anyhow::Result<Option<String>> {
+        let Some(key) = &self.settings.auth.bootstrap_admin_key else {
+            if kairos_access::active_admins(&self.pool).await? == 0 {
+                tracing::warn!(
+                    "no admin exists and no bootstrap key is set: set KAIROS_BOOTSTRAP_ADMIN_KEY \
+                     or run `kairos admin add-member --role admin`"
+                );
+            }
+            return Ok(None);
+        };
+        let secret = self.key_secret().await?;
+        let watch = CheckpointWatch::start(self.pool.clone()).await?;
+        let last = self.bus.last_seq().await?;
+        watch
+            .wait_for(
+                kairos_access::NAME,
+                last.0,
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .context("waiting for the access projection before bootstrapping the admin")?;
+        let ctx = self.access(&secret, &watch);
+        let joined =
+            kairos_access::commands::bootstrap(ctx, key, &self.settings.auth.bootstrap_admin_email)
+                .await?;
+        Ok(joined.map(|j| {
+            tracing::info!(member = %j.member_id, email = %j.email, "bootstrap admin created");
+            j.member_id
         }))
     }
 

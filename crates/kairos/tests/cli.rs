@@ -104,6 +104,36 @@ fn bad_configuration_stops_start_up_naming_the_key() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("\"tenant-b\""));
     assert!(!shown.contains("hunter2"), "passwords are not printed");
+    let out = kairos(
+        &["check-config"],
+        &[("KAIROS_BOOTSTRAP_ADMIN_KEY", "short")],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("auth.bootstrap_admin_key"),
+        "{}",
+        stderr(&out)
+    );
+    let key = "kairos_0123456789abcdef0123456789abcdef";
+    let out = kairos(
+        &["check-config"],
+        &[
+            ("KAIROS_BOOTSTRAP_ADMIN_KEY", key),
+            (
+                "KAIROS_AUTH_KEY_SECRET",
+                "a-server-secret-of-at-least-32-chars",
+            ),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("bootstrap_admin_key: Some("), "{shown}");
+    assert!(
+        !shown.contains(key) && !shown.contains("a-server-secret"),
+        "secrets are not printed"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -274,5 +304,173 @@ fn export_then_import_restores_the_same_events_once() {
             js.delete_stream(s).await.unwrap();
             js.delete_stream(format!("{s}_DLQ")).await.unwrap();
         }
+    });
+}
+
+#[test]
+fn admin_manages_members_and_keys_with_the_apis_checks() {
+    let out = kairos(&["admin", "permissions"], &[], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        kairos_api::permission_table()
+    );
+
+    // A fresh database and stream, and the access projection running beside the commands.
+    let tag = unique_tag();
+    let base = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let (server, _) = base.rsplit_once('/').expect("a database URL");
+    let db = format!("kairos_cli_{tag}");
+    let url = format!("{server}/{db}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let pool = sqlx::PgPool::connect(&base).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+    let (stream, prefix) = (format!("CLI_{tag}"), format!("cli{tag}"));
+    let env = [
+        ("KAIROS_DATABASE_URL", url.as_str()),
+        ("KAIROS_NATS_STREAM", stream.as_str()),
+        ("KAIROS_NATS_SUBJECT_PREFIX", prefix.as_str()),
+        ("KAIROS_HTTP_READ_WAIT_MS", "30000"),
+    ];
+    assert!(kairos(&["migrate"], &env, None).status.success());
+    let mut consumer = Command::new(env!("CARGO_BIN_EXE_kairos"))
+        .args(["consume", "access"])
+        .envs(env)
+        .env_remove("KAIROS_CONFIG")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kairos consume runs");
+    let json = |o: &Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", stderr(o));
+        serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+    };
+
+    let ops = json(&kairos(
+        &[
+            "admin",
+            "add-member",
+            "--email",
+            "ops@example.com",
+            "--role",
+            "admin",
+        ],
+        &env,
+        None,
+    ));
+    assert_eq!(ops["applied"], true, "{ops}");
+    assert!(ops["api_key"].as_str().unwrap().starts_with("kairos_"));
+    let bad = kairos(
+        &[
+            "admin",
+            "add-member",
+            "--email",
+            "x@example.com",
+            "--role",
+            "root",
+        ],
+        &env,
+        None,
+    );
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("role"),
+        "{}",
+        stderr(&bad)
+    );
+    let narrowed_admin = kairos(
+        &[
+            "admin",
+            "add-member",
+            "--email",
+            "y@example.com",
+            "--role",
+            "admin",
+            "--project",
+            "p1",
+        ],
+        &env,
+        None,
+    );
+    assert!(
+        !narrowed_admin.status.success(),
+        "admins are never narrowed"
+    );
+    let dev = json(&kairos(
+        &[
+            "admin",
+            "add-member",
+            "--email",
+            "dev@example.com",
+            "--role",
+            "developer",
+            "--project",
+            "p1",
+        ],
+        &env,
+        None,
+    ));
+    let ops_id = ops["member_id"].as_str().unwrap();
+    let last = kairos(&["admin", "set-role", ops_id, "viewer"], &env, None);
+    assert!(
+        !last.status.success() && stderr(&last).contains("last admin"),
+        "{}",
+        stderr(&last)
+    );
+    let members = json(&kairos(&["admin", "members"], &env, None));
+    let emails: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(emails, ["ops@example.com", "dev@example.com"]);
+    let key = json(&kairos(
+        &[
+            "admin",
+            "issue-key",
+            dev["member_id"].as_str().unwrap(),
+            "--name",
+            "ci",
+        ],
+        &env,
+        None,
+    ));
+    let key_id = key["key_id"].as_str().unwrap();
+    json(&kairos(&["admin", "revoke-key", key_id], &env, None));
+    let again = kairos(&["admin", "revoke-key", key_id], &env, None);
+    assert!(
+        !again.status.success() && stderr(&again).contains("already revoked"),
+        "{}",
+        stderr(&again)
+    );
+    let keys = json(&kairos(&["admin", "keys"], &env, None));
+    assert_eq!(keys["api_keys"].as_array().unwrap().len(), 3);
+    assert!(
+        !String::from_utf8_lossy(&kairos(&["admin", "keys"], &env, None).stdout)
+            .contains("kairos_"),
+        "listings never show a key"
+    );
+
+    let _ = consumer.kill();
+    let _ = consumer.wait();
+    rt.block_on(async {
+        let nats =
+            std::env::var("KAIROS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let js = async_nats::jetstream::new(async_nats::connect(nats).await.unwrap());
+        let _ = js.delete_stream(&stream).await;
+        let _ = js.delete_stream(format!("{stream}_DLQ")).await;
+        let pool = sqlx::PgPool::connect(&base).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {db} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await;
     });
 }

@@ -1,8 +1,10 @@
 //! The audit projection: who did what, when, with what outcome — in an append-only,
 //! hash-chained table that nobody can quietly rewrite.
 //!
-//! Entries come from `kairos.user.action.v1` and from the events that change budgets
-//! (`kairos.budget.set.v1`, `kairos.budget.threshold_crossed.v1`). Entry `n` stores the hash of
+//! Entries come from `kairos.user.action.v1` (the API records every write, allowed or denied, as
+//! one), from the events that change budgets (`kairos.budget.set.v1`,
+//! `kairos.budget.threshold_crossed.v1`) and from every identity event (`kairos.member.*`,
+//! `kairos.role.assigned.v1`, `kairos.api_key.*`). Entry `n` stores the hash of
 //! entry `n-1` and `sha256(prev_hash || canonical(entry))`. [`verify_chain`] recomputes the chain
 //! from the table; [`verify_against_stream`] rebuilds the entries from the stream itself and
 //! compares, so a consistent forgery of the whole table is caught too. Both name the first entry
@@ -10,7 +12,10 @@
 
 use chrono::{DateTime, Utc};
 use kairos_bus::Bus;
-use kairos_events::types::{BUDGET_SET, BUDGET_THRESHOLD_CROSSED, USER_ACTION};
+use kairos_events::types::{
+    API_KEY_ISSUED, API_KEY_REVOKED, BUDGET_SET, BUDGET_THRESHOLD_CROSSED, MEMBER_INVITED,
+    MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED, USER_ACTION,
+};
 use kairos_events::{Event, StreamSeq};
 use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
 use serde::Serialize;
@@ -78,12 +83,12 @@ impl Entry {
                 ),
                 BUDGET_SET => (
                     s("actor").unwrap_or_else(|| e.source().to_owned()),
-                    None,
+                    s("actor_role"),
                     "budget.set".to_owned(),
                     project(),
                     "success".to_owned(),
-                    None,
-                    None,
+                    s("ip"),
+                    s("request_id"),
                     Some(format!(
                         "monthly_limit {} warn_at_percent {} on_exceeded {}",
                         s("monthly_limit").unwrap_or_default(),
@@ -107,6 +112,20 @@ impl Entry {
                         s("limit").unwrap_or_default()
                     )),
                 ),
+                MEMBER_INVITED | MEMBER_JOINED | MEMBER_REMOVED | ROLE_ASSIGNED
+                | API_KEY_ISSUED | API_KEY_REVOKED => {
+                    let (action, resource, reason) = identity_entry(e.event_type().as_str(), data);
+                    (
+                        s("actor").unwrap_or_else(|| e.source().to_owned()),
+                        s("actor_role"),
+                        action.to_owned(),
+                        resource,
+                        "success".to_owned(),
+                        s("ip"),
+                        s("request_id"),
+                        Some(reason),
+                    )
+                }
                 _ => return Ok(None),
             };
         Ok(Some(Entry {
@@ -124,6 +143,69 @@ impl Entry {
             event_source: e.source().to_owned(),
             event_type: e.event_type().to_string(),
         }))
+    }
+}
+
+/// Action, resource and a summary of an identity event. Hashes of keys and tokens stay out.
+fn identity_entry(ty: &str, data: &serde_json::Value) -> (&'static str, String, String) {
+    let s = |k: &str| data[k].as_str().unwrap_or_default();
+    let scope = || match data["projects"].as_array() {
+        Some(ps) => format!(
+            " on {}",
+            ps.iter()
+                .filter_map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => String::new(),
+    };
+    match ty {
+        MEMBER_INVITED => (
+            "member.invite",
+            format!("invitation:{}", s("invitation_id")),
+            format!(
+                "{} invited as {}{}, expires {}",
+                s("email"),
+                s("role"),
+                scope(),
+                s("expires_at")
+            ),
+        ),
+        MEMBER_JOINED => (
+            "member.join",
+            format!("member:{}", s("member_id")),
+            format!(
+                "{} joined as {}{}{}, first key {}",
+                s("email"),
+                s("role"),
+                scope(),
+                data["invitation_id"]
+                    .as_str()
+                    .map(|i| format!(" by invitation {i}"))
+                    .unwrap_or_default(),
+                data["key"]["key_id"].as_str().unwrap_or_default()
+            ),
+        ),
+        MEMBER_REMOVED => (
+            "member.remove",
+            format!("member:{}", s("member_id")),
+            data["reason"].as_str().unwrap_or("removed").to_owned(),
+        ),
+        ROLE_ASSIGNED => (
+            "member.set_role",
+            format!("member:{}", s("member_id")),
+            format!("role {}{}", s("role"), scope()),
+        ),
+        API_KEY_ISSUED => (
+            "api_key.issue",
+            format!("api_key:{}", s("key_id")),
+            format!("key {:?} for member {}", s("name"), s("member_id")),
+        ),
+        _ => (
+            "api_key.revoke",
+            format!("api_key:{}", s("key_id")),
+            format!("key of member {}", s("member_id")),
+        ),
     }
 }
 

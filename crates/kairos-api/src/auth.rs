@@ -1,0 +1,497 @@
+//! Authentication, authorisation and the audit of every write, in one middleware.
+//!
+//! [`ENDPOINTS`] is the one source of truth: the middleware looks each request's route up in it,
+//! and `docs/access.md` prints [`permission_table`] made from it. A route missing from the table
+//! is refused (fail closed).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use kairos_access::commands::Origin;
+use kairos_access::{Denied, Permission, Principal, Role, allows};
+use kairos_events::Event;
+use kairos_events::types::USER_ACTION;
+use serde_json::json;
+
+use crate::error::ErrorInfo;
+use crate::limits::{Caller as Bucket, Limiter};
+use crate::{ApiError, AppState};
+
+/// What a route requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Open to anyone (health checks; accepting an invitation, whose token is the credential).
+    Public,
+    /// Any valid key.
+    AnyKey,
+    /// A key whose role has this permission.
+    Key(Permission),
+}
+
+/// One route of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoint {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub guard: Guard,
+    /// The audit action of a write to it.
+    pub action: &'static str,
+}
+
+const fn ep(
+    method: &'static str,
+    path: &'static str,
+    guard: Guard,
+    action: &'static str,
+) -> Endpoint {
+    Endpoint {
+        method,
+        path,
+        guard,
+        action,
+    }
+}
+
+use Guard::{AnyKey, Key, Public};
+use Permission::*;
+
+/// Every route, what it requires, and the action a write to it is audited as.
+pub const ENDPOINTS: &[Endpoint] = &[
+    ep("GET", "/health/live", Public, "health.live"),
+    ep("GET", "/health/ready", Public, "health.ready"),
+    ep("GET", "/metrics", Key(ReadProjections), "metrics.read"),
+    ep("GET", "/v1/me", AnyKey, "me.read"),
+    ep("POST", "/v1/events", Key(PublishEvents), "events.publish"),
+    ep("GET", "/v1/events", Key(ReadProjections), "events.read"),
+    ep(
+        "GET",
+        "/v1/projects/{project}/budget",
+        Key(ReadProjections),
+        "budget.read",
+    ),
+    ep(
+        "PUT",
+        "/v1/projects/{project}/budget",
+        Key(ManageBudgets),
+        "budget.set",
+    ),
+    ep("GET", "/v1/budgets", Key(ReadProjections), "budget.list"),
+    ep(
+        "GET",
+        "/v1/projections",
+        Key(ReadProjections),
+        "projection.list",
+    ),
+    ep(
+        "POST",
+        "/v1/projections/{name}/replay",
+        Key(Replay),
+        "projection.replay",
+    ),
+    ep("GET", "/v1/audit", Key(ReadAudit), "audit.read"),
+    ep("GET", "/v1/audit/export", Key(ReadAudit), "audit.export"),
+    ep("GET", "/v1/members", Key(ManageMembers), "member.list"),
+    ep(
+        "PUT",
+        "/v1/members/{id}/role",
+        Key(ManageMembers),
+        "member.set_role",
+    ),
+    ep(
+        "DELETE",
+        "/v1/members/{id}",
+        Key(ManageMembers),
+        "member.remove",
+    ),
+    ep(
+        "GET",
+        "/v1/invitations",
+        Key(ManageMembers),
+        "member.list_invitations",
+    ),
+    ep(
+        "POST",
+        "/v1/invitations",
+        Key(ManageMembers),
+        "member.invite",
+    ),
+    ep(
+        "POST",
+        "/v1/invitations/{token}/accept",
+        Public,
+        "member.join",
+    ),
+    ep("GET", "/v1/api-keys", Key(ManageOwnKeys), "api_key.list"),
+    ep("POST", "/v1/api-keys", Key(ManageOwnKeys), "api_key.issue"),
+    ep(
+        "DELETE",
+        "/v1/api-keys/{id}",
+        Key(ManageOwnKeys),
+        "api_key.revoke",
+    ),
+];
+
+/// The endpoint serving `method` on the route `path` (a route template such as
+/// `/v1/members/{id}`).
+pub fn endpoint(method: &str, path: &str) -> Option<&'static Endpoint> {
+    ENDPOINTS
+        .iter()
+        .find(|e| e.method == method && e.path == path)
+}
+
+/// Whether a caller of `role` passes `guard`.
+pub fn admits(guard: Guard, role: Role) -> bool {
+    match guard {
+        Public | AnyKey => true,
+        Key(p) => allows(role, p),
+    }
+}
+
+/// The permission matrix as a Markdown table: one row per endpoint, one column per role.
+pub fn permission_table() -> String {
+    let mut out = String::from("| Endpoint | Requires |");
+    for r in Role::ALL {
+        out.push_str(&format!(" {r} |"));
+    }
+    out.push_str("\n|---|---|");
+    for _ in Role::ALL {
+        out.push_str(":-:|");
+    }
+    out.push('\n');
+    for e in ENDPOINTS {
+        let requires = match e.guard {
+            Public => "no key".to_owned(),
+            AnyKey => "any key".to_owned(),
+            Key(p) => format!("`{p}`"),
+        };
+        out.push_str(&format!("| `{} {}` | {requires} |", e.method, e.path));
+        for r in Role::ALL {
+            out.push_str(if admits(e.guard, r) {
+                " ✓ |"
+            } else {
+                " – |"
+            });
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Who is calling and from where; every guarded handler can extract it.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Option<Principal>,
+    pub ip: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Caller {
+    /// The principal (guarded routes always have one).
+    pub fn principal(&self) -> Result<&Principal, ApiError> {
+        self.principal
+            .as_ref()
+            .ok_or_else(|| ApiError::Unauthorized("this endpoint needs an API key".into()))
+    }
+
+    /// The origin recorded with a change this caller makes.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            actor: self
+                .principal
+                .as_ref()
+                .map_or_else(|| "anonymous".to_owned(), |p| p.email.clone()),
+            actor_role: self.principal.as_ref().map(|p| p.role),
+            ip: self.ip.clone(),
+            request_id: self.request_id.clone(),
+            source: "kairos/api".into(),
+        }
+    }
+
+    /// Refuses a project outside the caller's reach.
+    pub fn reach(&self, project: &str) -> Result<(), ApiError> {
+        let p = self.principal()?;
+        if p.reaches(project) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "your role ({}) does not reach project {project}",
+                p.role
+            )))
+        }
+    }
+}
+
+/// Marks a response whose write recorded its own auditable event (a budget or identity change),
+/// so the middleware does not record a second entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recorded;
+
+/// A summary for the audit entry of a write (e.g. how many events a batch accepted).
+#[derive(Debug, Clone)]
+pub(crate) struct AuditNote(pub String);
+
+/// The state of the middleware.
+#[derive(Clone)]
+pub(crate) struct Gate {
+    pub st: AppState,
+    pub limiter: Limiter,
+}
+
+/// The bearer token, if the header is well formed.
+fn bearer(req: &Request) -> Result<Option<&str>, ApiError> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let malformed = || {
+        ApiError::Unauthorized(
+            "malformed Authorization header: send `Authorization: Bearer <key>`".into(),
+        )
+    };
+    let text = value.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = text.trim().split_once(' ').ok_or_else(malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer")
+        || token.is_empty()
+        || token.len() > 512
+        || !token.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(malformed());
+    }
+    Ok(Some(token))
+}
+
+/// What the audit entry names as the resource: the path, except that an invitation token in
+/// it is a secret and stays out.
+fn resource(path: &str, e: &Endpoint) -> String {
+    let r = if e.path.contains("{token}") {
+        e.path
+    } else {
+        path
+    };
+    r.chars().take(500).collect()
+}
+
+/// The middleware: finds the route's guard, authenticates, authorises, runs the handler, and
+/// records writes (allowed or denied) and every refusal to a caller with a key.
+pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let Some(endpoint) = endpoint(method.as_str(), &template) else {
+        return ApiError::MethodNotAllowed(format!("{method} is not allowed on {path}"))
+            .into_response();
+    };
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let mut caller = Caller {
+        principal: None,
+        ip: ip.map(|i| i.to_string()),
+        request_id: req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(200).collect()),
+    };
+    let write = !matches!(method, Method::GET | Method::HEAD);
+    // The outer limiter leaves requests with a key to this one; a public route has no key to
+    // limit by, so such a request spends its address's bucket.
+    if endpoint.guard == Public
+        && req.headers().contains_key(header::AUTHORIZATION)
+        && let Err(limited) = gate.limiter.check(&Bucket::Ip(ip))
+    {
+        return limited.into_response();
+    }
+    if endpoint.guard != Public {
+        let token = match bearer(&req) {
+            Ok(Some(t)) => t.to_owned(),
+            Ok(None) => {
+                let e = ApiError::Unauthorized(
+                    "this endpoint needs an API key: send `Authorization: Bearer <key>`".into(),
+                );
+                return refuse(&gate, &caller, endpoint, &path, write, e, "no API key").await;
+            }
+            Err(e) => {
+                if let Err(limited) = gate.limiter.check(&Bucket::Ip(ip)) {
+                    return limited.into_response();
+                }
+                return refuse(
+                    &gate,
+                    &caller,
+                    endpoint,
+                    &path,
+                    write,
+                    e,
+                    "malformed Authorization header",
+                )
+                .await;
+            }
+        };
+        if let Err(limited) = gate
+            .limiter
+            .check(&Bucket::Key(kairos_access::lookup(&token)))
+        {
+            return limited.into_response();
+        }
+        match kairos_access::authenticate(&gate.st.pool, &gate.st.secret, &token).await {
+            Ok(p) => caller.principal = Some(p),
+            Err(Denied::Database(e)) => return ApiError::Database(e).into_response(),
+            Err(denied) => {
+                // Failed keys also spend the address's bucket, so guessing is slow.
+                if let Err(limited) = gate.limiter.check(&Bucket::Ip(ip)) {
+                    return limited.into_response();
+                }
+                let e = ApiError::Unauthorized(
+                    "the API key is not valid (unknown, revoked, expired, or its member was removed)"
+                        .into(),
+                );
+                return refuse(
+                    &gate,
+                    &caller,
+                    endpoint,
+                    &path,
+                    write,
+                    e,
+                    &denied.to_string(),
+                )
+                .await;
+            }
+        }
+        let p = caller
+            .principal
+            .as_ref()
+            .map(|p| p.role)
+            .unwrap_or(Role::Viewer);
+        if !admits(endpoint.guard, p) {
+            let need = match endpoint.guard {
+                Key(perm) => perm.as_str(),
+                _ => "a key",
+            };
+            let e = ApiError::Forbidden(format!(
+                "role {p} lacks permission {need} for {} {}",
+                endpoint.method, endpoint.path
+            ));
+            let reason = format!("role {p} lacks {need}");
+            return refuse(&gate, &caller, endpoint, &path, true, e, &reason).await;
+        }
+    }
+    req.extensions_mut().insert(caller.clone());
+    let response = next.run(req).await;
+    let status = response.status();
+    let recorded = response.extensions().get::<Recorded>().is_some();
+    if (write || status == StatusCode::FORBIDDEN) && !recorded {
+        let outcome = if status.is_success() {
+            "success"
+        } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            "denied"
+        } else {
+            "failure"
+        };
+        let reason = match (
+            response.extensions().get::<AuditNote>(),
+            response.extensions().get::<ErrorInfo>(),
+        ) {
+            (Some(n), _) => n.0.clone(),
+            (None, Some(e)) => format!("{} {}: {}", status.as_u16(), e.code, e.message),
+            (None, None) => status.to_string(),
+        };
+        audit(&gate.st, &caller, endpoint, &path, outcome, &reason).await;
+    }
+    response
+}
+
+/// Answers `e`, recording the refusal when it concerns a write or a caller with a key.
+async fn refuse(
+    gate: &Gate,
+    caller: &Caller,
+    endpoint: &Endpoint,
+    path: &str,
+    record: bool,
+    e: ApiError,
+    reason: &str,
+) -> Response {
+    if record {
+        audit(&gate.st, caller, endpoint, path, "denied", reason).await;
+    }
+    e.into_response()
+}
+
+/// Publishes a `kairos.user.action.v1` for this request; the audit projection makes it an entry.
+async fn audit(
+    st: &AppState,
+    caller: &Caller,
+    e: &Endpoint,
+    path: &str,
+    outcome: &str,
+    reason: &str,
+) {
+    let origin = caller.origin();
+    let mut data = json!({
+        "actor": origin.actor, "action": e.action, "resource": resource(path, e),
+        "outcome": outcome, "reason": reason.chars().take(1000).collect::<String>(),
+    });
+    if let Some(r) = origin.actor_role {
+        data["role"] = json!(r.as_str());
+    }
+    if let Some(ip) = &origin.ip {
+        data["ip"] = json!(ip);
+    }
+    if let Some(id) = &origin.request_id {
+        data["request_id"] = json!(id);
+    }
+    let event = Event::from_value(json!({
+        "specversion": "1.0", "id": uuid::Uuid::now_v7().to_string(), "source": "kairos/api",
+        "type": USER_ACTION, "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "datacontenttype": "application/json", "data": data,
+    }));
+    let result = match event {
+        Ok(event) => st
+            .bus
+            .publish_event(&event)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(error) = result {
+        tracing::error!(%error, action = e.action, outcome, "could not record the audit event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_docs_show_the_matrix_the_middleware_enforces() {
+        let docs = include_str!("../../../docs/access.md");
+        assert!(
+            docs.contains(&permission_table()),
+            "docs/access.md is out of date; paste the output of `kairos admin permissions`:\n{}",
+            permission_table()
+        );
+    }
+
+    #[test]
+    fn every_endpoint_is_listed_once() {
+        for (i, a) in ENDPOINTS.iter().enumerate() {
+            for b in &ENDPOINTS[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "{} {}",
+                    a.method,
+                    a.path
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! API keys and invitation tokens: generation, hashing, constant-time checking.
+
+use chrono::{DateTime, Utc};
+use hmac::{KeyInit, Mac};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row};
+
+use crate::roles::{Permission, Role, allows};
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// The server's HMAC key for API keys and invitation tokens.
+#[derive(Clone)]
+pub struct KeySecret(Vec<u8>);
+
+impl std::fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySecret(***)")
+    }
+}
+
+impl KeySecret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    /// `auth.key_secret` when configured, else the secret generated on first start and kept in
+    /// `kairos.instance` (so every instance on the database agrees).
+    pub async fn load(pool: &PgPool, configured: Option<&str>) -> Result<Self, sqlx::Error> {
+        if let Some(s) = configured {
+            return Ok(Self::new(s.as_bytes()));
+        }
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        sqlx::query("UPDATE kairos.instance SET key_secret = $1 WHERE key_secret IS NULL")
+            .bind(fresh.as_slice())
+            .execute(pool)
+            .await?;
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT key_secret FROM kairos.instance")
+            .fetch_one(pool)
+            .await?;
+        Ok(Self(stored))
+    }
+
+    fn mac(&self, secret: &str) -> HmacSha256 {
+        // HMAC accepts keys of any length.
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(secret.as_bytes());
+        mac
+    }
+
+    /// HMAC-SHA256 of `secret`: what is stored and published instead of it.
+    pub fn hash(&self, secret: &str) -> [u8; 32] {
+        self.mac(secret).finalize().into_bytes().into()
+    }
+
+    /// Whether `secret` hashes to `expected`, compared in constant time.
+    pub fn verify(&self, secret: &str, expected: &[u8]) -> bool {
+        self.mac(secret).verify_slice(expected).is_ok()
+    }
+}
+
+fn random_hex(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    // The OS random source failing is not something a caller can handle.
+    getrandom::fill(&mut bytes).unwrap_or_else(|e| panic!("no OS randomness: {e}"));
+    let mut s = String::with_capacity(prefix.len() + 64);
+    s.push_str(prefix);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// A new API key: `kairos_` and 256 random bits in hex.
+pub fn generate_key() -> String {
+    random_hex("kairos_")
+}
+
+/// A new one-time invitation token: `kinv_` and 256 random bits in hex.
+pub fn generate_token() -> String {
+    random_hex("kinv_")
+}
+
+/// The first 16 hex digits of SHA-256 of `key`: finds the stored row without revealing the key.
+pub fn lookup(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Who is calling: the member behind a valid key.
+#[derive(Debug, Clone, Serialize)]
+pub struct Principal {
+    pub member_id: String,
+    pub email: String,
+    pub role: Role,
+    /// `None`: every project.
+    pub projects: Option<Vec<String>>,
+    pub key_id: String,
+}
+
+impl Principal {
+    pub fn can(&self, permission: Permission) -> bool {
+        allows(self.role, permission)
+    }
+
+    /// Whether the member's role reaches `project`.
+    pub fn reaches(&self, project: &str) -> bool {
+        self.projects
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p == project))
+    }
+}
+
+/// Why a key was refused. The reasons go to the audit log; callers only learn "invalid key".
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    #[error("unknown API key")]
+    Unknown,
+    #[error("API key {key_id} was revoked")]
+    Revoked { key_id: String },
+    #[error("API key {key_id} expired at {at}")]
+    Expired { key_id: String, at: DateTime<Utc> },
+    #[error("the member of API key {key_id} was removed")]
+    MemberRemoved { key_id: String },
+    #[error("key store: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// The member behind `key`, if it is a valid key of an active member.
+pub async fn authenticate(
+    pool: &PgPool,
+    secret: &KeySecret,
+    key: &str,
+) -> Result<Principal, Denied> {
+    let rows = sqlx::query(
+        "SELECT k.key_id, k.hash, k.expires_at, k.revoked_at IS NOT NULL AS revoked,
+                m.member_id, m.email, m.role, m.projects, m.status
+           FROM access.api_keys k JOIN access.members m USING (member_id)
+          WHERE k.lookup = $1",
+    )
+    .bind(lookup(key))
+    .fetch_all(pool)
+    .await?;
+    // A 64-bit prefix can collide; the HMAC decides, in constant time.
+    let Some(row) = rows
+        .into_iter()
+        .find(|r| secret.verify(key, &r.get::<Vec<u8>, _>("hash")))
+    else {
+        return Err(Denied::Unknown);
+    };
+    let key_id: String = row.get("key_id");
+    if row.get::<bool, _>("revoked") {
+        return Err(Denied::Revoked { key_id });
+    }
+    if let Some(at) = row.get::<Option<DateTime<Utc>>, _>("expires_at")
+        && at <= Utc::now()
+    {
+        return Err(Denied::Expired { key_id, at });
+    }
+    if row.get::<String, _>("status") != "active" {
+        return Err(Denied::MemberRemoved { key_id });
+    }
+    let role: String = row.get("role");
+    Ok(Principal {
+        member_id: row.get("member_id"),
+        email: row.get("email"),
+        role: Role::parse(&role).ok_or_else(|| {
+            Denied::Database(sqlx::Error::Protocol(format!("unknown role {role:?}")))
+        })?,
+        projects: row.get("projects"),
+        key_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_random_and_hashes_keyed() {
+        let (a, b) = (generate_key(), generate_key());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "kairos_".len() + 64);
+        let s1 = KeySecret::new(b"one".to_vec());
+        let s2 = KeySecret::new(b"two".to_vec());
+        assert_ne!(s1.hash(&a), s2.hash(&a));
+        assert!(s1.verify(&a, &s1.hash(&a)));
+        assert!(!s1.verify(&b, &s1.hash(&a)));
+        assert!(!s1.verify(&a, &[0; 31]));
+        assert_eq!(lookup(&a).len(), 16);
+        assert_eq!(unhex(&hex(&[0, 255, 16])), Some(vec![0, 255, 16]));
+        assert_eq!(unhex("zz"), None);
+        assert!(!format!("{s1:?}").contains("one"));
+    }
+}

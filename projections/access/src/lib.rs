@@ -1,0 +1,27 @@
+//! Who may do what: members, roles, invitations and API keys, event-sourced.
+//!
+//! Every change is an event (`kairos.member.invited.v1`, `…member.joined…`, `…member.removed…`,
+//! `kairos.role.assigned.v1`, `kairos.api_key.issued.v1`, `…api_key.revoked…`); the [`Access`]
+//! projection folds them into `access.members`, `access.invitations` and `access.api_keys`.
+//! [`commands`] checks a change against the current state and publishes its event (the API and
+//! `kairos admin` both call it); [`authenticate`] turns a bearer key into a [`Principal`];
+//! [`allows`] is the permission matrix the API middleware enforces and `docs/access.md` shows.
+//!
+//! Secrets never leave the caller: keys and invitation tokens are stored, and published, only as
+//! HMAC-SHA256 under the server's key secret, and compared in constant time.
+
+pub mod commands;
+mod keys;
+mod projection;
+mod roles;
+mod views;
+
+pub use keys::{Denied, KeySecret, Principal, authenticate, generate_key, generate_token, lookup};
+pub use projection::{Access, Change};
+pub use roles::{Permission, Role, allows};
+pub use views::{
+    InvitationView, KeyView, MemberView, active_admins, invitations, keys, member, members,
+};
+
+/// Projection name, checkpoint key and schema.
+pub const NAME: &str = "access";

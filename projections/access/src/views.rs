@@ -1,0 +1,106 @@
+//! Reading the access tables (never secrets, never hashes).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgPool};
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct MemberView {
+    pub member_id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub role: String,
+    pub projects: Option<Vec<String>>,
+    pub status: String,
+    pub joined_at: DateTime<Utc>,
+    pub joined_by: String,
+    pub removed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct KeyView {
+    pub key_id: String,
+    pub member_id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct InvitationView {
+    pub invitation_id: String,
+    pub email: String,
+    pub role: String,
+    pub projects: Option<Vec<String>>,
+    pub expires_at: DateTime<Utc>,
+    pub invited_by: String,
+    pub invited_at: DateTime<Utc>,
+    pub accepted_at: Option<DateTime<Utc>>,
+    pub member_id: Option<String>,
+}
+
+/// Every member, active first, then by join time.
+pub async fn members(pool: &PgPool, include_removed: bool) -> Result<Vec<MemberView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT member_id, email, name, role, projects, status, joined_at, joined_by, removed_at
+           FROM access.members WHERE $1 OR status = 'active'
+          ORDER BY status, joined_at, member_id",
+    )
+    .bind(include_removed)
+    .fetch_all(pool)
+    .await
+}
+
+/// One member, in whatever state.
+pub async fn member(pool: &PgPool, member_id: &str) -> Result<Option<MemberView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT member_id, email, name, role, projects, status, joined_at, joined_by, removed_at
+           FROM access.members WHERE member_id = $1",
+    )
+    .bind(member_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// API keys (of one member, or all), newest first.
+pub async fn keys(pool: &PgPool, member_id: Option<&str>) -> Result<Vec<KeyView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT key_id, member_id, name, created_at, created_by, expires_at, revoked_at
+           FROM access.api_keys WHERE $1::text IS NULL OR member_id = $1
+          ORDER BY created_at DESC, key_id",
+    )
+    .bind(member_id)
+    .fetch_all(pool)
+    .await
+}
+
+pub(crate) async fn key(pool: &PgPool, key_id: &str) -> Result<Option<KeyView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT key_id, member_id, name, created_at, created_by, expires_at, revoked_at
+           FROM access.api_keys WHERE key_id = $1",
+    )
+    .bind(key_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Invitations, newest first.
+pub async fn invitations(pool: &PgPool) -> Result<Vec<InvitationView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT invitation_id, email, role, projects, expires_at, invited_by, invited_at, accepted_at, member_id
+           FROM access.invitations ORDER BY invited_at DESC, invitation_id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// How many active admins there are.
+pub async fn active_admins(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM access.members WHERE status = 'active' AND role = 'admin'",
+    )
+    .fetch_one(pool)
+    .await
+}

@@ -38,7 +38,8 @@ CREATE TABLE access.api_keys (
     key_id     text PRIMARY KEY,
     member_id  text NOT NULL,
     name       text NOT NULL,
-    -- First 16 hex digits of SHA-256 of the key: finds the row whose HMAC is then compared.
+    -- First 16 hex digits of HMAC-SHA256(key secret, "lookup:" + key): finds the row whose HMAC
+    -- of the key is then compared; without the secret it reveals nothing.
     lookup     text NOT NULL,
     hash       bytea NOT NULL CHECK (length(hash) = 32),
     created_at timestamptz NOT NULL,

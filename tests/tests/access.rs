@@ -320,16 +320,21 @@ async fn invitations_keys_and_roles_through_their_life(pool: PgPool) {
             .0,
         200
     );
-    app.put_json("/v1/projects/p2/budget", &json!({"monthly_limit": "7"}))
+    let (_, p2) = app
+        .put_json("/v1/projects/p2/budget", &json!({"monthly_limit": "7"}))
         .await;
-    let (_, list) = send(dana.get(format!("{}/v1/budgets?period=2026-11", app.url))).await;
+    let (_, list) = send(dana.get(format!(
+        "{}/v1/budgets?period=2026-11&min_seq={}",
+        app.url, p2["seq"]
+    )))
+    .await;
     let seen: Vec<&str> = list["budgets"]
         .as_array()
         .unwrap()
         .iter()
         .map(|b| b["project"].as_str().unwrap())
         .collect();
-    assert!(!seen.contains(&"p2"), "{list}");
+    assert_eq!(seen, ["p1"], "{list}");
 
     // Nobody publishes identity events around the API, not even an admin.
     let (status, r) = app
@@ -474,7 +479,32 @@ async fn every_write_leaves_exactly_one_audit_entry(pool: PgPool) {
     let token_path = inv["accept"].as_str().unwrap().to_owned();
 
     // (who, method, path, body, expected status, audited actor, outcome, action)
+    let mut forged_budget = kairos_tests::budget_set("fb1", "alpha", "1", 50);
+    forged_budget["data"]["actor"] = json!("ceo@example.com");
+    forged_budget["data"]["actor_role"] = json!("admin");
+    let reserved = json!({"specversion": "1.0", "id": "r1", "source": "me", "type": "kairos.role.assigned.v1",
+        "data": {"member_id": dev_id, "role": "admin", "actor": "me"}});
     let writes: Vec<AuditCase> = vec![
+        (
+            Some(&admin),
+            "POST",
+            "/v1/events".into(),
+            reserved,
+            400,
+            "admin@kairos.local",
+            "denied",
+            "events.publish",
+        ),
+        (
+            Some(&admin),
+            "POST",
+            "/v1/events".into(),
+            forged_budget,
+            202,
+            "admin@kairos.local",
+            "success",
+            "events.publish",
+        ),
         (
             Some(&admin),
             "POST",
@@ -707,6 +737,25 @@ async fn every_write_leaves_exactly_one_audit_entry(pool: PgPool) {
         );
         assert_eq!(e["ip"], "127.0.0.1", "{e}");
     }
+    // The budget change that event reported is audited under its producer, not the actor it
+    // claims: only Kairos's own events name who acted.
+    let (_, r) = app.get("/v1/audit?action=budget.set&limit=1000").await;
+    let reported: Vec<&Value> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_id"] == "fb1")
+        .collect();
+    assert_eq!(reported.len(), 1, "{r}");
+    assert_eq!(
+        (
+            reported[0]["actor"].as_str(),
+            reported[0]["actor_role"].as_str()
+        ),
+        (Some("test/admin"), None),
+        "{}",
+        reported[0]
+    );
     let verified = kairos_audit::verify_chain(&pool).await.unwrap();
     assert_eq!(verified.first_bad, None);
     app.cleanup().await;
@@ -765,6 +814,54 @@ async fn keys_never_appear_in_logs_errors_audit_or_the_stream(pool: PgPool) {
     )
     .await;
     let second = k2["api_key"].as_str().unwrap().to_owned();
+    // A row sharing sam's lookup prefix but belonging to the admin, with another hash: the HMAC,
+    // not the prefix, decides whose key it is.
+    let admin_id: String =
+        sqlx::query_scalar("SELECT member_id FROM access.members WHERE role = 'admin'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "INSERT INTO access.api_keys (key_id, member_id, name, lookup, hash, created_at, created_by, seq)
+         SELECT gen_random_uuid()::text, $1, 'collision', lookup, sha256(hash), now(), 'test', 0
+           FROM access.api_keys WHERE key_id = $2",
+    )
+    .bind(&admin_id)
+    .bind(joined["key_id"].as_str().unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (_, me) = send(client(&sam).get(format!("{}/v1/me", app.url))).await;
+    assert_eq!(me["email"], "sam@example.com", "{me}");
+    // Listing the stream shows who holds keys, never hashes; without read_audit, not even that.
+    let (_, all) = app.get("/v1/events?limit=1000").await;
+    let identity: Vec<&Value> = all["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            kairos_events::types::IDENTITY.contains(&e["event"]["type"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert!(identity.len() >= 4, "{all}");
+    for e in &identity {
+        let d = &e["event"]["data"];
+        assert!(
+            d.get("hash").is_none()
+                && d.get("lookup").is_none()
+                && d.get("token_hash").is_none()
+                && d["key"].get("hash").is_none(),
+            "{e}"
+        );
+    }
+    let (_, mine) = send(client(&sam).get(format!("{}/v1/events?limit=1000", app.url))).await;
+    assert!(
+        mine["events"].as_array().unwrap().iter().all(|e| {
+            let t = e["event"]["type"].as_str().unwrap_or("");
+            t != "kairos.user.action.v1" && !kairos_events::types::IDENTITY.contains(&t)
+        }),
+        "{mine}"
+    );
     let secrets = [
         app.admin_key.clone(),
         token.clone(),

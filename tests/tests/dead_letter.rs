@@ -25,6 +25,11 @@ async fn poison_goes_to_the_dead_letter_subject_and_the_rest_is_applied(pool: Pg
             serde_json::to_vec(&json!({"specversion": "1.0"})).unwrap(),
             "missing_attribute",
         ),
+        // A valid event of another project, stored under acme's subject.
+        (
+            serde_json::to_vec(&llm_call("p-6", "other", "1")).unwrap(),
+            "subject_mismatch",
+        ),
     ];
     let mut expected_total = kairos_events::Money::ZERO;
     let mut last = 0;
@@ -66,7 +71,11 @@ async fn poison_goes_to_the_dead_letter_subject_and_the_rest_is_applied(pool: Pg
     let (status, b) = app.get("/v1/projects/acme/budget?period=2026-11").await;
     assert_eq!(status, 200, "{b}");
     assert_eq!(b["spent"], expected_total.to_string());
-    assert_eq!(b["calls"], 11);
+    assert_eq!(
+        b["calls"],
+        2 * poison.len() + 1,
+        "two good events around each poison, one last"
+    );
 
     let dlq = app
         .read_stream(
@@ -109,9 +118,19 @@ async fn poison_goes_to_the_dead_letter_subject_and_the_rest_is_applied(pool: Pg
             .unwrap(),
     );
     assert!(
-        metrics.contains("kairos_projection_dead_lettered_total{projection=\"budgets\"} 5"),
+        metrics.contains(&format!(
+            "kairos_projection_dead_lettered_total{{projection=\"budgets\"}} {}",
+            poison.len()
+        )),
         "{metrics}"
     );
+    // The audit projection does not read LLM calls: it neither folds nor judges them.
+    app.wait_for("audit", last).await;
+    let audit = kairos_runtime::checkpoint(&app.kairos.pool, "audit")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((audit.dead_lettered, audit.events_applied > 0), (0, true));
     assert!(
         metrics.contains("kairos_projection_lag_events{projection=\"budgets\"} 0"),
         "{metrics}"

@@ -157,6 +157,9 @@ async fn budgets_are_exact_under_duplicates_crashes_and_redelivery(pool: PgPool)
         .max()
         .unwrap();
     drop(held);
+    // Catching up (forced redeliveries included) may outlast a read's 10 s wait on a loaded
+    // machine; what is checked here is the result, so wait for it first (bounded, 60 s).
+    app.wait_for("budgets", last_seq).await;
 
     // Every project's spend is the exact sum of its distinct events.
     for (project, (spent, calls)) in &truth {

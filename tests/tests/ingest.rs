@@ -473,11 +473,14 @@ async fn clients_over_their_rate_get_429_and_security_headers_are_set(pool: PgPo
     assert!(first.contains(&429));
     assert_eq!(hammer(&app, &second, "/v1/me", 1).await, vec![200]);
 
-    // Failed keys spend their address's bucket: guessing keys soon gets 429, not 401.
-    let guesser = kairos_tests::client(
-        "kairos_0000000000000000000000000000000000000000000000000000000000000000",
-    );
-    let guesses = hammer(&app, &guesser, "/v1/me", 30).await;
+    // Failed keys spend their address's bucket: guessing keys, a new one each time (each with
+    // a fresh key bucket), soon gets 429, not 401.
+    let mut guesses = Vec::new();
+    for i in 0..30 {
+        let guess = kairos_tests::client(&format!("kairos_{i:064}"));
+        guesses.extend(hammer(&app, &guess, "/v1/me", 1).await);
+    }
+    let guesser = kairos_tests::client(&format!("kairos_{:064}", 99));
     assert!((10..=13).contains(&passed(&guesses, 401)), "{guesses:?}");
     assert!(guesses.contains(&429));
     // ... the same bucket requests without a key spend.
@@ -486,6 +489,8 @@ async fn clients_over_their_rate_get_429_and_security_headers_are_set(pool: PgPo
     assert!(health.contains(&429), "{health:?}");
     // A key on a public route does not open another bucket.
     assert_eq!(hammer(&app, &guesser, "/health/live", 1).await, vec![429]);
+    // And while the address is blocked for guessing, even a right key is refused unchecked.
+    assert_eq!(hammer(&app, &second, "/v1/me", 1).await, vec![429]);
     app.cleanup().await;
 }
 

@@ -230,9 +230,13 @@ impl Caller {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Recorded;
 
-/// A summary for the audit entry of a write (e.g. how many events a batch accepted).
+/// A summary for the audit entry of a write (e.g. how many events a batch accepted), and
+/// whether part of it was refused for want of permission (then the outcome is `denied`).
 #[derive(Debug, Clone)]
-pub(crate) struct AuditNote(pub String);
+pub(crate) struct AuditNote {
+    pub reason: String,
+    pub denied: bool,
+}
 
 /// The state of the middleware.
 #[derive(Clone)]
@@ -268,11 +272,26 @@ fn bearer(req: &Request) -> Result<Option<&str>, ApiError> {
 /// it is a secret and stays out.
 fn resource(path: &str, e: &Endpoint) -> String {
     let r = if e.path.contains("{token}") {
-        e.path
+        e.path.to_owned()
     } else {
-        path
+        redact_path(path)
     };
     r.chars().take(500).collect()
+}
+
+/// `path` with every segment that looks like a key or an invitation token (someone pasted one
+/// where an id belongs) replaced by `{redacted}`.
+pub(crate) fn redact_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if seg.starts_with("kairos_") || seg.starts_with("kinv_") {
+                "{redacted}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// The middleware: finds the route's guard, authenticates, authorises, runs the handler, and
@@ -321,7 +340,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
                 return refuse(&gate, &caller, endpoint, &path, write, e, "no API key").await;
             }
             Err(e) => {
-                if let Err(limited) = gate.limiter.check(&Bucket::Ip(ip)) {
+                if let Err(limited) = gate.limiter.failed(ip) {
                     return limited.into_response();
                 }
                 return refuse(
@@ -338,8 +357,11 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
         };
         if let Err(limited) = gate
             .limiter
-            .check(&Bucket::Key(kairos_access::lookup(&token)))
+            .check(&Bucket::Key(gate.st.secret.lookup(&token)))
         {
+            return limited.into_response();
+        }
+        if let Err(limited) = gate.limiter.guessing(ip) {
             return limited.into_response();
         }
         match kairos_access::authenticate(&gate.st.pool, &gate.st.secret, &token).await {
@@ -347,7 +369,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
             Err(Denied::Database(e)) => return ApiError::Database(e).into_response(),
             Err(denied) => {
                 // Failed keys also spend the address's bucket, so guessing is slow.
-                if let Err(limited) = gate.limiter.check(&Bucket::Ip(ip)) {
+                if let Err(limited) = gate.limiter.failed(ip) {
                     return limited.into_response();
                 }
                 let e = ApiError::Unauthorized(
@@ -389,18 +411,18 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
     let status = response.status();
     let recorded = response.extensions().get::<Recorded>().is_some();
     if (write || status == StatusCode::FORBIDDEN) && !recorded {
-        let outcome = if status.is_success() {
-            "success"
-        } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        let note = response.extensions().get::<AuditNote>();
+        let outcome = if note.is_some_and(|n| n.denied)
+            || matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        {
             "denied"
+        } else if status.is_success() {
+            "success"
         } else {
             "failure"
         };
-        let reason = match (
-            response.extensions().get::<AuditNote>(),
-            response.extensions().get::<ErrorInfo>(),
-        ) {
-            (Some(n), _) => n.0.clone(),
+        let reason = match (note, response.extensions().get::<ErrorInfo>()) {
+            (Some(n), _) => n.reason.clone(),
             (None, Some(e)) => format!("{} {}: {}", status.as_u16(), e.code, e.message),
             (None, None) => status.to_string(),
         };

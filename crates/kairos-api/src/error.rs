@@ -153,6 +153,7 @@ impl From<kairos_access::commands::CommandError> for ApiError {
             C::Gone(m) => Self::Gone(m),
             C::Database(e) => Self::Database(e),
             C::Stream(m) => Self::StreamUnavailable(m),
+            C::Behind(m) => Self::NotYetApplied(m),
         }
     }
 }

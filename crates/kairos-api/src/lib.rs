@@ -117,7 +117,7 @@ impl HttpSettings {
 }
 
 /// The `[auth]` section of `kairos.toml`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     /// On first start, when no admin exists, this key becomes the first admin's key. Also read
@@ -141,6 +141,19 @@ fn default_admin_email() -> String {
 }
 fn default_invitation_hours() -> u32 {
     72
+}
+
+impl std::fmt::Debug for AuthSettings {
+    /// Shows whether the secrets are set, never what they are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &Option<String>| s.as_ref().map(|_| "***");
+        f.debug_struct("AuthSettings")
+            .field("bootstrap_admin_key", &set(&self.bootstrap_admin_key))
+            .field("bootstrap_admin_email", &self.bootstrap_admin_email)
+            .field("key_secret", &set(&self.key_secret))
+            .field("invitation_ttl_hours", &self.invitation_ttl_hours)
+            .finish()
+    }
 }
 
 impl AuthSettings {
@@ -255,14 +268,14 @@ pub fn router(state: AppState) -> Router {
 fn span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     let path = req.uri().path();
     let path = if path.starts_with("/v1/invitations/") && path.ends_with("/accept") {
-        "/v1/invitations/{token}/accept"
+        "/v1/invitations/{token}/accept".to_owned()
     } else {
-        path
+        auth::redact_path(path)
     };
     let id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!("request", method = %req.method(), path, request_id = id)
+    tracing::info_span!("request", method = %req.method(), path = %path, request_id = id)
 }

@@ -1,8 +1,10 @@
 //! Abuse limits: a token bucket per API key and per client address, and the security headers every answer carries.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
@@ -22,16 +24,67 @@ pub(crate) enum Caller {
     Key(String),
 }
 
-/// Token buckets per key and per client address; `None` when limiting is off.
+/// Token buckets per key and per client address (`None` when limiting is off), and the addresses
+/// that spent their bucket on failed keys, refused any key until their bucket refills.
 #[derive(Clone)]
-pub(crate) struct Limiter(Option<Arc<DefaultKeyedRateLimiter<Caller>>>);
+pub(crate) struct Limiter(
+    Option<Arc<DefaultKeyedRateLimiter<Caller>>>,
+    Arc<Mutex<HashMap<Option<IpAddr>, Instant>>>,
+    /// How long a guessing address stays blocked: the time its bucket takes to fill up again.
+    std::time::Duration,
+);
 
 impl Limiter {
     pub(crate) fn new(per_second: u32, burst: u32) -> Self {
         let quota = NonZeroU32::new(per_second).map(|rate| {
             Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(rate))
         });
-        Self(quota.map(|q| Arc::new(RateLimiter::keyed(q))))
+        let refill = std::time::Duration::from_secs_f64(
+            f64::from(burst.max(1)) / f64::from(per_second.max(1)),
+        );
+        Self(
+            quota.map(|q| Arc::new(RateLimiter::keyed(q))),
+            Arc::default(),
+            refill.max(std::time::Duration::from_secs(1)),
+        )
+    }
+
+    fn blocked(&self) -> std::sync::MutexGuard<'_, HashMap<Option<IpAddr>, Instant>> {
+        self.1
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Refuses an address that is guessing keys, before its next key is even looked up: once
+    /// blocked, a right guess is refused like a wrong one.
+    pub(crate) fn guessing(&self, ip: Option<IpAddr>) -> Result<(), Limited> {
+        let mut blocked = self.blocked();
+        match blocked.get(&ip) {
+            Some(until) if *until > Instant::now() => {
+                let wait = until.saturating_duration_since(Instant::now());
+                Err(Limited(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)))
+            }
+            Some(_) => {
+                blocked.remove(&ip);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A key from `ip` failed: spends the address's bucket, and once it is spent blocks the
+    /// address until the bucket would be full again.
+    pub(crate) fn failed(&self, ip: Option<IpAddr>) -> Result<(), Limited> {
+        let spent = self.check(&Caller::Ip(ip));
+        if spent.is_err() {
+            let mut blocked = self.blocked();
+            if blocked.len() > 100_000 {
+                let now = Instant::now();
+                blocked.retain(|_, until| *until > now);
+            }
+            blocked.insert(ip, Instant::now() + self.2);
+        }
+        spent
     }
 
     /// Spends one token of `caller`'s bucket, or says how long to wait.

@@ -105,15 +105,11 @@ pub(crate) async fn list_members(
     Ok(Json(json!({ "members": members })))
 }
 
+/// An id from the path; what is not one is not echoed (it may be a key pasted by mistake).
 fn id_param(raw: &str, what: &str) -> Result<String, ApiError> {
     uuid::Uuid::parse_str(raw)
         .map(|u| u.to_string())
-        .map_err(|_| {
-            ApiError::NotFound(format!(
-                "no {what} {:?}",
-                raw.chars().take(80).collect::<String>()
-            ))
-        })
+        .map_err(|_| ApiError::NotFound(format!("no {what} with that id (ids are UUIDs)")))
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use kairos_access::Permission;
 use kairos_budgets as budgets;
-use kairos_events::types::{BUDGET_SET, is_reserved};
+use kairos_events::types::{BUDGET_SET, IDENTITY, USER_ACTION, is_reserved};
 use kairos_events::{
     Event, EventError, Period, ProjectId, parse_batch, parse_binary, parse_structured,
 };
@@ -184,7 +184,7 @@ async fn ingest(
         .collect();
     let receipts = st.bus.publish_events(&valid).await;
     let mut results = Vec::with_capacity(slots.len());
-    let (mut accepted, mut rejected, mut unavailable) = (0u64, 0u64, 0u64);
+    let (mut accepted, mut rejected, mut unavailable, mut refused) = (0u64, 0u64, 0u64, 0u64);
     for (index, slot) in slots.iter().enumerate() {
         match slot {
             Ok(i) => match &receipts[*i] {
@@ -209,6 +209,10 @@ async fn ingest(
             },
             Err(e) => {
                 rejected += 1;
+                // Refused for who the caller is, not for what the event says.
+                if matches!(e.code, "forbidden" | "reserved_type" | "reserved_source") {
+                    refused += 1;
+                }
                 let mut error = json!({"code": e.code, "message": e.message});
                 if let Some(f) = &e.field {
                     error["field"] = json!(f);
@@ -228,16 +232,19 @@ async fn ingest(
             "no event was acknowledged".into(),
         ));
     }
-    if accepted == 0 {
-        return Err(ApiError::AllRejected {
+    let mut response = if accepted == 0 {
+        ApiError::AllRejected {
             results: Value::Array(results),
-        });
-    }
-    let body = json!({"accepted": accepted, "rejected": rejected, "failed": unavailable, "results": results});
-    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-    response.extensions_mut().insert(AuditNote(format!(
-        "accepted {accepted}, rejected {rejected}, failed {unavailable}"
-    )));
+        }
+        .into_response()
+    } else {
+        let body = json!({"accepted": accepted, "rejected": rejected, "failed": unavailable, "results": results});
+        (StatusCode::ACCEPTED, Json(body)).into_response()
+    };
+    response.extensions_mut().insert(AuditNote {
+        reason: format!("accepted {accepted}, rejected {rejected}, failed {unavailable}"),
+        denied: refused > 0,
+    });
     Ok(response)
 }
 
@@ -471,12 +478,12 @@ async fn list_budgets(
         ));
     }
     q.wait(&st).await?;
-    let mut items = budgets::list(&st.pool, period, q.after.as_deref(), limit).await?;
+    // A role narrowed to projects sees only those.
+    let only = principal.projects.as_deref();
+    let items = budgets::list(&st.pool, period, q.after.as_deref(), limit, only).await?;
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|b| b.project.clone()))
         .flatten();
-    // A role narrowed to projects sees only those (pages stay keyed on every project).
-    items.retain(|b| principal.reaches(b.project.as_str()));
     Ok(Json(
         json!({"period": period, "budgets": items, "next_after": next}),
     ))
@@ -728,6 +735,7 @@ async fn list_events(
         }
         None => None,
     };
+    let can_audit = caller.principal()?.can(Permission::ReadAudit);
     let unavailable = |e: kairos_bus::BusError| ApiError::StreamUnavailable(e.to_string());
     let last = st.bus.last_seq().await.map_err(unavailable)?.0;
     let start = match (after, from) {
@@ -749,11 +757,19 @@ async fn list_events(
                 break;
             }
             scanned += 1;
-            let event: Option<Value> = serde_json::from_slice(&m.payload).ok();
-            let matches =
-                q.ty.as_deref()
-                    .is_none_or(|t| event.as_ref().and_then(|e| e["type"].as_str()) == Some(t));
-            if matches {
+            let mut event: Option<Value> = serde_json::from_slice(&m.payload).ok();
+            let ty = event
+                .as_ref()
+                .and_then(|e| e["type"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            let matches = q.ty.as_deref().is_none_or(|t| ty == t);
+            // What people did and who holds which keys is audit material.
+            let private = ty == USER_ACTION || IDENTITY.contains(&ty.as_str());
+            if let Some(e) = event.as_mut().filter(|_| IDENTITY.contains(&ty.as_str())) {
+                redact_identity(e);
+            }
+            if matches && (!private || can_audit) {
                 let mut item = json!({"seq": m.seq.0, "stored_at": m.stored_at, "subject": m.subject, "event": event});
                 if item["event"].is_null() {
                     item["raw"] = json!(String::from_utf8_lossy(
@@ -774,6 +790,21 @@ async fn list_events(
     Ok(Json(
         json!({"events": events, "next_after": next_after, "stream_last_seq": last}),
     ))
+}
+
+/// Takes the key and token hashes (and lookups) out of an identity event: listing the stream
+/// shows who holds keys, never material to test guesses against.
+fn redact_identity(event: &mut Value) {
+    let data = &mut event["data"];
+    for field in ["hash", "lookup", "token_hash"] {
+        if let Some(d) = data.as_object_mut() {
+            d.remove(field);
+        }
+    }
+    if let Some(k) = data["key"].as_object_mut() {
+        k.remove("hash");
+        k.remove("lookup");
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,12 +4,12 @@
 use std::collections::HashSet;
 
 use kairos_bus::Bus;
-use kairos_events::{Event, StreamSeq};
+use kairos_events::StreamSeq;
 use sqlx::PgPool;
 use tracing::{debug, warn};
 
 use crate::store::{self, Advance};
-use crate::{ApplyError, Projection, Rejection, StoredEvent};
+use crate::{ApplyError, Projection};
 
 /// A message as delivered from the stream, whatever consumer delivered it.
 pub use kairos_bus::StoredMessage as Delivered;
@@ -137,16 +137,13 @@ pub(crate) async fn apply_batch<P: Projection>(
     let mut dead = 0i64;
     let mut duplicates = 0i64;
     let mut seen = HashSet::new();
-    for m in batch {
-        let decoded = Event::from_slice(&m.payload)
-            .map_err(Rejection::from)
-            .and_then(|event| {
-                let stored = StoredEvent {
-                    seq: m.seq,
-                    subject: m.subject.clone(),
-                    stored_at: m.stored_at,
-                    event,
-                };
+    let prefix = &bus.config().subject_prefix;
+    for m in batch
+        .iter()
+        .filter(|m| crate::reads(projection, &m.subject))
+    {
+        let decoded = crate::stored_event(prefix, m.seq, &m.subject, m.stored_at, &m.payload)
+            .and_then(|stored| {
                 let identity = stored.event.identity();
                 projection
                     .decode(&stored)

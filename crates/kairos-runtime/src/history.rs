@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use kairos_bus::{Bus, ReadFrom};
-use kairos_events::{Event, StreamSeq};
+use kairos_events::StreamSeq;
 use sqlx::PgPool;
 
+use crate::Projection;
 use crate::store::to_i64;
-use crate::{Projection, StoredEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -81,17 +81,18 @@ pub async fn items_between<P: Projection>(
             break;
         }
         let seq = d.seq;
-        if let Ok(event) = Event::from_slice(&d.payload) {
-            let identity = event.identity();
-            let stored = StoredEvent {
+        // Exactly what the live projection folded: what it reads, parses and decodes.
+        if crate::reads(projection, &d.subject)
+            && let Ok(stored) = crate::stored_event(
+                &bus.config().subject_prefix,
                 seq,
-                subject: d.subject,
-                stored_at: d.stored_at,
-                event,
-            };
-            if let Ok(Some(item)) = projection.decode(&stored) {
-                decoded.push((identity, seq, item));
-            }
+                &d.subject,
+                d.stored_at,
+                &d.payload,
+            )
+            && let Ok(Some(item)) = projection.decode(&stored)
+        {
+            decoded.push((stored.event.identity(), seq, item));
         }
         if seq >= upto {
             break;

@@ -87,6 +87,14 @@ pub trait Projection: Send + Sync + 'static {
     /// rebuilt by replay) first on the search path.
     fn schema(&self) -> &'static str;
 
+    /// The subject categories (`<prefix>.events.<category>.<project>`) this projection reads;
+    /// `None` (the default) reads every one. Messages on other subjects are passed over without
+    /// being parsed (the checkpoint still moves over them): most of the stream is LLM calls,
+    /// which the audit and access projections have no use for.
+    fn categories(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Pure decoding: `Ok(None)` for events this projection ignores (unknown types included),
     /// `Err` for an event it must fold but cannot (dead-lettered).
     fn decode(&self, event: &StoredEvent) -> Result<Option<Self::Item>, Rejection>;
@@ -108,6 +116,45 @@ pub trait Projection: Send + Sync + 'static {
         let _ = tx;
         async { Ok(None) }
     }
+}
+
+/// Whether `projection` reads the message stored on `subject` (see [`Projection::categories`]).
+pub fn reads<P: Projection>(projection: &P, subject: &str) -> bool {
+    projection.categories().is_none_or(|cats| {
+        subject
+            .rsplit('.')
+            .nth(1)
+            .is_some_and(|c| cats.contains(&c))
+    })
+}
+
+/// Parses a stored message into the event a projection decodes: it must be a valid event, stored
+/// on the subject its type and project give (an event a producer published to NATS under another
+/// subject would escape the projections reading its own).
+pub(crate) fn stored_event(
+    prefix: &str,
+    seq: StreamSeq,
+    subject: &str,
+    stored_at: DateTime<Utc>,
+    payload: &[u8],
+) -> Result<StoredEvent, Rejection> {
+    let event = Event::from_slice(payload)?;
+    let expected = event.nats_subject(prefix);
+    if expected != subject {
+        return Err(Rejection {
+            code: "subject_mismatch",
+            reason: format!(
+                "stored on {subject}, but a {} event belongs on {expected}",
+                event.event_type().as_str()
+            ),
+        });
+    }
+    Ok(StoredEvent {
+        seq,
+        subject: subject.to_owned(),
+        stored_at,
+        event,
+    })
 }
 
 /// Why a batch could not be applied.

@@ -471,23 +471,40 @@ async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<ExitCode
         allow_partial: args.allow_partial,
         ..Default::default()
     };
-    for name in names {
-        let report = k
-            .replay(&name, &opts, |p| {
-                let pct = if p.target == 0 {
-                    100.0
-                } else {
-                    p.at as f64 * 100.0 / p.target as f64
-                };
-                let eta = p.eta().map_or("?".into(), |d| format!("{}s", d.as_secs()));
-                eprint!(
-                    "\r{name}: {:>5.1}% {}/{} · {:.0} events/s · ETA {eta}   ",
-                    pct, p.at, p.target, p.events_per_sec
-                );
-                let _ = std::io::stderr().flush();
-            })
-            .await?;
-        eprintln!();
+    // Projections rebuild side by side (each reads the stream on its own), one progress line
+    // for all of them.
+    let progress: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>> =
+        std::sync::Arc::default();
+    let rebuilds = names.iter().map(|name| {
+        let progress = progress.clone();
+        let (k, opts) = (&k, &opts);
+        async move {
+            let report = k
+                .replay(name, opts, |p| {
+                    let pct = if p.target == 0 {
+                        100.0
+                    } else {
+                        p.at as f64 * 100.0 / p.target as f64
+                    };
+                    let eta = p.eta().map_or("?".into(), |d| format!("{}s", d.as_secs()));
+                    let mut all = progress
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    all.insert(
+                        name.clone(),
+                        format!("{name} {pct:.1}% ({:.0}/s, ETA {eta})", p.events_per_sec),
+                    );
+                    let line: Vec<&str> = all.values().map(String::as_str).collect();
+                    eprint!("\r{}   ", line.join(" · "));
+                    let _ = std::io::stderr().flush();
+                })
+                .await?;
+            anyhow::Ok((name, report))
+        }
+    });
+    let reports = futures_util::future::try_join_all(rebuilds).await?;
+    eprintln!();
+    for (name, report) in reports {
         let rate = report.events_read as f64 / report.elapsed.as_secs_f64().max(1e-6);
         println!(
             "{name}: rebuilt to sequence {} ({} events read in {:.1}s, {rate:.0} events/s); {}",

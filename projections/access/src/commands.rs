@@ -17,9 +17,9 @@ use kairos_runtime::{CheckpointWatch, WaitError};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Transaction};
 
-use crate::keys::{KeySecret, generate_key, generate_token, hex, lookup};
+use crate::keys::{KeySecret, generate_key, generate_token, hex};
 use crate::roles::Role;
 use crate::views::{self, KeyView, MemberView};
 
@@ -64,6 +64,9 @@ pub enum CommandError {
     Database(#[from] sqlx::Error),
     #[error("event stream: {0}")]
     Stream(String),
+    /// The access projection is behind the stream: checking now could miss a recent change.
+    #[error("{0}")]
+    Behind(String),
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> CommandError {
@@ -82,7 +85,8 @@ pub struct Recorded {
 }
 
 /// A new invitation: `token` is shown once and never stored.
-#[derive(Debug, Clone, Serialize)]
+/// No `Debug`: it holds a secret.
+#[derive(Clone, Serialize)]
 pub struct Invitation {
     pub invitation_id: String,
     pub token: String,
@@ -95,7 +99,8 @@ pub struct Invitation {
 }
 
 /// A new member with their first key (shown once).
-#[derive(Debug, Clone, Serialize)]
+/// No `Debug`: it holds a secret.
+#[derive(Clone, Serialize)]
 pub struct Joined {
     pub member_id: String,
     pub email: String,
@@ -108,7 +113,8 @@ pub struct Joined {
 }
 
 /// A new API key (shown once).
-#[derive(Debug, Clone, Serialize)]
+/// No `Debug`: it holds a secret.
+#[derive(Clone, Serialize)]
 pub struct Issued {
     pub key_id: String,
     pub member_id: String,
@@ -149,13 +155,42 @@ pub fn scope(
     Ok((role, Some(projects)))
 }
 
-async fn lock(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+/// The access lock, held from a command's checks until its change is applied; the projection
+/// has caught up with the stream when it is taken, so the checks see every earlier change.
+struct Locked(Transaction<'static, Postgres>);
+
+impl Locked {
+    /// The locked connection: checks read through it, so a command holds one connection.
+    fn db(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+
+    /// Releases the lock. The change is on the stream by now: a failure here loses nothing.
+    async fn done(self) {
+        if let Err(e) = self.0.commit().await {
+            tracing::warn!(error = %e, "releasing the access lock failed; PostgreSQL releases it with the connection");
+        }
+    }
+}
+
+async fn lock(ctx: Ctx<'_>) -> Result<Locked, CommandError> {
+    let mut tx = ctx.pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(LOCK)
         .execute(&mut *tx)
         .await?;
-    Ok(tx)
+    let last = ctx
+        .bus
+        .last_seq()
+        .await
+        .map_err(|e| CommandError::Stream(e.to_string()))?;
+    match ctx.watch.wait_for(crate::NAME, last.0, ctx.wait).await {
+        Ok(_) => Ok(Locked(tx)),
+        Err(WaitError::Database(e)) => Err(e.into()),
+        Err(e) => Err(CommandError::Behind(format!(
+            "the access projection is behind the stream ({e}); try again shortly"
+        ))),
+    }
 }
 
 /// Publishes one identity event (origin fields added to `data`) and waits for its apply.
@@ -199,8 +234,9 @@ async fn record(
         .await
     {
         Ok(_) => true,
-        Err(WaitError::Database(e)) => return Err(e.into()),
-        Err(e @ WaitError::Timeout { .. }) => {
+        // Published: the change happened, whatever fails now (and the caller must still get the
+        // key or token it created).
+        Err(e) => {
             tracing::warn!(seq = receipt.seq.0, error = %e, "access change recorded but not yet applied");
             false
         }
@@ -215,10 +251,10 @@ fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-async fn email_taken(pool: &PgPool, email: &str) -> Result<bool, sqlx::Error> {
+async fn email_taken(db: impl PgExecutor<'_>, email: &str) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM access.members WHERE status = 'active' AND lower(email) = lower($1))")
         .bind(email)
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
 }
 
@@ -249,8 +285,8 @@ pub async fn invite(
 ) -> Result<Invitation, CommandError> {
     check_email(email)?;
     let (role, projects) = scope(role, projects)?;
-    let tx = lock(ctx.pool).await?;
-    if email_taken(ctx.pool, email).await? {
+    let mut tx = lock(ctx).await?;
+    if email_taken(tx.db(), email).await? {
         return Err(CommandError::Conflict(format!(
             "{email} is already a member"
         )));
@@ -267,7 +303,7 @@ pub async fn invite(
         data["projects"] = json!(p);
     }
     let recorded = record(ctx, origin, new_id(), MEMBER_INVITED, data).await?;
-    tx.commit().await?;
+    tx.done().await;
     Ok(Invitation {
         invitation_id,
         token,
@@ -289,6 +325,16 @@ struct Pending {
     accepted_at: Option<DateTime<Utc>>,
 }
 
+async fn pending(db: impl PgExecutor<'_>, hash: &[u8]) -> Result<Option<Pending>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT invitation_id, email, role, projects, expires_at, accepted_at
+           FROM access.invitations WHERE token_hash = $1",
+    )
+    .bind(hash)
+    .fetch_optional(db)
+    .await
+}
+
 /// Accepts the invitation whose token is `token`: a new member with the invited role and a
 /// first key. `origin.actor` is filled in with the invited address.
 pub async fn accept(
@@ -301,15 +347,12 @@ pub async fn accept(
         return Err(CommandError::NotFound("unknown invitation token".into()));
     }
     let hash = ctx.secret.hash(token);
-    let tx = lock(ctx.pool).await?;
-    let row: Option<Pending> = sqlx::query_as(
-        "SELECT invitation_id, email, role, projects, expires_at, accepted_at
-           FROM access.invitations WHERE token_hash = $1",
-    )
-    .bind(hash.as_slice())
-    .fetch_optional(ctx.pool)
-    .await?;
-    let Some(inv) = row else {
+    // Unknown tokens are refused before the lock: nobody without a token queues on it.
+    if pending(ctx.pool, &hash).await?.is_none() {
+        return Err(CommandError::NotFound("unknown invitation token".into()));
+    }
+    let mut tx = lock(ctx).await?;
+    let Some(inv) = pending(tx.db(), &hash).await? else {
         return Err(CommandError::NotFound("unknown invitation token".into()));
     };
     if inv.accepted_at.is_some() {
@@ -325,7 +368,7 @@ pub async fn accept(
     }
     let (invitation_id, email, role, projects) =
         (inv.invitation_id, inv.email, inv.role, inv.projects);
-    if email_taken(ctx.pool, &email).await? {
+    if email_taken(tx.db(), &email).await? {
         return Err(CommandError::Conflict(format!(
             "{email} is already a member"
         )));
@@ -347,7 +390,7 @@ pub async fn accept(
         None,
     )
     .await?;
-    tx.commit().await?;
+    tx.done().await;
     Ok(joined)
 }
 
@@ -374,7 +417,7 @@ async fn join(
     };
     let mut data = json!({
         "member_id": member_id, "email": email, "role": role.as_str(),
-        "key": {"key_id": key_id, "name": "first key", "lookup": lookup(&api_key), "hash": hex(&ctx.secret.hash(&api_key))},
+        "key": {"key_id": key_id, "name": "first key", "lookup": ctx.secret.lookup(&api_key), "hash": hex(&ctx.secret.hash(&api_key))},
     });
     if let Some(p) = &projects {
         data["projects"] = json!(p);
@@ -408,14 +451,14 @@ pub async fn add_member(
 ) -> Result<Joined, CommandError> {
     check_email(email)?;
     let (role, projects) = scope(role, projects)?;
-    let tx = lock(ctx.pool).await?;
-    if email_taken(ctx.pool, email).await? {
+    let mut tx = lock(ctx).await?;
+    if email_taken(tx.db(), email).await? {
         return Err(CommandError::Conflict(format!(
             "{email} is already a member"
         )));
     }
     let joined = join(ctx, origin, email, role, projects, name, None, None).await?;
-    tx.commit().await?;
+    tx.done().await;
     Ok(joined)
 }
 
@@ -426,8 +469,8 @@ pub async fn bootstrap(
     key: &str,
     email: &str,
 ) -> Result<Option<Joined>, CommandError> {
-    let tx = lock(ctx.pool).await?;
-    if views::active_admins(ctx.pool).await? > 0 {
+    let mut tx = lock(ctx).await?;
+    if views::active_admins(tx.db()).await? > 0 {
         return Ok(None);
     }
     let derive = |domain: &str| {
@@ -455,12 +498,12 @@ pub async fn bootstrap(
         Some((key, member_id, key_id, event_id)),
     )
     .await?;
-    tx.commit().await?;
+    tx.done().await;
     Ok(Some(joined))
 }
 
-async fn active_member(pool: &PgPool, member_id: &str) -> Result<MemberView, CommandError> {
-    match views::member(pool, member_id).await? {
+async fn active_member(db: &mut PgConnection, member_id: &str) -> Result<MemberView, CommandError> {
+    match views::member(db, member_id).await? {
         Some(m) if m.status == "active" => Ok(m),
         _ => Err(CommandError::NotFound(format!(
             "no active member {member_id}"
@@ -469,8 +512,8 @@ async fn active_member(pool: &PgPool, member_id: &str) -> Result<MemberView, Com
 }
 
 /// Refuses a change that would leave no active admin.
-async fn keep_an_admin(pool: &PgPool, member: &MemberView) -> Result<(), CommandError> {
-    if member.role == "admin" && views::active_admins(pool).await? <= 1 {
+async fn keep_an_admin(db: &mut PgConnection, member: &MemberView) -> Result<(), CommandError> {
+    if member.role == "admin" && views::active_admins(db).await? <= 1 {
         return Err(CommandError::Conflict(format!(
             "{} is the last admin; make someone else admin first",
             member.email
@@ -488,17 +531,17 @@ pub async fn set_role(
     projects: Option<Vec<String>>,
 ) -> Result<Recorded, CommandError> {
     let (role, projects) = scope(role, projects)?;
-    let tx = lock(ctx.pool).await?;
-    let member = active_member(ctx.pool, member_id).await?;
+    let mut tx = lock(ctx).await?;
+    let member = active_member(tx.db(), member_id).await?;
     if role != Role::Admin {
-        keep_an_admin(ctx.pool, &member).await?;
+        keep_an_admin(tx.db(), &member).await?;
     }
     let mut data = json!({"member_id": member_id, "role": role.as_str()});
     if let Some(p) = &projects {
         data["projects"] = json!(p);
     }
     let recorded = record(ctx, origin, new_id(), ROLE_ASSIGNED, data).await?;
-    tx.commit().await?;
+    tx.done().await;
     Ok(recorded)
 }
 
@@ -509,15 +552,15 @@ pub async fn remove(
     member_id: &str,
     reason: Option<&str>,
 ) -> Result<Recorded, CommandError> {
-    let tx = lock(ctx.pool).await?;
-    let member = active_member(ctx.pool, member_id).await?;
-    keep_an_admin(ctx.pool, &member).await?;
+    let mut tx = lock(ctx).await?;
+    let member = active_member(tx.db(), member_id).await?;
+    keep_an_admin(tx.db(), &member).await?;
     let mut data = json!({"member_id": member_id});
     if let Some(r) = reason {
         data["reason"] = json!(r);
     }
     let recorded = record(ctx, origin, new_id(), MEMBER_REMOVED, data).await?;
-    tx.commit().await?;
+    tx.done().await;
     Ok(recorded)
 }
 
@@ -532,20 +575,20 @@ pub async fn issue_key(
     if name.is_empty() || name.chars().count() > 100 {
         return Err(invalid("name", "name must be 1 to 100 characters"));
     }
-    let tx = lock(ctx.pool).await?;
-    active_member(ctx.pool, member_id).await?;
+    let mut tx = lock(ctx).await?;
+    active_member(tx.db(), member_id).await?;
     let api_key = generate_key();
     let key_id = uuid::Uuid::new_v4().to_string();
     let expires_at = expires_in.map(|d| Utc::now() + d);
     let mut data = json!({
         "key_id": key_id, "member_id": member_id, "name": name,
-        "lookup": lookup(&api_key), "hash": hex(&ctx.secret.hash(&api_key)),
+        "lookup": ctx.secret.lookup(&api_key), "hash": hex(&ctx.secret.hash(&api_key)),
     });
     if let Some(at) = expires_at {
         data["expires_at"] = json!(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     }
     let recorded = record(ctx, origin, new_id(), API_KEY_ISSUED, data).await?;
-    tx.commit().await?;
+    tx.done().await;
     Ok(Issued {
         key_id,
         member_id: member_id.to_owned(),
@@ -567,8 +610,8 @@ pub async fn revoke_key(
     origin: &Origin,
     key_id: &str,
 ) -> Result<Recorded, CommandError> {
-    let tx = lock(ctx.pool).await?;
-    let Some(key) = views::key(ctx.pool, key_id).await? else {
+    let mut tx = lock(ctx).await?;
+    let Some(key) = views::key(tx.db(), key_id).await? else {
         return Err(CommandError::NotFound(format!("no API key {key_id}")));
     };
     if key.revoked_at.is_some() {
@@ -578,6 +621,6 @@ pub async fn revoke_key(
     }
     let data = json!({"key_id": key_id, "member_id": key.member_id});
     let recorded = record(ctx, origin, new_id(), API_KEY_REVOKED, data).await?;
-    tx.commit().await?;
+    tx.done().await;
     Ok(recorded)
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use sqlx::{PgPool, Row};
 
 use crate::roles::{Permission, Role, allows};
@@ -56,6 +56,14 @@ impl KeySecret {
         self.mac(secret).finalize().into_bytes().into()
     }
 
+    /// The first 16 hex digits of a second HMAC of `key`: finds the stored row without
+    /// revealing anything about the key to whoever reads the stream or the table.
+    pub fn lookup(&self, key: &str) -> String {
+        let mut mac = self.mac("lookup:");
+        mac.update(key.as_bytes());
+        hex(&mac.finalize().into_bytes()[..8])
+    }
+
     /// Whether `secret` hashes to `expected`, compared in constant time.
     pub fn verify(&self, secret: &str, expected: &[u8]) -> bool {
         self.mac(secret).verify_slice(expected).is_ok()
@@ -82,15 +90,6 @@ pub fn generate_key() -> String {
 /// A new one-time invitation token: `kinv_` and 256 random bits in hex.
 pub fn generate_token() -> String {
     random_hex("kinv_")
-}
-
-/// The first 16 hex digits of SHA-256 of `key`: finds the stored row without revealing the key.
-pub fn lookup(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
@@ -158,7 +157,7 @@ pub async fn authenticate(
            FROM access.api_keys k JOIN access.members m USING (member_id)
           WHERE k.lookup = $1",
     )
-    .bind(lookup(key))
+    .bind(secret.lookup(key))
     .fetch_all(pool)
     .await?;
     // A 64-bit prefix can collide; the HMAC decides, in constant time.
@@ -207,7 +206,8 @@ mod tests {
         assert!(s1.verify(&a, &s1.hash(&a)));
         assert!(!s1.verify(&b, &s1.hash(&a)));
         assert!(!s1.verify(&a, &[0; 31]));
-        assert_eq!(lookup(&a).len(), 16);
+        assert_eq!(s1.lookup(&a).len(), 16);
+        assert_ne!(s1.lookup(&a), s2.lookup(&a), "the lookup is keyed too");
         assert_eq!(unhex(&hex(&[0, 255, 16])), Some(vec![0, 255, 16]));
         assert_eq!(unhex("zz"), None);
         assert!(!format!("{s1:?}").contains("one"));

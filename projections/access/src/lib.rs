@@ -16,7 +16,7 @@ mod projection;
 mod roles;
 mod views;
 
-pub use keys::{Denied, KeySecret, Principal, authenticate, generate_key, generate_token, lookup};
+pub use keys::{Denied, KeySecret, Principal, authenticate, generate_key, generate_token};
 pub use projection::{Access, Change};
 pub use roles::{Permission, Role, allows};
 pub use views::{

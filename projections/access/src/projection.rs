@@ -208,6 +208,10 @@ impl Projection for Access {
         "access"
     }
 
+    fn categories(&self) -> Option<&'static [&'static str]> {
+        Some(&["member", "role", "api_key"])
+    }
+
     fn decode(&self, stored: &StoredEvent) -> Result<Option<Item>, Rejection> {
         let Some(change) = Change::from_event(&stored.event)? else {
             return Ok(None);

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{FromRow, PgPool};
+use sqlx::{FromRow, PgExecutor, PgPool};
 
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct MemberView {
@@ -54,13 +54,16 @@ pub async fn members(pool: &PgPool, include_removed: bool) -> Result<Vec<MemberV
 }
 
 /// One member, in whatever state.
-pub async fn member(pool: &PgPool, member_id: &str) -> Result<Option<MemberView>, sqlx::Error> {
+pub async fn member(
+    db: impl PgExecutor<'_>,
+    member_id: &str,
+) -> Result<Option<MemberView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT member_id, email, name, role, projects, status, joined_at, joined_by, removed_at
            FROM access.members WHERE member_id = $1",
     )
     .bind(member_id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 
@@ -76,13 +79,16 @@ pub async fn keys(pool: &PgPool, member_id: Option<&str>) -> Result<Vec<KeyView>
     .await
 }
 
-pub(crate) async fn key(pool: &PgPool, key_id: &str) -> Result<Option<KeyView>, sqlx::Error> {
+pub(crate) async fn key(
+    db: impl PgExecutor<'_>,
+    key_id: &str,
+) -> Result<Option<KeyView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT key_id, member_id, name, created_at, created_by, expires_at, revoked_at
            FROM access.api_keys WHERE key_id = $1",
     )
     .bind(key_id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 
@@ -97,10 +103,10 @@ pub async fn invitations(pool: &PgPool) -> Result<Vec<InvitationView>, sqlx::Err
 }
 
 /// How many active admins there are.
-pub async fn active_admins(pool: &PgPool) -> Result<i64, sqlx::Error> {
+pub async fn active_admins(db: impl PgExecutor<'_>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT count(*) FROM access.members WHERE status = 'active' AND role = 'admin'",
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }

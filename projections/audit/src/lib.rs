@@ -68,6 +68,11 @@ impl Entry {
         let e = &stored.event;
         let data = &e.json()["data"];
         let s = |k: &str| data[k].as_str().map(str::to_owned);
+        // Who acted, in what role, from where: taken from a budget or identity event only when
+        // Kairos recorded it (the API refuses `kairos/` sources from anyone else); otherwise the
+        // producer that reported it is the actor.
+        let trusted = e.source().starts_with("kairos/");
+        let t = |k: &str| if trusted { s(k) } else { None };
         let project = || format!("project:{}", s("project").unwrap_or_default());
         let (actor, actor_role, action, resource, outcome, ip, request_id, reason) =
             match e.event_type().as_str() {
@@ -82,13 +87,13 @@ impl Entry {
                     s("reason"),
                 ),
                 BUDGET_SET => (
-                    s("actor").unwrap_or_else(|| e.source().to_owned()),
-                    s("actor_role"),
+                    t("actor").unwrap_or_else(|| e.source().to_owned()),
+                    t("actor_role"),
                     "budget.set".to_owned(),
                     project(),
                     "success".to_owned(),
-                    s("ip"),
-                    s("request_id"),
+                    t("ip"),
+                    t("request_id"),
                     Some(format!(
                         "monthly_limit {} warn_at_percent {} on_exceeded {}",
                         s("monthly_limit").unwrap_or_default(),
@@ -116,13 +121,13 @@ impl Entry {
                 | API_KEY_ISSUED | API_KEY_REVOKED => {
                     let (action, resource, reason) = identity_entry(e.event_type().as_str(), data);
                     (
-                        s("actor").unwrap_or_else(|| e.source().to_owned()),
-                        s("actor_role"),
+                        t("actor").unwrap_or_else(|| e.source().to_owned()),
+                        t("actor_role"),
                         action.to_owned(),
                         resource,
                         "success".to_owned(),
-                        s("ip"),
-                        s("request_id"),
+                        t("ip"),
+                        t("request_id"),
                         Some(reason),
                     )
                 }
@@ -222,6 +227,10 @@ impl Projection for Audit {
 
     fn schema(&self) -> &'static str {
         "audit"
+    }
+
+    fn categories(&self) -> Option<&'static [&'static str]> {
+        Some(&["user", "budget", "member", "role", "api_key"])
     }
 
     fn decode(&self, stored: &StoredEvent) -> Result<Option<Entry>, Rejection> {

@@ -248,6 +248,10 @@ impl Projection for Budgets {
         "budgets"
     }
 
+    fn categories(&self) -> Option<&'static [&'static str]> {
+        Some(&["llm", "budget"])
+    }
+
     fn decode(&self, stored: &StoredEvent) -> Result<Option<Item>, Rejection> {
         let at = stored.occurred_at();
         let period = Period::containing(at, &self.tz);
@@ -518,6 +522,7 @@ const VIEW_SQL: &str = "
     LEFT JOIN budgets.limits l ON l.project = p.project
     LEFT JOIN budgets.spend s ON s.project = p.project AND s.period = $2
     WHERE ($1::text IS NULL OR p.project = $1) AND ($4::text IS NULL OR p.project > $4)
+      AND ($5::text[] IS NULL OR p.project = ANY($5))
     ORDER BY p.project
     LIMIT $3";
 
@@ -600,6 +605,7 @@ pub async fn read(
         .bind(period.to_string())
         .bind(1i64)
         .bind(None::<&str>)
+        .bind(None::<Vec<String>>)
         .fetch_optional(pool)
         .await?
         .map(|r| view(&r, period))
@@ -612,12 +618,14 @@ pub async fn list(
     period: Period,
     after: Option<&str>,
     limit: i64,
+    only: Option<&[String]>,
 ) -> Result<Vec<BudgetView>, sqlx::Error> {
     sqlx::query(VIEW_SQL)
         .bind(None::<&str>)
         .bind(period.to_string())
         .bind(limit)
         .bind(after)
+        .bind(only)
         .fetch_all(pool)
         .await?
         .iter()

@@ -66,7 +66,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep("GET", "/metrics", Key(ReadProjections), "metrics.read"),
     ep("GET", "/v1/me", AnyKey, "me.read"),
     ep("POST", "/v1/events", Key(PublishEvents), "events.publish"),
-    ep("GET", "/v1/events", Key(ReadProjections), "events.read"),
+    // The raw stream holds every user action and identity change: audit material.
+    ep("GET", "/v1/events", Key(ReadAudit), "events.read"),
     ep(
         "GET",
         "/v1/projects/{project}/budget",

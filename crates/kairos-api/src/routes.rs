@@ -370,11 +370,13 @@ async fn get_budget(
 }
 
 /// The budgets ledger as it stood at `as_of` (from the nearest snapshot plus the events after
-/// it), with the period asked for (default: the month containing `as_of`).
+/// it; with `project`, only that project's), with the period asked for (default: the month
+/// containing `as_of`).
 async fn ledger_as_of(
     st: &AppState,
     q: &ReadQuery,
     raw: &str,
+    project: Option<&ProjectId>,
 ) -> Result<(budgets::Ledger, Period, u64), ApiError> {
     let Some(at) = time_param(Some(raw), "as_of")? else {
         return Err(ApiError::bad("invalid_query", "as_of", "as_of is empty"));
@@ -402,7 +404,7 @@ async fn ledger_as_of(
         Err(e) => return Err(ApiError::NotYetApplied(e.to_string())),
     }
     let ledger = budgets::Budgets { tz: st.tz }
-        .ledger_as_of(&st.bus, &st.pool, seq)
+        .ledger_as_of(&st.bus, &st.pool, seq, project)
         .await
         .map_err(|e| match e {
             budgets::AsOfError::Database(e) => ApiError::Database(e),
@@ -420,7 +422,7 @@ async fn budget_as_of(
     q: &ReadQuery,
     raw: &str,
 ) -> Result<budgets::BudgetView, ApiError> {
-    let (ledger, period, seq) = ledger_as_of(st, q, raw).await?;
+    let (ledger, period, seq) = ledger_as_of(st, q, raw, Some(project)).await?;
     ledger.view(project, period, seq).ok_or_else(|| {
         ApiError::NotFound(format!(
             "project {project} had no budget and no spend in {period} at {raw}"
@@ -461,7 +463,7 @@ async fn list_budgets(
             .map_err(|_| ApiError::bad("invalid_query", "after", "after must be a project id"))?;
     }
     if let Some(raw) = &q.as_of {
-        let (ledger, period, seq) = ledger_as_of(&st, &q, raw).await?;
+        let (ledger, period, seq) = ledger_as_of(&st, &q, raw, None).await?;
         let items: Vec<_> = ledger
             .views(period, seq)
             .into_iter()

@@ -126,14 +126,24 @@ pub struct StoredMessage {
     pub subject: String,
     pub stored_at: chrono::DateTime<chrono::Utc>,
     pub payload: Bytes,
+    /// Messages of the same consumer still to come after this one, as the server counted when it
+    /// sent it (0: this was the last one stored so far).
+    pub pending: u64,
 }
 
 /// Reads the events stream in order (an ordered, ephemeral consumer: no state on the server).
 pub struct EventReader {
     messages: async_nats::jetstream::consumer::pull::Ordered,
+    at_start: u64,
 }
 
 impl EventReader {
+    /// How many messages matched when the reader was created: 0 means there is nothing to read
+    /// (yet), without waiting for a message that will not come.
+    pub fn pending_at_start(&self) -> u64 {
+        self.at_start
+    }
+
     /// The next message, or `None` when none arrives within `wait`.
     pub async fn next(&mut self, wait: Duration) -> Result<Option<StoredMessage>, BusError> {
         use futures_util::StreamExt;
@@ -151,6 +161,7 @@ impl EventReader {
                     subject: m.subject.to_string(),
                     stored_at: info.published,
                     payload: m.payload.clone(),
+                    pending: info.pending,
                 }))
             }
         }
@@ -275,9 +286,19 @@ impl Bus {
         Ok(())
     }
 
+    /// The first sequence the events stream still holds (retention may have removed earlier ones).
+    pub async fn first_seq(&self) -> Result<StreamSeq, BusError> {
+        Ok(StreamSeq(self.state().await?.first_sequence))
+    }
+
     /// The last sequence stored on the events stream (0 when empty).
     pub async fn last_seq(&self) -> Result<StreamSeq, BusError> {
-        let mut stream =
+        Ok(StreamSeq(self.state().await?.last_sequence))
+    }
+
+    /// The events stream's state, in one request (the stream lookup already carries it).
+    async fn state(&self) -> Result<jetstream::stream::State, BusError> {
+        let stream =
             self.js
                 .get_stream(&self.config.stream)
                 .await
@@ -285,11 +306,7 @@ impl Bus {
                     stream: self.config.stream.clone(),
                     message: e.to_string(),
                 })?;
-        let info = stream.info().await.map_err(|e| BusError::Stream {
-            stream: self.config.stream.clone(),
-            message: e.to_string(),
-        })?;
-        Ok(StreamSeq(info.state.last_sequence))
+        Ok(stream.cached_info().state.clone())
     }
 
     /// Reads the events stream from `from`, only subjects matching `filter` (default: all events).
@@ -297,6 +314,17 @@ impl Bus {
         &self,
         from: ReadFrom,
         filter: Option<String>,
+    ) -> Result<EventReader, BusError> {
+        self.read_with(from, filter, false).await
+    }
+
+    /// As [`Bus::read`]; `headers_only` leaves the payloads on the server (sequences and times
+    /// are all that is wanted).
+    async fn read_with(
+        &self,
+        from: ReadFrom,
+        filter: Option<String>,
+        headers_only: bool,
     ) -> Result<EventReader, BusError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
         let err = |e: &dyn std::fmt::Display| BusError::Stream {
@@ -310,21 +338,24 @@ impl Bus {
             ReadFrom::Time(t) => DeliverPolicy::ByStartTime { start_time: t },
             ReadFrom::New => DeliverPolicy::New,
         };
+        // No stream lookup first: creating the consumer is the one request needed.
         let stream = self
             .js
-            .get_stream(&self.config.stream)
+            .get_stream_no_info(&self.config.stream)
             .await
             .map_err(|e| err(&e))?;
         let consumer = stream
             .create_consumer(OrderedConfig {
                 filter_subject: filter.unwrap_or_else(|| self.events_filter()),
                 deliver_policy,
+                headers_only,
                 ..Default::default()
             })
             .await
             .map_err(|e| err(&e))?;
+        let at_start = consumer.cached_info().num_pending;
         let messages = consumer.messages().await.map_err(|e| err(&e))?;
-        Ok(EventReader { messages })
+        Ok(EventReader { messages, at_start })
     }
 
     /// The last sequence the events stream stored at or before `at` (0 if none).
@@ -332,16 +363,7 @@ impl Bus {
         &self,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<StreamSeq, BusError> {
-        let err = |e: &dyn std::fmt::Display| BusError::Stream {
-            stream: self.config.stream.clone(),
-            message: e.to_string(),
-        };
-        let mut stream = self
-            .js
-            .get_stream(&self.config.stream)
-            .await
-            .map_err(|e| err(&e))?;
-        let state = stream.info().await.map_err(|e| err(&e))?.state.clone();
+        let state = self.state().await?;
         if state.messages == 0 || at < state.first_timestamp {
             return Ok(StreamSeq(state.first_sequence.saturating_sub(1)));
         }
@@ -349,7 +371,7 @@ impl Bus {
             return Ok(StreamSeq(state.last_sequence));
         }
         // Somewhere inside the stream: the first event stored at or after `at`.
-        let mut reader = self.read(ReadFrom::Time(at), None).await?;
+        let mut reader = self.read_with(ReadFrom::Time(at), None, true).await?;
         match reader.next(Duration::from_secs(5)).await? {
             Some(m) if m.stored_at > at => Ok(StreamSeq(m.seq.0.saturating_sub(1))),
             Some(m) => Ok(m.seq),

@@ -22,6 +22,7 @@ pub(crate) fn delivered(m: &async_nats::jetstream::Message) -> Option<Delivered>
         subject: m.subject.to_string(),
         stored_at: info.published,
         payload: m.payload.clone(),
+        pending: info.pending,
     })
 }
 

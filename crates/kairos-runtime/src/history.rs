@@ -42,24 +42,39 @@ pub async fn snapshot_at(
 /// The items `projection` folded from the events after `after` up to `upto` (both stream
 /// sequences, `upto` at most its checkpoint), in order. Events it dead-lettered are skipped, and
 /// a retry of an event is skipped when the identity was first applied at an earlier sequence.
+/// `filter` narrows the read to some subjects (say, one project's), for a projection whose state
+/// splits along them.
 pub async fn items_between<P: Projection>(
     projection: &P,
     bus: &Bus,
     pool: &PgPool,
     after: StreamSeq,
     upto: StreamSeq,
+    filter: Option<String>,
 ) -> Result<Vec<P::Item>, HistoryError> {
     if upto <= after {
         return Ok(Vec::new());
     }
     let stream_err = |e: &dyn std::fmt::Display| HistoryError::Stream(e.to_string());
+    let filtered = filter.is_some();
+    if filtered {
+        // The first message of a filtered read says nothing about retention: ask the stream.
+        let first = bus.first_seq().await.map_err(|e| stream_err(&e))?;
+        if first.0 > after.0 + 1 {
+            return Err(HistoryError::Gone {
+                from: after.0 + 1,
+                to: first.0 - 1,
+            });
+        }
+    }
     let mut reader = bus
-        .read(ReadFrom::Seq(StreamSeq(after.0 + 1)), None)
+        .read(ReadFrom::Seq(StreamSeq(after.0 + 1)), filter)
         .await
         .map_err(|e| stream_err(&e))?;
     let mut decoded = Vec::new();
-    let mut first = true;
-    loop {
+    let mut first = !filtered;
+    let mut more = reader.pending_at_start() > 0;
+    while more {
         let Some(d) = reader
             .next(Duration::from_secs(10))
             .await
@@ -81,6 +96,7 @@ pub async fn items_between<P: Projection>(
             break;
         }
         let seq = d.seq;
+        more = seq < upto && d.pending > 0;
         // Exactly what the live projection folded: what it reads, parses and decodes.
         if crate::reads(projection, &d.subject)
             && let Ok(stored) = crate::stored_event(
@@ -93,9 +109,6 @@ pub async fn items_between<P: Projection>(
             && let Ok(Some(item)) = projection.decode(&stored)
         {
             decoded.push((stored.event.identity(), seq, item));
-        }
-        if seq >= upto {
-            break;
         }
     }
     // Which sequence first applied each identity.

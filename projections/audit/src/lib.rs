@@ -483,7 +483,8 @@ pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verificat
         .await?
         .map_or(0, |c| c.last_seq);
     let expected =
-        kairos_runtime::items_between(&Audit, bus, pool, StreamSeq(0), StreamSeq(upto)).await?;
+        kairos_runtime::items_between(&Audit, bus, pool, StreamSeq(0), StreamSeq(upto), None)
+            .await?;
     // Every row: the projection never writes past its checkpoint, so a row beyond it is forged too.
     let rows = sqlx::query("SELECT * FROM audit.entries ORDER BY seq")
         .fetch_all(pool)

@@ -747,17 +747,21 @@ impl Budgets {
     /// The whole ledger as it stood once the stream held exactly the events up to `seq` (at most
     /// the projection's checkpoint): the nearest snapshot plus the events after it, folded in
     /// memory.
+    /// The ledger as it stood at `seq`. With `project`, only that project's part is brought
+    /// forward from the snapshot (projects fold independently), reading only its subjects.
     pub async fn ledger_as_of(
         &self,
         bus: &kairos_bus::Bus,
         pool: &PgPool,
         seq: kairos_events::StreamSeq,
+        project: Option<&ProjectId>,
     ) -> Result<Ledger, AsOfError> {
         let (from, mut ledger) = match kairos_runtime::snapshot_at(pool, NAME, seq).await? {
             Some((at, state)) => (at, Ledger::from_snapshot(state)?),
             None => (kairos_events::StreamSeq(0), Ledger::default()),
         };
-        for item in kairos_runtime::items_between(self, bus, pool, from, seq).await? {
+        let filter = project.map(|p| format!("{}.events.*.{p}", bus.config().subject_prefix));
+        for item in kairos_runtime::items_between(self, bus, pool, from, seq, filter).await? {
             // The live projection applied exactly these items; a fold error was dead-lettered
             // there and changed nothing, here too.
             let _ = ledger.fold(&item);

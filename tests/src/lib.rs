@@ -200,6 +200,18 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// GETs each path and checks it is refused with `400` naming the field given with it.
+    pub async fn assert_bad_queries(&self, cases: &[(&str, &str)]) {
+        for (path, field) in cases {
+            let (status, r) = self.get(path).await;
+            assert_eq!(
+                (status, r["error"]["field"].as_str()),
+                (400, Some(*field)),
+                "{path}: {r}"
+            );
+        }
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         send(self.http.post(format!("{}{path}", self.url)).json(body)).await
     }

@@ -132,20 +132,14 @@ async fn entries_are_queried_newest_first_and_exported(pool: PgPool) {
         rows[1]
     );
 
-    for (path, field) in [
+    app.assert_bad_queries(&[
         ("/v1/audit?limit=5000", "limit"),
         ("/v1/audit?cursor=abc", "cursor"),
         ("/v1/audit?from=today", "from"),
         ("/v1/audit/export?format=xml", "format"),
         ("/v1/audit?actor=", "actor"),
-    ] {
-        let (status, r) = app.get(path).await;
-        assert_eq!(
-            (status, r["error"]["field"].as_str()),
-            (400, Some(field)),
-            "{path}: {r}"
-        );
-    }
+    ])
+    .await;
     app.cleanup().await;
 }
 

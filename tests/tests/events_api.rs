@@ -68,20 +68,14 @@ async fn events_page_by_sequence_and_filter(pool: PgPool) {
     let (_, page) = app.get(&format!("/v1/events?from={t}&limit=5")).await;
     assert_eq!(page["events"][0]["seq"], 2);
 
-    for (path, field) in [
+    app.assert_bad_queries(&[
         ("/v1/events?limit=0", "limit"),
         ("/v1/events?limit=1001", "limit"),
         ("/v1/events?after=-3", "after"),
         ("/v1/events?from=noon", "from"),
         ("/v1/events?to=2026-13-01T00:00:00Z", "to"),
         ("/v1/events?project=a.b", "project"),
-    ] {
-        let (status, r) = app.get(path).await;
-        assert_eq!(
-            (status, r["error"]["field"].as_str()),
-            (400, Some(field)),
-            "{path}: {r}"
-        );
-    }
+    ])
+    .await;
     app.cleanup().await;
 }

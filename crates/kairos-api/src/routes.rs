@@ -750,11 +750,16 @@ async fn list_events(
     if after.is_none_or(|a| a < last) {
         let mut reader = st.bus.read(start, filter).await.map_err(unavailable)?;
         let mut scanned = 0;
-        while let Some(m) = reader
-            .next(Duration::from_millis(300))
-            .await
-            .map_err(unavailable)?
+        // Nothing matching (pending 0 at the start, or after a message) ends the page at once;
+        // the wait only covers a slow server.
+        let mut more = reader.pending_at_start() > 0;
+        while more
+            && let Some(m) = reader
+                .next(Duration::from_secs(5))
+                .await
+                .map_err(unavailable)?
         {
+            more = m.pending > 0;
             if to.is_some_and(|to| m.stored_at > to) {
                 break;
             }

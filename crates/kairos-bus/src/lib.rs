@@ -346,7 +346,10 @@ impl Bus {
             .map_err(|e| err(&e))?;
         let consumer = stream
             .create_consumer(OrderedConfig {
-                filter_subject: filter.unwrap_or_else(|| self.events_filter()),
+                // No filter for the whole stream (its only subjects are the events'): the server
+                // counts a filtered consumer's pending messages by scanning the stream, which on
+                // a long history takes up to seconds.
+                filter_subject: filter.unwrap_or_default(),
                 deliver_policy,
                 headers_only,
                 ..Default::default()
@@ -370,12 +373,57 @@ impl Bus {
         if at >= state.last_timestamp {
             return Ok(StreamSeq(state.last_sequence));
         }
-        // Somewhere inside the stream: the first event stored at or after `at`.
+        // Somewhere inside: search by sequence, a stored message's time per request (times grow
+        // with sequences). Interpolating on time converges in a few requests when the rate is
+        // steady; every other step halves, so an uneven history costs at most twice a bisection.
+        // A consumer started by time would do in one request, but on a long stream the server's
+        // search for its start takes tens of milliseconds now and then.
+        let stream = self
+            .js
+            .get_stream_no_info(&self.config.stream)
+            .await
+            .map_err(|e| BusError::Stream {
+                stream: self.config.stream.clone(),
+                message: e.to_string(),
+            })?;
+        let (mut lo, mut lo_t) = (state.first_sequence, state.first_timestamp);
+        let (mut hi, mut hi_t) = (state.last_sequence, state.last_timestamp);
+        let mut step = 0u32;
+        while hi - lo > 1 {
+            step += 1;
+            let span = (hi_t - lo_t).num_nanoseconds().unwrap_or(i64::MAX).max(1) as f64;
+            let into = (at - lo_t).num_nanoseconds().unwrap_or(0).max(0) as f64;
+            let mid = if step.is_multiple_of(2) {
+                lo + (hi - lo) / 2
+            } else {
+                lo + ((hi - lo) as f64 * (into / span)) as u64
+            }
+            .clamp(lo + 1, hi - 1);
+            let t = match stream.get_raw_message(mid).await {
+                Ok(m) => m.time,
+                // A message missing inside the stream: ask the server to search by time.
+                Err(_) => return self.seq_at_time_by_consumer(at, state.last_sequence).await,
+            };
+            if t <= at {
+                (lo, lo_t) = (mid, t);
+            } else {
+                (hi, hi_t) = (mid, t);
+            }
+        }
+        Ok(StreamSeq(lo))
+    }
+
+    /// As [`Bus::seq_at_time`], by a consumer started at `at`.
+    async fn seq_at_time_by_consumer(
+        &self,
+        at: chrono::DateTime<chrono::Utc>,
+        last: u64,
+    ) -> Result<StreamSeq, BusError> {
         let mut reader = self.read_with(ReadFrom::Time(at), None, true).await?;
         match reader.next(Duration::from_secs(5)).await? {
             Some(m) if m.stored_at > at => Ok(StreamSeq(m.seq.0.saturating_sub(1))),
             Some(m) => Ok(m.seq),
-            None => Ok(StreamSeq(state.last_sequence)),
+            None => Ok(StreamSeq(last)),
         }
     }
 

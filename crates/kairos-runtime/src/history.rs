@@ -42,8 +42,11 @@ pub async fn snapshot_at(
 /// The items `projection` folded from the events after `after` up to `upto` (both stream
 /// sequences, `upto` at most its checkpoint), in order. Events it dead-lettered are skipped, and
 /// a retry of an event is skipped when the identity was first applied at an earlier sequence.
-/// `filter` narrows the read to some subjects (say, one project's), for a projection whose state
-/// splits along them.
+/// `filter` (a NATS subject pattern) narrows what is decoded to some subjects (say, one
+/// project's), for a projection whose state splits along them. The stream is still read whole
+/// from `after` and the rest skipped unparsed: a filtered consumer would make the server count
+/// its pending messages over the rest of the stream, which on a long history costs more than
+/// reading the few thousand messages since a snapshot.
 pub async fn items_between<P: Projection>(
     projection: &P,
     bus: &Bus,
@@ -56,23 +59,12 @@ pub async fn items_between<P: Projection>(
         return Ok(Vec::new());
     }
     let stream_err = |e: &dyn std::fmt::Display| HistoryError::Stream(e.to_string());
-    let filtered = filter.is_some();
-    if filtered {
-        // The first message of a filtered read says nothing about retention: ask the stream.
-        let first = bus.first_seq().await.map_err(|e| stream_err(&e))?;
-        if first.0 > after.0 + 1 {
-            return Err(HistoryError::Gone {
-                from: after.0 + 1,
-                to: first.0 - 1,
-            });
-        }
-    }
     let mut reader = bus
-        .read(ReadFrom::Seq(StreamSeq(after.0 + 1)), filter)
+        .read(ReadFrom::Seq(StreamSeq(after.0 + 1)), None)
         .await
         .map_err(|e| stream_err(&e))?;
     let mut decoded = Vec::new();
-    let mut first = !filtered;
+    let mut first = true;
     let mut more = reader.pending_at_start() > 0;
     while more {
         let Some(d) = reader
@@ -98,7 +90,10 @@ pub async fn items_between<P: Projection>(
         let seq = d.seq;
         more = seq < upto && d.pending > 0;
         // Exactly what the live projection folded: what it reads, parses and decodes.
-        if crate::reads(projection, &d.subject)
+        if filter
+            .as_deref()
+            .is_none_or(|f| subject_matches(f, &d.subject))
+            && crate::reads(projection, &d.subject)
             && let Ok(stored) = crate::stored_event(
                 &bus.config().subject_prefix,
                 seq,
@@ -129,4 +124,33 @@ pub async fn items_between<P: Projection>(
         .filter(|(identity, seq, _)| first.get(&identity[..]).is_some_and(|s| *s == to_i64(*seq)))
         .map(|(_, _, item)| item)
         .collect())
+}
+
+/// Whether `subject` matches the NATS subject `pattern` (`*`: one token, `>`: the rest).
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn subjects_match_like_nats() {
+        assert!(subject_matches("k.events.*.p1", "k.events.llm.p1"));
+        assert!(!subject_matches("k.events.*.p1", "k.events.llm.p10"));
+        assert!(!subject_matches("k.events.*.p1", "k.events.llm.p1.x"));
+        assert!(subject_matches("k.events.>", "k.events.llm.p1"));
+        assert!(!subject_matches("k.events.>", "k.events"));
+        assert!(!subject_matches("k.dlq.*", "k.events.x"));
+    }
 }

@@ -276,6 +276,23 @@ impl TestApp {
         }
     }
 
+    /// Every event on the stream as (when it was stored, stream sequence, event), in order.
+    pub async fn stored_events(&self) -> Vec<(chrono::DateTime<chrono::Utc>, u64, Event)> {
+        let filter = format!("{}.events.>", self.prefix());
+        self.read_stream(self.kairos.bus.stream_name(), &filter)
+            .await
+            .iter()
+            .map(|m| {
+                let info = m.info().expect("a stream message");
+                (
+                    info.published,
+                    info.stream_sequence,
+                    Event::from_slice(&m.payload).expect("valid event on the stream"),
+                )
+            })
+            .collect()
+    }
+
     /// Parsed events on `<prefix>.events.<category>.>`.
     pub async fn events_in(&self, category: &str) -> Vec<Event> {
         let filter = format!("{}.events.{category}.>", self.prefix());
@@ -339,4 +356,23 @@ pub fn budget_set(id: &str, project: &str, limit: &str, warn: u8) -> Value {
         "data": {"project": project, "monthly_limit": limit, "warn_at_percent": warn,
                  "on_exceeded": "fallback_to_local"}
     })
+}
+
+/// `n` instants spread pseudo-randomly (xorshift, from `seed`) over `first..end`.
+pub fn instants(
+    first: chrono::DateTime<chrono::Utc>,
+    end: chrono::DateTime<chrono::Utc>,
+    n: usize,
+    seed: u64,
+) -> Vec<chrono::DateTime<chrono::Utc>> {
+    let span = (end - first).num_nanoseconds().unwrap_or(1).max(1) as u64;
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            first + chrono::Duration::nanoseconds((x % span) as i64)
+        })
+        .collect()
 }

@@ -4,9 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use kairos_events::{Event, Money};
-use kairos_tests::{budget_set, llm_call, spawn_app_with, test_settings};
+use kairos_tests::{budget_set, instants, llm_call, spawn_app_with, test_settings};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -55,33 +55,14 @@ async fn as_of_answers_equal_a_recomputation_from_raw_events(pool: PgPool) {
     assert!(snapshots >= 5, "snapshots were taken ({snapshots})");
 
     // The raw stream, with the time each event was stored.
-    let raw: Vec<(DateTime<Utc>, Event)> = app
-        .read_stream(
-            app.kairos.bus.stream_name(),
-            &format!("{}.events.>", app.prefix()),
-        )
-        .await
-        .iter()
-        .map(|m| {
-            (
-                m.info().unwrap().published,
-                Event::from_slice(&m.payload).unwrap(),
-            )
-        })
-        .collect();
+    let raw = app.stored_events().await;
     let (first, end) = (raw[0].0, raw[raw.len() - 1].0);
-    let span = (end - first).num_nanoseconds().unwrap();
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for _ in 0..20 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let at = first + chrono::Duration::nanoseconds((x % span as u64) as i64);
+    for at in instants(first, end, 20, 0x2545_f491_4f6c_dd1d) {
         // Brute force: distinct calls and the latest limit among events stored by `at`.
         let mut seen = HashSet::new();
         let mut spent: HashMap<String, (Money, u64)> = HashMap::new();
         let mut limit: HashMap<String, String> = HashMap::new();
-        for (stored, e) in raw.iter().filter(|(t, _)| *t <= at) {
+        for (stored, _, e) in raw.iter().filter(|(t, _, _)| *t <= at) {
             let d = &e.json()["data"];
             // Identity and audit events (the bootstrap admin, each request's record) name no project.
             let Some(project) = d["project"].as_str().map(str::to_owned) else {
@@ -189,30 +170,9 @@ async fn audit_as_of_equals_a_recomputation_from_raw_events(pool: PgPool) {
     }
     let last = app.kairos.bus.last_seq().await.unwrap().0;
     app.wait_for("audit", last).await;
-    let raw: Vec<(DateTime<Utc>, u64, Event)> = app
-        .read_stream(
-            app.kairos.bus.stream_name(),
-            &format!("{}.events.>", app.prefix()),
-        )
-        .await
-        .iter()
-        .map(|m| {
-            let info = m.info().unwrap();
-            (
-                info.published,
-                info.stream_sequence,
-                Event::from_slice(&m.payload).unwrap(),
-            )
-        })
-        .collect();
+    let raw = app.stored_events().await;
     let (first, end) = (raw[0].0, raw[raw.len() - 1].0);
-    let span = (end - first).num_nanoseconds().unwrap().max(1) as u64;
-    let mut x: u64 = 0x1234_5678_9abc_def1;
-    for _ in 0..20 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let at = first + chrono::Duration::nanoseconds((x % span) as i64);
+    for at in instants(first, end, 20, 0x1234_5678_9abc_def1) {
         let mut expected: Vec<(u64, String, String)> = raw
             .iter()
             .filter(|(stored, _, _)| *stored <= at)

@@ -286,11 +286,6 @@ impl Bus {
         Ok(())
     }
 
-    /// The first sequence the events stream still holds (retention may have removed earlier ones).
-    pub async fn first_seq(&self) -> Result<StreamSeq, BusError> {
-        Ok(StreamSeq(self.state().await?.first_sequence))
-    }
-
     /// The last sequence stored on the events stream (0 when empty).
     pub async fn last_seq(&self) -> Result<StreamSeq, BusError> {
         Ok(StreamSeq(self.state().await?.last_sequence))

@@ -38,6 +38,23 @@ pub struct Origin {
     pub source: String,
 }
 
+impl Origin {
+    /// Records who acted, in what role and from where in an event's `data` (`actor`,
+    /// `actor_role`, `ip`, `request_id`), the fields the audit projection reads.
+    pub fn stamp(&self, data: &mut Value) {
+        data["actor"] = json!(self.actor);
+        if let Some(r) = self.actor_role {
+            data["actor_role"] = json!(r.as_str());
+        }
+        if let Some(ip) = &self.ip {
+            data["ip"] = json!(ip);
+        }
+        if let Some(r) = &self.request_id {
+            data["request_id"] = json!(r);
+        }
+    }
+}
+
 /// What a command needs.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
@@ -201,16 +218,7 @@ async fn record(
     ty: &str,
     mut data: Value,
 ) -> Result<Recorded, CommandError> {
-    data["actor"] = json!(origin.actor);
-    if let Some(r) = origin.actor_role {
-        data["actor_role"] = json!(r.as_str());
-    }
-    if let Some(ip) = &origin.ip {
-        data["ip"] = json!(ip);
-    }
-    if let Some(r) = &origin.request_id {
-        data["request_id"] = json!(r);
-    }
+    origin.stamp(&mut data);
     let event = Event::from_value(json!({
         "specversion": "1.0", "id": id, "source": origin.source, "type": ty,
         "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),

@@ -219,3 +219,49 @@ async fn budgets_are_exact_under_duplicates_crashes_and_redelivery(pool: PgPool)
     );
     app.cleanup().await;
 }
+
+/// Identities recorded by an earlier version (32-byte digests in a `bytea` column) are converted
+/// when the runner starts, and the events they name are still recognised as retries.
+#[sqlx::test(migrations = false)]
+async fn identities_recorded_by_an_earlier_version_still_dedupe(pool: PgPool) {
+    let mut app = spawn_app_with(pool.clone(), test_settings(), false).await;
+    sqlx::raw_sql(
+        "DROP TABLE budgets.kairos_applied;
+         CREATE TABLE budgets.kairos_applied (
+             identity bytea PRIMARY KEY CHECK (length(identity) = 32), seq bigint NOT NULL);
+         INSERT INTO budgets.kairos_applied VALUES (
+             sha256(convert_to('test/gateway', 'UTF8') || '\\x00'::bytea || convert_to('old-1', 'UTF8')),
+             1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let last = app
+        .ingest(&[
+            llm_call("old-1", "acme", "5"),
+            llm_call("new-1", "acme", "2"),
+        ])
+        .await;
+    app.start_projection("budgets");
+    app.wait_for("budgets", last).await;
+    let ty: String = sqlx::query_scalar(
+        "SELECT data_type::text FROM information_schema.columns
+         WHERE table_schema = 'budgets' AND table_name = 'kairos_applied' AND column_name = 'identity'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ty, "uuid");
+    let cp = kairos_runtime::checkpoint(&pool, "budgets")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((cp.events_applied, cp.duplicates), (1, 1), "{cp:?}");
+    let spent: i64 =
+        sqlx::query_scalar("SELECT spent_nanos FROM budgets.spend WHERE project = 'acme'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(spent, 2_000_000_000, "only the new event counts");
+    app.cleanup().await;
+}

@@ -34,6 +34,21 @@ async fn digest(pool: &PgPool, schema: &str) -> BTreeMap<String, (i64, String)> 
 
 /// A history with every kind of event the budgets projection sees: limits, calls, failures,
 /// retries inside and past the duplicate window, unknown types, poison published to NATS.
+/// The rebuilt audit chain verifies, against itself and against the stream.
+async fn audit_chain_holds(app: &TestApp, pool: &PgPool) {
+    assert_eq!(
+        kairos_audit::verify_chain(pool).await.unwrap().first_bad,
+        None
+    );
+    assert_eq!(
+        kairos_audit::verify_against_stream(&app.kairos.bus, pool)
+            .await
+            .unwrap()
+            .first_bad,
+        None
+    );
+}
+
 async fn history(app: &TestApp, n: usize) -> u64 {
     let mut events: Vec<Value> = (0..4)
         .map(|p| budget_set(&format!("b{p}"), &format!("p{p}"), "5", 60))
@@ -112,12 +127,19 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
     assert!(budgets_cp.duplicates >= 30);
     assert!(live["audit"].0["entries"].0 > 10, "{:?}", live["audit"]);
 
-    for name in kairos::startup::PROJECTIONS {
-        let report = app
-            .kairos
-            .replay(name, &ReplayOptions::default(), |_| {})
-            .await
-            .unwrap();
+    // Every projection side by side, from one read of the stream (as `kairos replay --all`).
+    let names = kairos::startup::PROJECTIONS;
+    let opts = ReplayOptions::default();
+    let seats = app.kairos.shared_read(names.len(), &opts);
+    let reports = futures_util::future::join_all(
+        names
+            .iter()
+            .zip(seats)
+            .map(|(name, seat)| app.kairos.replay(name, &opts, Some(seat), |_| {})),
+    )
+    .await;
+    for (name, report) in names.iter().zip(reports) {
+        let report = report.unwrap();
         assert!(report.switched);
         assert_eq!(report.reached.0, last, "{name}");
         let (tables, cp) = &live[name];
@@ -149,18 +171,7 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
                 .unwrap();
         assert_eq!(schemas, [*name], "the old generation is dropped");
     }
-    // The rebuilt audit chain still verifies, against itself and against the stream.
-    assert_eq!(
-        kairos_audit::verify_chain(&pool).await.unwrap().first_bad,
-        None
-    );
-    assert_eq!(
-        kairos_audit::verify_against_stream(&app.kairos.bus, &pool)
-            .await
-            .unwrap()
-            .first_bad,
-        None
-    );
+    audit_chain_holds(&app, &pool).await;
     // Nothing was announced twice: replay does not re-emit threshold events.
     let crossings = app
         .events_in("budget")
@@ -217,6 +228,7 @@ async fn readers_never_see_a_half_built_generation(pool: PgPool) {
                 batch_size: 500,
                 ..Default::default()
             },
+            None,
             |_| {},
         )
         .await
@@ -246,6 +258,7 @@ async fn an_interrupted_replay_resumes_and_until_keeps_the_live_tables(pool: PgP
                 until_seq: Some(half),
                 ..Default::default()
             },
+            None,
             |_| {},
         )
         .await
@@ -263,20 +276,25 @@ async fn an_interrupted_replay_resumes_and_until_keeps_the_live_tables(pool: PgP
         .unwrap();
     assert_eq!(partial.last_seq, half.0);
 
-    // The next replay resumes from there instead of starting over.
-    let r = app
-        .kairos
-        .replay(
-            "budgets",
-            &ReplayOptions {
-                keep_old: true,
-                ..Default::default()
-            },
-            |_| {},
-        )
-        .await
-        .unwrap();
-    assert!(r.switched);
+    // The next replay resumes from there instead of starting over, sharing its read of the
+    // stream with an audit replay that starts from the beginning.
+    app.wait_for("audit", last).await;
+    let opts = ReplayOptions {
+        keep_old: true,
+        ..Default::default()
+    };
+    let mut seats = app.kairos.shared_read(2, &opts).into_iter();
+    let (r, audit) = tokio::join!(
+        app.kairos.replay("budgets", &opts, seats.next(), |_| {}),
+        app.kairos.replay("audit", &opts, seats.next(), |_| {}),
+    );
+    let (r, audit) = (r.unwrap(), audit.unwrap());
+    assert!(r.switched && audit.switched);
+    // Audit read from the start (its live tables may have gone past `last`: the threshold events
+    // budgets announced) and its rebuilt chain matches the stream.
+    assert!(audit.reached.0 >= last);
+    assert_eq!(audit.events_read, audit.reached.0);
+    audit_chain_holds(&app, &pool).await;
     assert_eq!(
         r.events_read,
         r.reached.0 - half.0,
@@ -304,7 +322,7 @@ async fn a_replay_leaves_what_the_live_runner_has_not_seen_to_it(pool: PgPool) {
     .await;
     let r = app
         .kairos
-        .replay("budgets", &ReplayOptions::default(), |_| {})
+        .replay("budgets", &ReplayOptions::default(), None, |_| {})
         .await
         .unwrap();
     assert_eq!(
@@ -328,7 +346,7 @@ async fn a_replay_leaves_what_the_live_runner_has_not_seen_to_it(pool: PgPool) {
     };
     assert_eq!(
         app.kairos
-            .replay("budgets", &until(3), |_| {})
+            .replay("budgets", &until(3), None, |_| {})
             .await
             .unwrap()
             .reached
@@ -337,7 +355,7 @@ async fn a_replay_leaves_what_the_live_runner_has_not_seen_to_it(pool: PgPool) {
     );
     assert_eq!(
         app.kairos
-            .replay("budgets", &until(1), |_| {})
+            .replay("budgets", &until(1), None, |_| {})
             .await
             .unwrap()
             .reached

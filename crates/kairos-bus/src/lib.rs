@@ -310,7 +310,17 @@ impl Bus {
         from: ReadFrom,
         filter: Option<String>,
     ) -> Result<EventReader, BusError> {
-        self.read_with(from, filter, false).await
+        self.read_with(from, filter, false, None).await
+    }
+
+    /// Reads the messages `from..=to` of the events stream (and possibly a few after): the
+    /// server is asked for no more than that many at a time, rather than the ordered
+    /// consumer's batches of 500 of which a short read would use a few.
+    pub async fn read_span(&self, from: StreamSeq, to: StreamSeq) -> Result<EventReader, BusError> {
+        let span = to.0.saturating_sub(from.0).saturating_add(1);
+        let batch = i64::try_from(span).unwrap_or(i64::MAX).min(500);
+        self.read_with(ReadFrom::Seq(from), None, false, Some(batch))
+            .await
     }
 
     /// As [`Bus::read`]; `headers_only` leaves the payloads on the server (sequences and times
@@ -320,6 +330,7 @@ impl Bus {
         from: ReadFrom,
         filter: Option<String>,
         headers_only: bool,
+        max_batch: Option<i64>,
     ) -> Result<EventReader, BusError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
         let err = |e: &dyn std::fmt::Display| BusError::Stream {
@@ -347,6 +358,7 @@ impl Bus {
                 filter_subject: filter.unwrap_or_default(),
                 deliver_policy,
                 headers_only,
+                max_batch: max_batch.unwrap_or_default(),
                 ..Default::default()
             })
             .await
@@ -414,7 +426,9 @@ impl Bus {
         at: chrono::DateTime<chrono::Utc>,
         last: u64,
     ) -> Result<StreamSeq, BusError> {
-        let mut reader = self.read_with(ReadFrom::Time(at), None, true).await?;
+        let mut reader = self
+            .read_with(ReadFrom::Time(at), None, true, Some(1))
+            .await?;
         match reader.next(Duration::from_secs(5)).await? {
             Some(m) if m.stored_at > at => Ok(StreamSeq(m.seq.0.saturating_sub(1))),
             Some(m) => Ok(m.seq),

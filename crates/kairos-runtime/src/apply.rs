@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use tracing::{debug, warn};
 
 use crate::store::{self, Advance};
-use crate::{ApplyError, Projection};
+use crate::{ApplyError, Projection, Rejection};
 
 /// A message as delivered from the stream, whatever consumer delivered it.
 pub use kairos_bus::StoredMessage as Delivered;
@@ -97,23 +97,26 @@ pub(crate) fn classify(e: sqlx::Error) -> Failure {
 
 /// Starts a transaction writing to `target`: its schema first on the search path and, for the
 /// live tables, the projection's writer lock (a replay's switch takes it to pause live writes).
+/// One round trip: on a machine that NATS, PostgreSQL and Kairos share, each costs more than
+/// the statement.
 pub(crate) async fn begin(
     pool: &PgPool,
     target: &Target,
     projection: &str,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('search_path', $1, true)")
-        .bind(format!("\"{}\", public", target.schema))
-        .execute(&mut *tx)
-        .await?;
+    let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
+    let mut sql = format!(
+        "BEGIN; SET LOCAL search_path TO {}, public",
+        ident(&target.schema)
+    );
     if target.live {
-        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
-            .bind(writer_lock(projection))
-            .execute(&mut *tx)
-            .await?;
+        sql.push_str(&format!(
+            "; SELECT pg_advisory_xact_lock_shared(hashtextextended({}, 0))",
+            literal(&writer_lock(projection))
+        ));
     }
-    Ok(tx)
+    pool.begin_with(sqlx::AssertSqlSafe(sql)).await
 }
 
 /// The advisory lock key every live batch of `projection` holds (shared) while it writes.
@@ -121,8 +124,54 @@ pub fn writer_lock(projection: &str) -> String {
     format!("kairos.writer.{projection}")
 }
 
+/// What one message decoded into, before any I/O.
+enum Slot<I> {
+    /// Not this projection's (another category, or a type it ignores).
+    Skip,
+    Item(uuid::Uuid, I),
+    Rejected(Rejection),
+}
+
+/// A batch decoded ahead of its transaction (see [`decode`]), by stream sequence.
+pub(crate) struct Decoded<I>(Vec<(StreamSeq, Slot<I>)>);
+
+/// Decodes messages for `projection`: pure CPU work, so a caller runs it on another thread
+/// while the previous batch is written.
+pub(crate) fn decode<P: Projection>(
+    projection: &P,
+    prefix: &str,
+    batch: &[Delivered],
+) -> Decoded<P::Item> {
+    Decoded(
+        batch
+            .iter()
+            .map(|m| (m.seq, decode_one(projection, prefix, m)))
+            .collect(),
+    )
+}
+
+fn decode_one<P: Projection>(projection: &P, prefix: &str, m: &Delivered) -> Slot<P::Item> {
+    if !crate::reads(projection, &m.subject) {
+        return Slot::Skip;
+    }
+    let decoded = crate::stored_event(prefix, m.seq, &m.subject, m.stored_at, &m.payload).and_then(
+        |stored| {
+            let key = store::applied_key(&stored.event.identity());
+            projection
+                .decode(&stored)
+                .map(|item| item.map(|i| (key, i)))
+        },
+    );
+    match decoded {
+        Ok(None) => Slot::Skip,
+        Ok(Some((key, item))) => Slot::Item(key, item),
+        Err(rejection) => Slot::Rejected(rejection),
+    }
+}
+
 /// Applies `batch` (contiguous, starting right after `checkpoint`); returns whether events were
-/// written to the outbox.
+/// written to the outbox. `decoded` is used for the messages it holds, the rest are decoded
+/// here.
 pub(crate) async fn apply_batch<P: Projection>(
     projection: &P,
     bus: &Bus,
@@ -130,6 +179,7 @@ pub(crate) async fn apply_batch<P: Projection>(
     target: &Target,
     checkpoint: StreamSeq,
     batch: &[Delivered],
+    decoded: Option<Decoded<P::Item>>,
 ) -> Result<bool, Failure> {
     let name = projection.name();
     let mut items = Vec::new();
@@ -139,20 +189,19 @@ pub(crate) async fn apply_batch<P: Projection>(
     let mut duplicates = 0i64;
     let mut seen = HashSet::new();
     let prefix = &bus.config().subject_prefix;
-    for m in batch
-        .iter()
-        .filter(|m| crate::reads(projection, &m.subject))
-    {
-        let decoded = crate::stored_event(prefix, m.seq, &m.subject, m.stored_at, &m.payload)
-            .and_then(|stored| {
-                let identity = stored.event.identity();
-                projection
-                    .decode(&stored)
-                    .map(|item| item.map(|i| (identity, i)))
-            });
-        match decoded {
-            Ok(None) => {}
-            Ok(Some((identity, item))) => {
+    let mut ahead = decoded.map(|d| d.0.into_iter().peekable());
+    for m in batch {
+        // Both are in stream order: skip what the batch no longer holds.
+        let slot = ahead
+            .as_mut()
+            .and_then(|a| {
+                while a.next_if(|(seq, _)| *seq < m.seq).is_some() {}
+                a.next_if(|(seq, _)| *seq == m.seq)
+            })
+            .map_or_else(|| decode_one(projection, prefix, m), |(_, slot)| slot);
+        match slot {
+            Slot::Skip => {}
+            Slot::Item(identity, item) => {
                 if seen.insert(identity) {
                     identities.push(identity);
                     seqs.push(store::to_i64(m.seq));
@@ -161,7 +210,7 @@ pub(crate) async fn apply_batch<P: Projection>(
                     duplicates += 1;
                 }
             }
-            Err(rejection) => {
+            Slot::Rejected(rejection) => {
                 dead += 1;
                 if target.live {
                     warn!(projection = name, seq = m.seq.0, code = rejection.code, reason = %rejection.reason, "dead-lettering event");
@@ -181,13 +230,6 @@ pub(crate) async fn apply_batch<P: Projection>(
     }
     let last = batch.last().map_or(checkpoint, |m| m.seq);
     let mut tx = begin(pool, target, name).await.map_err(classify)?;
-    if store::lock_checkpoint(&mut tx, &target.key)
-        .await
-        .map_err(classify)?
-        != checkpoint
-    {
-        return Err(Failure::Moved);
-    }
     let fresh = store::claim_identities(&mut tx, &identities, &seqs)
         .await
         .map_err(classify)?;
@@ -225,20 +267,24 @@ pub(crate) async fn apply_batch<P: Projection>(
         duplicates,
         dead_lettered: dead,
     };
-    store::advance(&mut tx, &target.key, &advance)
+    // The checkpoint is checked last, where the transaction locks its row: another writer that
+    // moved it first makes this one roll back (its identities, folded or not, with it).
+    if !store::advance(&mut tx, &target.key, checkpoint, &advance)
         .await
-        .map_err(classify)?;
-    if target.snapshot_every > 0 {
-        store::maybe_snapshot(
-            &mut tx,
-            projection,
-            &target.key,
-            last,
-            target.snapshot_every,
-        )
-        .await
-        .map_err(classify)?;
+        .map_err(classify)?
+    {
+        return Err(Failure::Moved);
     }
+    store::maybe_snapshot(
+        &mut tx,
+        projection,
+        &target.key,
+        checkpoint,
+        last,
+        target.snapshot_every,
+    )
+    .await
+    .map_err(classify)?;
     tx.commit().await.map_err(classify)?;
     debug!(projection = name, key = %target.key, applied, duplicates, dead, "batch committed");
     Ok(!emitted.is_empty())

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kairos_bus::{Bus, ReadFrom};
+use kairos_bus::Bus;
 use kairos_events::StreamSeq;
 use sqlx::PgPool;
 
@@ -60,7 +60,7 @@ pub async fn items_between<P: Projection>(
     }
     let stream_err = |e: &dyn std::fmt::Display| HistoryError::Stream(e.to_string());
     let mut reader = bus
-        .read(ReadFrom::Seq(StreamSeq(after.0 + 1)), None)
+        .read_span(StreamSeq(after.0 + 1), upto)
         .await
         .map_err(|e| stream_err(&e))?;
     let mut decoded = Vec::new();
@@ -103,17 +103,21 @@ pub async fn items_between<P: Projection>(
             )
             && let Ok(Some(item)) = projection.decode(&stored)
         {
-            decoded.push((stored.event.identity(), seq, item));
+            decoded.push((
+                crate::store::applied_key(&stored.event.identity()),
+                seq,
+                item,
+            ));
         }
     }
     // Which sequence first applied each identity.
-    let ids: Vec<Vec<u8>> = decoded.iter().map(|(i, _, _)| i.to_vec()).collect();
+    let ids: Vec<uuid::Uuid> = decoded.iter().map(|(i, _, _)| *i).collect();
     let sql = format!(
         "SELECT identity, seq FROM \"{}\".kairos_applied WHERE identity = ANY($1)",
         projection.schema()
     );
-    let first: HashMap<Vec<u8>, i64> =
-        sqlx::query_as::<_, (Vec<u8>, i64)>(sqlx::AssertSqlSafe(sql))
+    let first: HashMap<uuid::Uuid, i64> =
+        sqlx::query_as::<_, (uuid::Uuid, i64)>(sqlx::AssertSqlSafe(sql))
             .bind(&ids)
             .fetch_all(pool)
             .await?
@@ -121,7 +125,7 @@ pub async fn items_between<P: Projection>(
             .collect();
     Ok(decoded
         .into_iter()
-        .filter(|(identity, seq, _)| first.get(&identity[..]).is_some_and(|s| *s == to_i64(*seq)))
+        .filter(|(identity, seq, _)| first.get(identity).is_some_and(|s| *s == to_i64(*seq)))
         .map(|(_, _, item)| item)
         .collect())
 }

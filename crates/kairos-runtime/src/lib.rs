@@ -30,7 +30,7 @@ use kairos_events::{Event, StreamSeq};
 
 pub use apply::{Delivered, Target, writer_lock};
 pub use history::{HistoryError, items_between, snapshot_at};
-pub use replay::{Progress, ReplayOptions, ReplayReport, replay};
+pub use replay::{Progress, ReplayOptions, ReplayReport, Seat, replay, shared_read};
 pub use runner::{Runner, RunnerConfig, RunnerError};
 
 pub use store::{Checkpoint, checkpoint, checkpoints};

@@ -7,14 +7,15 @@
 //! checkpoint and dedupe keys in one transaction: readers see the old tables or the new ones,
 //! never a half-built generation, and the live runner carries on from the same sequence.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kairos_bus::{Bus, ReadFrom};
+use kairos_bus::{Bus, EventReader, ReadFrom};
 use kairos_events::StreamSeq;
 use sqlx::{PgPool, Row};
 use tracing::{info, warn};
 
-use crate::apply::{Delivered, Failure, Target, apply_batch, writer_lock};
+use crate::apply::{Decoded, Delivered, Failure, Target, apply_batch, decode, writer_lock};
 use crate::store::{self, Advance};
 use crate::{Projection, RunnerError};
 
@@ -93,18 +94,22 @@ fn replay_error(projection: &str, message: impl std::fmt::Display) -> RunnerErro
     }
 }
 
-/// Rebuilds `projection` from the stream. See the module documentation.
+/// Rebuilds `projection` from the stream. See the module documentation. With a [`Seat`], the
+/// bulk of the history comes from a read shared with other replays.
 pub async fn replay<P: Projection>(
-    projection: &P,
+    projection: P,
     bus: &Bus,
     pool: &PgPool,
     opts: &ReplayOptions,
+    seat: Option<Seat>,
     mut on_progress: impl FnMut(Progress),
 ) -> Result<ReplayReport, RunnerError> {
+    let projection = Arc::new(projection);
+    let projection = &projection;
     let name = projection.name();
     let started = Instant::now();
-    let live = Target::live(projection);
-    let next = Target::next(projection);
+    let live = Target::live(projection.as_ref());
+    let next = Target::next(projection.as_ref());
     let mut stream = bus
         .jetstream()
         .get_stream(bus.stream_name())
@@ -159,6 +164,7 @@ pub async fn replay<P: Projection>(
         &next,
         end,
         opts.batch_size,
+        seat,
         &mut read,
         &mut on_progress,
     )
@@ -191,6 +197,7 @@ pub async fn replay<P: Projection>(
                 &next,
                 live_seq.0,
                 opts.batch_size,
+                None,
                 &mut read,
                 &mut on_progress,
             )
@@ -249,6 +256,7 @@ async fn prepare_generation(
     let resumable = exists && !restart && store::checkpoint(pool, &next.key).await?.is_some();
     if resumable {
         info!(schema = %next.schema, "resuming the generation an earlier replay left");
+        store::ensure_applied_table(pool, &next.schema).await?;
         return Ok(());
     }
     store::ensure_applied_table(pool, &live.schema).await?;
@@ -296,15 +304,18 @@ async fn prepare_generation(
     Ok(())
 }
 
-/// Folds the stream into `target` from its checkpoint up to `end`, in order.
+/// Folds the stream into `target` from its checkpoint up to `end`, in order. One side reads
+/// and decodes (on another thread) the next batches while the other writes the current one.
+/// Batches end at multiples of `target.snapshot_every`, where the snapshots go.
 #[allow(clippy::too_many_arguments)]
 async fn catch_up<P: Projection>(
-    projection: &P,
+    projection: &Arc<P>,
     bus: &Bus,
     pool: &PgPool,
     target: &Target,
     end: u64,
     batch_size: usize,
+    seat: Option<Seat>,
     read: &mut u64,
     on_progress: &mut impl FnMut(Progress),
 ) -> Result<StreamSeq, RunnerError> {
@@ -314,32 +325,59 @@ async fn catch_up<P: Projection>(
     if checkpoint.0 >= end {
         return Ok(checkpoint);
     }
-    let mut reader = bus
-        .read(ReadFrom::Seq(StreamSeq(checkpoint.0 + 1)), None)
-        .await
-        .map_err(|e| replay_error(name, e))?;
-    let mut batch = Vec::with_capacity(batch_size);
-    let mut last_report = Instant::now();
     let first = checkpoint.0;
-    while checkpoint.0 < end {
-        let Some(d) = reader
-            .next(Duration::from_secs(30))
-            .await
-            .map_err(|e| replay_error(name, e))?
-        else {
-            return Err(replay_error(name, "the stream stopped delivering for 30 s"));
+    let every = target.snapshot_every;
+    let (batches, mut arriving) =
+        tokio::sync::mpsc::channel::<(Vec<Delivered>, Option<Decoded<P::Item>>)>(2);
+    let reading = async move {
+        let mut source = match seat {
+            Some(seat) => Source::Shared(seat.take(first, end)),
+            None => Source::Own(
+                Box::new(
+                    bus.read(ReadFrom::Seq(StreamSeq(first + 1)), None)
+                        .await
+                        .map_err(|e| replay_error(name, e))?,
+                ),
+                Batcher::new(batch_size, every),
+            ),
         };
-        if d.seq.0 > end {
-            break;
+        loop {
+            let (batch, seq) = source
+                .next(first, end)
+                .await
+                .map_err(|e| replay_error(name, e))?;
+            if !batch.is_empty() {
+                let (p, prefix) = (Arc::clone(projection), bus.config().subject_prefix.clone());
+                let (full, decoded) = tokio::task::spawn_blocking(move || {
+                    let decoded = decode(p.as_ref(), &prefix, &batch);
+                    (batch, decoded)
+                })
+                .await
+                .map_err(|e| replay_error(name, e))?;
+                if batches.send((full, Some(decoded))).await.is_err() {
+                    return Ok(()); // the writing side stopped: its error is the one to report
+                }
+            }
+            if seq >= end {
+                return Ok::<_, RunnerError>(());
+            }
         }
-        *read += 1;
-        let full = batch.len() + 1 >= batch_size || d.seq.0 == end;
-        batch.push(d);
-        if full {
-            checkpoint =
-                apply_with_retry(projection, bus, pool, target, checkpoint, &batch).await?;
-            batch.clear();
-            if last_report.elapsed() > Duration::from_millis(500) || checkpoint.0 == end {
+    };
+    let mut last_report = Instant::now();
+    let writing = async {
+        while let Some((batch, decoded)) = arriving.recv().await {
+            *read += batch.len() as u64;
+            checkpoint = apply_with_retry(
+                projection.as_ref(),
+                bus,
+                pool,
+                target,
+                checkpoint,
+                &batch,
+                decoded,
+            )
+            .await?;
+            if last_report.elapsed() > Duration::from_millis(500) || checkpoint.0 >= end {
                 last_report = Instant::now();
                 let secs = began.elapsed().as_secs_f64().max(1e-6);
                 on_progress(Progress {
@@ -349,11 +387,212 @@ async fn catch_up<P: Projection>(
                 });
             }
         }
+        Ok::<_, RunnerError>(checkpoint)
+    };
+    let (read_result, written) = tokio::join!(reading, writing);
+    let reached = written?;
+    read_result?;
+    Ok(reached)
+}
+
+/// Cuts the stream into batches: at most `size` messages, ending at multiples of `every`
+/// (where the snapshots go) and at `end`.
+struct Batcher {
+    size: usize,
+    every: u64,
+    batch: Vec<Delivered>,
+}
+
+impl Batcher {
+    fn new(size: usize, every: u64) -> Self {
+        Self {
+            size,
+            every,
+            batch: Vec::with_capacity(size),
+        }
     }
-    if !batch.is_empty() {
-        checkpoint = apply_with_retry(projection, bus, pool, target, checkpoint, &batch).await?;
+
+    /// Adds `d` (unless it is past `end`); returns the batch it completed, if it did.
+    fn push(&mut self, d: Delivered, end: u64) -> Option<Vec<Delivered>> {
+        let seq = d.seq.0;
+        if seq <= end {
+            self.batch.push(d);
+        }
+        let cut = self.batch.len() >= self.size
+            || (self.every > 0 && seq.is_multiple_of(self.every))
+            || seq >= end;
+        (cut && !self.batch.is_empty())
+            .then(|| std::mem::replace(&mut self.batch, Vec::with_capacity(self.size)))
     }
-    Ok(checkpoint)
+}
+
+/// Batches of stream messages as a shared read hands them out.
+type Feed = tokio::sync::mpsc::Receiver<Result<Arc<Vec<Delivered>>, String>>;
+
+/// Where a replay's messages come from: a read of its own, or a read shared with others.
+enum Source {
+    Own(Box<EventReader>, Batcher),
+    Shared(Feed),
+}
+
+impl Source {
+    /// The next batch of messages in `(first, end]` (maybe empty), and the last sequence seen:
+    /// at or past `end`, the replay has all it needs.
+    async fn next(&mut self, first: u64, end: u64) -> Result<(Vec<Delivered>, u64), String> {
+        match self {
+            Source::Own(reader, batcher) => loop {
+                let d = reader
+                    .next(Duration::from_secs(30))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("the stream stopped delivering for 30 s")?;
+                let seq = d.seq.0;
+                if let Some(batch) = batcher.push(d, end) {
+                    return Ok((batch, seq));
+                }
+                if seq >= end {
+                    return Ok((Vec::new(), seq));
+                }
+            },
+            Source::Shared(feed) => {
+                let batch = feed
+                    .recv()
+                    .await
+                    .ok_or("the shared read of the stream ended early")??;
+                let last = batch.last().map_or(0, |d| d.seq.0);
+                let mine = batch
+                    .iter()
+                    .filter(|d| d.seq.0 > first && d.seq.0 <= end)
+                    .cloned()
+                    .collect();
+                Ok((mine, last))
+            }
+        }
+    }
+}
+
+/// A place in one read of the stream shared by several replays (`kairos replay --all`): the
+/// server sends each message once instead of once per projection. Get the seats from
+/// [`shared_read`], one per replay. The read starts once every seat is taken (by a replay that
+/// has history to fold) or dropped, from the earliest sequence any of them needs, and goes on
+/// to the furthest; each replay keeps what falls in its own range. It moves at the pace of the
+/// slowest.
+pub struct Seat {
+    shared: Arc<std::sync::Mutex<Shared>>,
+    taken: bool,
+}
+
+struct Shared {
+    bus: Bus,
+    open: usize,
+    batch_size: usize,
+    every: u64,
+    riders: Vec<Rider>,
+}
+
+struct Rider {
+    first: u64,
+    end: u64,
+    feed: tokio::sync::mpsc::Sender<Result<Arc<Vec<Delivered>>, String>>,
+}
+
+/// `seats` places in one shared read of the stream, batched as `opts` says.
+pub fn shared_read(bus: &Bus, seats: usize, opts: &ReplayOptions) -> Vec<Seat> {
+    let shared = Arc::new(std::sync::Mutex::new(Shared {
+        bus: bus.clone(),
+        open: seats,
+        batch_size: opts.batch_size,
+        every: opts.snapshot_every,
+        riders: Vec::new(),
+    }));
+    (0..seats)
+        .map(|_| Seat {
+            shared: Arc::clone(&shared),
+            taken: false,
+        })
+        .collect()
+}
+
+impl Seat {
+    /// Takes the seat for the messages `(first, end]`.
+    fn take(mut self, first: u64, end: u64) -> Feed {
+        let (feed, fed) = tokio::sync::mpsc::channel(4);
+        self.taken = true;
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        shared.riders.push(Rider { first, end, feed });
+        shared.leave();
+        fed
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .leave();
+        }
+    }
+}
+
+impl Shared {
+    /// One seat fewer to wait for; the last one starts the read.
+    fn leave(&mut self) {
+        self.open = self.open.saturating_sub(1);
+        if self.open == 0 && !self.riders.is_empty() {
+            let riders = std::mem::take(&mut self.riders);
+            tokio::spawn(feed(
+                self.bus.clone(),
+                riders,
+                Batcher::new(self.batch_size, self.every),
+            ));
+        }
+    }
+}
+
+/// Reads the stream once for every rider, handing each batch to all of them.
+async fn feed(bus: Bus, mut riders: Vec<Rider>, mut batcher: Batcher) {
+    let first = riders.iter().map(|r| r.first).min().unwrap_or(0);
+    let end = riders.iter().map(|r| r.end).max().unwrap_or(0);
+    let mut reader = bus.read(ReadFrom::Seq(StreamSeq(first + 1)), None).await;
+    loop {
+        let next = match &mut reader {
+            Ok(reader) => reader
+                .next(Duration::from_secs(30))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|d| d.ok_or_else(|| "the stream stopped delivering for 30 s".into())),
+            Err(e) => Err(e.to_string()),
+        };
+        let d = match next {
+            Ok(d) => d,
+            Err(e) => {
+                for r in riders {
+                    let _ = r.feed.send(Err(e.clone())).await;
+                }
+                return;
+            }
+        };
+        let seq = d.seq.0;
+        if let Some(batch) = batcher.push(d, end) {
+            let batch = Arc::new(batch);
+            let mut still = Vec::with_capacity(riders.len());
+            for r in riders {
+                // A rider that stopped (its replay failed) or got to its end leaves.
+                if r.feed.send(Ok(Arc::clone(&batch))).await.is_ok() && seq < r.end {
+                    still.push(r);
+                }
+            }
+            riders = still;
+        }
+        if riders.is_empty() || seq >= end {
+            return;
+        }
+    }
 }
 
 /// Applies a batch; on a data error, applies its events one by one and skips (counts as dead
@@ -365,11 +604,22 @@ async fn apply_with_retry<P: Projection>(
     target: &Target,
     checkpoint: StreamSeq,
     batch: &[Delivered],
+    mut decoded: Option<Decoded<P::Item>>,
 ) -> Result<StreamSeq, RunnerError> {
     let name = projection.name();
     let mut attempts = 0;
     loop {
-        match apply_batch(projection, bus, pool, target, checkpoint, batch).await {
+        match apply_batch(
+            projection,
+            bus,
+            pool,
+            target,
+            checkpoint,
+            batch,
+            decoded.take(),
+        )
+        .await
+        {
             Ok(_) => return Ok(batch.last().map_or(checkpoint, |d| d.seq)),
             Err(Failure::Data(reason)) if batch.len() > 1 => {
                 warn!(projection = name, %reason, "batch failed on its data; applying one by one");
@@ -382,6 +632,7 @@ async fn apply_with_retry<P: Projection>(
                         target,
                         at,
                         std::slice::from_ref(d),
+                        None,
                     ))
                     .await?;
                 }
@@ -390,14 +641,18 @@ async fn apply_with_retry<P: Projection>(
             Err(Failure::Data(reason)) => {
                 warn!(projection = name, seq = batch[0].seq.0, %reason, "skipping an event that cannot be applied");
                 let mut tx = pool.begin().await?;
-                store::lock_checkpoint(&mut tx, &target.key).await?;
                 let advance = Advance {
                     to: batch[0].seq,
                     applied: 0,
                     duplicates: 0,
                     dead_lettered: 1,
                 };
-                store::advance(&mut tx, &target.key, &advance).await?;
+                if !store::advance(&mut tx, &target.key, checkpoint, &advance).await? {
+                    return Err(replay_error(
+                        name,
+                        "another replay of this projection is running",
+                    ));
+                }
                 tx.commit().await?;
                 return Ok(batch[0].seq);
             }

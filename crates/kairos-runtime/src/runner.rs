@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::Projection;
-use crate::apply::{Delivered, Failure, Target, apply_batch, delivered};
+use crate::apply::{Decoded, Delivered, Failure, Target, apply_batch, decode, delivered};
 use crate::store::{self, Advance};
 
 /// How a runner consumes. Defaults suit production; tests shorten `ack_wait`.
@@ -84,6 +84,9 @@ pub struct Runner<P: Projection> {
     config: RunnerConfig,
     target: Target,
 }
+
+/// Messages pulled ahead, with what decoding them gave (if it ran).
+type Fetched<I> = (Vec<Message>, Option<Decoded<I>>);
 
 #[derive(Debug, PartialEq, Eq)]
 enum Handled {
@@ -159,7 +162,7 @@ impl<P: Projection> Runner<P> {
             last_lag_report: Instant::now(),
         };
         let mut backoff = Duration::from_millis(100);
-        let mut prefetched: Option<Vec<Message>> = None;
+        let mut prefetched: Option<Fetched<P::Item>> = None;
         loop {
             let max = if state.isolate_until.is_some() {
                 1
@@ -167,13 +170,13 @@ impl<P: Projection> Runner<P> {
                 self.config.batch_size
             };
             let fetched = match prefetched.take() {
-                Some(msgs) if !msgs.is_empty() => Ok(msgs),
-                _ => self.next_batch(&consumer, max).await,
+                Some((msgs, decoded)) if !msgs.is_empty() => Ok((msgs, decoded)),
+                _ => self.next_batch(&consumer, max).await.map(|m| (m, None)),
             };
-            let msgs = match fetched {
-                Ok(msgs) => {
+            let (msgs, decoded) = match fetched {
+                Ok(fetched) => {
                     backoff = Duration::from_millis(100);
-                    msgs
+                    fetched
                 }
                 Err(e) => {
                     warn!(projection = name, error = %e, "pull failed; retrying");
@@ -185,18 +188,30 @@ impl<P: Projection> Runner<P> {
             if msgs.is_empty() {
                 continue;
             }
-            // While this batch is applied, the next one is pulled: NATS and PostgreSQL work at
-            // the same time. A prefetched batch after a failed one arrives out of order and is
-            // handed back (nak) by the gap check, so order is never at risk.
+            // While this batch is applied, the next one is pulled and decoded on another thread:
+            // NATS, PostgreSQL and the decoding work at the same time. A prefetched batch after
+            // a failed one arrives out of order and is handed back (nak) by the gap check, so
+            // order is never at risk; what was decoded ahead is used only for the messages
+            // applied.
             let isolating = state.isolate_until.is_some();
             let prefetch = async {
                 if isolating {
-                    None
-                } else {
-                    self.fetch_now(&consumer, max).await.ok()
+                    return None;
                 }
+                let msgs = self.fetch_now(&consumer, max).await.ok()?;
+                let delivered: Vec<Delivered> = msgs.iter().filter_map(delivered).collect();
+                let (projection, prefix) = (
+                    Arc::clone(&self.projection),
+                    self.bus.config().subject_prefix.clone(),
+                );
+                let decoded = tokio::task::spawn_blocking(move || {
+                    decode(projection.as_ref(), &prefix, &delivered)
+                })
+                .await
+                .ok();
+                Some((msgs, decoded))
             };
-            let (handled, next) = tokio::join!(self.handle(&mut state, msgs), prefetch);
+            let (handled, next) = tokio::join!(self.handle(&mut state, msgs, decoded), prefetch);
             prefetched = next;
             if handled == Handled::Gap {
                 // Events after the checkpoint are missing. Usually they are out for redelivery;
@@ -325,7 +340,12 @@ impl<P: Projection> Runner<P> {
         Ok(msgs)
     }
 
-    async fn handle(&self, state: &mut State, msgs: Vec<Message>) -> Handled {
+    async fn handle(
+        &self,
+        state: &mut State,
+        msgs: Vec<Message>,
+        decoded: Option<Decoded<P::Item>>,
+    ) -> Handled {
         let name = self.name();
         let mut expected = state.checkpoint.0 + 1;
         let (mut batch, mut later, mut stale) = (Vec::new(), Vec::new(), None);
@@ -358,7 +378,7 @@ impl<P: Projection> Runner<P> {
                 "events before the stream's first sequence are gone; continuing from it"
             );
             state.checkpoint = StreamSeq(first.saturating_sub(1));
-            return Box::pin(self.handle(state, later)).await;
+            return Box::pin(self.handle(state, later, decoded)).await;
         }
         let gap = batch.is_empty() && !later.is_empty();
         for m in later {
@@ -379,7 +399,7 @@ impl<P: Projection> Runner<P> {
             last_seq,
             events = batch.len()
         );
-        let outcome = self.apply(state, &batch).instrument(span).await;
+        let outcome = self.apply(state, &batch, decoded).instrument(span).await;
         match outcome {
             Ok(emitted) => {
                 state.checkpoint = StreamSeq(last_seq);
@@ -473,7 +493,12 @@ impl<P: Projection> Runner<P> {
     }
 
     /// Applies one contiguous batch; returns whether events were emitted to the outbox.
-    async fn apply(&self, state: &State, batch: &[Message]) -> Result<bool, Failure> {
+    async fn apply(
+        &self,
+        state: &State,
+        batch: &[Message],
+        decoded: Option<Decoded<P::Item>>,
+    ) -> Result<bool, Failure> {
         let delivered: Vec<Delivered> = batch.iter().filter_map(delivered).collect();
         apply_batch(
             self.projection.as_ref(),
@@ -482,6 +507,7 @@ impl<P: Projection> Runner<P> {
             &self.target,
             state.checkpoint,
             &delivered,
+            decoded,
         )
         .await
     }
@@ -510,14 +536,13 @@ impl<P: Projection> Runner<P> {
             )
             .await?;
         let mut tx = crate::apply::begin(&self.pool, &self.target, name).await?;
-        if store::lock_checkpoint(&mut tx, name).await? == state.checkpoint {
-            let advance = Advance {
-                to: seq,
-                applied: 0,
-                duplicates: 0,
-                dead_lettered: 1,
-            };
-            store::advance(&mut tx, name, &advance).await?;
+        let advance = Advance {
+            to: seq,
+            applied: 0,
+            duplicates: 0,
+            dead_lettered: 1,
+        };
+        if store::advance(&mut tx, name, state.checkpoint, &advance).await? {
             tx.commit().await?;
             state.checkpoint = seq;
         }

@@ -75,62 +75,70 @@ pub(crate) async fn ensure_checkpoint(
     Ok(StreamSeq(to_u64(seq)))
 }
 
-/// Locks the checkpoint row for the rest of the transaction and returns it.
-pub(crate) async fn lock_checkpoint(
-    tx: &mut PgConnection,
-    projection: &str,
-) -> Result<StreamSeq, sqlx::Error> {
-    let seq: i64 = sqlx::query_scalar(
-        "SELECT last_seq FROM kairos.checkpoints WHERE projection = $1 FOR UPDATE",
-    )
-    .bind(projection)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok(StreamSeq(to_u64(seq)))
+/// The key under which an event's identity is recorded: the first 16 bytes of its SHA-256
+/// ([`kairos_events::Event::identity`]) as a `uuid`, a fixed-width key half the size of the
+/// digest (a collision needs ~2^64 events).
+pub(crate) fn applied_key(identity: &[u8; 32]) -> uuid::Uuid {
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&identity[..16]);
+    uuid::Uuid::from_bytes(key)
 }
 
 /// Creates, if missing, the table of identities a projection folded, in its schema: each
-/// generation has its own, so switching generations moves it with a rename.
+/// generation has its own, so switching generations moves it with a rename. A table of an
+/// earlier version (32-byte `bytea` identities) is converted in place.
 pub(crate) async fn ensure_applied_table(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'kairos_applied')",
+    let ty: Option<String> = sqlx::query_scalar(
+        "SELECT data_type::text FROM information_schema.columns
+         WHERE table_schema = $1 AND table_name = 'kairos_applied' AND column_name = 'identity'",
     )
     .bind(schema)
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
-    if !exists {
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS \"{}\".kairos_applied (
-                 identity bytea PRIMARY KEY CHECK (length(identity) = 32), seq bigint NOT NULL)",
-            schema.replace('"', "\"\"")
-        );
-        sqlx::query(sqlx::AssertSqlSafe(ddl)).execute(pool).await?;
-    }
+    let table = format!("\"{}\".kairos_applied", schema.replace('"', "\"\""));
+    let ddl = match ty.as_deref() {
+        None => format!(
+            "CREATE TABLE IF NOT EXISTS {table} (identity uuid PRIMARY KEY, seq bigint NOT NULL)"
+        ),
+        Some("bytea") => format!(
+            "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS kairos_applied_identity_check;
+             ALTER TABLE {table} ALTER COLUMN identity TYPE uuid
+                 USING encode(substring(identity FROM 1 FOR 16), 'hex')::uuid"
+        ),
+        Some(_) => return Ok(()),
+    };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
-/// Records identities; returns the positions (in `identities`) that were new.
+/// Records identities (keys from [`applied_key`], with the sequence of each); returns the
+/// positions that were new.
 pub(crate) async fn claim_identities(
     tx: &mut PgConnection,
-    identities: &[[u8; 32]],
+    identities: &[uuid::Uuid],
     seqs: &[i64],
 ) -> Result<Vec<bool>, sqlx::Error> {
     if identities.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Vec<u8>> = identities.iter().map(|i| i.to_vec()).collect();
-    let fresh: Vec<Vec<u8>> = sqlx::query_scalar(
+    let fresh: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO kairos_applied (identity, seq)
-         SELECT i, s FROM unnest($1::bytea[], $2::int8[]) AS t(i, s)
+         SELECT * FROM unnest($1::uuid[], $2::int8[])
          ON CONFLICT DO NOTHING
-         RETURNING identity",
+         RETURNING seq",
     )
-    .bind(&ids)
+    .bind(identities)
     .bind(seqs)
     .fetch_all(&mut *tx)
     .await?;
-    let fresh: std::collections::HashSet<Vec<u8>> = fresh.into_iter().collect();
-    Ok(ids.iter().map(|i| fresh.contains(i)).collect())
+    // The usual case: nothing was seen before (the sequences of one batch are distinct).
+    if fresh.len() == seqs.len() {
+        return Ok(vec![true; seqs.len()]);
+    }
+    let fresh: std::collections::HashSet<i64> = fresh.into_iter().collect();
+    Ok(seqs.iter().map(|s| fresh.contains(s)).collect())
 }
 
 pub(crate) struct Advance {
@@ -140,30 +148,32 @@ pub(crate) struct Advance {
     pub dead_lettered: i64,
 }
 
-/// Moves the checkpoint and tells listeners (`kairos_checkpoint`, delivered on commit).
+/// Moves the checkpoint from `from` (and tells listeners: `kairos_checkpoint`, delivered on
+/// commit). `false` when the checkpoint is no longer at `from`: another writer moved it, and
+/// the caller rolls back. The row stays locked until the transaction ends.
 pub(crate) async fn advance(
     tx: &mut PgConnection,
     projection: &str,
+    from: StreamSeq,
     a: &Advance,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
         "UPDATE kairos.checkpoints
          SET last_seq = $2, events_applied = events_applied + $3, duplicates = duplicates + $4,
              dead_lettered = dead_lettered + $5, updated_at = now()
-         WHERE projection = $1",
+         WHERE projection = $1 AND last_seq = $6
+         RETURNING pg_notify('kairos_checkpoint', $7) IS NULL",
     )
     .bind(projection)
     .bind(to_i64(a.to))
     .bind(a.applied)
     .bind(a.duplicates)
     .bind(a.dead_lettered)
-    .execute(&mut *tx)
+    .bind(to_i64(from))
+    .bind(format!("{projection}:{}", a.to))
+    .fetch_optional(&mut *tx)
     .await?;
-    sqlx::query("SELECT pg_notify('kairos_checkpoint', $1)")
-        .bind(format!("{projection}:{}", a.to))
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
+    Ok(moved.is_some())
 }
 
 pub(crate) async fn enqueue_outbox(
@@ -202,26 +212,24 @@ pub(crate) async fn delete_outbox(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx
     Ok(())
 }
 
-/// Stores the projection's state at `seq` when `every` sequences passed since the last snapshot.
+/// Stores the projection's state at `to` when the batch `(from, to]` crossed a multiple of
+/// `every`: snapshots sit at fixed places of the stream, whatever the batches were, so a
+/// point-in-time read folds fewer than `every` + one batch of events after its snapshot.
 pub(crate) async fn maybe_snapshot<P: crate::Projection>(
     tx: &mut PgConnection,
     projection: &P,
     key: &str,
-    seq: StreamSeq,
+    from: StreamSeq,
+    to: StreamSeq,
     every: u64,
 ) -> Result<(), sqlx::Error> {
-    let last: Option<i64> =
-        sqlx::query_scalar("SELECT max(seq) FROM kairos.snapshots WHERE projection = $1")
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await?;
-    if seq.0 < last.map_or(0, to_u64) + every {
+    if every == 0 || from.0 / every == to.0 / every {
         return Ok(());
     }
     if let Some(state) = projection.snapshot(&mut *tx).await? {
         sqlx::query("INSERT INTO kairos.snapshots (projection, seq, state) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(key)
-            .bind(to_i64(seq))
+            .bind(to_i64(to))
             .bind(state)
             .execute(&mut *tx)
             .await?;

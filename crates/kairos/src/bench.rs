@@ -861,13 +861,15 @@ async fn measure_history(
     let live = per_second(opts.history, started.elapsed());
     eprintln!("  live build of every projection: {live:.0} events/s");
 
-    // As `kairos replay --all` does: every projection at once, each reading the stream.
+    // As `kairos replay --all` does: every projection at once, from one read of the stream.
     let started = Instant::now();
     let opts_replay = kairos_runtime::ReplayOptions::default();
+    let seats = k.shared_read(crate::startup::PROJECTIONS.len(), &opts_replay);
     let reports = futures_util::future::try_join_all(
         crate::startup::PROJECTIONS
             .iter()
-            .map(|name| k.replay(name, &opts_replay, |_| {})),
+            .zip(seats)
+            .map(|(name, seat)| k.replay(name, &opts_replay, Some(seat), |_| {})),
     )
     .await?;
     for (name, report) in crate::startup::PROJECTIONS.iter().zip(reports) {

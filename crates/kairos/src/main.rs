@@ -471,16 +471,17 @@ async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<ExitCode
         allow_partial: args.allow_partial,
         ..Default::default()
     };
-    // Projections rebuild side by side (each reads the stream on its own), one progress line
-    // for all of them.
+    // Projections rebuild side by side from one read of the stream, one progress line for all
+    // of them.
     let progress: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, String>>> =
         std::sync::Arc::default();
-    let rebuilds = names.iter().map(|name| {
+    let seats = k.shared_read(names.len(), &opts);
+    let rebuilds = names.iter().zip(seats).map(|(name, seat)| {
         let progress = progress.clone();
         let (k, opts) = (&k, &opts);
         async move {
             let report = k
-                .replay(name, opts, |p| {
+                .replay(name, opts, Some(seat), |p| {
                     let pct = if p.target == 0 {
                         100.0
                     } else {

@@ -12,7 +12,9 @@ use kairos_api::{AppState, Counters, ReplayRefused, Replayer};
 use kairos_budgets::Budgets;
 use kairos_bus::Bus;
 use kairos_events::Event;
-use kairos_runtime::{CheckpointWatch, Progress, ReplayOptions, ReplayReport, Runner, RunnerError};
+use kairos_runtime::{
+    CheckpointWatch, Progress, ReplayOptions, ReplayReport, Runner, RunnerError, Seat,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -115,6 +117,7 @@ impl Kairos {
         &self,
         name: &str,
         opts: &ReplayOptions,
+        seat: Option<Seat>,
         progress: impl FnMut(Progress),
     ) -> anyhow::Result<ReplayReport> {
         let opts = ReplayOptions {
@@ -122,9 +125,19 @@ impl Kairos {
             ..opts.clone()
         };
         with_projection!(self, name, |p| Ok(kairos_runtime::replay(
-            &p, &self.bus, &self.pool, &opts, progress
+            p, &self.bus, &self.pool, &opts, seat, progress
         )
         .await?))
+    }
+
+    /// Places in one read of the stream for `n` replays run side by side (`kairos replay
+    /// --all`): the stream is read once for all of them.
+    pub fn shared_read(&self, n: usize, opts: &ReplayOptions) -> Vec<Seat> {
+        let opts = ReplayOptions {
+            snapshot_every: self.settings.projections.snapshot_every,
+            ..opts.clone()
+        };
+        kairos_runtime::shared_read(&self.bus, n, &opts)
     }
 
     /// The HMAC key of API keys and invitation tokens.
@@ -185,7 +198,9 @@ impl Kairos {
             }
             let (k, running) = (k.clone(), running.clone());
             tokio::spawn(async move {
-                let result = k.replay(name, &ReplayOptions::default(), |_| {}).await;
+                let result = k
+                    .replay(name, &ReplayOptions::default(), None, |_| {})
+                    .await;
                 match result {
                     Ok(r) => tracing::info!(
                         projection = name,

@@ -129,6 +129,38 @@ async fn as_of_answers_equal_a_recomputation_from_raw_events(pool: PgPool) {
             "at the end, as_of equals the live answer"
         );
     }
+    // The sequence an instant maps to, around the places snapshots record (the stream keeps
+    // nanoseconds, PostgreSQL microseconds) and at random instants: always the last event
+    // stored at or before it.
+    let marks: Vec<(i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT seq, stored_at FROM kairos.snapshots WHERE stored_at IS NOT NULL")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(marks.len() >= 5, "snapshots record their time: {marks:?}");
+    let ns = chrono::Duration::nanoseconds(1);
+    let mut checked = instants(first, end, 10, 0x9e37_79b9);
+    for (seq, recorded) in marks.iter().take(4) {
+        let stored = raw.iter().find(|(_, s, _)| *s as i64 == *seq).unwrap().0;
+        checked.extend([*recorded, stored, stored - ns, stored + ns]);
+    }
+    for at in checked {
+        let expected = raw
+            .iter()
+            .filter(|(t, _, _)| *t <= at)
+            .map(|(_, s, _)| *s)
+            .max();
+        let t = at.to_rfc3339_opts(SecondsFormat::Nanos, true);
+        let (status, b) = app
+            .get(&format!("/v1/budgets?period=2026-11&as_of={t}"))
+            .await;
+        assert_eq!(status, 200, "{b}");
+        assert_eq!(
+            b["as_of_seq"].as_u64(),
+            Some(expected.unwrap_or(0)),
+            "at {t}"
+        );
+    }
     let (status, b) = app.get("/v1/projects/p0/budget?as_of=yesterday").await;
     assert_eq!((status, b["error"]["field"].as_str()), (400, Some("as_of")));
     app.cleanup().await;

@@ -369,6 +369,19 @@ async fn get_budget(
         })
 }
 
+/// The last stream sequence stored at or before `at`.
+async fn seq_at_time(
+    st: &AppState,
+    at: chrono::DateTime<Utc>,
+) -> Result<kairos_events::StreamSeq, ApiError> {
+    kairos_runtime::seq_at_time(&st.bus, &st.pool, at)
+        .await
+        .map_err(|e| match e {
+            kairos_runtime::HistoryError::Database(e) => ApiError::Database(e),
+            other => ApiError::StreamUnavailable(other.to_string()),
+        })
+}
+
 /// The budgets ledger as it stood at `as_of` (from the nearest snapshot plus the events after
 /// it; with `project`, only that project's), with the period asked for (default: the month
 /// containing `as_of`).
@@ -392,11 +405,7 @@ async fn ledger_as_of(
         Some(_) => q.period(st)?,
         None => Period::containing(at, &st.tz),
     };
-    let seq = st
-        .bus
-        .seq_at_time(at)
-        .await
-        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    let seq = seq_at_time(st, at).await?;
     let wait = Duration::from_millis(st.http.read_wait_ms);
     match st.checkpoints.wait_for(budgets::NAME, seq.0, wait).await {
         Ok(_) => {}
@@ -841,13 +850,7 @@ impl AuditQuery {
             }
         }
         let upto_seq = match time_param(self.as_of.as_deref(), "as_of")? {
-            Some(at) => Some(
-                st.bus
-                    .seq_at_time(at)
-                    .await
-                    .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?
-                    .0,
-            ),
+            Some(at) => Some(seq_at_time(st, at).await?.0),
             None => None,
         };
         let wait_seq = upto_seq.or(seq_param(self.min_seq.as_deref(), "min_seq")?);

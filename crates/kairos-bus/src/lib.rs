@@ -131,6 +131,13 @@ pub struct StoredMessage {
     pub pending: u64,
 }
 
+/// A stored message's place on the stream's time axis: its sequence and when it was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredAt {
+    pub seq: StreamSeq,
+    pub time: chrono::DateTime<chrono::Utc>,
+}
+
 /// Reads the events stream in order (an ordered, ephemeral consumer: no state on the server).
 pub struct EventReader {
     messages: async_nats::jetstream::consumer::pull::Ordered,
@@ -373,28 +380,93 @@ impl Bus {
         &self,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<StreamSeq, BusError> {
-        let state = self.state().await?;
-        if state.messages == 0 || at < state.first_timestamp {
-            return Ok(StreamSeq(state.first_sequence.saturating_sub(1)));
+        self.seq_at_time_within(at, None, None).await
+    }
+
+    /// As [`Bus::seq_at_time`], searching only between stored messages known to surround
+    /// `at` (`lo` stored at or before it, `hi` after it; say, where a projection took
+    /// snapshots); a missing end is the stream's first or last message. On a long stream each
+    /// request for a message far from the last one makes the server load another block: a
+    /// narrow bracket keeps the search to the block read next anyway. A `lo` that does not hold
+    /// (no longer stored at the time given) is ignored.
+    pub async fn seq_at_time_within(
+        &self,
+        at: chrono::DateTime<chrono::Utc>,
+        lo: Option<StoredAt>,
+        hi: Option<StoredAt>,
+    ) -> Result<StreamSeq, BusError> {
+        let stream = self.events_stream().await?;
+        let hi = hi.filter(|hi| at < hi.time);
+        let mut lo = match lo.filter(|lo| lo.time <= at && hi.is_none_or(|hi| lo.seq < hi.seq)) {
+            // Times kept elsewhere may be rounded (PostgreSQL keeps microseconds): the stored
+            // message's own time is the one the search compares with.
+            Some(lo) => stream.get_raw_message(lo.seq.0).await.ok().and_then(|m| {
+                (m.time.timestamp_micros() == lo.time.timestamp_micros() && m.time <= at).then_some(
+                    StoredAt {
+                        seq: lo.seq,
+                        time: m.time,
+                    },
+                )
+            }),
+            None => None,
+        };
+        let hi = match (lo, hi) {
+            (Some(_), Some(hi)) => hi,
+            _ => {
+                let state = self.state().await?;
+                if state.messages == 0 || at < state.first_timestamp {
+                    return Ok(StreamSeq(state.first_sequence.saturating_sub(1)));
+                }
+                if at >= state.last_timestamp {
+                    return Ok(StreamSeq(state.last_sequence));
+                }
+                lo = lo.or(Some(StoredAt {
+                    seq: StreamSeq(state.first_sequence),
+                    time: state.first_timestamp,
+                }));
+                match hi {
+                    Some(hi) if lo.is_some_and(|lo| lo.seq < hi.seq) => hi,
+                    _ => StoredAt {
+                        seq: StreamSeq(state.last_sequence),
+                        time: state.last_timestamp,
+                    },
+                }
+            }
+        };
+        let lo = lo.unwrap_or(hi);
+        if lo.seq >= hi.seq {
+            return Ok(lo.seq);
         }
-        if at >= state.last_timestamp {
-            return Ok(StreamSeq(state.last_sequence));
-        }
-        // Somewhere inside: search by sequence, a stored message's time per request (times grow
-        // with sequences). Interpolating on time converges in a few requests when the rate is
-        // steady; every other step halves, so an uneven history costs at most twice a bisection.
-        // A consumer started by time would do in one request, but on a long stream the server's
-        // search for its start takes tens of milliseconds now and then.
-        let stream = self
-            .js
+        self.search(&stream, at, lo, hi).await
+    }
+
+    async fn events_stream(&self) -> Result<jetstream::stream::Stream<()>, BusError> {
+        self.js
             .get_stream_no_info(&self.config.stream)
             .await
             .map_err(|e| BusError::Stream {
                 stream: self.config.stream.clone(),
                 message: e.to_string(),
-            })?;
-        let (mut lo, mut lo_t) = (state.first_sequence, state.first_timestamp);
-        let (mut hi, mut hi_t) = (state.last_sequence, state.last_timestamp);
+            })
+    }
+
+    /// The last sequence stored at or before `at`, with `lo` stored at or before it and `hi`
+    /// after it.
+    async fn search(
+        &self,
+        stream: &jetstream::stream::Stream<()>,
+        at: chrono::DateTime<chrono::Utc>,
+        lo: StoredAt,
+        hi: StoredAt,
+    ) -> Result<StreamSeq, BusError> {
+        // Somewhere inside: search by sequence, a stored message's time per request (times grow
+        // with sequences). Interpolating on time converges in a few requests when the rate is
+        // steady; every other step halves, so an uneven history costs at most twice a bisection.
+        // A consumer started by time would do in one request, but on a long stream the server's
+        // search for its start takes tens of milliseconds now and then.
+        let after = hi.seq.0;
+        let (mut lo, mut lo_t) = (lo.seq.0, lo.time);
+        let (mut hi, mut hi_t) = (hi.seq.0, hi.time);
         let mut step = 0u32;
         while hi - lo > 1 {
             step += 1;
@@ -409,7 +481,7 @@ impl Bus {
             let t = match stream.get_raw_message(mid).await {
                 Ok(m) => m.time,
                 // A message missing inside the stream: ask the server to search by time.
-                Err(_) => return self.seq_at_time_by_consumer(at, state.last_sequence).await,
+                Err(_) => return self.seq_at_time_by_consumer(at, after).await,
             };
             if t <= at {
                 (lo, lo_t) = (mid, t);

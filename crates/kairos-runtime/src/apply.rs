@@ -229,6 +229,7 @@ pub(crate) async fn apply_batch<P: Projection>(
         }
     }
     let last = batch.last().map_or(checkpoint, |m| m.seq);
+    let last_stored = batch.last().map(|m| m.stored_at);
     let mut tx = begin(pool, target, name).await.map_err(classify)?;
     let fresh = store::claim_identities(&mut tx, &identities, &seqs)
         .await
@@ -275,16 +276,19 @@ pub(crate) async fn apply_batch<P: Projection>(
     {
         return Err(Failure::Moved);
     }
-    store::maybe_snapshot(
-        &mut tx,
-        projection,
-        &target.key,
-        checkpoint,
-        last,
-        target.snapshot_every,
-    )
-    .await
-    .map_err(classify)?;
+    if let Some(stored_at) = last_stored {
+        store::maybe_snapshot(
+            &mut tx,
+            projection,
+            &target.key,
+            checkpoint,
+            last,
+            stored_at,
+            target.snapshot_every,
+        )
+        .await
+        .map_err(classify)?;
+    }
     tx.commit().await.map_err(classify)?;
     debug!(projection = name, key = %target.key, applied, duplicates, dead, "batch committed");
     Ok(!emitted.is_empty())

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use kairos_bus::Bus;
+use chrono::{DateTime, Utc};
+use kairos_bus::{Bus, StoredAt};
 use kairos_events::StreamSeq;
 use sqlx::PgPool;
 
@@ -37,6 +38,42 @@ pub async fn snapshot_at(
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|(s, v)| (StreamSeq(u64::try_from(s).unwrap_or(0)), v)))
+}
+
+/// The last sequence the stream stored at or before `at` (see [`Bus::seq_at_time`]), searched
+/// between the two snapshots (of any projection) taken around `at`: each snapshot records when
+/// the message it was taken at was stored.
+pub async fn seq_at_time(
+    bus: &Bus,
+    pool: &PgPool,
+    at: DateTime<Utc>,
+) -> Result<StreamSeq, HistoryError> {
+    type Row = (
+        Option<i64>,
+        Option<DateTime<Utc>>,
+        Option<i64>,
+        Option<DateTime<Utc>>,
+    );
+    let row: Row = sqlx::query_as(
+        "SELECT lo.seq, lo.stored_at, hi.seq, hi.stored_at
+             FROM (SELECT 1) one
+             LEFT JOIN LATERAL (SELECT seq, stored_at FROM kairos.snapshots
+                                WHERE stored_at <= $1 ORDER BY stored_at DESC LIMIT 1) lo ON true
+             LEFT JOIN LATERAL (SELECT seq, stored_at FROM kairos.snapshots
+                                WHERE stored_at > $1 ORDER BY stored_at LIMIT 1) hi ON true",
+    )
+    .bind(at)
+    .fetch_one(pool)
+    .await?;
+    let at_seq = |seq: Option<i64>, time: Option<DateTime<Utc>>| {
+        Some(StoredAt {
+            seq: StreamSeq(u64::try_from(seq?).ok()?),
+            time: time?,
+        })
+    };
+    bus.seq_at_time_within(at, at_seq(row.0, row.1), at_seq(row.2, row.3))
+        .await
+        .map_err(|e| HistoryError::Stream(e.to_string()))
 }
 
 /// The items `projection` folded from the events after `after` up to `upto` (both stream

@@ -221,16 +221,18 @@ pub(crate) async fn maybe_snapshot<P: crate::Projection>(
     key: &str,
     from: StreamSeq,
     to: StreamSeq,
+    stored_at: DateTime<Utc>,
     every: u64,
 ) -> Result<(), sqlx::Error> {
     if every == 0 || from.0 / every == to.0 / every {
         return Ok(());
     }
     if let Some(state) = projection.snapshot(&mut *tx).await? {
-        sqlx::query("INSERT INTO kairos.snapshots (projection, seq, state) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        sqlx::query("INSERT INTO kairos.snapshots (projection, seq, state, stored_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(key)
             .bind(to_i64(to))
             .bind(state)
+            .bind(stored_at)
             .execute(&mut *tx)
             .await?;
     }

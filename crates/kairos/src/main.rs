@@ -460,7 +460,7 @@ async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<ExitCode
     };
     let k = Kairos::connect(settings).await?;
     let until_seq = match (args.until, args.until_seq) {
-        (Some(t), _) => Some(k.bus.seq_at_time(t).await?),
+        (Some(t), _) => Some(kairos_runtime::seq_at_time(&k.bus, &k.pool, t).await?),
         (None, Some(s)) => Some(kairos_events::StreamSeq(s)),
         (None, None) => None,
     };

@@ -97,26 +97,28 @@ pub(crate) fn classify(e: sqlx::Error) -> Failure {
 
 /// Starts a transaction writing to `target`: its schema first on the search path and, for the
 /// live tables, the projection's writer lock (a replay's switch takes it to pause live writes).
-/// One round trip: on a machine that NATS, PostgreSQL and Kairos share, each costs more than
-/// the statement.
+/// `BEGIN` and the search path go in one round trip: on a machine that NATS, PostgreSQL and
+/// Kairos share, each round trip costs more than the statement.
 pub(crate) async fn begin(
     pool: &PgPool,
     target: &Target,
     projection: &str,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-    let literal = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let mut sql = format!(
+    let sql = format!(
         "BEGIN; SET LOCAL search_path TO {}, public",
         ident(&target.schema)
     );
+    let mut tx = pool.begin_with(sqlx::AssertSqlSafe(sql)).await?;
+    // Not in the BEGIN statement: a lock wait that fails or is cancelled there would leave the
+    // pooled connection inside a transaction nobody owns.
     if target.live {
-        sql.push_str(&format!(
-            "; SELECT pg_advisory_xact_lock_shared(hashtextextended({}, 0))",
-            literal(&writer_lock(projection))
-        ));
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+            .bind(writer_lock(projection))
+            .execute(&mut *tx)
+            .await?;
     }
-    pool.begin_with(sqlx::AssertSqlSafe(sql)).await
+    Ok(tx)
 }
 
 /// The advisory lock key every live batch of `projection` holds (shared) while it writes.

@@ -327,7 +327,7 @@ async fn catch_up<P: Projection>(
     }
     let first = checkpoint.0;
     let every = target.snapshot_every;
-    let (batches, mut arriving) =
+    let (batches, arriving) =
         tokio::sync::mpsc::channel::<(Vec<Delivered>, Option<Decoded<P::Item>>)>(2);
     let reading = async move {
         let mut source = match seat {
@@ -365,6 +365,9 @@ async fn catch_up<P: Projection>(
     };
     let mut last_report = Instant::now();
     let writing = async {
+        // Owned here: when writing fails the receiver goes with it, and the reading side's
+        // next send fails instead of waiting forever on a full channel.
+        let mut arriving = arriving;
         while let Some((batch, decoded)) = arriving.recv().await {
             *read += batch.len() as u64;
             checkpoint = apply_with_retry(

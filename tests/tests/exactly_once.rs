@@ -265,3 +265,49 @@ async fn identities_recorded_by_an_earlier_version_still_dedupe(pool: PgPool) {
     assert_eq!(spent, 2_000_000_000, "only the new event counts");
     app.cleanup().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_runner_left_behind_by_retention_goes_on_from_the_oldest_event_kept(pool: PgPool) {
+    let mut app = kairos_tests::spawn_app(pool.clone()).await;
+    app.ingest(&[llm_call("r0", "gamma", "1")]).await;
+    let seen = app.kairos.bus.last_seq().await.unwrap().0;
+    app.wait_for("budgets", seen).await;
+    app.stop_projections();
+    app.ingest(&[llm_call("r1", "gamma", "2")]).await;
+
+    // Retention shortened to a second, while the runner is down: what it has not seen expires.
+    let js = app.kairos.bus.jetstream();
+    let name = app.kairos.bus.stream_name().to_owned();
+    let mut stream = js.get_stream(&name).await.unwrap();
+    let mut config = stream.info().await.unwrap().config.clone();
+    config.max_age = Duration::from_secs(1);
+    config.duplicate_window = Duration::from_secs(1);
+    js.update_stream(config.clone()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while stream.info().await.unwrap().state.messages > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events did not expire"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    config.max_age = Duration::ZERO;
+    config.duplicate_window = Duration::from_secs(120);
+    js.update_stream(config).await.unwrap();
+
+    app.ingest(&[llm_call("r2", "gamma", "4")]).await;
+    let last = app.kairos.bus.last_seq().await.unwrap().0;
+    assert!(stream.info().await.unwrap().state.first_sequence > seen + 1);
+    app.start_projection("budgets");
+    // The jump over the lost events is recorded, so the batches after it commit.
+    app.wait_for("budgets", last).await;
+    let (status, b) = app.get("/v1/projects/gamma/budget").await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(b["spent"], "5.00", "the expired call was never seen: {b}");
+    let cp = kairos_runtime::checkpoint(&pool, "budgets")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.last_seq, last);
+    app.cleanup().await;
+}

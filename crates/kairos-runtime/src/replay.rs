@@ -429,8 +429,11 @@ impl Batcher {
     }
 }
 
-/// Batches of stream messages as a shared read hands them out.
-type Feed = tokio::sync::mpsc::Receiver<Result<Arc<Vec<Delivered>>, String>>;
+/// Batches of stream messages as a shared read hands them out, each with the last sequence the
+/// read has seen (past the batch when the messages after it are beyond every rider's end or
+/// deleted).
+type Fed = Result<(Arc<Vec<Delivered>>, u64), String>;
+type Feed = tokio::sync::mpsc::Receiver<Fed>;
 
 /// Where a replay's messages come from: a read of its own, or a read shared with others.
 enum Source {
@@ -458,11 +461,10 @@ impl Source {
                 }
             },
             Source::Shared(feed) => {
-                let batch = feed
+                let (batch, last) = feed
                     .recv()
                     .await
                     .ok_or("the shared read of the stream ended early")??;
-                let last = batch.last().map_or(0, |d| d.seq.0);
                 let mine = batch
                     .iter()
                     .filter(|d| d.seq.0 > first && d.seq.0 <= end)
@@ -496,7 +498,7 @@ struct Shared {
 struct Rider {
     first: u64,
     end: u64,
-    feed: tokio::sync::mpsc::Sender<Result<Arc<Vec<Delivered>>, String>>,
+    feed: tokio::sync::mpsc::Sender<Fed>,
 }
 
 /// `seats` places in one shared read of the stream, batched as `opts` says.
@@ -581,12 +583,15 @@ async fn feed(bus: Bus, mut riders: Vec<Rider>, mut batcher: Batcher) {
             }
         };
         let seq = d.seq.0;
-        if let Some(batch) = batcher.push(d, end) {
-            let batch = Arc::new(batch);
+        let cut = batcher.push(d, end);
+        // At the end the riders hear of it even when the batch is empty: the message at `end`
+        // may be gone (deleted), and what came after it is nobody's.
+        if cut.is_some() || seq >= end {
+            let batch = Arc::new(cut.unwrap_or_default());
             let mut still = Vec::with_capacity(riders.len());
             for r in riders {
                 // A rider that stopped (its replay failed) or got to its end leaves.
-                if r.feed.send(Ok(Arc::clone(&batch))).await.is_ok() && seq < r.end {
+                if r.feed.send(Ok((Arc::clone(&batch), seq))).await.is_ok() && seq < r.end {
                     still.push(r);
                 }
             }

@@ -377,7 +377,23 @@ impl<P: Projection> Runner<P> {
                 first,
                 "events before the stream's first sequence are gone; continuing from it"
             );
-            state.checkpoint = StreamSeq(first.saturating_sub(1));
+            let skipped = Advance {
+                to: StreamSeq(first.saturating_sub(1)),
+                applied: 0,
+                duplicates: 0,
+                dead_lettered: 0,
+            };
+            // Recorded, not only remembered: the next batch's fenced advance starts from it.
+            if let Err(e) = self
+                .advance_alone(state, &skipped, || async { Ok(()) })
+                .await
+            {
+                warn!(projection = name, error = %e, "could not record the jump; will retry");
+                for m in later {
+                    let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+                return Handled::Done;
+            }
             return Box::pin(self.handle(state, later, decoded)).await;
         }
         let gap = batch.is_empty() && !later.is_empty();
@@ -472,9 +488,15 @@ impl<P: Projection> Runner<P> {
                         state.failures = 0;
                     } else if let Some(m) = batch.first() {
                         match self.dead_letter_alone(state, m, &reason).await {
-                            Ok(()) => {
+                            Ok(true) => {
                                 state.failures = 0;
                                 let _ = m.ack().await;
+                                return;
+                            }
+                            Ok(false) => {
+                                // Another writer moved the checkpoint: nothing was published.
+                                state.failures = 0;
+                                let _ = m.ack_with(AckKind::Nak(None)).await;
                                 return;
                             }
                             Err(e) => {
@@ -513,46 +535,82 @@ impl<P: Projection> Runner<P> {
     }
 
     /// The single event at the checkpoint keeps failing on its data: dead-letter it and move on.
+    /// `false` when another writer had moved the checkpoint (then nothing is published).
     async fn dead_letter_alone(
         &self,
         state: &mut State,
         m: &Message,
         reason: &str,
-    ) -> Result<(), RunnerError> {
+    ) -> Result<bool, RunnerError> {
         let name = self.name();
         let seq = StreamSeq(
             m.info()
                 .map_err(|e| self.consumer_error(e))?
                 .stream_sequence,
         );
-        self.bus
-            .dead_letter(
-                name,
-                &m.subject,
-                seq,
-                m.payload.clone(),
-                "apply_failed",
-                reason,
-            )
-            .await?;
-        let mut tx = crate::apply::begin(&self.pool, &self.target, name).await?;
         let advance = Advance {
             to: seq,
             applied: 0,
             duplicates: 0,
             dead_lettered: 1,
         };
-        if store::advance(&mut tx, name, state.checkpoint, &advance).await? {
-            tx.commit().await?;
-            state.checkpoint = seq;
+        // Published inside the transaction that moves the checkpoint, after the fence held:
+        // a commit that fails after it leaves a second copy with the same message id, which
+        // JetStream drops within its duplicate window.
+        let moved = self
+            .advance_alone(state, &advance, || async {
+                self.bus
+                    .dead_letter(
+                        name,
+                        &m.subject,
+                        seq,
+                        m.payload.clone(),
+                        "apply_failed",
+                        reason,
+                    )
+                    .await
+                    .map(|_| ())
+            })
+            .await?;
+        if moved {
+            warn!(
+                projection = name,
+                seq = seq.0,
+                reason,
+                "event kept failing; dead-lettered"
+            );
         }
-        warn!(
-            projection = name,
-            seq = seq.0,
-            reason,
-            "event kept failing; dead-lettered"
-        );
-        Ok(())
+        Ok(moved)
+    }
+
+    /// Moves the checkpoint without folding anything, running `before_commit` once the fence
+    /// held. `false` (and the checkpoint re-read) when another writer had moved it.
+    async fn advance_alone<F, Fut>(
+        &self,
+        state: &mut State,
+        advance: &Advance,
+        before_commit: F,
+    ) -> Result<bool, RunnerError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), BusError>>,
+    {
+        let name = self.name();
+        let mut tx = crate::apply::begin(&self.pool, &self.target, name).await?;
+        if !store::advance(&mut tx, name, state.checkpoint, advance).await? {
+            drop(tx);
+            state.checkpoint = store::ensure_checkpoint(&self.pool, name).await?;
+            warn!(
+                projection = name,
+                checkpoint = state.checkpoint.0,
+                "checkpoint moved by another writer; resynchronising"
+            );
+            return Ok(false);
+        }
+        before_commit().await?;
+        tx.commit().await?;
+        state.checkpoint = advance.to;
+        Ok(true)
     }
 
     /// Publishes what the projection emitted, oldest first, deleting each row once acked.

@@ -137,6 +137,13 @@ enum Slot<I> {
 /// A batch decoded ahead of its transaction (see [`decode`]), by stream sequence.
 pub(crate) struct Decoded<I>(Vec<(StreamSeq, Slot<I>)>);
 
+impl<I> Decoded<I> {
+    /// Appends what decoding the messages after these gave.
+    pub(crate) fn extend(&mut self, later: Self) {
+        self.0.extend(later.0);
+    }
+}
+
 /// Decodes messages for `projection`: pure CPU work, so a caller runs it on another thread
 /// while the previous batch is written.
 pub(crate) fn decode<P: Projection>(

@@ -327,8 +327,10 @@ async fn catch_up<P: Projection>(
     }
     let first = checkpoint.0;
     let every = target.snapshot_every;
-    let (batches, arriving) =
-        tokio::sync::mpsc::channel::<(Vec<Delivered>, Option<Decoded<P::Item>>)>(2);
+    // Batches being decoded, in order: the reading side goes on reading while they decode, and
+    // the writing side waits for each in turn.
+    type Decoding<I> = tokio::task::JoinHandle<(Vec<Delivered>, Decoded<I>)>;
+    let (batches, arriving) = tokio::sync::mpsc::channel::<Decoding<P::Item>>(3);
     let reading = async move {
         let mut source = match seat {
             Some(seat) => Source::Shared(seat.take(first, end)),
@@ -348,13 +350,11 @@ async fn catch_up<P: Projection>(
                 .map_err(|e| replay_error(name, e))?;
             if !batch.is_empty() {
                 let (p, prefix) = (Arc::clone(projection), bus.config().subject_prefix.clone());
-                let (full, decoded) = tokio::task::spawn_blocking(move || {
+                let decoding = tokio::task::spawn_blocking(move || {
                     let decoded = decode(p.as_ref(), &prefix, &batch);
                     (batch, decoded)
-                })
-                .await
-                .map_err(|e| replay_error(name, e))?;
-                if batches.send((full, Some(decoded))).await.is_err() {
+                });
+                if batches.send(decoding).await.is_err() {
                     return Ok(()); // the writing side stopped: its error is the one to report
                 }
             }
@@ -368,7 +368,8 @@ async fn catch_up<P: Projection>(
         // Owned here: when writing fails the receiver goes with it, and the reading side's
         // next send fails instead of waiting forever on a full channel.
         let mut arriving = arriving;
-        while let Some((batch, decoded)) = arriving.recv().await {
+        while let Some(decoding) = arriving.recv().await {
+            let (batch, decoded) = decoding.await.map_err(|e| replay_error(name, e))?;
             *read += batch.len() as u64;
             checkpoint = apply_with_retry(
                 projection.as_ref(),
@@ -377,7 +378,7 @@ async fn catch_up<P: Projection>(
                 target,
                 checkpoint,
                 &batch,
-                decoded,
+                Some(decoded),
             )
             .await?;
             if last_report.elapsed() > Duration::from_millis(500) || checkpoint.0 >= end {

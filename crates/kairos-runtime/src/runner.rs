@@ -37,7 +37,7 @@ pub struct RunnerConfig {
 impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
-            batch_size: 1000,
+            batch_size: 5000,
             ack_wait_ms: 30_000,
             idle_wait_ms: 5_000,
             max_attempts: 3,
@@ -188,8 +188,9 @@ impl<P: Projection> Runner<P> {
             if msgs.is_empty() {
                 continue;
             }
-            // While this batch is applied, the next one is pulled and decoded on another thread:
-            // NATS, PostgreSQL and the decoding work at the same time. A prefetched batch after
+            // While this batch is applied, the next one is pulled and, chunk by chunk as it
+            // arrives, decoded on other threads: NATS, PostgreSQL and the decoding work at the
+            // same time. A prefetched batch after
             // a failed one arrives out of order and is handed back (nak) by the gap check, so
             // order is never at risk; what was decoded ahead is used only for the messages
             // applied.
@@ -198,18 +199,7 @@ impl<P: Projection> Runner<P> {
                 if isolating {
                     return None;
                 }
-                let msgs = self.fetch_now(&consumer, max).await.ok()?;
-                let delivered: Vec<Delivered> = msgs.iter().filter_map(delivered).collect();
-                let (projection, prefix) = (
-                    Arc::clone(&self.projection),
-                    self.bus.config().subject_prefix.clone(),
-                );
-                let decoded = tokio::task::spawn_blocking(move || {
-                    decode(projection.as_ref(), &prefix, &delivered)
-                })
-                .await
-                .ok();
-                Some((msgs, decoded))
+                self.fetch_decoded(&consumer, max).await
             };
             let (handled, next) = tokio::join!(self.handle(&mut state, msgs, decoded), prefetch);
             prefetched = next;
@@ -320,6 +310,45 @@ impl<P: Projection> Runner<P> {
             }
         }
         Ok(msgs)
+    }
+
+    /// What is available now (up to `max`), decoded: chunks are decoded on other threads while
+    /// the rest is still arriving. `None` when the pull failed (nothing is lost: what was not
+    /// acknowledged comes back).
+    async fn fetch_decoded(&self, consumer: &PullConsumer, max: usize) -> Option<Fetched<P::Item>> {
+        const CHUNK: usize = 250;
+        let mut fetched = consumer.fetch().max_messages(max).messages().await.ok()?;
+        let prefix = self.bus.config().subject_prefix.clone();
+        let spawn = |chunk: Vec<Delivered>| {
+            let (projection, prefix) = (Arc::clone(&self.projection), prefix.clone());
+            tokio::task::spawn_blocking(move || decode(projection.as_ref(), &prefix, &chunk))
+        };
+        let mut msgs = Vec::with_capacity(max);
+        let mut chunk = Vec::with_capacity(CHUNK.min(max));
+        let mut decoding = Vec::new();
+        while let Some(m) = fetched.next().await {
+            let m = m.ok()?;
+            chunk.extend(delivered(&m));
+            msgs.push(m);
+            if chunk.len() == CHUNK {
+                decoding.push(spawn(std::mem::replace(
+                    &mut chunk,
+                    Vec::with_capacity(CHUNK),
+                )));
+            }
+        }
+        if !chunk.is_empty() {
+            decoding.push(spawn(chunk));
+        }
+        let mut decoded: Option<Decoded<P::Item>> = None;
+        for d in decoding {
+            let d = d.await.ok()?;
+            match &mut decoded {
+                Some(all) => all.extend(d),
+                None => decoded = Some(d),
+            }
+        }
+        Some((msgs, decoded))
     }
 
     async fn fetch_now(

@@ -294,8 +294,6 @@ struct Instance {
     db: BenchDb,
     /// The bootstrap admin's key, which the benchmark's HTTP requests carry.
     key: String,
-    /// The access projection, which checks keys; it runs from the start.
-    _access: AbortOnDrop<Result<(), kairos_runtime::RunnerError>>,
 }
 
 impl Instance {
@@ -308,18 +306,21 @@ impl Instance {
         let max = settings.database.max_connections;
         let started = async {
             let k = Kairos::with_pool(settings, db.pool(max).await?).await?;
+            // The access projection records the admin and is then stopped: the figures are
+            // each of one projection alone, as the raw ceilings are of one consumer alone.
             let access = AbortOnDrop(k.spawn_projection(kairos_access::NAME)?);
             k.bootstrap_admin().await?;
-            anyhow::Ok((k, access))
+            let last = k.bus.last_seq().await?;
+            kairos_runtime::CheckpointWatch::start(k.pool.clone())
+                .await?
+                .wait_for(kairos_access::NAME, last.0, Duration::from_secs(60))
+                .await?;
+            drop(access);
+            anyhow::Ok(k)
         }
         .await;
         match started {
-            Ok((k, access)) => Ok(Self {
-                k,
-                db,
-                key,
-                _access: access,
-            }),
+            Ok(k) => Ok(Self { k, db, key }),
             Err(e) => {
                 let _ = db.drop_database().await;
                 Err(e)

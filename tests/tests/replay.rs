@@ -32,6 +32,30 @@ async fn digest(pool: &PgPool, schema: &str) -> BTreeMap<String, (i64, String)> 
     out
 }
 
+/// The snapshots recorded under `key`, by sequence; arrays sorted, since a snapshot lists rows in
+/// whatever order the table returns them.
+async fn snapshots(pool: &PgPool, key: &str) -> Vec<(i64, Value)> {
+    let rows: Vec<(i64, Value)> = sqlx::query_as(
+        "SELECT seq, state FROM kairos.snapshots WHERE projection = $1 ORDER BY seq",
+    )
+    .bind(key)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(seq, mut state)| {
+            if let Some(fields) = state.as_object_mut() {
+                for v in fields.values_mut() {
+                    if let Some(rows) = v.as_array_mut() {
+                        rows.sort_by_key(Value::to_string);
+                    }
+                }
+            }
+            (seq, state)
+        })
+        .collect()
+}
+
 /// A history with every kind of event the budgets projection sees: limits, calls, failures,
 /// retries inside and past the duplicate window, unknown types, poison published to NATS.
 /// The rebuilt audit chain verifies, against itself and against the stream.
@@ -126,6 +150,12 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
     assert_eq!(budgets_cp.dead_lettered, 1);
     assert!(budgets_cp.duplicates >= 30);
     assert!(live["audit"].0["entries"].0 > 10, "{:?}", live["audit"]);
+    let live_snapshots = snapshots(&pool, "budgets").await;
+    assert!(
+        live_snapshots.len() >= 3 && live_snapshots.iter().all(|(seq, _)| seq % 1000 == 0),
+        "live snapshots at each multiple of snapshot_every: {:?}",
+        live_snapshots.iter().map(|(s, _)| s).collect::<Vec<_>>()
+    );
 
     // Every projection side by side, from one read of the stream (as `kairos replay --all`).
     let names = kairos::startup::PROJECTIONS;
@@ -171,6 +201,9 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
                 .unwrap();
         assert_eq!(schemas, [*name], "the old generation is dropped");
     }
+    // The replay folded all of it in one batch (one transaction): its snapshots still hold the
+    // state at each multiple, as the live runner's small batches recorded it.
+    assert_eq!(snapshots(&pool, "budgets").await, live_snapshots);
     audit_chain_holds(&app, &pool).await;
     // Nothing was announced twice: replay does not re-emit threshold events.
     let crossings = app

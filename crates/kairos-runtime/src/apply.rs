@@ -178,6 +178,27 @@ fn decode_one<P: Projection>(projection: &P, prefix: &str, m: &Delivered) -> Slo
     }
 }
 
+/// Where the snapshots of a batch after `checkpoint` go: at each message that reaches a multiple
+/// of `every` (the multiple itself on a stream without holes), with when it was stored.
+fn snapshot_marks(
+    checkpoint: StreamSeq,
+    batch: &[Delivered],
+    every: u64,
+) -> Vec<(StreamSeq, chrono::DateTime<chrono::Utc>)> {
+    if every == 0 {
+        return Vec::new();
+    }
+    let mut prev = checkpoint.0;
+    let mut marks = Vec::new();
+    for m in batch {
+        if prev / every != m.seq.0 / every {
+            marks.push((m.seq, m.stored_at));
+        }
+        prev = m.seq.0;
+    }
+    marks
+}
+
 /// Applies `batch` (contiguous, starting right after `checkpoint`); returns whether events were
 /// written to the outbox. `decoded` is used for the messages it holds, the rest are decoded
 /// here.
@@ -238,29 +259,51 @@ pub(crate) async fn apply_batch<P: Projection>(
         }
     }
     let last = batch.last().map_or(checkpoint, |m| m.seq);
-    let last_stored = batch.last().map(|m| m.stored_at);
     let mut tx = begin(pool, target, name).await.map_err(classify)?;
     let fresh = store::claim_identities(&mut tx, &identities, &seqs)
         .await
         .map_err(classify)?;
     duplicates += fresh.iter().filter(|f| !**f).count() as i64;
-    let items: Vec<P::Item> = items
+    let mut items = items
         .into_iter()
+        .zip(seqs)
         .zip(fresh)
         .filter_map(|(item, fresh)| fresh.then_some(item))
+        .peekable();
+    let mut applied = 0i64;
+    let mut emitted = Vec::new();
+    // The batch is folded in segments ending where a snapshot goes (each multiple of
+    // `snapshot_every` it passes), so a snapshot holds the state at its own sequence whatever
+    // the batch size: one transaction, several snapshots.
+    for mark in snapshot_marks(checkpoint, batch, target.snapshot_every)
+        .into_iter()
+        .map(Some)
+        .chain([None])
+    {
+        let segment: Vec<P::Item> = std::iter::from_fn(|| {
+            items
+                .next_if(|(_, seq)| mark.is_none_or(|(at, _)| *seq <= store::to_i64(at)))
+                .map(|(item, _)| item)
+        })
         .collect();
-    let applied = items.len() as i64;
-    let emitted = if items.is_empty() {
-        Vec::new()
-    } else {
-        projection
-            .apply(&mut tx, items)
-            .await
-            .map_err(|e| match e {
-                ApplyError::Database(e) => classify(e),
-                ApplyError::Data(reason) => Failure::Data(reason),
-            })?
-    };
+        if !segment.is_empty() {
+            applied += segment.len() as i64;
+            emitted.extend(
+                projection
+                    .apply(&mut tx, segment)
+                    .await
+                    .map_err(|e| match e {
+                        ApplyError::Database(e) => classify(e),
+                        ApplyError::Data(reason) => Failure::Data(reason),
+                    })?,
+            );
+        }
+        if let Some((at, stored_at)) = mark {
+            store::snapshot(&mut tx, projection, &target.key, at, stored_at)
+                .await
+                .map_err(classify)?;
+        }
+    }
     // A rebuilt generation folds the same events to the same state, but what they announced
     // is already on the stream: only the live tables emit.
     let emitted: Vec<Vec<u8>> = if target.live {
@@ -284,19 +327,6 @@ pub(crate) async fn apply_batch<P: Projection>(
         .map_err(classify)?
     {
         return Err(Failure::Moved);
-    }
-    if let Some(stored_at) = last_stored {
-        store::maybe_snapshot(
-            &mut tx,
-            projection,
-            &target.key,
-            checkpoint,
-            last,
-            stored_at,
-            target.snapshot_every,
-        )
-        .await
-        .map_err(classify)?;
     }
     tx.commit().await.map_err(classify)?;
     debug!(projection = name, key = %target.key, applied, duplicates, dead, "batch committed");

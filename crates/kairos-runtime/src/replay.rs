@@ -42,7 +42,7 @@ impl Default for ReplayOptions {
             keep_old: false,
             restart: false,
             allow_partial: false,
-            batch_size: 2_000,
+            batch_size: 5_000,
             snapshot_every: crate::apply::DEFAULT_SNAPSHOT_EVERY,
         }
     }
@@ -306,7 +306,8 @@ async fn prepare_generation(
 
 /// Folds the stream into `target` from its checkpoint up to `end`, in order. One side reads
 /// and decodes (on another thread) the next batches while the other writes the current one.
-/// Batches end at multiples of `target.snapshot_every`, where the snapshots go.
+/// Each batch is one transaction; its snapshots go at the multiples of `target.snapshot_every`
+/// it passes.
 #[allow(clippy::too_many_arguments)]
 async fn catch_up<P: Projection>(
     projection: &Arc<P>,
@@ -326,7 +327,6 @@ async fn catch_up<P: Projection>(
         return Ok(checkpoint);
     }
     let first = checkpoint.0;
-    let every = target.snapshot_every;
     // Batches being decoded, in order: the reading side goes on reading while they decode, and
     // the writing side waits for each in turn.
     type Decoding<I> = tokio::task::JoinHandle<(Vec<Delivered>, Decoded<I>)>;
@@ -340,7 +340,7 @@ async fn catch_up<P: Projection>(
                         .await
                         .map_err(|e| replay_error(name, e))?,
                 ),
-                Batcher::new(batch_size, every),
+                Batcher::new(batch_size),
             ),
         };
         loop {
@@ -399,19 +399,16 @@ async fn catch_up<P: Projection>(
     Ok(reached)
 }
 
-/// Cuts the stream into batches: at most `size` messages, ending at multiples of `every`
-/// (where the snapshots go) and at `end`.
+/// Cuts the stream into batches of at most `size` messages, the last ending at `end`.
 struct Batcher {
     size: usize,
-    every: u64,
     batch: Vec<Delivered>,
 }
 
 impl Batcher {
-    fn new(size: usize, every: u64) -> Self {
+    fn new(size: usize) -> Self {
         Self {
             size,
-            every,
             batch: Vec::with_capacity(size),
         }
     }
@@ -422,9 +419,7 @@ impl Batcher {
         if seq <= end {
             self.batch.push(d);
         }
-        let cut = self.batch.len() >= self.size
-            || (self.every > 0 && seq.is_multiple_of(self.every))
-            || seq >= end;
+        let cut = self.batch.len() >= self.size || seq >= end;
         (cut && !self.batch.is_empty())
             .then(|| std::mem::replace(&mut self.batch, Vec::with_capacity(self.size)))
     }
@@ -492,7 +487,6 @@ struct Shared {
     bus: Bus,
     open: usize,
     batch_size: usize,
-    every: u64,
     riders: Vec<Rider>,
 }
 
@@ -508,7 +502,6 @@ pub fn shared_read(bus: &Bus, seats: usize, opts: &ReplayOptions) -> Vec<Seat> {
         bus: bus.clone(),
         open: seats,
         batch_size: opts.batch_size,
-        every: opts.snapshot_every,
         riders: Vec::new(),
     }));
     (0..seats)
@@ -554,7 +547,7 @@ impl Shared {
             tokio::spawn(feed(
                 self.bus.clone(),
                 riders,
-                Batcher::new(self.batch_size, self.every),
+                Batcher::new(self.batch_size),
             ));
         }
     }

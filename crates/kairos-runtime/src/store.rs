@@ -212,25 +212,21 @@ pub(crate) async fn delete_outbox(pool: &PgPool, ids: &[i64]) -> Result<(), sqlx
     Ok(())
 }
 
-/// Stores the projection's state at `to` when the batch `(from, to]` crossed a multiple of
-/// `every`: snapshots sit at fixed places of the stream, whatever the batches were, so a
-/// point-in-time read folds fewer than `every` + one batch of events after its snapshot.
-pub(crate) async fn maybe_snapshot<P: crate::Projection>(
+/// Stores the projection's state, as the transaction sees it now, as its state at `seq` (stored
+/// by the stream at `stored_at`). Snapshots sit at fixed places of the stream (multiples of
+/// `projections.snapshot_every`), whatever the batches were, so a point-in-time read folds fewer
+/// than `snapshot_every` events after its snapshot.
+pub(crate) async fn snapshot<P: crate::Projection>(
     tx: &mut PgConnection,
     projection: &P,
     key: &str,
-    from: StreamSeq,
-    to: StreamSeq,
+    seq: StreamSeq,
     stored_at: DateTime<Utc>,
-    every: u64,
 ) -> Result<(), sqlx::Error> {
-    if every == 0 || from.0 / every == to.0 / every {
-        return Ok(());
-    }
     if let Some(state) = projection.snapshot(&mut *tx).await? {
         sqlx::query("INSERT INTO kairos.snapshots (projection, seq, state, stored_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(key)
-            .bind(to_i64(to))
+            .bind(to_i64(seq))
             .bind(state)
             .bind(stored_at)
             .execute(&mut *tx)

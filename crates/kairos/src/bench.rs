@@ -63,7 +63,7 @@ const CATCH_UP: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
     /// Messages and events for the throughput figures (publish, consume, ingest, apply).
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = 200_000)]
     pub events: usize,
     /// Events per second for the latency figure.
     #[arg(long, default_value_t = 5_000)]

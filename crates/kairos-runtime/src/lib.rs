@@ -107,14 +107,12 @@ pub trait Projection: Send + Sync + 'static {
         items: Vec<Self::Item>,
     ) -> impl Future<Output = Result<Vec<Event>, ApplyError>> + Send;
 
-    /// The projection's whole state as JSON, read inside `tx` (tables unqualified), for
-    /// point-in-time reads. `None` (the default) means the projection keeps no snapshots.
-    fn snapshot(
-        &self,
-        tx: &mut sqlx::PgConnection,
-    ) -> impl Future<Output = Result<Option<serde_json::Value>, sqlx::Error>> + Send {
-        let _ = tx;
-        async { Ok(None) }
+    /// A query (tables unqualified) whose single row and column is the projection's whole
+    /// state as JSON, for point-in-time reads. The runtime stores its result in the batch's
+    /// transaction with one statement (`INSERT … SELECT (<query>)`), no round trip through
+    /// Kairos. `None` (the default) means the projection keeps no snapshots.
+    fn snapshot_query(&self) -> Option<&'static str> {
+        None
     }
 }
 

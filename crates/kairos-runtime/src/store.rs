@@ -223,11 +223,14 @@ pub(crate) async fn snapshot<P: crate::Projection>(
     seq: StreamSeq,
     stored_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    if let Some(state) = projection.snapshot(&mut *tx).await? {
-        sqlx::query("INSERT INTO kairos.snapshots (projection, seq, state, stored_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+    if let Some(query) = projection.snapshot_query() {
+        let sql = format!(
+            "INSERT INTO kairos.snapshots (projection, seq, state, stored_at)
+             SELECT $1, $2, ({query}), $3 ON CONFLICT DO NOTHING"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(key)
             .bind(to_i64(seq))
-            .bind(state)
             .bind(stored_at)
             .execute(&mut *tx)
             .await?;

@@ -273,11 +273,8 @@ impl Projection for Budgets {
         }
     }
 
-    async fn snapshot(
-        &self,
-        tx: &mut PgConnection,
-    ) -> Result<Option<serde_json::Value>, sqlx::Error> {
-        let state: serde_json::Value = sqlx::query_scalar(
+    fn snapshot_query(&self) -> Option<&'static str> {
+        Some(
             "SELECT json_build_object(
                  'limits', (SELECT coalesce(json_agg(l), '[]') FROM limits l),
                  'spend', (SELECT coalesce(json_agg(s), '[]') FROM spend s),
@@ -285,9 +282,6 @@ impl Projection for Budgets {
                       'project', c.project, 'period', c.period, 'threshold', c.threshold)), '[]')
                   FROM crossings c))",
         )
-        .fetch_one(&mut *tx)
-        .await?;
-        Ok(Some(state))
     }
 
     async fn apply(
@@ -317,84 +311,72 @@ fn money(nanos: i64) -> Money {
     Money::from_nanos(nanos)
 }
 
-/// Loads the limits, spend and crossings of every (project, month) the items touch.
+/// Loads the limits, spend and crossings of every (project, month) the items touch, in one
+/// statement: one row per (project, month), its project's limit repeated.
 async fn load(tx: &mut PgConnection, items: &[Item]) -> Result<Ledger, sqlx::Error> {
-    let projects: Vec<String> = items
-        .iter()
-        .map(|i| i.project().to_string())
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
     let keys: HashSet<(String, String)> = items
         .iter()
         .map(|i| (i.project().to_string(), i.period().to_string()))
         .collect();
     let (kp, kper): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
     let mut ledger = Ledger::default();
-    let rows = sqlx::query("SELECT * FROM limits WHERE project = ANY($1)")
-        .bind(&projects)
-        .fetch_all(&mut *tx)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT k.project, k.period,
+                l.monthly_limit_nanos, l.warn_at_percent, l.on_exceeded, l.fallback_model,
+                l.set_by, l.set_seq, l.set_at,
+                s.spent_nanos, s.calls, s.failed_calls, s.input_tokens, s.output_tokens,
+                s.last_seq,
+                ARRAY(SELECT c.threshold FROM crossings c
+                      WHERE c.project = k.project AND c.period = k.period) AS crossed
+         FROM unnest($1::text[], $2::text[]) AS k(project, period)
+         LEFT JOIN limits l ON l.project = k.project
+         LEFT JOIN spend s ON s.project = k.project AND s.period = k.period",
+    )
+    .bind(&kp)
+    .bind(&kper)
+    .fetch_all(&mut *tx)
+    .await?;
     for r in rows {
         let project = parse_project(r.try_get("project")?)?;
-        let on_exceeded: String = r.try_get("on_exceeded")?;
-        ledger.limits.insert(
-            project,
-            Limit {
-                monthly_limit: money(r.try_get("monthly_limit_nanos")?),
-                warn_at_percent: u8::try_from(r.try_get::<i16, _>("warn_at_percent")?)
-                    .unwrap_or(100),
-                on_exceeded: OnExceeded::parse(&on_exceeded).unwrap_or(OnExceeded::Block),
-                fallback_model: r.try_get("fallback_model")?,
-                set_by: r.try_get("set_by")?,
-                set_seq: u64::try_from(r.try_get::<i64, _>("set_seq")?).unwrap_or(0),
-                set_at: r.try_get("set_at")?,
-            },
-        );
-    }
-    let rows = sqlx::query(
-        "SELECT s.* FROM spend s JOIN unnest($1::text[], $2::text[]) AS k(project, period)
-         USING (project, period)",
-    )
-    .bind(&kp)
-    .bind(&kper)
-    .fetch_all(&mut *tx)
-    .await?;
-    for r in rows {
-        let key = (
-            parse_project(r.try_get("project")?)?,
-            parse_period(r.try_get("period")?)?,
-        );
-        ledger.spend.insert(
-            key,
-            Spend {
-                spent: money(r.try_get("spent_nanos")?),
-                calls: r.try_get("calls")?,
-                failed_calls: r.try_get("failed_calls")?,
-                input_tokens: r.try_get("input_tokens")?,
-                output_tokens: r.try_get("output_tokens")?,
-                last_seq: u64::try_from(r.try_get::<i64, _>("last_seq")?).unwrap_or(0),
-            },
-        );
-    }
-    let rows = sqlx::query(
-        "SELECT c.project, c.period, c.threshold FROM crossings c
-         JOIN unnest($1::text[], $2::text[]) AS k(project, period) USING (project, period)",
-    )
-    .bind(&kp)
-    .bind(&kper)
-    .fetch_all(&mut *tx)
-    .await?;
-    for r in rows {
-        let threshold = match r.try_get::<String, _>("threshold")?.as_str() {
-            "warning" => Threshold::Warning,
-            _ => Threshold::Exceeded,
-        };
-        ledger.crossed.insert((
-            parse_project(r.try_get("project")?)?,
-            parse_period(r.try_get("period")?)?,
-            threshold,
-        ));
+        let period = parse_period(r.try_get("period")?)?;
+        if let Some(limit) = r.try_get::<Option<i64>, _>("monthly_limit_nanos")? {
+            let on_exceeded: String = r.try_get("on_exceeded")?;
+            ledger.limits.insert(
+                project.clone(),
+                Limit {
+                    monthly_limit: money(limit),
+                    warn_at_percent: u8::try_from(r.try_get::<i16, _>("warn_at_percent")?)
+                        .unwrap_or(100),
+                    on_exceeded: OnExceeded::parse(&on_exceeded).unwrap_or(OnExceeded::Block),
+                    fallback_model: r.try_get("fallback_model")?,
+                    set_by: r.try_get("set_by")?,
+                    set_seq: u64::try_from(r.try_get::<i64, _>("set_seq")?).unwrap_or(0),
+                    set_at: r.try_get("set_at")?,
+                },
+            );
+        }
+        if let Some(spent) = r.try_get::<Option<i64>, _>("spent_nanos")? {
+            ledger.spend.insert(
+                (project.clone(), period),
+                Spend {
+                    spent: money(spent),
+                    calls: r.try_get("calls")?,
+                    failed_calls: r.try_get("failed_calls")?,
+                    input_tokens: r.try_get("input_tokens")?,
+                    output_tokens: r.try_get("output_tokens")?,
+                    last_seq: u64::try_from(r.try_get::<i64, _>("last_seq")?).unwrap_or(0),
+                },
+            );
+        }
+        for threshold in r.try_get::<Vec<String>, _>("crossed")? {
+            let threshold = match threshold.as_str() {
+                "warning" => Threshold::Warning,
+                _ => Threshold::Exceeded,
+            };
+            ledger
+                .crossed
+                .insert((project.clone(), period, threshold));
+        }
     }
     Ok(ledger)
 }

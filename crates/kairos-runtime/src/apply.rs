@@ -262,7 +262,12 @@ pub(crate) async fn apply_batch<P: Projection>(
     let mut tx = begin(pool, target, name).await.map_err(classify)?;
     let fresh = store::claim_identities(&mut tx, &identities, &seqs)
         .await
-        .map_err(classify)?;
+        .map_err(|e| match &e {
+            // Another writer recorded one of these identities while this one ran: it moved the
+            // checkpoint too (or rolled back, and then this insert would have gone through).
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => Failure::Moved,
+            _ => classify(e),
+        })?;
     duplicates += fresh.iter().filter(|f| !**f).count() as i64;
     let mut items = items
         .into_iter()

@@ -123,10 +123,14 @@ pub(crate) async fn claim_identities(
     if identities.is_empty() {
         return Ok(Vec::new());
     }
+    // Not `ON CONFLICT DO NOTHING`: its speculative insertion costs a quarter more here (5,000
+    // keys into 200,000: 23-27 ms against 18-20). Only a second writer racing this one can make
+    // the insert hit a key the anti-join did not see; the caller treats that unique violation
+    // as the checkpoint having moved, which is what it means.
     let fresh: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO kairos_applied (identity, seq)
-         SELECT * FROM unnest($1::uuid[], $2::int8[])
-         ON CONFLICT DO NOTHING
+         SELECT k.identity, k.seq FROM unnest($1::uuid[], $2::int8[]) AS k(identity, seq)
+         WHERE NOT EXISTS (SELECT 1 FROM kairos_applied a WHERE a.identity = k.identity)
          RETURNING seq",
     )
     .bind(identities)

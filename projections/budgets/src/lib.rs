@@ -373,9 +373,7 @@ async fn load(tx: &mut PgConnection, items: &[Item]) -> Result<Ledger, sqlx::Err
                 "warning" => Threshold::Warning,
                 _ => Threshold::Exceeded,
             };
-            ledger
-                .crossed
-                .insert((project.clone(), period, threshold));
+            ledger.crossed.insert((project.clone(), period, threshold));
         }
     }
     Ok(ledger)

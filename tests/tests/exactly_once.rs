@@ -242,7 +242,22 @@ async fn identities_recorded_by_an_earlier_version_still_dedupe(pool: PgPool) {
             llm_call("new-1", "acme", "2"),
         ])
         .await;
+    // The runner and a replay start together: both find the old table, one converts it.
     app.start_projection("budgets");
+    let replayed = app
+        .kairos
+        .replay(
+            "budgets",
+            &kairos_runtime::ReplayOptions {
+                until_seq: Some(kairos_events::StreamSeq(last)),
+                ..Default::default()
+            },
+            None,
+            |_| {},
+        )
+        .await
+        .expect("the replay starting beside the runner converts or finds converted");
+    assert_eq!(replayed.reached.0, last);
     app.wait_for("budgets", last).await;
     let ty: String = sqlx::query_scalar(
         "SELECT data_type::text FROM information_schema.columns

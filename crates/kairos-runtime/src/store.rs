@@ -100,10 +100,19 @@ pub(crate) async fn ensure_applied_table(pool: &PgPool, schema: &str) -> Result<
         None => format!(
             "CREATE TABLE IF NOT EXISTS {table} (identity uuid PRIMARY KEY, seq bigint NOT NULL)"
         ),
+        // Checked again under the table's lock: a runner and a replay starting together both
+        // saw `bytea`, and the second must not convert a converted table.
         Some("bytea") => format!(
-            "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS kairos_applied_identity_check;
-             ALTER TABLE {table} ALTER COLUMN identity TYPE uuid
-                 USING encode(substring(identity FROM 1 FOR 16), 'hex')::uuid"
+            "DO $convert$ BEGIN
+               LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;
+               IF (SELECT atttypid = 'bytea'::regtype FROM pg_attribute
+                   WHERE attrelid = '{literal}'::regclass AND attname = 'identity') THEN
+                 ALTER TABLE {table} DROP CONSTRAINT IF EXISTS kairos_applied_identity_check;
+                 ALTER TABLE {table} ALTER COLUMN identity TYPE uuid
+                     USING encode(substring(identity FROM 1 FOR 16), 'hex')::uuid;
+               END IF;
+             END $convert$",
+            literal = table.replace('\'', "''")
         ),
         Some(_) => return Ok(()),
     };

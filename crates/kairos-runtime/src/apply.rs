@@ -221,7 +221,8 @@ pub(crate) async fn apply_batch<P: Projection>(
     let prefix = &bus.config().subject_prefix;
     let mut ahead = decoded.map(|d| d.0.into_iter().peekable());
     for m in batch {
-        // Both are in stream order: skip what the batch no longer holds.
+        // Both are usually in the same order (a redelivery can break it: then the message is
+        // decoded here); skip what the batch no longer holds.
         let slot = ahead
             .as_mut()
             .and_then(|a| {
@@ -304,9 +305,10 @@ pub(crate) async fn apply_batch<P: Projection>(
             );
         }
         if let Some((at, stored_at)) = mark {
+            // Not the event's fault, whatever the error: never a reason to dead-letter it.
             store::snapshot(&mut tx, projection, &target.key, at, stored_at)
                 .await
-                .map_err(classify)?;
+                .map_err(|e| Failure::Transient(format!("snapshot at {at}: {e}")))?;
         }
     }
     // A rebuilt generation folds the same events to the same state, but what they announced

@@ -318,6 +318,8 @@ impl<P: Projection> Runner<P> {
     async fn fetch_decoded(&self, consumer: &PullConsumer, max: usize) -> Option<Fetched<P::Item>> {
         const CHUNK: usize = 250;
         let mut fetched = consumer.fetch().max_messages(max).messages().await.ok()?;
+        // A pull that fails half-way keeps what it received, and a chunk whose decoding failed
+        // is decoded again when its batch is applied: nothing received is dropped unanswered.
         let prefix = self.bus.config().subject_prefix.clone();
         let spawn = |chunk: Vec<Delivered>| {
             let (projection, prefix) = (Arc::clone(&self.projection), prefix.clone());
@@ -326,8 +328,7 @@ impl<P: Projection> Runner<P> {
         let mut msgs = Vec::with_capacity(max);
         let mut chunk = Vec::with_capacity(CHUNK.min(max));
         let mut decoding = Vec::new();
-        while let Some(m) = fetched.next().await {
-            let m = m.ok()?;
+        while let Some(Ok(m)) = fetched.next().await {
             chunk.extend(delivered(&m));
             msgs.push(m);
             if chunk.len() == CHUNK {
@@ -342,7 +343,7 @@ impl<P: Projection> Runner<P> {
         }
         let mut decoded: Option<Decoded<P::Item>> = None;
         for d in decoding {
-            let d = d.await.ok()?;
+            let Ok(d) = d.await else { continue };
             match &mut decoded {
                 Some(all) => all.extend(d),
                 None => decoded = Some(d),
@@ -393,13 +394,20 @@ impl<P: Projection> Runner<P> {
         if let Some(m) = stale {
             let _ = m.ack().await;
         }
-        if batch.is_empty() && !later.is_empty() && self.history_starts_after(state).await {
-            // Retention removed events the projection never saw: start at the oldest one kept.
+        let kept_from = if batch.is_empty() && !later.is_empty() {
+            self.history_starts_after(state).await
+        } else {
+            None
+        };
+        if let Some(kept_from) = kept_from {
+            // Retention removed events the projection never saw: start at the oldest one kept
+            // (not at the first one delivered here: the events between the two may still be
+            // out for redelivery, and they come back as usual).
             let first = later
                 .iter()
                 .filter_map(|m| m.info().ok().map(|i| i.stream_sequence))
                 .min()
-                .unwrap_or(0);
+                .map_or(kept_from, |delivered| delivered.min(kept_from));
             warn!(
                 projection = name,
                 checkpoint = state.checkpoint.0,
@@ -467,19 +475,16 @@ impl<P: Projection> Runner<P> {
         Handled::Done
     }
 
-    async fn history_starts_after(&self, state: &State) -> bool {
-        let Ok(mut stream) = self
+    /// The stream's first sequence, when events right after the checkpoint are no longer kept.
+    async fn history_starts_after(&self, state: &State) -> Option<u64> {
+        let mut stream = self
             .bus
             .jetstream()
             .get_stream(self.bus.stream_name())
             .await
-        else {
-            return false;
-        };
-        stream
-            .info()
-            .await
-            .is_ok_and(|i| i.state.first_sequence > state.checkpoint.0 + 1)
+            .ok()?;
+        let first = stream.info().await.ok()?.state.first_sequence;
+        (first > state.checkpoint.0 + 1).then_some(first)
     }
 
     async fn recover(&self, state: &mut State, batch: Vec<Message>, failure: Failure) {

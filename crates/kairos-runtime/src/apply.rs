@@ -218,6 +218,7 @@ pub(crate) async fn apply_batch<P: Projection>(
     let mut dead = 0i64;
     let mut duplicates = 0i64;
     let mut seen = HashSet::new();
+    let mut rejected = Vec::new();
     let prefix = &bus.config().subject_prefix;
     let mut ahead = decoded.map(|d| d.0.into_iter().peekable());
     for m in batch {
@@ -244,17 +245,7 @@ pub(crate) async fn apply_batch<P: Projection>(
             Slot::Rejected(rejection) => {
                 dead += 1;
                 if target.live {
-                    warn!(projection = name, seq = m.seq.0, code = rejection.code, reason = %rejection.reason, "dead-lettering event");
-                    bus.dead_letter(
-                        name,
-                        &m.subject,
-                        m.seq,
-                        m.payload.clone(),
-                        rejection.code,
-                        &rejection.reason,
-                    )
-                    .await
-                    .map_err(|e| Failure::Transient(e.to_string()))?;
+                    rejected.push((m, rejection));
                 }
             }
         }
@@ -334,6 +325,22 @@ pub(crate) async fn apply_batch<P: Projection>(
         .map_err(classify)?
     {
         return Err(Failure::Moved);
+    }
+    // Dead letters go out once the fence held, before the commit: a writer that lost publishes
+    // nothing, and a commit that fails after them leaves copies with the same message ids,
+    // which JetStream drops within its duplicate window.
+    for (m, rejection) in rejected {
+        warn!(projection = name, seq = m.seq.0, code = rejection.code, reason = %rejection.reason, "dead-lettering event");
+        bus.dead_letter(
+            name,
+            &m.subject,
+            m.seq,
+            m.payload.clone(),
+            rejection.code,
+            &rejection.reason,
+        )
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))?;
     }
     tx.commit().await.map_err(classify)?;
     debug!(projection = name, key = %target.key, applied, duplicates, dead, "batch committed");

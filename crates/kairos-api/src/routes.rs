@@ -462,18 +462,23 @@ async fn ledger_as_of(
         Some(_) => q.period(st)?,
         None => Period::containing(at, &st.tz),
     };
-    let seq = seq_at_time(st, at).await?;
     let wait = Duration::from_millis(st.http.read_wait_ms);
-    match st.checkpoints.wait_for(budgets::NAME, seq.0, wait).await {
-        Ok(_) => {}
-        Err(kairos_runtime::WaitError::Database(e)) => return Err(ApiError::Database(e)),
-        Err(e) => return Err(ApiError::NotYetApplied(e.to_string())),
-    }
-    let ledger = budgets::Budgets { tz: st.tz }
-        .ledger_as_of(&st.bus, &st.pool, seq, project)
+    let applied = |seq: kairos_events::StreamSeq| async move {
+        match st.checkpoints.wait_for(budgets::NAME, seq.0, wait).await {
+            Ok(_) => Ok(()),
+            Err(kairos_runtime::WaitError::Database(e)) => Err(budgets::AsOfError::Database(e)),
+            Err(e) => Err(budgets::AsOfError::NotYetApplied(e.to_string())),
+        }
+    };
+    let (ledger, seq) = budgets::Budgets { tz: st.tz }
+        .ledger_at(&st.bus, &st.pool, at, project, applied)
         .await
         .map_err(|e| match e {
-            budgets::AsOfError::Database(e) => ApiError::Database(e),
+            budgets::AsOfError::Database(e)
+            | budgets::AsOfError::History(kairos_runtime::HistoryError::Database(e)) => {
+                ApiError::Database(e)
+            }
+            budgets::AsOfError::NotYetApplied(e) => ApiError::NotYetApplied(e),
             budgets::AsOfError::History(e @ kairos_runtime::HistoryError::Gone { .. }) => {
                 ApiError::bad("history_gone", "as_of", e.to_string())
             }

@@ -95,12 +95,27 @@ pub async fn items_between<P: Projection>(
     if upto <= after {
         return Ok(Vec::new());
     }
+    let (_, decoded) = read_after(projection, bus, after, upto, None, filter.as_deref()).await?;
+    Ok(first_applied(projection, pool, decoded).await?)
+}
+
+/// Reads the stream after `after` up to `end` (and, with `until`, up to the last event stored
+/// at or before it), decoding what `projection` would; returns the last sequence read (or
+/// `after`) and what was decoded.
+async fn read_after<P: Projection>(
+    projection: &P,
+    bus: &Bus,
+    after: StreamSeq,
+    end: StreamSeq,
+    until: Option<DateTime<Utc>>,
+    filter: Option<&str>,
+) -> Result<(StreamSeq, SpanItems<P::Item>), HistoryError> {
     let stream_err = |e: &dyn std::fmt::Display| HistoryError::Stream(e.to_string());
     let mut reader = bus
-        .read_span(StreamSeq(after.0 + 1), upto)
+        .read_span(StreamSeq(after.0 + 1), end)
         .await
         .map_err(|e| stream_err(&e))?;
-    let mut decoded = Vec::new();
+    let (mut last, mut decoded) = (after, Vec::new());
     let mut first = true;
     let mut more = reader.pending_at_start() > 0;
     while more {
@@ -114,39 +129,133 @@ pub async fn items_between<P: Projection>(
             ));
         };
         // Only the first message tells: later ones may follow events this projection ignores.
-        if std::mem::take(&mut first) && d.seq.0 > after.0 + 1 && d.seq.0 <= upto.0 + 1 {
+        if std::mem::take(&mut first) && d.seq.0 > after.0 + 1 && d.seq.0 <= end.0 + 1 {
             // The first events after the snapshot are gone: answering would skip them silently.
             return Err(HistoryError::Gone {
                 from: after.0 + 1,
                 to: d.seq.0 - 1,
             });
         }
-        if d.seq > upto {
+        if d.seq > end || until.is_some_and(|at| d.stored_at > at) {
             break;
         }
-        let seq = d.seq;
-        more = seq < upto && d.pending > 0;
-        // Exactly what the live projection folded: what it reads, parses and decodes.
-        if filter
-            .as_deref()
-            .is_none_or(|f| subject_matches(f, &d.subject))
-            && crate::reads(projection, &d.subject)
-            && let Ok(stored) = crate::stored_event(
-                &bus.config().subject_prefix,
-                seq,
-                &d.subject,
-                d.stored_at,
-                &d.payload,
-            )
-            && let Ok(Some(item)) = projection.decode(&stored)
-        {
-            decoded.push((
-                crate::store::applied_key(&stored.event.identity()),
-                seq,
-                item,
-            ));
-        }
+        last = d.seq;
+        more = d.seq < end && d.pending > 0;
+        decoded.extend(decode_stored(projection, bus, filter, &d));
     }
+    Ok((last, SpanItems(decoded)))
+}
+
+/// Events decoded from a span of the stream, not yet checked against what the projection
+/// applied (see [`first_applied`]).
+pub struct SpanItems<I>(Vec<(uuid::Uuid, StreamSeq, I)>);
+
+/// A point-in-time read's start and span, found in one pass over the stream.
+pub struct AsOfSpan<I> {
+    /// The last sequence the stream stored at or before the instant.
+    pub seq: StreamSeq,
+    /// The snapshot the read starts from (its sequence and state), if any.
+    pub snapshot: Option<(StreamSeq, serde_json::Value)>,
+    /// What the projection would decode from the events after it, up to `seq`.
+    pub decoded: SpanItems<I>,
+}
+
+/// The snapshot of `key` taken before `at` and the events stored after it up to `at`, read in
+/// one pass: the read goes forward from the snapshot and stops at the first message stored
+/// after `at` (bounded by the next snapshot, which was stored after it), so finding the
+/// instant's sequence costs no requests of its own. `None` when no snapshot records when it was
+/// taken before `at` (an earlier version's snapshots, or none yet): then
+/// [`seq_at_time`] and [`items_between`] answer instead. Pass the result to [`first_applied`]
+/// once the projection has applied `seq`.
+pub async fn as_of_span<P: Projection>(
+    projection: &P,
+    bus: &Bus,
+    pool: &PgPool,
+    key: &str,
+    at: DateTime<Utc>,
+    filter: Option<String>,
+) -> Result<Option<AsOfSpan<P::Item>>, HistoryError> {
+    // PostgreSQL keeps microseconds, the stream nanoseconds: a margin of one microsecond on
+    // each side makes "stored before" and "stored after" sure.
+    let margin = chrono::Duration::microseconds(1);
+    type Row = (Option<i64>, Option<serde_json::Value>, Option<i64>);
+    let (lo, state, hi): Row = sqlx::query_as(
+        "SELECT lo.seq, lo.state, hi.seq
+             FROM (SELECT 1) one
+             LEFT JOIN LATERAL (SELECT seq, state FROM kairos.snapshots
+                                WHERE projection = $1 AND stored_at < $2
+                                ORDER BY stored_at DESC LIMIT 1) lo ON true
+             LEFT JOIN LATERAL (SELECT seq FROM kairos.snapshots
+                                WHERE projection = $1 AND stored_at > $3
+                                ORDER BY stored_at LIMIT 1) hi ON true",
+    )
+    .bind(key)
+    .bind(at - margin)
+    .bind(at + margin)
+    .fetch_one(pool)
+    .await?;
+    let (Some(lo), Some(state)) = (lo, state) else {
+        return Ok(None);
+    };
+    let after = StreamSeq(u64::try_from(lo).unwrap_or(0));
+    let stream_err = |e: &dyn std::fmt::Display| HistoryError::Stream(e.to_string());
+    let end = match hi.and_then(|h| u64::try_from(h).ok()) {
+        Some(h) => StreamSeq(h.saturating_sub(1)),
+        None => bus.last_seq().await.map_err(|e| stream_err(&e))?,
+    };
+    if end <= after {
+        return Ok(Some(AsOfSpan {
+            seq: after,
+            snapshot: Some((after, state)),
+            decoded: SpanItems(Vec::new()),
+        }));
+    }
+    let (seq, decoded) =
+        read_after(projection, bus, after, end, Some(at), filter.as_deref()).await?;
+    Ok(Some(AsOfSpan {
+        seq,
+        snapshot: Some((after, state)),
+        decoded,
+    }))
+}
+
+/// What the live projection folded from `d`: what it reads, parses and decodes.
+fn decode_stored<P: Projection>(
+    projection: &P,
+    bus: &Bus,
+    filter: Option<&str>,
+    d: &kairos_bus::StoredMessage,
+) -> Option<(uuid::Uuid, StreamSeq, P::Item)> {
+    if !filter.is_none_or(|f| subject_matches(f, &d.subject))
+        || !crate::reads(projection, &d.subject)
+    {
+        return None;
+    }
+    let stored = crate::stored_event(
+        &bus.config().subject_prefix,
+        d.seq,
+        &d.subject,
+        d.stored_at,
+        &d.payload,
+    )
+    .ok()?;
+    let item = projection.decode(&stored).ok()??;
+    Some((
+        crate::store::applied_key(&stored.event.identity()),
+        d.seq,
+        item,
+    ))
+}
+
+/// The decoded items the projection applied: events it dead-lettered are not there, and a retry
+/// of an event is skipped when its identity was first applied at an earlier sequence. The
+/// projection must have applied the span (its checkpoint at or past the last sequence).
+pub async fn first_applied<P: Projection>(
+    projection: &P,
+    pool: &PgPool,
+    decoded: SpanItems<P::Item>,
+) -> Result<Vec<P::Item>, sqlx::Error> {
+    let decoded = decoded.0;
     // Which sequence first applied each identity.
     let ids: Vec<uuid::Uuid> = decoded.iter().map(|(i, _, _)| *i).collect();
     let sql = format!(

@@ -29,7 +29,10 @@ use chrono::{DateTime, Utc};
 use kairos_events::{Event, StreamSeq};
 
 pub use apply::{Delivered, Target, writer_lock};
-pub use history::{HistoryError, items_between, seq_at_time, snapshot_at};
+pub use history::{
+    AsOfSpan, HistoryError, SpanItems, as_of_span, first_applied, items_between, seq_at_time,
+    snapshot_at,
+};
 pub use replay::{Progress, ReplayOptions, ReplayReport, Seat, replay, shared_read};
 pub use runner::{Runner, RunnerConfig, RunnerError};
 

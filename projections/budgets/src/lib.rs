@@ -641,6 +641,9 @@ pub enum AsOfError {
     History(#[from] kairos_runtime::HistoryError),
     #[error("projection database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The projection has not applied the events up to the instant yet.
+    #[error("{0}")]
+    NotYetApplied(String),
 }
 
 #[derive(serde::Deserialize)]
@@ -747,6 +750,42 @@ impl Budgets {
             let _ = ledger.fold(&item);
         }
         Ok(ledger)
+    }
+
+    /// The ledger as it stood at the instant `at`, and the stream sequence that is: from the
+    /// snapshot before `at`, reading forward until the first event stored after it (one pass over
+    /// the stream; see [`kairos_runtime::as_of_span`]). `applied` waits until the projection
+    /// has applied a sequence. Without a snapshot that records its time, the sequence is looked
+    /// up first ([`kairos_runtime::seq_at_time`]) and [`Budgets::ledger_as_of`] answers.
+    pub async fn ledger_at<F, Fut>(
+        &self,
+        bus: &kairos_bus::Bus,
+        pool: &PgPool,
+        at: chrono::DateTime<chrono::Utc>,
+        project: Option<&ProjectId>,
+        applied: F,
+    ) -> Result<(Ledger, kairos_events::StreamSeq), AsOfError>
+    where
+        F: FnOnce(kairos_events::StreamSeq) -> Fut,
+        Fut: std::future::Future<Output = Result<(), AsOfError>>,
+    {
+        let filter = project.map(|p| format!("{}.events.*.{p}", bus.config().subject_prefix));
+        let Some(span) = kairos_runtime::as_of_span(self, bus, pool, NAME, at, filter).await?
+        else {
+            let seq = kairos_runtime::seq_at_time(bus, pool, at).await?;
+            applied(seq).await?;
+            return Ok((self.ledger_as_of(bus, pool, seq, project).await?, seq));
+        };
+        applied(span.seq).await?;
+        let mut ledger = match span.snapshot {
+            Some((_, state)) => Ledger::from_snapshot(state)?,
+            None => Ledger::default(),
+        };
+        for item in kairos_runtime::first_applied(self, pool, span.decoded).await? {
+            // As in `ledger_as_of`: what failed to fold live changed nothing, here too.
+            let _ = ledger.fold(&item);
+        }
+        Ok((ledger, span.seq))
     }
 }
 

@@ -154,8 +154,8 @@ pub struct SpanItems<I>(Vec<(uuid::Uuid, StreamSeq, I)>);
 pub struct AsOfSpan<I> {
     /// The last sequence the stream stored at or before the instant.
     pub seq: StreamSeq,
-    /// The snapshot the read starts from (its sequence and state), if any.
-    pub snapshot: Option<(StreamSeq, serde_json::Value)>,
+    /// The snapshot the read starts from: its sequence and state.
+    pub snapshot: (StreamSeq, serde_json::Value),
     /// What the projection would decode from the events after it, up to `seq`.
     pub decoded: SpanItems<I>,
 }
@@ -206,7 +206,7 @@ pub async fn as_of_span<P: Projection>(
     if end <= after {
         return Ok(Some(AsOfSpan {
             seq: after,
-            snapshot: Some((after, state)),
+            snapshot: (after, state),
             decoded: SpanItems(Vec::new()),
         }));
     }
@@ -214,7 +214,7 @@ pub async fn as_of_span<P: Projection>(
         read_after(projection, bus, after, end, Some(at), filter.as_deref()).await?;
     Ok(Some(AsOfSpan {
         seq,
-        snapshot: Some((after, state)),
+        snapshot: (after, state),
         decoded,
     }))
 }

@@ -777,10 +777,7 @@ impl Budgets {
             return Ok((self.ledger_as_of(bus, pool, seq, project).await?, seq));
         };
         applied(span.seq).await?;
-        let mut ledger = match span.snapshot {
-            Some((_, state)) => Ledger::from_snapshot(state)?,
-            None => Ledger::default(),
-        };
+        let mut ledger = Ledger::from_snapshot(span.snapshot.1)?;
         for item in kairos_runtime::first_applied(self, pool, span.decoded).await? {
             // As in `ledger_as_of`: what failed to fold live changed nothing, here too.
             let _ = ledger.fold(&item);

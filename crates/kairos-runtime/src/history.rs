@@ -92,9 +92,6 @@ pub async fn items_between<P: Projection>(
     upto: StreamSeq,
     filter: Option<String>,
 ) -> Result<Vec<P::Item>, HistoryError> {
-    if upto <= after {
-        return Ok(Vec::new());
-    }
     let (_, decoded) = read_after(projection, bus, after, upto, None, filter.as_deref()).await?;
     Ok(first_applied(projection, pool, decoded).await?)
 }
@@ -110,6 +107,9 @@ async fn read_after<P: Projection>(
     until: Option<DateTime<Utc>>,
     filter: Option<&str>,
 ) -> Result<(StreamSeq, SpanItems<P::Item>), HistoryError> {
+    if end <= after {
+        return Ok((after, SpanItems(Vec::new())));
+    }
     let stream_err = |e: &dyn std::fmt::Display| HistoryError::Stream(e.to_string());
     let mut reader = bus
         .read_span(StreamSeq(after.0 + 1), end)
@@ -198,18 +198,13 @@ pub async fn as_of_span<P: Projection>(
         return Ok(None);
     };
     let after = StreamSeq(u64::try_from(lo).unwrap_or(0));
-    let stream_err = |e: &dyn std::fmt::Display| HistoryError::Stream(e.to_string());
     let end = match hi.and_then(|h| u64::try_from(h).ok()) {
         Some(h) => StreamSeq(h.saturating_sub(1)),
-        None => bus.last_seq().await.map_err(|e| stream_err(&e))?,
+        None => bus
+            .last_seq()
+            .await
+            .map_err(|e| HistoryError::Stream(e.to_string()))?,
     };
-    if end <= after {
-        return Ok(Some(AsOfSpan {
-            seq: after,
-            snapshot: (after, state),
-            decoded: SpanItems(Vec::new()),
-        }));
-    }
     let (seq, decoded) =
         read_after(projection, bus, after, end, Some(at), filter.as_deref()).await?;
     Ok(Some(AsOfSpan {
@@ -256,6 +251,9 @@ pub async fn first_applied<P: Projection>(
     decoded: SpanItems<P::Item>,
 ) -> Result<Vec<P::Item>, sqlx::Error> {
     let decoded = decoded.0;
+    if decoded.is_empty() {
+        return Ok(Vec::new());
+    }
     // Which sequence first applied each identity.
     let ids: Vec<uuid::Uuid> = decoded.iter().map(|(i, _, _)| *i).collect();
     let sql = format!(

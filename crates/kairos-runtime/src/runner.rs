@@ -190,10 +190,9 @@ impl<P: Projection> Runner<P> {
             }
             // While this batch is applied, the next one is pulled and, chunk by chunk as it
             // arrives, decoded on other threads: NATS, PostgreSQL and the decoding work at the
-            // same time. A prefetched batch after
-            // a failed one arrives out of order and is handed back (nak) by the gap check, so
-            // order is never at risk; what was decoded ahead is used only for the messages
-            // applied.
+            // same time. A prefetched batch after a failed one arrives out of order and is
+            // handed back (nak) by the gap check, so order is never at risk; what was decoded
+            // ahead is used only for the messages applied.
             let isolating = state.isolate_until.is_some();
             let prefetch = async {
                 if isolating {

@@ -400,3 +400,56 @@ async fn a_replay_leaves_what_the_live_runner_has_not_seen_to_it(pool: PgPool) {
     );
     app.cleanup().await;
 }
+
+/// A replay reads the stream with a [`kairos_bus::BatchReader`]: when the server drops its
+/// consumer half-way (as it does with one idle too long), it carries on where it stood, every
+/// message once and in order.
+#[tokio::test]
+async fn a_batch_reader_carries_on_when_its_consumer_is_dropped() {
+    use futures_util::TryStreamExt;
+    let settings = test_settings();
+    let bus = kairos_bus::Bus::connect(&settings.nats, "test")
+        .await
+        .unwrap();
+    bus.ensure_streams().await.unwrap();
+    let events: Vec<kairos_events::Event> = (0..2_500)
+        .map(|i| {
+            kairos_events::Event::from_value(llm_call(&format!("r-{i}"), "p1", "0.01")).unwrap()
+        })
+        .collect();
+    for r in bus.publish_events(&events).await {
+        r.unwrap();
+    }
+    let mut reader = bus
+        .read_batches(kairos_events::StreamSeq(1), 1_000)
+        .await
+        .unwrap();
+    let mut seqs: Vec<u64> = reader
+        .next_batch(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq.0)
+        .collect();
+    assert_eq!(seqs.len(), 1_000);
+    let stream = bus.jetstream().get_stream(bus.stream_name()).await.unwrap();
+    let names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+    assert_eq!(names.len(), 1, "the reader's consumer: {names:?}");
+    stream.delete_consumer(&names[0]).await.unwrap();
+    loop {
+        let batch = reader.next_batch(Duration::from_secs(1)).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        seqs.extend(batch.iter().map(|m| m.seq.0));
+    }
+    assert_eq!(seqs, (1..=2_500).collect::<Vec<u64>>());
+    reader.close().await;
+    let names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+    assert!(names.is_empty(), "closing removes the consumer: {names:?}");
+    bus.jetstream()
+        .delete_stream(bus.stream_name())
+        .await
+        .unwrap();
+    let _ = bus.jetstream().delete_stream(bus.dlq_stream_name()).await;
+}

@@ -175,6 +175,148 @@ impl EventReader {
     }
 }
 
+/// Reads a stretch of the events stream in large batches, for rebuilding a projection: an
+/// ephemeral pull consumer without acknowledgements, asked for up to `batch` messages at a
+/// time. On a long history it reads a third faster than [`EventReader`] (whose ordered
+/// consumer asks for 500 at a time), and has no heartbeat to miss while its reader is busy:
+/// the server sends only what was asked for. A message lost on the way (the consumer's own
+/// sequence skips one) or a consumer the server dropped (idle too long) makes it start a new
+/// consumer where it stood.
+pub struct BatchReader {
+    stream: jetstream::stream::Stream<()>,
+    stream_name: String,
+    consumer: Option<jetstream::consumer::PullConsumer>,
+    /// The first stream sequence not handed out yet.
+    next: u64,
+    /// The consumer sequence of the last message received from the current consumer.
+    delivered: u64,
+    batch: usize,
+}
+
+impl BatchReader {
+    /// The next messages in stream order (at most the batch size), or none when nothing more
+    /// arrived within `wait`.
+    pub async fn next_batch(&mut self, wait: Duration) -> Result<Vec<StoredMessage>, BusError> {
+        use futures_util::StreamExt;
+        let started = std::time::Instant::now();
+        let mut failures = 0;
+        loop {
+            let mut consumer = match self.consumer.take() {
+                Some(c) => c,
+                None => {
+                    self.delivered = 0;
+                    self.create().await?
+                }
+            };
+            let mut out = Vec::new();
+            let mut broken = None;
+            // Without an expiry, a request to a consumer the server dropped would wait forever;
+            // with one, it ends within it (+5 s, async-nats' margin). A live consumer answers at
+            // once, with what is stored.
+            let fetched = consumer
+                .fetch()
+                .max_messages(self.batch)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await;
+            match fetched {
+                Err(e) => broken = Some(e.to_string()),
+                Ok(mut messages) => {
+                    out.reserve(self.batch);
+                    while let Some(m) = messages.next().await {
+                        let m = match m {
+                            Ok(m) => m,
+                            Err(e) => {
+                                broken = Some(e.to_string());
+                                break;
+                            }
+                        };
+                        let info = m.info().map_err(|e| self.error(&e))?;
+                        if info.consumer_sequence != self.delivered + 1 {
+                            broken = Some(format!(
+                                "message {} of the consumer lost on the way",
+                                self.delivered + 1
+                            ));
+                            break;
+                        }
+                        self.delivered = info.consumer_sequence;
+                        self.next = info.stream_sequence + 1;
+                        out.push(StoredMessage {
+                            seq: StreamSeq(info.stream_sequence),
+                            subject: m.subject.to_string(),
+                            stored_at: info.published,
+                            payload: m.payload.clone(),
+                            pending: info.pending,
+                        });
+                    }
+                }
+            }
+            // Nothing: either nothing more is stored yet, or the consumer is gone.
+            if out.is_empty()
+                && broken.is_none()
+                && let Err(e) = consumer.info().await
+            {
+                broken = Some(e.to_string());
+            }
+            let retry = broken.is_some();
+            match broken {
+                None => self.consumer = Some(consumer),
+                Some(reason) => {
+                    // Start again from the first message not handed out; what this consumer
+                    // sent after the break goes with it.
+                    failures += 1;
+                    if failures > 5 {
+                        return Err(self.error(&reason));
+                    }
+                    tracing::debug!(%reason, next = self.next, "recreating the batch reader's consumer");
+                    let _ = self
+                        .stream
+                        .delete_consumer(&consumer.cached_info().name)
+                        .await;
+                }
+            }
+            if !out.is_empty() || (!retry && started.elapsed() >= wait) {
+                return Ok(out);
+            }
+            if !retry {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Removes the consumer from the server now rather than when it has idled long enough.
+    pub async fn close(mut self) {
+        if let Some(c) = self.consumer.take() {
+            let _ = self.stream.delete_consumer(&c.cached_info().name).await;
+        }
+    }
+
+    async fn create(&self) -> Result<jetstream::consumer::PullConsumer, BusError> {
+        use jetstream::consumer::{AckPolicy, DeliverPolicy, pull::Config};
+        self.stream
+            .create_consumer(Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: self.next.max(1),
+                },
+                ack_policy: AckPolicy::None,
+                // A replay pauses between requests while its writes catch up; the server drops
+                // the consumer after this long without one (it is then recreated).
+                inactive_threshold: Duration::from_secs(60),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.error(&e))
+    }
+
+    fn error(&self, e: &dyn std::fmt::Display) -> BusError {
+        BusError::Stream {
+            stream: self.stream_name.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// Publishes awaiting an acknowledgement, at most (async-nats' own window has the same size).
 const MAX_IN_FLIGHT: usize = 8192;
 /// Publishes sent before their acknowledgements are awaited.
@@ -318,6 +460,25 @@ impl Bus {
         filter: Option<String>,
     ) -> Result<EventReader, BusError> {
         self.read_with(from, filter, false, None).await
+    }
+
+    /// Reads the events stream from `from` in batches of up to `batch` messages (see
+    /// [`BatchReader`]).
+    pub async fn read_batches(
+        &self,
+        from: StreamSeq,
+        batch: usize,
+    ) -> Result<BatchReader, BusError> {
+        let mut reader = BatchReader {
+            stream: self.events_stream().await?,
+            stream_name: self.config.stream.clone(),
+            consumer: None,
+            next: from.0.max(1),
+            delivered: 0,
+            batch: batch.max(1),
+        };
+        reader.consumer = Some(reader.create().await?);
+        Ok(reader)
     }
 
     /// Reads the messages `from..=to` of the events stream (and possibly a few after): the

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kairos_bus::{Bus, EventReader, ReadFrom};
+use kairos_bus::{BatchReader, Bus};
 use kairos_events::StreamSeq;
 use sqlx::{PgPool, Row};
 use tracing::{info, warn};
@@ -334,14 +334,11 @@ async fn catch_up<P: Projection>(
     let reading = async move {
         let mut source = match seat {
             Some(seat) => Source::Shared(seat.take(first, end)),
-            None => Source::Own(
-                Box::new(
-                    bus.read(ReadFrom::Seq(StreamSeq(first + 1)), None)
-                        .await
-                        .map_err(|e| replay_error(name, e))?,
-                ),
-                Batcher::new(batch_size),
-            ),
+            None => Source::Own(Box::new(
+                bus.read_batches(StreamSeq(first + 1), batch_size)
+                    .await
+                    .map_err(|e| replay_error(name, e))?,
+            )),
         };
         loop {
             let (batch, seq) = source
@@ -359,6 +356,9 @@ async fn catch_up<P: Projection>(
                 }
             }
             if seq >= end {
+                if let Source::Own(reader) = source {
+                    reader.close().await;
+                }
                 return Ok::<_, RunnerError>(());
             }
         }
@@ -399,32 +399,6 @@ async fn catch_up<P: Projection>(
     Ok(reached)
 }
 
-/// Cuts the stream into batches of at most `size` messages, the last ending at `end`.
-struct Batcher {
-    size: usize,
-    batch: Vec<Delivered>,
-}
-
-impl Batcher {
-    fn new(size: usize) -> Self {
-        Self {
-            size,
-            batch: Vec::with_capacity(size),
-        }
-    }
-
-    /// Adds `d` (unless it is past `end`); returns the batch it completed, if it did.
-    fn push(&mut self, d: Delivered, end: u64) -> Option<Vec<Delivered>> {
-        let seq = d.seq.0;
-        if seq <= end {
-            self.batch.push(d);
-        }
-        let cut = self.batch.len() >= self.size || seq >= end;
-        (cut && !self.batch.is_empty())
-            .then(|| std::mem::replace(&mut self.batch, Vec::with_capacity(self.size)))
-    }
-}
-
 /// Batches of stream messages as a shared read hands them out, each with the last sequence the
 /// read has seen (past the batch when the messages after it are beyond every rider's end or
 /// deleted).
@@ -433,7 +407,7 @@ type Feed = tokio::sync::mpsc::Receiver<Fed>;
 
 /// Where a replay's messages come from: a read of its own, or a read shared with others.
 enum Source {
-    Own(Box<EventReader>, Batcher),
+    Own(Box<BatchReader>),
     Shared(Feed),
 }
 
@@ -442,20 +416,7 @@ impl Source {
     /// at or past `end`, the replay has all it needs.
     async fn next(&mut self, first: u64, end: u64) -> Result<(Vec<Delivered>, u64), String> {
         match self {
-            Source::Own(reader, batcher) => loop {
-                let d = reader
-                    .next(Duration::from_secs(30))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or("the stream stopped delivering for 30 s")?;
-                let seq = d.seq.0;
-                if let Some(batch) = batcher.push(d, end) {
-                    return Ok((batch, seq));
-                }
-                if seq >= end {
-                    return Ok((Vec::new(), seq));
-                }
-            },
+            Source::Own(reader) => next_batch(reader, end).await,
             Source::Shared(feed) => {
                 let (batch, last) = feed
                     .recv()
@@ -544,31 +505,41 @@ impl Shared {
         self.open = self.open.saturating_sub(1);
         if self.open == 0 && !self.riders.is_empty() {
             let riders = std::mem::take(&mut self.riders);
-            tokio::spawn(feed(
-                self.bus.clone(),
-                riders,
-                Batcher::new(self.batch_size),
-            ));
+            tokio::spawn(feed(self.bus.clone(), riders, self.batch_size));
         }
     }
 }
 
+/// The next batch of a read (the messages up to `end`), and the last sequence it saw.
+async fn next_batch(reader: &mut BatchReader, end: u64) -> Result<(Vec<Delivered>, u64), String> {
+    let mut batch = reader
+        .next_batch(Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
+    let seq = batch
+        .last()
+        .ok_or("the stream stopped delivering for 30 s")?
+        .seq
+        .0;
+    batch.retain(|d| d.seq.0 <= end);
+    Ok((batch, seq))
+}
+
 /// Reads the stream once for every rider, handing each batch to all of them.
-async fn feed(bus: Bus, mut riders: Vec<Rider>, mut batcher: Batcher) {
+async fn feed(bus: Bus, mut riders: Vec<Rider>, batch_size: usize) {
     let first = riders.iter().map(|r| r.first).min().unwrap_or(0);
     let end = riders.iter().map(|r| r.end).max().unwrap_or(0);
-    let mut reader = bus.read(ReadFrom::Seq(StreamSeq(first + 1)), None).await;
+    let mut reader = bus
+        .read_batches(StreamSeq(first + 1), batch_size)
+        .await
+        .map_err(|e| e.to_string());
     loop {
         let next = match &mut reader {
-            Ok(reader) => reader
-                .next(Duration::from_secs(30))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|d| d.ok_or_else(|| "the stream stopped delivering for 30 s".into())),
-            Err(e) => Err(e.to_string()),
+            Ok(reader) => next_batch(reader, end).await,
+            Err(e) => Err(e.clone()),
         };
-        let d = match next {
-            Ok(d) => d,
+        let (batch, seq) = match next {
+            Ok(next) => next,
             Err(e) => {
                 for r in riders {
                     let _ = r.feed.send(Err(e.clone())).await;
@@ -576,22 +547,21 @@ async fn feed(bus: Bus, mut riders: Vec<Rider>, mut batcher: Batcher) {
                 return;
             }
         };
-        let seq = d.seq.0;
-        let cut = batcher.push(d, end);
         // At the end the riders hear of it even when the batch is empty: the message at `end`
         // may be gone (deleted), and what came after it is nobody's.
-        if cut.is_some() || seq >= end {
-            let batch = Arc::new(cut.unwrap_or_default());
-            let mut still = Vec::with_capacity(riders.len());
-            for r in riders {
-                // A rider that stopped (its replay failed) or got to its end leaves.
-                if r.feed.send(Ok((Arc::clone(&batch), seq))).await.is_ok() && seq < r.end {
-                    still.push(r);
-                }
+        let batch = Arc::new(batch);
+        let mut still = Vec::with_capacity(riders.len());
+        for r in riders {
+            // A rider that stopped (its replay failed) or got to its end leaves.
+            if r.feed.send(Ok((Arc::clone(&batch), seq))).await.is_ok() && seq < r.end {
+                still.push(r);
             }
-            riders = still;
         }
+        riders = still;
         if riders.is_empty() || seq >= end {
+            if let Ok(reader) = reader {
+                reader.close().await;
+            }
             return;
         }
     }

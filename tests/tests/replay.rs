@@ -32,6 +32,20 @@ async fn digest(pool: &PgPool, schema: &str) -> BTreeMap<String, (i64, String)> 
     out
 }
 
+/// Whether `schema.kairos_applied` has its primary key (without it nothing stops an identity
+/// being recorded twice).
+async fn identities_keyed(pool: &PgPool, schema: &str) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_constraint
+                        WHERE conrelid = format('%I.kairos_applied', $1::text)::regclass
+                          AND contype = 'p')",
+    )
+    .bind(schema)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 /// The snapshots recorded under `key`, by sequence; arrays sorted, since a snapshot lists rows in
 /// whatever order the table returns them.
 async fn snapshots(pool: &PgPool, key: &str) -> Vec<(i64, Value)> {
@@ -78,15 +92,7 @@ async fn history(app: &TestApp, n: usize) -> u64 {
         .map(|p| budget_set(&format!("b{p}"), &format!("p{p}"), "5", 60))
         .collect();
     for i in 0..n {
-        let mut e = llm_call(
-            &format!("c{i}"),
-            &format!("p{}", i % 4),
-            &format!("0.{:03}", i % 997),
-        );
-        if i % 17 == 0 {
-            e["data"]["status"] = json!("error");
-        }
-        events.push(e);
+        events.push(call(i));
         if i % 250 == 0 {
             events.push(
                 json!({"specversion": "1.0", "id": format!("x{i}"), "source": "other",
@@ -112,6 +118,24 @@ async fn history(app: &TestApp, n: usize) -> u64 {
     app.kairos.bus.last_seq().await.unwrap().0
 }
 
+/// The `i`th LLM call of a [`history`].
+fn call(i: usize) -> Value {
+    let mut e = llm_call(
+        &format!("c{i}"),
+        &format!("p{}", i % 4),
+        &format!("0.{:03}", i % 997),
+    );
+    if i.is_multiple_of(17) {
+        e["data"]["status"] = json!("error");
+    }
+    e
+}
+
+/// Copies of every `step`th LLM call of a [`history`] of `n`.
+fn copies(n: usize, step: usize) -> Vec<Value> {
+    (0..n).step_by(step).map(call).collect()
+}
+
 #[sqlx::test(migrations = false)]
 async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
     let mut settings = test_settings();
@@ -122,17 +146,7 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
     let app = spawn_app_with(pool.clone(), settings, true).await;
     history(&app, 3_000).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let retries: Vec<Value> = (0..3_000)
-        .step_by(100)
-        .map(|i| {
-            llm_call(
-                &format!("c{i}"),
-                &format!("p{}", i % 4),
-                &format!("0.{:03}", i % 997),
-            )
-        })
-        .collect();
-    app.ingest(&retries).await; // past the window: stored again, skipped by identity
+    app.ingest(&copies(3_000, 100)).await; // past the window: stored again, skipped by identity
     // Let the threshold events the budgets projection emitted land and be folded by audit too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let last = app.kairos.bus.last_seq().await.unwrap().0;
@@ -160,9 +174,14 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
         live_snapshots.iter().map(|(s, _)| s).collect::<Vec<_>>()
     );
 
-    // Every projection side by side, from one read of the stream (as `kairos replay --all`).
+    // Every projection side by side, from one read of the stream (as `kairos replay --all`), in
+    // batches of 1,500: the copies re-sent past the window are in other batches than their
+    // originals, so the replay's in-memory record of identities is what skips them.
     let names = kairos::startup::PROJECTIONS;
-    let opts = ReplayOptions::default();
+    let opts = ReplayOptions {
+        batch_size: 1_500,
+        ..Default::default()
+    };
     let seats = app.kairos.shared_read(names.len(), &opts);
     let reports = futures_util::future::join_all(
         names
@@ -204,8 +223,8 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
                 .unwrap();
         assert_eq!(schemas, [*name], "the old generation is dropped");
     }
-    // The replay folded all of it in one batch (one transaction): its snapshots still hold the
-    // state at each multiple, as the live runner's small batches recorded it.
+    // The replay's batches pass the multiples elsewhere than the live runner's: its snapshots
+    // still hold the state at each multiple, as the live runner's small batches recorded it.
     assert_eq!(snapshots(&pool, "budgets").await, live_snapshots);
     audit_chain_holds(&app, &pool).await;
     // Nothing was announced twice: replay does not re-emit threshold events.
@@ -217,14 +236,32 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
         .count() as i64;
     assert_eq!(crossings, budgets["crossings"].0);
 
-    // The live runners carry on after the switch.
-    let seq = app.ingest(&[llm_call("after", "p1", "1")]).await;
+    // The rebuilt identity tables got their key before the switch ...
+    for name in names {
+        assert!(
+            identities_keyed(&pool, name).await,
+            "{name}.kairos_applied has its primary key"
+        );
+    }
+    // ... and the live runners carry on after it, skipping an event already folded.
+    let seq = app
+        .ingest(&[llm_call("c1", "p1", "0.001"), llm_call("after", "p1", "1")])
+        .await;
     let (status, b) = app
         .get(&format!(
             "/v1/projects/p1/budget?period=2026-11&min_seq={seq}"
         ))
         .await;
     assert_eq!(status, 200, "{b}");
+    let after = kairos_runtime::checkpoint(&pool, "budgets")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.events_applied, after.duplicates),
+        (budgets_cp.events_applied + 1, budgets_cp.duplicates + 1),
+        "the copy of c1 is skipped, the new call applied"
+    );
     app.cleanup().await;
 }
 
@@ -311,6 +348,12 @@ async fn an_interrupted_replay_resumes_and_until_keeps_the_live_tables(pool: PgP
         .unwrap()
         .unwrap();
     assert_eq!(partial.last_seq, half.0);
+    // A replay stopped before the end of its first pass leaves the identity table without its
+    // key (it builds it once, at the end): the next one must give it back before going on.
+    sqlx::query("ALTER TABLE budgets_next.kairos_applied DROP CONSTRAINT kairos_applied_pkey")
+        .execute(&pool)
+        .await
+        .unwrap();
 
     // The next replay resumes from there instead of starting over, sharing its read of the
     // stream with an audit replay that starts from the beginning.
@@ -337,6 +380,7 @@ async fn an_interrupted_replay_resumes_and_until_keeps_the_live_tables(pool: PgP
         "resumed after the half already built"
     );
     assert_eq!(digest(&pool, "budgets").await, live);
+    assert!(identities_keyed(&pool, "budgets").await);
     let old = r.kept_old.expect("kept");
     assert_eq!(digest(&pool, &old).await, live);
     app.cleanup().await;
@@ -452,4 +496,47 @@ async fn a_batch_reader_carries_on_when_its_consumer_is_dropped() {
         .await
         .unwrap();
     let _ = bus.jetstream().delete_stream(bus.dlq_stream_name()).await;
+}
+
+/// A replay whose identities outgrow what it may keep in memory gives the generation's table its
+/// key half-way and deduplicates against the table from there: copies re-sent after that point
+/// are still skipped, and the result is the live tables.
+#[sqlx::test(migrations = false)]
+async fn a_replay_past_its_memory_for_identities_goes_on_against_the_table(pool: PgPool) {
+    let mut settings = test_settings();
+    settings.nats.duplicate_window_secs = 1;
+    let app = spawn_app_with(pool.clone(), settings, true).await;
+    history(&app, 1_200).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Past the window: stored again, after the point where the replay turns to the table.
+    let last = app.ingest(&copies(1_200, 40)).await;
+    app.wait_for("budgets", last).await;
+    let live = digest(&pool, "budgets").await;
+    let cp = kairos_runtime::checkpoint(&pool, "budgets")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(cp.duplicates >= 30, "{cp:?}");
+    let opts = ReplayOptions {
+        batch_size: 200,
+        identities_in_memory: 500,
+        ..Default::default()
+    };
+    let r = app
+        .kairos
+        .replay("budgets", &opts, None, |_| {})
+        .await
+        .unwrap();
+    assert!(r.switched);
+    assert_eq!(digest(&pool, "budgets").await, live);
+    let after = kairos_runtime::checkpoint(&pool, "budgets")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.events_applied, after.duplicates),
+        (cp.events_applied, cp.duplicates)
+    );
+    assert!(identities_keyed(&pool, "budgets").await);
+    app.cleanup().await;
 }

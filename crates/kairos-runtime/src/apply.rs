@@ -105,8 +105,16 @@ pub(crate) async fn begin(
     projection: &str,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let ident = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    // A generation being rebuilt does not wait for its commits to reach the disk: a crash can
+    // lose its last few batches, never part of one (the checkpoint is in the same transaction),
+    // and the replay resumes from the checkpoint that survived.
+    let durability = if target.live {
+        ""
+    } else {
+        "; SET LOCAL synchronous_commit TO off"
+    };
     let sql = format!(
-        "BEGIN; SET LOCAL search_path TO {}, public",
+        "BEGIN; SET LOCAL search_path TO {}, public{durability}",
         ident(&target.schema)
     );
     let mut tx = pool.begin_with(sqlx::AssertSqlSafe(sql)).await?;
@@ -201,7 +209,10 @@ fn snapshot_marks(
 
 /// Applies `batch` (contiguous, starting right after `checkpoint`); returns whether events were
 /// written to the outbox. `decoded` is used for the messages it holds, the rest are decoded
-/// here.
+/// here. With `known`, identities are deduplicated against that set (every identity the
+/// target's table holds, kept by a replay filling a new generation) instead of the table, and
+/// the set gets this batch's once it committed.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn apply_batch<P: Projection>(
     projection: &P,
     bus: &Bus,
@@ -210,6 +221,7 @@ pub(crate) async fn apply_batch<P: Projection>(
     checkpoint: StreamSeq,
     batch: &[Delivered],
     decoded: Option<Decoded<P::Item>>,
+    known: Option<&mut HashSet<uuid::Uuid>>,
 ) -> Result<bool, Failure> {
     let name = projection.name();
     let mut items = Vec::new();
@@ -252,14 +264,36 @@ pub(crate) async fn apply_batch<P: Projection>(
     }
     let last = batch.last().map_or(checkpoint, |m| m.seq);
     let mut tx = begin(pool, target, name).await.map_err(classify)?;
-    let fresh = store::claim_identities(&mut tx, &identities, &seqs)
-        .await
-        .map_err(|e| match &e {
-            // Another writer recorded one of these identities while this one ran: it moved the
-            // checkpoint too (or rolled back, and then this insert would have gone through).
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => Failure::Moved,
-            _ => classify(e),
-        })?;
+    // With `known`, the identities recorded here join it once the transaction committed.
+    let (fresh, claimed) = match &known {
+        Some(known) => {
+            let fresh: Vec<bool> = identities.iter().map(|i| !known.contains(i)).collect();
+            let (ids, at): (Vec<uuid::Uuid>, Vec<i64>) = identities
+                .iter()
+                .zip(&seqs)
+                .zip(&fresh)
+                .filter_map(|(pair, fresh)| fresh.then_some(pair))
+                .unzip();
+            store::record_identities(&mut tx, &ids, &at)
+                .await
+                .map_err(classify)?;
+            (fresh, ids)
+        }
+        None => {
+            let fresh = store::claim_identities(&mut tx, &identities, &seqs)
+                .await
+                .map_err(|e| match &e {
+                    // Another writer recorded one of these identities while this one ran: it
+                    // moved the checkpoint too (or rolled back, and then this insert would have
+                    // gone through).
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+                        Failure::Moved
+                    }
+                    _ => classify(e),
+                })?;
+            (fresh, Vec::new())
+        }
+    };
     duplicates += fresh.iter().filter(|f| !**f).count() as i64;
     let mut items = items
         .into_iter()
@@ -271,8 +305,13 @@ pub(crate) async fn apply_batch<P: Projection>(
     let mut emitted = Vec::new();
     // The batch is folded in segments ending where a snapshot goes (each multiple of
     // `snapshot_every` it passes), so a snapshot holds the state at its own sequence whatever
-    // the batch size: one transaction, several snapshots.
-    for mark in snapshot_marks(checkpoint, batch, target.snapshot_every)
+    // the batch size: one transaction, several snapshots. Without a snapshot query there is
+    // nothing to cut the batch for.
+    let every = match projection.snapshot_query() {
+        Some(_) => target.snapshot_every,
+        None => 0,
+    };
+    for mark in snapshot_marks(checkpoint, batch, every)
         .into_iter()
         .map(Some)
         .chain([None])
@@ -343,6 +382,9 @@ pub(crate) async fn apply_batch<P: Projection>(
         .map_err(|e| Failure::Transient(e.to_string()))?;
     }
     tx.commit().await.map_err(classify)?;
+    if let Some(known) = known {
+        known.extend(claimed);
+    }
     debug!(projection = name, key = %target.key, applied, duplicates, dead, "batch committed");
     Ok(!emitted.is_empty())
 }

@@ -7,6 +7,7 @@
 //! checkpoint and dedupe keys in one transaction: readers see the old tables or the new ones,
 //! never a half-built generation, and the live runner carries on from the same sequence.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,10 @@ pub struct ReplayOptions {
     pub batch_size: usize,
     /// Sequences between the generation's snapshots (as `projections.snapshot_every`).
     pub snapshot_every: u64,
+    /// Identities a replay into a new generation keeps in memory at most (16 bytes each, ~35
+    /// with the set's overhead) before it gives the generation's identity table its key and
+    /// deduplicates against the table instead, as the live runner does.
+    pub identities_in_memory: usize,
 }
 
 impl Default for ReplayOptions {
@@ -44,6 +49,7 @@ impl Default for ReplayOptions {
             allow_partial: false,
             batch_size: 5_000,
             snapshot_every: crate::apply::DEFAULT_SNAPSHOT_EVERY,
+            identities_in_memory: 2_000_000,
         }
     }
 }
@@ -145,7 +151,7 @@ pub async fn replay<P: Projection>(
             "the generation left by an earlier replay is past --until; rebuilding it"
         );
     }
-    prepare_generation(pool, &live, &next, opts.restart || past_until).await?;
+    let fresh = prepare_generation(pool, &live, &next, opts.restart || past_until).await?;
     // Without --until, build up to where the live tables are, not further: events after the
     // live checkpoint are the live runner's to apply, so that what they announce (threshold
     // events) is published; the switch then catches up the last stretch under the writer lock.
@@ -157,6 +163,9 @@ pub async fn replay<P: Projection>(
             .min(state.last_sequence),
     };
     let mut read = 0;
+    // A new generation's identities are kept in memory while it is filled, and its table gets
+    // its key once, here, rather than event by event.
+    let known = fresh.then(HashSet::new);
     let reached = catch_up(
         projection,
         bus,
@@ -165,10 +174,12 @@ pub async fn replay<P: Projection>(
         end,
         opts.batch_size,
         seat,
+        (known, opts.identities_in_memory),
         &mut read,
         &mut on_progress,
     )
     .await?;
+    store::ensure_applied_key(pool, &next.schema).await?;
     if opts.until_seq.is_some() {
         info!(projection = name, reached = reached.0, schema = %next.schema, "generation built; not switched (--until)");
         return Ok(ReplayReport {
@@ -198,6 +209,7 @@ pub async fn replay<P: Projection>(
                 live_seq.0,
                 opts.batch_size,
                 None,
+                (None, 0),
                 &mut read,
                 &mut on_progress,
             )
@@ -241,13 +253,14 @@ pub async fn replay<P: Projection>(
     })
 }
 
-/// Creates the generation's schema with a copy of every live table (empty), or resumes it.
+/// Creates the generation's schema with a copy of every live table (empty; the identity table
+/// without its key), or resumes it (with its key). `true` when the generation is new.
 async fn prepare_generation(
     pool: &PgPool,
     live: &Target,
     next: &Target,
     restart: bool,
-) -> Result<(), RunnerError> {
+) -> Result<bool, RunnerError> {
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
             .bind(&next.schema)
@@ -257,7 +270,7 @@ async fn prepare_generation(
     if resumable {
         info!(schema = %next.schema, "resuming the generation an earlier replay left");
         store::ensure_applied_table(pool, &next.schema).await?;
-        return Ok(());
+        return Ok(false);
     }
     store::ensure_applied_table(pool, &live.schema).await?;
     let mut tx = pool.begin().await?;
@@ -280,8 +293,13 @@ async fn prepare_generation(
     .fetch_all(&mut *tx)
     .await?;
     for t in tables {
+        let excluding = if t == "kairos_applied" {
+            " EXCLUDING INDEXES"
+        } else {
+            ""
+        };
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE {}.{} (LIKE {}.{} INCLUDING ALL)",
+            "CREATE TABLE {}.{} (LIKE {}.{} INCLUDING ALL{excluding})",
             quote(&next.schema),
             quote(&t),
             quote(&live.schema),
@@ -301,13 +319,14 @@ async fn prepare_generation(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Folds the stream into `target` from its checkpoint up to `end`, in order. One side reads
 /// and decodes (on another thread) the next batches while the other writes the current one.
 /// Each batch is one transaction; its snapshots go at the multiples of `target.snapshot_every`
-/// it passes.
+/// it passes. With `known` (every identity the target's table holds), identities are
+/// deduplicated in memory (see [`apply_batch`]).
 #[allow(clippy::too_many_arguments)]
 async fn catch_up<P: Projection>(
     projection: &Arc<P>,
@@ -317,6 +336,7 @@ async fn catch_up<P: Projection>(
     end: u64,
     batch_size: usize,
     seat: Option<Seat>,
+    (mut known, known_at_most): (Option<HashSet<uuid::Uuid>>, usize),
     read: &mut u64,
     on_progress: &mut impl FnMut(Progress),
 ) -> Result<StreamSeq, RunnerError> {
@@ -379,8 +399,13 @@ async fn catch_up<P: Projection>(
                 checkpoint,
                 &batch,
                 Some(decoded),
+                known.as_mut(),
             )
             .await?;
+            if known.as_ref().is_some_and(|k| k.len() > known_at_most) {
+                store::ensure_applied_key(pool, &target.schema).await?;
+                known = None;
+            }
             if last_report.elapsed() > Duration::from_millis(500) || checkpoint.0 >= end {
                 last_report = Instant::now();
                 let secs = began.elapsed().as_secs_f64().max(1e-6);
@@ -569,6 +594,7 @@ async fn feed(bus: Bus, mut riders: Vec<Rider>, batch_size: usize) {
 
 /// Applies a batch; on a data error, applies its events one by one and skips (counts as dead
 /// letters) the ones that fail, as the live runner did when it dead-lettered them.
+#[allow(clippy::too_many_arguments)]
 async fn apply_with_retry<P: Projection>(
     projection: &P,
     bus: &Bus,
@@ -577,6 +603,7 @@ async fn apply_with_retry<P: Projection>(
     checkpoint: StreamSeq,
     batch: &[Delivered],
     mut decoded: Option<Decoded<P::Item>>,
+    mut known: Option<&mut HashSet<uuid::Uuid>>,
 ) -> Result<StreamSeq, RunnerError> {
     let name = projection.name();
     let mut attempts = 0;
@@ -589,6 +616,7 @@ async fn apply_with_retry<P: Projection>(
             checkpoint,
             batch,
             decoded.take(),
+            known.as_deref_mut(),
         )
         .await
         {
@@ -605,6 +633,7 @@ async fn apply_with_retry<P: Projection>(
                         at,
                         std::slice::from_ref(d),
                         None,
+                        known.as_deref_mut(),
                     ))
                     .await?;
                 }

@@ -563,6 +563,7 @@ impl<P: Projection> Runner<P> {
             state.checkpoint,
             &delivered,
             decoded,
+            None,
         )
         .await
     }

@@ -114,11 +114,57 @@ pub(crate) async fn ensure_applied_table(pool: &PgPool, schema: &str) -> Result<
              END $convert$",
             literal = table.replace('\'', "''")
         ),
-        Some(_) => return Ok(()),
+        Some(_) => return ensure_applied_key(pool, schema).await,
     };
     sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
         .execute(pool)
         .await?;
+    ensure_applied_key(pool, schema).await
+}
+
+/// Gives the identity table in `schema` its primary key if it has none: a replay fills a new
+/// generation's table without it (see [`record_identities`]) and builds it once, at the end,
+/// which costs a fraction of keeping it up to date event by event. The key must be there
+/// before anything claims identities against the table ([`claim_identities`]).
+pub(crate) async fn ensure_applied_key(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
+    let table = format!("\"{}\".kairos_applied", schema.replace('"', "\"\""));
+    // Checked under the table's lock: two processes finding it without must not both add it.
+    let ddl = format!(
+        "DO $key$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                          WHERE conrelid = '{literal}'::regclass AND contype = 'p') THEN
+             LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;
+             IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                            WHERE conrelid = '{literal}'::regclass AND contype = 'p') THEN
+               ALTER TABLE {table} ADD PRIMARY KEY (identity);
+             END IF;
+           END IF;
+         END $key$",
+        literal = table.replace('\'', "''")
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Records identities already known to be new (a replay's own in-memory record of what it
+/// folded, into a generation's table that has no key yet).
+pub(crate) async fn record_identities(
+    tx: &mut PgConnection,
+    identities: &[uuid::Uuid],
+    seqs: &[i64],
+) -> Result<(), sqlx::Error> {
+    if identities.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO kairos_applied (identity, seq) SELECT * FROM unnest($1::uuid[], $2::int8[])",
+    )
+    .bind(identities)
+    .bind(seqs)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

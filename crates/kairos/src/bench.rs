@@ -260,6 +260,7 @@ impl BenchDb {
     async fn pool(&self, max_connections: u32) -> anyhow::Result<PgPool> {
         Ok(PgPoolOptions::new()
             .max_connections(max_connections)
+            .test_before_acquire(false)
             .connect_with(self.admin.clone().database(&self.name))
             .await?)
     }

@@ -74,6 +74,10 @@ impl Kairos {
         let pool = PgPoolOptions::new()
             .max_connections(settings.database.max_connections)
             .acquire_timeout(std::time::Duration::from_secs(10))
+            // No ping before handing out a pooled connection: a round trip per transaction,
+            // and a connection the server dropped fails its next statement anyway, which the
+            // runtime retries and the API answers with 503.
+            .test_before_acquire(false)
             .connect(&settings.database.url)
             .await
             .with_context(|| {

@@ -387,83 +387,173 @@ fn parse_period(s: String) -> Result<Period, sqlx::Error> {
     Period::parse(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-/// Writes back what changed, in three statements whatever the batch size.
+/// Writes back what changed, in one statement whatever the batch size (three inserts in
+/// data-modifying `WITH` clauses: each round trip costs more than the statement here).
 async fn save(
     tx: &mut PgConnection,
     before: &Ledger,
     after: &Ledger,
     crossings: &[Crossing],
 ) -> Result<(), sqlx::Error> {
-    let changed: Vec<(&ProjectId, &Limit)> = after
+    let limits: Vec<(&ProjectId, &Limit)> = after
         .limits
         .iter()
         .filter(|(p, l)| before.limits.get(*p) != Some(*l))
         .collect();
-    if !changed.is_empty() {
-        sqlx::query(
-            "INSERT INTO limits (project, monthly_limit_nanos, warn_at_percent, on_exceeded,
-                                         fallback_model, set_by, set_seq, set_at)
-             SELECT * FROM unnest($1::text[], $2::int8[], $3::int2[], $4::text[], $5::text[], $6::text[],
-                                  $7::int8[], $8::timestamptz[])
-             ON CONFLICT (project) DO UPDATE SET
-               monthly_limit_nanos = EXCLUDED.monthly_limit_nanos, warn_at_percent = EXCLUDED.warn_at_percent,
-               on_exceeded = EXCLUDED.on_exceeded, fallback_model = EXCLUDED.fallback_model,
-               set_by = EXCLUDED.set_by, set_seq = EXCLUDED.set_seq, set_at = EXCLUDED.set_at",
-        )
-        .bind(changed.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, l)| l.monthly_limit.nanos()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, l)| i16::from(l.warn_at_percent)).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, l)| l.on_exceeded.as_str()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, l)| l.fallback_model.clone()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, l)| l.set_by.clone()).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, l)| to_i64(l.set_seq)).collect::<Vec<_>>())
-        .bind(changed.iter().map(|(_, l)| l.set_at).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
     let spend: Vec<(&(ProjectId, Period), &Spend)> = after
         .spend
         .iter()
         .filter(|(k, s)| before.spend.get(*k) != Some(*s))
         .collect();
-    if !spend.is_empty() {
-        sqlx::query(
-            "INSERT INTO spend (project, period, spent_nanos, calls, failed_calls, input_tokens,
-                                        output_tokens, last_seq)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::int8[],
-                                  $7::int8[], $8::int8[])
-             ON CONFLICT (project, period) DO UPDATE SET
-               spent_nanos = EXCLUDED.spent_nanos, calls = EXCLUDED.calls, failed_calls = EXCLUDED.failed_calls,
-               input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
-               last_seq = EXCLUDED.last_seq",
-        )
-        .bind(spend.iter().map(|((p, _), _)| p.to_string()).collect::<Vec<_>>())
-        .bind(spend.iter().map(|((_, per), _)| per.to_string()).collect::<Vec<_>>())
-        .bind(spend.iter().map(|(_, s)| s.spent.nanos()).collect::<Vec<_>>())
-        .bind(spend.iter().map(|(_, s)| s.calls).collect::<Vec<_>>())
-        .bind(spend.iter().map(|(_, s)| s.failed_calls).collect::<Vec<_>>())
-        .bind(spend.iter().map(|(_, s)| s.input_tokens).collect::<Vec<_>>())
-        .bind(spend.iter().map(|(_, s)| s.output_tokens).collect::<Vec<_>>())
-        .bind(spend.iter().map(|(_, s)| to_i64(s.last_seq)).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+    if limits.is_empty() && spend.is_empty() && crossings.is_empty() {
+        return Ok(());
     }
-    if !crossings.is_empty() {
-        sqlx::query(
-            "INSERT INTO crossings (project, period, threshold, limit_nanos, spent_nanos, seq, crossed_at)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[],
-                                  $7::timestamptz[])",
-        )
-        .bind(crossings.iter().map(|c| c.project.to_string()).collect::<Vec<_>>())
-        .bind(crossings.iter().map(|c| c.period.to_string()).collect::<Vec<_>>())
-        .bind(crossings.iter().map(|c| c.threshold.as_str()).collect::<Vec<_>>())
-        .bind(crossings.iter().map(|c| c.limit.monthly_limit.nanos()).collect::<Vec<_>>())
-        .bind(crossings.iter().map(|c| c.spent.nanos()).collect::<Vec<_>>())
-        .bind(crossings.iter().map(|c| to_i64(c.seq)).collect::<Vec<_>>())
-        .bind(crossings.iter().map(|c| c.at).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
+    sqlx::query(
+        "WITH l AS (
+           INSERT INTO limits (project, monthly_limit_nanos, warn_at_percent, on_exceeded,
+                               fallback_model, set_by, set_seq, set_at)
+           SELECT * FROM unnest($1::text[], $2::int8[], $3::int2[], $4::text[], $5::text[],
+                                $6::text[], $7::int8[], $8::timestamptz[])
+           ON CONFLICT (project) DO UPDATE SET
+             monthly_limit_nanos = EXCLUDED.monthly_limit_nanos,
+             warn_at_percent = EXCLUDED.warn_at_percent, on_exceeded = EXCLUDED.on_exceeded,
+             fallback_model = EXCLUDED.fallback_model, set_by = EXCLUDED.set_by,
+             set_seq = EXCLUDED.set_seq, set_at = EXCLUDED.set_at
+         ), s AS (
+           INSERT INTO spend (project, period, spent_nanos, calls, failed_calls, input_tokens,
+                              output_tokens, last_seq)
+           SELECT * FROM unnest($9::text[], $10::text[], $11::int8[], $12::int8[], $13::int8[],
+                                $14::int8[], $15::int8[], $16::int8[])
+           ON CONFLICT (project, period) DO UPDATE SET
+             spent_nanos = EXCLUDED.spent_nanos, calls = EXCLUDED.calls,
+             failed_calls = EXCLUDED.failed_calls, input_tokens = EXCLUDED.input_tokens,
+             output_tokens = EXCLUDED.output_tokens, last_seq = EXCLUDED.last_seq
+         )
+         INSERT INTO crossings (project, period, threshold, limit_nanos, spent_nanos, seq,
+                                crossed_at)
+         SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::int8[], $21::int8[],
+                              $22::int8[], $23::timestamptz[])",
+    )
+    .bind(
+        limits
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        limits
+            .iter()
+            .map(|(_, l)| l.monthly_limit.nanos())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        limits
+            .iter()
+            .map(|(_, l)| i16::from(l.warn_at_percent))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        limits
+            .iter()
+            .map(|(_, l)| l.on_exceeded.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        limits
+            .iter()
+            .map(|(_, l)| l.fallback_model.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        limits
+            .iter()
+            .map(|(_, l)| l.set_by.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        limits
+            .iter()
+            .map(|(_, l)| to_i64(l.set_seq))
+            .collect::<Vec<_>>(),
+    )
+    .bind(limits.iter().map(|(_, l)| l.set_at).collect::<Vec<_>>())
+    .bind(
+        spend
+            .iter()
+            .map(|((p, _), _)| p.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        spend
+            .iter()
+            .map(|((_, per), _)| per.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        spend
+            .iter()
+            .map(|(_, s)| s.spent.nanos())
+            .collect::<Vec<_>>(),
+    )
+    .bind(spend.iter().map(|(_, s)| s.calls).collect::<Vec<_>>())
+    .bind(
+        spend
+            .iter()
+            .map(|(_, s)| s.failed_calls)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        spend
+            .iter()
+            .map(|(_, s)| s.input_tokens)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        spend
+            .iter()
+            .map(|(_, s)| s.output_tokens)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        spend
+            .iter()
+            .map(|(_, s)| to_i64(s.last_seq))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        crossings
+            .iter()
+            .map(|c| c.project.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        crossings
+            .iter()
+            .map(|c| c.period.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        crossings
+            .iter()
+            .map(|c| c.threshold.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        crossings
+            .iter()
+            .map(|c| c.limit.monthly_limit.nanos())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        crossings
+            .iter()
+            .map(|c| c.spent.nanos())
+            .collect::<Vec<_>>(),
+    )
+    .bind(crossings.iter().map(|c| to_i64(c.seq)).collect::<Vec<_>>())
+    .bind(crossings.iter().map(|c| c.at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

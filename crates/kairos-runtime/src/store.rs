@@ -315,3 +315,85 @@ pub(crate) async fn snapshot<P: crate::Projection>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn identity_table(pool: &PgPool) {
+        sqlx::raw_sql(
+            "CREATE TABLE kairos_applied (identity uuid PRIMARY KEY, seq bigint NOT NULL)",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    async fn claim(pool: &PgPool, ids: &[u128], seqs: &[i64]) -> Vec<bool> {
+        let ids: Vec<uuid::Uuid> = ids.iter().map(|i| uuid::Uuid::from_u128(*i)).collect();
+        let mut tx = pool.begin().await.unwrap();
+        let fresh = claim_identities(&mut tx, &ids, seqs).await.unwrap();
+        tx.commit().await.unwrap();
+        fresh
+    }
+
+    #[sqlx::test(migrations = false)]
+    async fn identities_seen_before_are_not_claimed_again(pool: PgPool) {
+        identity_table(&pool).await;
+        assert_eq!(claim(&pool, &[1, 2], &[1, 2]).await, [true, true]);
+        // The plain insert fails on identity 2: the batch is claimed again, looking each up.
+        assert_eq!(
+            claim(&pool, &[2, 3, 4], &[3, 4, 5]).await,
+            [false, true, true]
+        );
+        let rows: Vec<(uuid::Uuid, i64)> =
+            sqlx::query_as("SELECT identity, seq FROM kairos_applied ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let expected: Vec<(uuid::Uuid, i64)> = [(1, 1), (2, 2), (3, 4), (4, 5)]
+            .iter()
+            .map(|(i, s)| (uuid::Uuid::from_u128(*i), *s))
+            .collect();
+        assert_eq!(rows, expected, "identity 2 keeps its first sequence");
+    }
+
+    /// Two writers claiming the same identity: the second waits for the first, and records it
+    /// only if the first rolled back.
+    #[sqlx::test(migrations = false)]
+    async fn a_claim_racing_another_writer_never_records_an_identity_twice(pool: PgPool) {
+        identity_table(&pool).await;
+        for first_commits in [true, false] {
+            let id = if first_commits { 7 } else { 8 };
+            let key = [uuid::Uuid::from_u128(id)];
+            let mut first = pool.begin().await.unwrap();
+            assert_eq!(
+                claim_identities(&mut first, &key, &[1]).await.unwrap(),
+                [true]
+            );
+            let second = tokio::spawn({
+                let pool = pool.clone();
+                async move { claim(&pool, &[id], &[2]).await }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(
+                !second.is_finished(),
+                "the second writer waits for the first"
+            );
+            if first_commits {
+                first.commit().await.unwrap();
+            } else {
+                first.rollback().await.unwrap();
+            }
+            assert_eq!(second.await.unwrap(), [!first_commits]);
+            let seq: i64 = sqlx::query_scalar("SELECT seq FROM kairos_applied WHERE identity = $1")
+                .bind(key[0])
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert_eq!(seq, if first_commits { 1 } else { 2 });
+        }
+    }
+}

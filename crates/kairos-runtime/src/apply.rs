@@ -279,7 +279,17 @@ pub(crate) async fn apply_batch<P: Projection>(
                 .map_err(classify)?;
             (fresh, ids)
         }
+        None if store::record_new_identities(&mut tx, &identities, &seqs)
+            .await
+            .map_err(classify)? =>
+        {
+            (vec![true; identities.len()], Vec::new())
+        }
         None => {
+            // One of them was recorded before, and the transaction failed on it: begin again,
+            // looking each one up.
+            tx.rollback().await.map_err(classify)?;
+            tx = begin(pool, target, name).await.map_err(classify)?;
             let fresh = store::claim_identities(&mut tx, &identities, &seqs)
                 .await
                 .map_err(|e| match &e {

@@ -131,6 +131,19 @@ pub struct StoredMessage {
     pub pending: u64,
 }
 
+impl StoredMessage {
+    /// The stored message a consumer delivered, `info` being the delivery's.
+    pub fn delivered(m: &jetstream::Message, info: &jetstream::message::Info<'_>) -> Self {
+        Self {
+            seq: StreamSeq(info.stream_sequence),
+            subject: m.subject.to_string(),
+            stored_at: info.published,
+            payload: m.payload.clone(),
+            pending: info.pending,
+        }
+    }
+}
+
 /// A stored message's place on the stream's time axis: its sequence and when it was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredAt {
@@ -163,13 +176,7 @@ impl EventReader {
             Ok(Some(Err(e))) => Err(err(&e)),
             Ok(Some(Ok(m))) => {
                 let info = m.info().map_err(|e| err(&e))?;
-                Ok(Some(StoredMessage {
-                    seq: StreamSeq(info.stream_sequence),
-                    subject: m.subject.to_string(),
-                    stored_at: info.published,
-                    payload: m.payload.clone(),
-                    pending: info.pending,
-                }))
+                Ok(Some(StoredMessage::delivered(&m, &info)))
             }
         }
     }
@@ -241,13 +248,7 @@ impl BatchReader {
                         }
                         self.delivered = info.consumer_sequence;
                         self.next = info.stream_sequence + 1;
-                        out.push(StoredMessage {
-                            seq: StreamSeq(info.stream_sequence),
-                            subject: m.subject.to_string(),
-                            stored_at: info.published,
-                            payload: m.payload.clone(),
-                            pending: info.pending,
-                        });
+                        out.push(StoredMessage::delivered(&m, &info));
                     }
                 }
             }

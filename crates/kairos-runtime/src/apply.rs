@@ -17,13 +17,7 @@ pub use kairos_bus::StoredMessage as Delivered;
 /// The stored message behind a consumer delivery.
 pub(crate) fn delivered(m: &async_nats::jetstream::Message) -> Option<Delivered> {
     let info = m.info().ok()?;
-    Some(Delivered {
-        seq: StreamSeq(info.stream_sequence),
-        subject: m.subject.to_string(),
-        stored_at: info.published,
-        payload: m.payload.clone(),
-        pending: info.pending,
-    })
+    Some(Delivered::delivered(m, &info))
 }
 
 /// Sequences between snapshots unless configured otherwise.

@@ -259,3 +259,37 @@ async fn budgets_from_the_configuration_apply_once_per_value(pool: PgPool) {
     assert_eq!(cp.events_applied, 2, "the repeated preset was applied once");
     app.cleanup().await;
 }
+
+/// A batch is folded in segments that end at its snapshot marks; a project that first appears
+/// in a later segment is loaded there, with what earlier batches spent.
+#[sqlx::test(migrations = false)]
+async fn a_project_first_met_after_a_snapshot_mark_keeps_what_it_spent_before(pool: PgPool) {
+    let mut settings = test_settings();
+    settings.projections.snapshot_every = 10;
+    let mut app = spawn_app_with(pool, settings, true).await;
+    let seq = app.ingest(&[llm_call("early", "p2", "1.25")]).await;
+    let (status, _) = app
+        .get(&format!(
+            "/v1/projects/p2/budget?period=2026-11&min_seq={seq}"
+        ))
+        .await;
+    assert_eq!(status, 200);
+    // One backlog, one batch: p1's calls pass a multiple of 10, then p2 comes back.
+    app.stop_projections();
+    let calls: Vec<Value> = (0..15)
+        .map(|i| llm_call(&format!("a{i}"), "p1", "0.10"))
+        .chain([llm_call("late", "p2", "2")])
+        .collect();
+    let seq = app.ingest(&calls).await;
+    app.start_projection("budgets");
+    for (project, spent) in [("p1", "1.50"), ("p2", "3.25")] {
+        let (status, b) = app
+            .get(&format!(
+                "/v1/projects/{project}/budget?period=2026-11&min_seq={seq}"
+            ))
+            .await;
+        assert_eq!(status, 200, "{b}");
+        assert_eq!(b["spent"], spent, "{project}: {b}");
+    }
+    app.cleanup().await;
+}

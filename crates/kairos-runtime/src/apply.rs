@@ -315,6 +315,7 @@ pub(crate) async fn apply_batch<P: Projection>(
         Some(_) => target.snapshot_every,
         None => 0,
     };
+    let mut carry = P::Carry::default();
     for mark in snapshot_marks(checkpoint, batch, every)
         .into_iter()
         .map(Some)
@@ -330,7 +331,7 @@ pub(crate) async fn apply_batch<P: Projection>(
             applied += segment.len() as i64;
             emitted.extend(
                 projection
-                    .apply(&mut tx, segment)
+                    .apply(&mut tx, segment, &mut carry)
                     .await
                     .map_err(|e| match e {
                         ApplyError::Database(e) => classify(e),

@@ -102,12 +102,20 @@ pub trait Projection: Send + Sync + 'static {
     /// `Err` for an event it must fold but cannot (dead-lettered).
     fn decode(&self, event: &StoredEvent) -> Result<Option<Self::Item>, Rejection>;
 
+    /// What [`Projection::apply`] keeps from one call to the next within a batch: a batch is
+    /// folded in segments that end at its snapshot marks, one `apply` each, in one
+    /// transaction. Say, the rows it loaded, as it wrote them back, so the next segment does not
+    /// load them again. A fresh `Default` for each batch, dropped with it.
+    type Carry: Default + Send;
+
     /// Folds `items` (in stream order) into the projection's tables inside `tx`, returning
-    /// events to emit once the transaction commits.
+    /// events to emit once the transaction commits. `carry` is what the earlier segments of
+    /// the same batch left (see [`Projection::Carry`]).
     fn apply(
         &self,
         tx: &mut sqlx::PgConnection,
         items: Vec<Self::Item>,
+        carry: &mut Self::Carry,
     ) -> impl Future<Output = Result<Vec<Event>, ApplyError>> + Send;
 
     /// A query (tables unqualified) whose single row and column is the projection's whole

@@ -199,6 +199,8 @@ async fn insert_key(
 
 impl Projection for Access {
     type Item = Item;
+    /// Nothing: access takes no snapshots, so a batch is one segment.
+    type Carry = ();
 
     fn name(&self) -> &'static str {
         crate::NAME
@@ -232,6 +234,7 @@ impl Projection for Access {
         &self,
         tx: &mut PgConnection,
         items: Vec<Item>,
+        _carry: &mut (),
     ) -> Result<Vec<Event>, ApplyError> {
         for item in &items {
             match &item.change {

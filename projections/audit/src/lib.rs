@@ -220,6 +220,8 @@ pub struct Audit;
 
 impl Projection for Audit {
     type Item = Entry;
+    /// Nothing: audit takes no snapshots, so a batch is one segment.
+    type Carry = ();
 
     fn name(&self) -> &'static str {
         NAME
@@ -241,6 +243,7 @@ impl Projection for Audit {
         &self,
         tx: &mut PgConnection,
         items: Vec<Entry>,
+        _carry: &mut (),
     ) -> Result<Vec<Event>, ApplyError> {
         // The checkpoint row is locked for this transaction, so the chain head cannot move.
         let head: Option<Vec<u8>> =

@@ -237,8 +237,18 @@ pub struct Budgets {
     pub tz: Tz,
 }
 
+/// What the segments of one batch share (see [`Projection::Carry`]): the ledger of every
+/// (project, month) loaded so far, as the tables hold it once the last segment was written
+/// back, so each is loaded once per batch instead of once per segment.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    ledger: Ledger,
+    keys: HashSet<(ProjectId, Period)>,
+}
+
 impl Projection for Budgets {
     type Item = Item;
+    type Carry = Loaded;
 
     fn name(&self) -> &'static str {
         NAME
@@ -288,14 +298,24 @@ impl Projection for Budgets {
         &self,
         tx: &mut PgConnection,
         items: Vec<Item>,
+        loaded: &mut Loaded,
     ) -> Result<Vec<Event>, ApplyError> {
-        let mut ledger = load(tx, &items).await?;
+        let missing: HashSet<(ProjectId, Period)> = items
+            .iter()
+            .map(|i| (i.project().clone(), i.period()))
+            .filter(|k| !loaded.keys.contains(k))
+            .collect();
+        if !missing.is_empty() {
+            load(tx, &missing, &mut loaded.ledger).await?;
+            loaded.keys.extend(missing);
+        }
+        let ledger = &mut loaded.ledger;
         let before = ledger.clone();
         let mut crossings = Vec::new();
         for item in &items {
             crossings.extend(ledger.fold(item).map_err(ApplyError::Data)?);
         }
-        save(tx, &before, &ledger, &crossings).await?;
+        save(tx, &before, ledger, &crossings).await?;
         crossings
             .iter()
             .map(|c| c.to_event().map_err(|e| ApplyError::Data(e.to_string())))
@@ -311,15 +331,17 @@ fn money(nanos: i64) -> Money {
     Money::from_nanos(nanos)
 }
 
-/// Loads the limits, spend and crossings of every (project, month) the items touch, in one
+/// Loads the limits, spend and crossings of the (project, month) `keys` into `ledger`, in one
 /// statement: one row per (project, month), its project's limit repeated.
-async fn load(tx: &mut PgConnection, items: &[Item]) -> Result<Ledger, sqlx::Error> {
-    let keys: HashSet<(String, String)> = items
+async fn load(
+    tx: &mut PgConnection,
+    keys: &HashSet<(ProjectId, Period)>,
+    ledger: &mut Ledger,
+) -> Result<(), sqlx::Error> {
+    let (kp, kper): (Vec<String>, Vec<String>) = keys
         .iter()
-        .map(|i| (i.project().to_string(), i.period().to_string()))
-        .collect();
-    let (kp, kper): (Vec<String>, Vec<String>) = keys.into_iter().unzip();
-    let mut ledger = Ledger::default();
+        .map(|(p, per)| (p.to_string(), per.to_string()))
+        .unzip();
     let rows = sqlx::query(
         "SELECT k.project, k.period,
                 l.monthly_limit_nanos, l.warn_at_percent, l.on_exceeded, l.fallback_model,
@@ -376,7 +398,7 @@ async fn load(tx: &mut PgConnection, items: &[Item]) -> Result<Ledger, sqlx::Err
             ledger.crossed.insert((project.clone(), period, threshold));
         }
     }
-    Ok(ledger)
+    Ok(())
 }
 
 fn parse_project(s: String) -> Result<ProjectId, sqlx::Error> {

@@ -498,13 +498,14 @@ async fn a_batch_reader_carries_on_when_its_consumer_is_dropped() {
     let _ = bus.jetstream().delete_stream(bus.dlq_stream_name()).await;
 }
 
-/// A replay whose identities outgrow what it may keep in memory gives the generation's table its
-/// key half-way and deduplicates against the table from there: copies re-sent after that point
+/// A replay whose identities outgrow what it may keep in memory
+/// (`projections.replay_identities_in_memory`) gives the generation's table its key half-way and deduplicates against the table from there: copies re-sent after that point
 /// are still skipped, and the result is the live tables.
 #[sqlx::test(migrations = false)]
 async fn a_replay_past_its_memory_for_identities_goes_on_against_the_table(pool: PgPool) {
     let mut settings = test_settings();
     settings.nats.duplicate_window_secs = 1;
+    settings.projections.replay_identities_in_memory = 500;
     let app = spawn_app_with(pool.clone(), settings, true).await;
     history(&app, 1_200).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -519,7 +520,6 @@ async fn a_replay_past_its_memory_for_identities_goes_on_against_the_table(pool:
     assert!(cp.duplicates >= 30, "{cp:?}");
     let opts = ReplayOptions {
         batch_size: 200,
-        identities_in_memory: 500,
         ..Default::default()
     };
     let r = app

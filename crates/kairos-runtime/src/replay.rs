@@ -36,7 +36,7 @@ pub struct ReplayOptions {
     pub snapshot_every: u64,
     /// Identities a replay into a new generation keeps in memory at most (16 bytes each, ~35
     /// with the set's overhead) before it gives the generation's identity table its key and
-    /// deduplicates against the table instead, as the live runner does.
+    /// deduplicates against the table instead, as the live runner does (0: from the start).
     pub identities_in_memory: usize,
 }
 
@@ -49,7 +49,7 @@ impl Default for ReplayOptions {
             allow_partial: false,
             batch_size: 5_000,
             snapshot_every: crate::apply::DEFAULT_SNAPSHOT_EVERY,
-            identities_in_memory: 2_000_000,
+            identities_in_memory: DEFAULT_IDENTITIES_IN_MEMORY,
         }
     }
 }
@@ -71,6 +71,9 @@ impl Progress {
         })
     }
 }
+
+/// [`ReplayOptions::identities_in_memory`] unless configured otherwise (~70 MB).
+pub const DEFAULT_IDENTITIES_IN_MEMORY: usize = 2_000_000;
 
 /// What a replay did.
 #[derive(Debug, Clone)]
@@ -164,8 +167,13 @@ pub async fn replay<P: Projection>(
     };
     let mut read = 0;
     // A new generation's identities are kept in memory while it is filled, and its table gets
-    // its key once, here, rather than event by event.
-    let known = fresh.then(HashSet::new);
+    // its key once, at the end of this pass, rather than event by event.
+    let known = if fresh && opts.identities_in_memory > 0 {
+        Some(HashSet::new())
+    } else {
+        store::ensure_applied_key(pool, &next.schema).await?;
+        None
+    };
     let reached = catch_up(
         projection,
         bus,

@@ -32,6 +32,9 @@ pub struct RunnerConfig {
     pub max_attempts: u32,
     /// Stream sequences between snapshots used by point-in-time reads (0: no snapshots).
     pub snapshot_every: u64,
+    /// Identities a replay into a new generation keeps in memory at most (see
+    /// [`crate::ReplayOptions::identities_in_memory`]).
+    pub replay_identities_in_memory: usize,
 }
 
 impl Default for RunnerConfig {
@@ -42,6 +45,7 @@ impl Default for RunnerConfig {
             idle_wait_ms: 5_000,
             max_attempts: 3,
             snapshot_every: crate::apply::DEFAULT_SNAPSHOT_EVERY,
+            replay_identities_in_memory: crate::replay::DEFAULT_IDENTITIES_IN_MEMORY,
         }
     }
 }
@@ -59,6 +63,12 @@ impl RunnerConfig {
         }
         if self.max_attempts == 0 {
             return Err("projections.max_attempts must be at least 1".into());
+        }
+        if self.replay_identities_in_memory > 100_000_000 {
+            return Err(
+                "projections.replay_identities_in_memory must be at most 100000000 (~3.5 GB)"
+                    .into(),
+            );
         }
         Ok(())
     }

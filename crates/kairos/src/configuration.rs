@@ -214,6 +214,14 @@ mod tests {
             ("[database]\nurl = \"mysql://x\"", "database.url"),
             ("[budgets]\ntimezone = \"Mars/Olympus\"", "budgets.timezone"),
             ("[projections]\nbatch_size = 0", "projections.batch_size"),
+            (
+                "[projections]\nreplay_identities_in_memory = 200000000",
+                "projections.replay_identities_in_memory",
+            ),
+            (
+                "[projections]\nreplay_identities_in_memory = -1",
+                "replay_identities_in_memory",
+            ),
             ("[http]\nsurprise = 1", "surprise"),
             ("[log]\nformat = \"xml\"", "format"),
             (

@@ -126,6 +126,7 @@ impl Kairos {
     ) -> anyhow::Result<ReplayReport> {
         let opts = ReplayOptions {
             snapshot_every: self.settings.projections.snapshot_every,
+            identities_in_memory: self.settings.projections.replay_identities_in_memory,
             ..opts.clone()
         };
         with_projection!(self, name, |p| Ok(kairos_runtime::replay(

@@ -131,9 +131,14 @@ fn call(i: usize) -> Value {
     e
 }
 
-/// Copies of every `step`th LLM call of a [`history`] of `n`.
-fn copies(n: usize, step: usize) -> Vec<Value> {
-    (0..n).step_by(step).map(call).collect()
+/// A [`history`] of `n` calls, then copies of every `step`th call re-sent once JetStream's
+/// duplicate window (set to 1 s by the caller) has passed: stored again, for the projections
+/// to skip by identity. Returns the copies' last sequence.
+async fn history_with_late_copies(app: &TestApp, n: usize, step: usize) -> u64 {
+    history(app, n).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let copies: Vec<Value> = (0..n).step_by(step).map(call).collect();
+    app.ingest(&copies).await
 }
 
 #[sqlx::test(migrations = false)]
@@ -144,9 +149,7 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
     // than the replay's single batch does.
     settings.projections.batch_size = 100;
     let app = spawn_app_with(pool.clone(), settings, true).await;
-    history(&app, 3_000).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    app.ingest(&copies(3_000, 100)).await; // past the window: stored again, skipped by identity
+    history_with_late_copies(&app, 3_000, 100).await;
     // Let the threshold events the budgets projection emitted land and be folded by audit too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let last = app.kairos.bus.last_seq().await.unwrap().0;
@@ -499,18 +502,17 @@ async fn a_batch_reader_carries_on_when_its_consumer_is_dropped() {
 }
 
 /// A replay whose identities outgrow what it may keep in memory
-/// (`projections.replay_identities_in_memory`) gives the generation's table its key half-way and deduplicates against the table from there: copies re-sent after that point
-/// are still skipped, and the result is the live tables.
+/// (`projections.replay_identities_in_memory`) gives the generation's table its key half-way
+/// and deduplicates against the table from there: copies re-sent after that point are still
+/// skipped, and the result is the live tables.
 #[sqlx::test(migrations = false)]
 async fn a_replay_past_its_memory_for_identities_goes_on_against_the_table(pool: PgPool) {
     let mut settings = test_settings();
     settings.nats.duplicate_window_secs = 1;
     settings.projections.replay_identities_in_memory = 500;
     let app = spawn_app_with(pool.clone(), settings, true).await;
-    history(&app, 1_200).await;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    // Past the window: stored again, after the point where the replay turns to the table.
-    let last = app.ingest(&copies(1_200, 40)).await;
+    // The copies come after the point where the replay turns to the table.
+    let last = history_with_late_copies(&app, 1_200, 40).await;
     app.wait_for("budgets", last).await;
     let live = digest(&pool, "budgets").await;
     let cp = kairos_runtime::checkpoint(&pool, "budgets")

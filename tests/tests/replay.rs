@@ -32,6 +32,14 @@ async fn digest(pool: &PgPool, schema: &str) -> BTreeMap<String, (i64, String)> 
     out
 }
 
+/// Where the checkpoint `key` stands (it must exist).
+async fn checkpoint(pool: &PgPool, key: &str) -> kairos_runtime::Checkpoint {
+    kairos_runtime::checkpoint(pool, key)
+        .await
+        .unwrap()
+        .expect("the checkpoint exists")
+}
+
 /// Whether `schema.kairos_applied` has its primary key (without it nothing stops an identity
 /// being recorded twice).
 async fn identities_keyed(pool: &PgPool, schema: &str) -> bool {
@@ -156,10 +164,7 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
     let mut live = BTreeMap::new();
     for name in kairos::startup::PROJECTIONS {
         app.wait_for(name, last).await;
-        let cp = kairos_runtime::checkpoint(&pool, name)
-            .await
-            .unwrap()
-            .unwrap();
+        let cp = checkpoint(&pool, name).await;
         live.insert(*name, (digest(&pool, name).await, cp));
     }
     let (budgets, budgets_cp) = &live["budgets"];
@@ -199,10 +204,7 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
         assert_eq!(report.reached.0, last, "{name}");
         let (tables, cp) = &live[name];
         assert_eq!(&digest(&pool, name).await, tables, "{name}");
-        let after = kairos_runtime::checkpoint(&pool, name)
-            .await
-            .unwrap()
-            .unwrap();
+        let after = checkpoint(&pool, name).await;
         assert_eq!(
             (
                 after.last_seq,
@@ -256,10 +258,7 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
         ))
         .await;
     assert_eq!(status, 200, "{b}");
-    let after = kairos_runtime::checkpoint(&pool, "budgets")
-        .await
-        .unwrap()
-        .unwrap();
+    let after = checkpoint(&pool, "budgets").await;
     assert_eq!(
         (after.events_applied, after.duplicates),
         (budgets_cp.events_applied + 1, budgets_cp.duplicates + 1),
@@ -346,10 +345,7 @@ async fn an_interrupted_replay_resumes_and_until_keeps_the_live_tables(pool: PgP
         live,
         "the live tables are untouched"
     );
-    let partial = kairos_runtime::checkpoint(&pool, "budgets@next")
-        .await
-        .unwrap()
-        .unwrap();
+    let partial = checkpoint(&pool, "budgets@next").await;
     assert_eq!(partial.last_seq, half.0);
     // A replay stopped before the end of its first pass leaves the identity table without its
     // key (it builds it once, at the end): the next one must give it back before going on.
@@ -515,10 +511,7 @@ async fn a_replay_past_its_memory_for_identities_goes_on_against_the_table(pool:
     let last = history_with_late_copies(&app, 1_200, 40).await;
     app.wait_for("budgets", last).await;
     let live = digest(&pool, "budgets").await;
-    let cp = kairos_runtime::checkpoint(&pool, "budgets")
-        .await
-        .unwrap()
-        .unwrap();
+    let cp = checkpoint(&pool, "budgets").await;
     assert!(cp.duplicates >= 30, "{cp:?}");
     let opts = ReplayOptions {
         batch_size: 200,
@@ -531,10 +524,7 @@ async fn a_replay_past_its_memory_for_identities_goes_on_against_the_table(pool:
         .unwrap();
     assert!(r.switched);
     assert_eq!(digest(&pool, "budgets").await, live);
-    let after = kairos_runtime::checkpoint(&pool, "budgets")
-        .await
-        .unwrap()
-        .unwrap();
+    let after = checkpoint(&pool, "budgets").await;
     assert_eq!(
         (after.events_applied, after.duplicates),
         (cp.events_applied, cp.duplicates)

@@ -129,7 +129,7 @@ pub fn writer_lock(projection: &str) -> String {
 }
 
 /// What one message decoded into, before any I/O.
-enum Slot<I> {
+pub(crate) enum Slot<I> {
     /// Not this projection's (another category, or a type it ignores).
     Skip,
     Item(uuid::Uuid, I),
@@ -161,7 +161,12 @@ pub(crate) fn decode<P: Projection>(
     )
 }
 
-fn decode_one<P: Projection>(projection: &P, prefix: &str, m: &Delivered) -> Slot<P::Item> {
+/// What `projection` makes of one message: exactly what the runner folds from it.
+pub(crate) fn decode_one<P: Projection>(
+    projection: &P,
+    prefix: &str,
+    m: &Delivered,
+) -> Slot<P::Item> {
     if !crate::reads(projection, &m.subject) {
         return Slot::Skip;
     }

@@ -221,25 +221,13 @@ fn decode_stored<P: Projection>(
     filter: Option<&str>,
     d: &kairos_bus::StoredMessage,
 ) -> Option<(uuid::Uuid, StreamSeq, P::Item)> {
-    if !filter.is_none_or(|f| subject_matches(f, &d.subject))
-        || !crate::reads(projection, &d.subject)
-    {
+    if !filter.is_none_or(|f| subject_matches(f, &d.subject)) {
         return None;
     }
-    let stored = crate::stored_event(
-        &bus.config().subject_prefix,
-        d.seq,
-        &d.subject,
-        d.stored_at,
-        &d.payload,
-    )
-    .ok()?;
-    let item = projection.decode(&stored).ok()??;
-    Some((
-        crate::store::applied_key(&stored.event.identity()),
-        d.seq,
-        item,
-    ))
+    match crate::apply::decode_one(projection, &bus.config().subject_prefix, d) {
+        crate::apply::Slot::Item(key, item) => Some((key, d.seq, item)),
+        crate::apply::Slot::Skip | crate::apply::Slot::Rejected(_) => None,
+    }
 }
 
 /// The decoded items the projection applied: events it dead-lettered are not there, and a retry

@@ -34,7 +34,7 @@ use futures_util::StreamExt;
 use kairos_client::LlmCall;
 use kairos_events::{Event, Money, Period};
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -258,9 +258,8 @@ impl BenchDb {
     }
 
     async fn pool(&self, max_connections: u32) -> anyhow::Result<PgPool> {
-        Ok(PgPoolOptions::new()
-            .max_connections(max_connections)
-            .test_before_acquire(false)
+        // As Kairos pools its connections when it serves.
+        Ok(crate::startup::pool_options(max_connections)
             .connect_with(self.admin.clone().database(&self.name))
             .await?)
     }

@@ -68,16 +68,21 @@ pub struct Kairos {
     pub tz: Tz,
 }
 
+/// How Kairos pools its PostgreSQL connections (at most `max_connections`).
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        // No ping before handing out a pooled connection: a round trip per transaction, and a
+        // connection the server dropped fails its next statement anyway, which the runtime
+        // retries and the API answers with 503.
+        .test_before_acquire(false)
+}
+
 impl Kairos {
     /// Connects to PostgreSQL and NATS as configured, applies migrations, ensures the streams.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.database.max_connections)
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            // No ping before handing out a pooled connection: a round trip per transaction,
-            // and a connection the server dropped fails its next statement anyway, which the
-            // runtime retries and the API answers with 503.
-            .test_before_acquire(false)
+        let pool = pool_options(settings.database.max_connections)
             .connect(&settings.database.url)
             .await
             .with_context(|| {

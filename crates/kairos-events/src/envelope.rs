@@ -1,5 +1,8 @@
 //! CloudEvents envelopes: the three encodings in, one validated [`Event`] out.
 
+use std::ops::Range;
+use std::sync::OnceLock;
+
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -33,7 +36,11 @@ pub struct Event {
     ty: EventType,
     project: Option<ProjectId>,
     time: Option<DateTime<Utc>>,
-    json: Value,
+    /// The whole envelope as a JSON tree: built on the way in by the general path, on first use
+    /// for an event that came in the fast way (see [`fast`]).
+    json: OnceLock<Value>,
+    /// Where `data` lies in `bytes`, for an event that came in the fast way.
+    data: Option<Range<usize>>,
     bytes: Vec<u8>,
 }
 
@@ -52,39 +59,18 @@ impl Event {
                 "a CloudEvent must be a JSON object",
             ));
         };
-        let spec = str_attr(attrs, "specversion")?;
-        if spec != "1.0" {
-            return Err(EventError::field(
-                "unsupported_specversion",
-                "specversion",
-                format!("specversion must be \"1.0\", not {spec:?}"),
-            ));
-        }
-        let id = bounded_attr(attrs, "id", MAX_ID_LEN)?.to_owned();
-        let source = bounded_attr(attrs, "source", MAX_SOURCE_LEN)?.to_owned();
+        check_specversion(str_attr(attrs, "specversion")?)?;
+        let id = bounded("id", str_attr(attrs, "id")?, MAX_ID_LEN)?.to_owned();
+        let source = bounded("source", str_attr(attrs, "source")?, MAX_SOURCE_LEN)?.to_owned();
         let ty = EventType::parse(str_attr(attrs, "type")?)?;
         let project = match attrs.get("subject") {
             None => None,
-            Some(Value::String(s)) => Some(ProjectId::parse(s).map_err(|e| EventError {
-                field: Some("subject".into()),
-                message: format!("subject is the project id: {}", e.message),
-                ..e
-            })?),
+            Some(Value::String(s)) => Some(parse_subject(s)?),
             Some(_) => return Err(wrong_type("subject")),
         };
         let time = match attrs.get("time") {
             None => None,
-            Some(Value::String(s)) => Some(
-                DateTime::parse_from_rfc3339(s)
-                    .map_err(|e| {
-                        EventError::field(
-                            "invalid_attribute",
-                            "time",
-                            format!("time must be an RFC 3339 timestamp: {e}"),
-                        )
-                    })?
-                    .with_timezone(&Utc),
-            ),
+            Some(Value::String(s)) => Some(parse_time(s)?),
             Some(_) => return Err(wrong_type("time")),
         };
         for name in ["datacontenttype", "dataschema"] {
@@ -124,14 +110,8 @@ impl Event {
             }
         }
         if let Some(known) = known_type(ty.as_str()) {
-            if let Some(ct) = attrs.get("datacontenttype").and_then(Value::as_str)
-                && !is_json_media_type(ct)
-            {
-                return Err(EventError::field(
-                    "invalid_attribute",
-                    "datacontenttype",
-                    format!("{ty} carries JSON data; datacontenttype must be application/json"),
-                ));
+            if let Some(ct) = attrs.get("datacontenttype").and_then(Value::as_str) {
+                check_json_content(&ty, ct)?;
             }
             let data = attrs.get("data").ok_or_else(|| {
                 EventError::field("missing_attribute", "data", format!("{ty} requires data"))
@@ -169,7 +149,8 @@ impl Event {
             ty,
             project,
             time,
-            json,
+            json: OnceLock::from(json),
+            data: None,
             bytes,
         })
     }
@@ -203,7 +184,9 @@ impl Event {
 
     /// The whole envelope.
     pub fn json(&self) -> &Value {
-        &self.json
+        // `bytes` is the text the event was read from (or the encoding of its tree), so it parses.
+        self.json
+            .get_or_init(|| serde_json::from_slice(&self.bytes).unwrap_or(Value::Null))
     }
 
     /// The structured-mode JSON encoding, as published to NATS.
@@ -213,8 +196,11 @@ impl Event {
 
     /// `data` decoded into the typed payload of its event type.
     pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, EventError> {
-        T::deserialize(self.json.get("data").unwrap_or(&Value::Null))
-            .map_err(|e| EventError::field("invalid_data", "data", e.to_string()))
+        let data = match (&self.data, self.json.get()) {
+            (Some(text), None) => serde_json::from_slice(&self.bytes[text.clone()]),
+            _ => T::deserialize(self.json().get("data").unwrap_or(&Value::Null)),
+        };
+        data.map_err(|e| EventError::field("invalid_data", "data", e.to_string()))
     }
 
     /// The identity of the event, `source` + `id`, as 32 bytes: the dedupe key everywhere.
@@ -239,8 +225,25 @@ impl Event {
 
     /// The NATS subject the event is stored on: `<prefix>.events.<category>.<project>`.
     pub fn nats_subject(&self, prefix: &str) -> String {
-        let project = self.project.as_ref().map_or("_global", ProjectId::as_str);
-        format!("{prefix}.events.{}.{project}", self.ty.category())
+        format!(
+            "{prefix}.events.{}.{}",
+            self.ty.category(),
+            self.subject_token()
+        )
+    }
+
+    /// Whether `subject` is [`Event::nats_subject`], without building it.
+    pub fn belongs_on(&self, prefix: &str, subject: &str) -> bool {
+        subject
+            .strip_prefix(prefix)
+            .and_then(|s| s.strip_prefix(".events."))
+            .and_then(|s| s.strip_prefix(self.ty.category()))
+            .and_then(|s| s.strip_prefix('.'))
+            == Some(self.subject_token())
+    }
+
+    fn subject_token(&self) -> &str {
+        self.project.as_ref().map_or("_global", ProjectId::as_str)
     }
 }
 
@@ -294,12 +297,19 @@ fn str_attr<'a>(attrs: &'a Map<String, Value>, name: &str) -> Result<&'a str, Ev
     }
 }
 
-fn bounded_attr<'a>(
-    attrs: &'a Map<String, Value>,
-    name: &str,
-    max: usize,
-) -> Result<&'a str, EventError> {
-    let s = str_attr(attrs, name)?;
+/// The envelope checks, shared by the general path and the fast one.
+fn check_specversion(spec: &str) -> Result<(), EventError> {
+    if spec != "1.0" {
+        return Err(EventError::field(
+            "unsupported_specversion",
+            "specversion",
+            format!("specversion must be \"1.0\", not {spec:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn bounded<'a>(name: &str, s: &'a str, max: usize) -> Result<&'a str, EventError> {
     if s.is_empty() || s.len() > max {
         return Err(EventError::field(
             "invalid_attribute",
@@ -308,6 +318,37 @@ fn bounded_attr<'a>(
         ));
     }
     Ok(s)
+}
+
+fn parse_subject(s: &str) -> Result<ProjectId, EventError> {
+    ProjectId::parse(s).map_err(|e| EventError {
+        field: Some("subject".into()),
+        message: format!("subject is the project id: {}", e.message),
+        ..e
+    })
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, EventError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            EventError::field(
+                "invalid_attribute",
+                "time",
+                format!("time must be an RFC 3339 timestamp: {e}"),
+            )
+        })
+}
+
+fn check_json_content(ty: &EventType, ct: &str) -> Result<(), EventError> {
+    if !is_json_media_type(ct) {
+        return Err(EventError::field(
+            "invalid_attribute",
+            "datacontenttype",
+            format!("{ty} carries JSON data; datacontenttype must be application/json"),
+        ));
+    }
+    Ok(())
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -331,6 +372,15 @@ fn check_size(len: usize) -> Result<(), EventError> {
 /// One event in structured mode (`application/cloudevents+json`).
 pub fn parse_structured(bytes: &[u8]) -> Result<Event, EventError> {
     check_size(bytes.len())?;
+    match fast::parse(bytes) {
+        Some(event) => Ok(event),
+        None => parse_general(bytes),
+    }
+}
+
+/// Any structured-mode event, through a JSON tree and its type's schema: the authority on what is
+/// valid, and the one that explains what is not.
+fn parse_general(bytes: &[u8]) -> Result<Event, EventError> {
     let json: Value = serde_json::from_slice(bytes).map_err(|e| malformed(&e))?;
     Event::build(json, Some(bytes))
 }
@@ -353,10 +403,7 @@ pub fn parse_batch(bytes: &[u8]) -> Result<Vec<Result<Event, EventError>>, Event
     };
     Ok(items
         .into_iter()
-        .map(|raw| {
-            let json: Value = serde_json::from_str(raw.get()).map_err(|e| malformed(&e))?;
-            Event::build(json, Some(raw.get().as_bytes()))
-        })
+        .map(|raw| parse_structured(raw.get().as_bytes()))
         .collect())
 }
 
@@ -433,6 +480,158 @@ fn percent_decode(raw: &[u8]) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The fast way in for the type that makes up most of the traffic, `kairos.llm.call.completed.v1`:
+/// its text read straight into borrowed fields and checked against the rules its schema states,
+/// with no JSON tree and no schema interpreter. It answers only for events it can vouch for: no
+/// escapes in strings, no extension attributes, no duplicate members, nothing its schema or the
+/// envelope rules would refuse. Anything else goes the general way, which is the authority and
+/// gives the error (the tests check that whatever this accepts, the general way accepts alike).
+mod fast {
+    use serde::{Deserialize, Deserializer};
+    use serde_json::value::RawValue;
+
+    use super::{
+        Event, MAX_EVENT_BYTES, MAX_ID_LEN, MAX_SOURCE_LEN, bounded, check_json_content,
+        check_specversion, parse_subject, parse_time,
+    };
+    use crate::types::LLM_CALL_COMPLETED;
+    use crate::{EventType, Money, ProjectId};
+
+    /// Present means a value of the field's type: `null` is refused, not read as absent.
+    fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        T::deserialize(d).map(Some)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Envelope<'a> {
+        specversion: &'a str,
+        id: &'a str,
+        source: &'a str,
+        #[serde(rename = "type")]
+        ty: &'a str,
+        #[serde(default, borrow, deserialize_with = "present")]
+        subject: Option<&'a str>,
+        #[serde(default, borrow, deserialize_with = "present")]
+        time: Option<&'a str>,
+        #[serde(default, borrow, deserialize_with = "present")]
+        datacontenttype: Option<&'a str>,
+        // Read for its type only (a string), as the general path checks it.
+        #[serde(default, borrow, deserialize_with = "present", rename = "dataschema")]
+        _dataschema: Option<&'a str>,
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+
+    /// `events-schema/kairos.llm.call.completed.v1.json`, field by field.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct LlmCall<'a> {
+        project: &'a str,
+        model: &'a str,
+        provider: &'a str,
+        input_tokens: u64,
+        output_tokens: u64,
+        #[serde(borrow)]
+        cost: &'a RawValue,
+        latency_ms: u64,
+        status: &'a str,
+        #[serde(default, borrow, deserialize_with = "present")]
+        session_id: Option<&'a str>,
+        #[serde(default, borrow, deserialize_with = "present")]
+        workflow_id: Option<&'a str>,
+        #[serde(default, borrow, deserialize_with = "present")]
+        actor: Option<&'a str>,
+        // Read for its type only: the schema's one bound on it, a minimum of 0, is u64's.
+        #[serde(default, deserialize_with = "present", rename = "context_tokens")]
+        _context_tokens: Option<u64>,
+        #[serde(default, borrow, deserialize_with = "present")]
+        error: Option<&'a str>,
+    }
+
+    /// JSON Schema lengths count characters (code points), not bytes.
+    fn chars_within(s: &str, min: usize, max: usize) -> bool {
+        (min..=max).contains(&s.chars().count())
+    }
+
+    impl LlmCall<'_> {
+        fn admitted(&self) -> bool {
+            const MAX_TOKENS: u64 = 10_000_000_000;
+            let optional = |s: Option<&str>, min, max| s.is_none_or(|s| chars_within(s, min, max));
+            ProjectId::parse(self.project).is_ok()
+                && chars_within(self.model, 1, 200)
+                && chars_within(self.provider, 1, 100)
+                && self.input_tokens <= MAX_TOKENS
+                && self.output_tokens <= MAX_TOKENS
+                && self.latency_ms <= 86_400_000
+                && matches!(self.status, "ok" | "error")
+                && optional(self.session_id, 1, 200)
+                && optional(self.workflow_id, 1, 200)
+                && optional(self.actor, 1, 200)
+                && optional(self.error, 0, 2000)
+                && money_admitted(self.cost.get())
+        }
+    }
+
+    /// The schema's `money`: a string `^[0-9]{1,12}(\.[0-9]{1,9})?$` or a number in
+    /// [0, 1e12); and an amount Kairos keeps exactly (`check_amounts`).
+    fn money_admitted(text: &str) -> bool {
+        let digits =
+            |s: &str, max| (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+        match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            Some(s) => {
+                let (int, frac) = s.split_once('.').unwrap_or((s, "1"));
+                digits(int, 12) && digits(frac, 9) && Money::parse(s).is_ok()
+            }
+            // A JSON number (the text is one, or the envelope would not have parsed).
+            None => text.starts_with(|c: char| c.is_ascii_digit()) && Money::parse(text).is_ok(),
+        }
+    }
+
+    /// The event `bytes` holds, if it is an LLM call this path can vouch for.
+    pub(super) fn parse(bytes: &[u8]) -> Option<Event> {
+        let text = bytes.trim_ascii();
+        if text.len() > MAX_EVENT_BYTES || text.contains(&b'\n') || text.contains(&b'\r') {
+            return None;
+        }
+        let e: Envelope = serde_json::from_slice(text).ok()?;
+        if e.ty != LLM_CALL_COMPLETED {
+            return None;
+        }
+        check_specversion(e.specversion).ok()?;
+        bounded("id", e.id, MAX_ID_LEN).ok()?;
+        bounded("source", e.source, MAX_SOURCE_LEN).ok()?;
+        let ty = EventType::parse(e.ty).ok()?;
+        let project = parse_subject(e.subject?).ok()?;
+        let time = e.time.map(parse_time).transpose().ok()?;
+        if let Some(ct) = e.datacontenttype {
+            check_json_content(&ty, ct).ok()?;
+        }
+        let data: LlmCall = serde_json::from_str(e.data.get()).ok()?;
+        if !data.admitted() || data.project != project.as_str() {
+            return None;
+        }
+        // `data` borrows from `text`: where it starts there is where it lies in the stored bytes.
+        let start = (e.data.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
+        let range = start..start + e.data.get().len();
+        if text.get(range.clone())? != e.data.get().as_bytes() {
+            return None;
+        }
+        Some(Event {
+            id: e.id.to_owned(),
+            source: e.source.to_owned(),
+            ty,
+            project: Some(project),
+            time,
+            json: std::sync::OnceLock::new(),
+            data: Some(range),
+            bytes: text.to_vec(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -554,5 +753,242 @@ mod tests {
         assert_eq!(err.code, "unsupported_media_type");
         let err = parse_binary(headers, Some("application/json"), b"{nope").unwrap_err();
         assert_eq!(err.field.as_deref(), Some("data"));
+    }
+
+    /// Inputs around an LLM call: valid ones in several shapes, then each with one thing changed
+    /// (a member removed, or set to a value at or past a bound, of another type, escaped, …).
+    fn llm_variants() -> (Vec<Value>, Vec<Vec<u8>>) {
+        let mut full = llm();
+        full["datacontenttype"] = json!("application/json; charset=utf-8");
+        full["dataschema"] = json!("urn:kairos:schema:kairos.llm.call.completed.v1");
+        let data = full["data"].as_object_mut().unwrap();
+        for (k, v) in [
+            ("session_id", json!("s-1")),
+            ("workflow_id", json!("w-1")),
+            ("actor", json!("ana@example.com")),
+            ("context_tokens", json!(8000)),
+            ("error", json!("")),
+        ] {
+            data.insert(k.into(), v);
+        }
+        let mut string_cost = llm();
+        string_cost["data"]["cost"] = json!("0.000000001");
+        let mut no_time = llm();
+        no_time.as_object_mut().unwrap().remove("time");
+        let bases = vec![llm(), full, string_cost, no_time];
+
+        let long = |c: &str, n: usize| json!(c.repeat(n));
+        let values = [
+            json!(null),
+            json!(true),
+            json!(0),
+            json!(-1),
+            json!(1.0),
+            json!(1e3),
+            json!(10_000_000_000u64),
+            json!(10_000_000_001u64),
+            json!(86_400_000),
+            json!(86_400_001),
+            json!(u64::MAX),
+            json!(""),
+            json!("x"),
+            json!("ok"),
+            json!("error"),
+            json!("OK"),
+            long("x", 64),
+            long("x", 65),
+            long("x", 100),
+            long("x", 101),
+            long("x", 200),
+            long("x", 201),
+            long("é", 200),
+            long("é", 201),
+            long("x", 2000),
+            long("x", 2001),
+            json!("a\"b"),
+            json!("a.b"),
+            json!("-p"),
+            json!("p_1-x"),
+            json!([]),
+            json!({}),
+            json!("0.01"),
+            json!("1."),
+            json!(".5"),
+            json!("0.0000000001"),
+            json!("1234567890123"),
+            json!("999999999999"),
+            json!("1000000000"),
+            json!("1000000000.000000001"),
+            json!("01"),
+            json!("1e3"),
+            json!(" 1"),
+            serde_json::from_str("0.5").unwrap(),
+            serde_json::from_str("1e-9").unwrap(),
+            serde_json::from_str("1e-10").unwrap(),
+            serde_json::from_str("1.5E3").unwrap(),
+            serde_json::from_str("999999999999").unwrap(),
+            serde_json::from_str("1000000000").unwrap(),
+            serde_json::from_str("-0").unwrap(),
+            serde_json::from_str("0e2147483647").unwrap(),
+            serde_json::from_str("1e400").unwrap(),
+        ];
+        let data_fields = [
+            "project",
+            "model",
+            "provider",
+            "input_tokens",
+            "output_tokens",
+            "cost",
+            "latency_ms",
+            "status",
+            "session_id",
+            "workflow_id",
+            "actor",
+            "context_tokens",
+            "error",
+            "surprise",
+        ];
+        let attributes = [
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "datacontenttype",
+            "dataschema",
+            "data",
+            "data_base64",
+            "traceparent",
+            "Data",
+        ];
+        let mut cases = bases.clone();
+        for base in &bases {
+            for field in data_fields {
+                let mut v = base.clone();
+                v["data"].as_object_mut().unwrap().remove(field);
+                cases.push(v);
+                for value in &values {
+                    let mut v = base.clone();
+                    v["data"][field] = value.clone();
+                    cases.push(v);
+                }
+            }
+            for attr in attributes {
+                let mut v = base.clone();
+                v.as_object_mut().unwrap().remove(attr);
+                cases.push(v);
+                let extra = [
+                    json!("1.0"),
+                    json!("p1"),
+                    json!("p2"),
+                    json!("kairos.user.action.v1"),
+                    json!("com.example.thing"),
+                    json!("2026-11-25T10:00:00+02:00"),
+                    json!("yesterday"),
+                    json!("text/plain"),
+                    json!("application/cloudevents+json"),
+                    long("x", 256),
+                    long("x", 257),
+                    long("x", 1024),
+                    long("x", 1025),
+                ];
+                for value in values.iter().chain(&extra) {
+                    let mut v = base.clone();
+                    v[attr] = value.clone();
+                    cases.push(v);
+                }
+            }
+        }
+        let mut texts: Vec<Vec<u8>> = cases
+            .iter()
+            .map(|v| serde_json::to_vec(v).unwrap())
+            .collect();
+        for base in &bases {
+            let text = serde_json::to_string(base).unwrap();
+            for changed in [
+                text.replacen('{', "{\"id\":\"first\",", 1),
+                text.replacen("\"data\":{", "\"data\":{\"model\":\"m\",", 1),
+                text.replacen("gpt-4o", "gpt\\u002d4o", 1),
+                text.replacen("\"p1\"", "\"\\u00701\"", 1),
+                text.replacen("\"e-1\"", "\"e\\n1\"", 1),
+                text.replacen(",\"source\"", ",\n\"source\"", 1),
+                format!("  {text}\n"),
+                format!("{text} x"),
+                format!("\u{feff}{text}"),
+                text.replacen("\"1.0\"", "1.0", 1),
+            ] {
+                texts.push(changed.into_bytes());
+            }
+        }
+        (bases, texts)
+    }
+
+    #[test]
+    fn the_fast_path_accepts_only_what_the_general_path_accepts_alike() {
+        let (bases, texts) = llm_variants();
+        for base in &bases {
+            let text = serde_json::to_vec(base).unwrap();
+            assert!(
+                fast::parse(&text).is_some(),
+                "not taken the fast way: {base}"
+            );
+        }
+        let (mut fast_ones, mut general_ones) = (0, 0);
+        for text in &texts {
+            let shown = String::from_utf8_lossy(text);
+            let general = parse_general(text);
+            general_ones += usize::from(general.is_ok());
+            let Some(fast) = fast::parse(text) else {
+                continue;
+            };
+            fast_ones += 1;
+            let general = general
+                .unwrap_or_else(|e| panic!("fast accepted, general refused ({e:?}): {shown}"));
+            assert_eq!(
+                (
+                    fast.id(),
+                    fast.source(),
+                    fast.event_type(),
+                    fast.project(),
+                    fast.time()
+                ),
+                (
+                    general.id(),
+                    general.source(),
+                    general.event_type(),
+                    general.project(),
+                    general.time()
+                ),
+                "{shown}"
+            );
+            assert_eq!(fast.to_bytes(), general.to_bytes(), "{shown}");
+            assert_eq!(fast.json(), general.json(), "{shown}");
+            let typed: crate::types::LlmCallCompleted = fast.data_as().unwrap();
+            assert_eq!(typed, general.data_as().unwrap(), "{shown}");
+        }
+        // Most single changes keep an event valid or make it invalid in a way the fast path sees;
+        // the count shows the comparison above ran on a good share of them.
+        assert!(
+            fast_ones > general_ones / 2,
+            "{fast_ones} of {general_ones} of {}",
+            texts.len()
+        );
+    }
+
+    #[test]
+    fn an_event_knows_the_subject_it_belongs_on() {
+        let e = Event::from_value(llm()).unwrap();
+        assert!(e.belongs_on("kairos", &e.nats_subject("kairos")));
+        for other in [
+            "kairos.events.llm.p2",
+            "kairos.events.user.p1",
+            "kairos2.events.llm.p1",
+            "kairos.events.llm.p1.x",
+            "kairos.events.llm",
+            "x.kairos.events.llm.p1",
+        ] {
+            assert!(!e.belongs_on("kairos", other), "{other}");
+        }
     }
 }

@@ -85,6 +85,11 @@ pub fn schema_source(name: &str) -> Option<&'static str> {
 impl KnownType {
     /// Validates `data`; the first error names the offending field as `data.<path>`.
     pub fn validate(&self, data: &Value) -> Result<(), EventError> {
+        // A valid instance is the usual case and `is_valid` stops at nothing to explain; the
+        // errors are only collected for an invalid one.
+        if self.validator.is_valid(data) {
+            return Ok(());
+        }
         let Some(err) = self.validator.iter_errors(data).next() else {
             return Ok(());
         };

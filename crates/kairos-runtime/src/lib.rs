@@ -148,13 +148,13 @@ pub(crate) fn stored_event(
     payload: &[u8],
 ) -> Result<StoredEvent, Rejection> {
     let event = Event::from_slice(payload)?;
-    let expected = event.nats_subject(prefix);
-    if expected != subject {
+    if !event.belongs_on(prefix, subject) {
         return Err(Rejection {
             code: "subject_mismatch",
             reason: format!(
-                "stored on {subject}, but a {} event belongs on {expected}",
-                event.event_type().as_str()
+                "stored on {subject}, but a {} event belongs on {}",
+                event.event_type().as_str(),
+                event.nats_subject(prefix)
             ),
         });
     }

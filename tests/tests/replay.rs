@@ -503,9 +503,20 @@ async fn a_batch_reader_carries_on_when_its_consumer_is_dropped() {
 /// skipped, and the result is the live tables.
 #[sqlx::test(migrations = false)]
 async fn a_replay_past_its_memory_for_identities_goes_on_against_the_table(pool: PgPool) {
+    replay_keeping_at_most(pool, 500).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_replay_keeping_no_identities_in_memory_dedupes_against_the_table(pool: PgPool) {
+    replay_keeping_at_most(pool, 0).await;
+}
+
+/// A budgets replay over a history with copies re-sent late, keeping at most `in_memory`
+/// identities in memory: the rebuilt tables equal the live ones and every copy is skipped.
+async fn replay_keeping_at_most(pool: PgPool, in_memory: usize) {
     let mut settings = test_settings();
     settings.nats.duplicate_window_secs = 1;
-    settings.projections.replay_identities_in_memory = 500;
+    settings.projections.replay_identities_in_memory = in_memory;
     let app = spawn_app_with(pool.clone(), settings, true).await;
     // The copies come after the point where the replay turns to the table.
     let last = history_with_late_copies(&app, 1_200, 40).await;

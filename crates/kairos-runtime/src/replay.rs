@@ -357,7 +357,7 @@ async fn catch_up<P: Projection>(
     let first = checkpoint.0;
     // Batches being decoded, in order: the reading side goes on reading while they decode, and
     // the writing side waits for each in turn.
-    type Decoding<I> = tokio::task::JoinHandle<(Vec<Delivered>, Decoded<I>)>;
+    type Decoding<I> = tokio::task::JoinHandle<(Part, Decoded<I>)>;
     let (batches, arriving) = tokio::sync::mpsc::channel::<Decoding<P::Item>>(3);
     let reading = async move {
         let mut source = match seat {
@@ -405,7 +405,7 @@ async fn catch_up<P: Projection>(
                 pool,
                 target,
                 checkpoint,
-                &batch,
+                &batch[..],
                 Some(decoded),
                 known.as_mut(),
             )
@@ -438,6 +438,47 @@ async fn catch_up<P: Projection>(
 type Fed = Result<(Arc<Vec<Delivered>>, u64), String>;
 type Feed = tokio::sync::mpsc::Receiver<Fed>;
 
+/// The messages of one batch of the stream that a replay applies: a run of the batch, which a
+/// shared read hands to every replay without copying it.
+struct Part {
+    all: Arc<Vec<Delivered>>,
+    range: std::ops::Range<usize>,
+}
+
+impl Part {
+    /// The messages of `batch` in `(first, end]`.
+    fn within(batch: Arc<Vec<Delivered>>, first: u64, end: u64) -> Self {
+        let seq = |d: &Delivered| d.seq.0;
+        if batch.is_sorted_by_key(seq) {
+            let start = batch.partition_point(|d| seq(d) <= first);
+            let stop = batch.partition_point(|d| seq(d) <= end).max(start);
+            return Self {
+                all: batch,
+                range: start..stop,
+            };
+        }
+        // Not in stream order (a reader never hands such a batch out): copy what is in range.
+        let mine: Vec<Delivered> = batch
+            .iter()
+            .filter(|d| seq(d) > first && seq(d) <= end)
+            .cloned()
+            .collect();
+        let range = 0..mine.len();
+        Self {
+            all: Arc::new(mine),
+            range,
+        }
+    }
+}
+
+impl std::ops::Deref for Part {
+    type Target = [Delivered];
+
+    fn deref(&self) -> &[Delivered] {
+        &self.all[self.range.clone()]
+    }
+}
+
 /// Where a replay's messages come from: a read of its own, or a read shared with others.
 enum Source {
     Own(Box<BatchReader>),
@@ -447,22 +488,18 @@ enum Source {
 impl Source {
     /// The next batch of messages in `(first, end]` (maybe empty), and the last sequence seen:
     /// at or past `end`, the replay has all it needs.
-    async fn next(&mut self, first: u64, end: u64) -> Result<(Vec<Delivered>, u64), String> {
-        match self {
-            Source::Own(reader) => next_batch(reader, end).await,
-            Source::Shared(feed) => {
-                let (batch, last) = feed
-                    .recv()
-                    .await
-                    .ok_or("the shared read of the stream ended early")??;
-                let mine = batch
-                    .iter()
-                    .filter(|d| d.seq.0 > first && d.seq.0 <= end)
-                    .cloned()
-                    .collect();
-                Ok((mine, last))
+    async fn next(&mut self, first: u64, end: u64) -> Result<(Part, u64), String> {
+        let (batch, last) = match self {
+            Source::Own(reader) => {
+                let (batch, last) = next_batch(reader, end).await?;
+                (Arc::new(batch), last)
             }
-        }
+            Source::Shared(feed) => feed
+                .recv()
+                .await
+                .ok_or("the shared read of the stream ended early")??,
+        };
+        Ok((Part::within(batch, first, end), last))
     }
 }
 
@@ -751,4 +788,45 @@ async fn switch(pool: &PgPool, live: &Target, next: &Target) -> Result<String, R
         .await?;
     tx.commit().await?;
     Ok(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(seqs: &[u64]) -> Arc<Vec<Delivered>> {
+        Arc::new(
+            seqs.iter()
+                .map(|&s| Delivered {
+                    seq: StreamSeq(s),
+                    subject: format!("k.events.llm.p{s}"),
+                    stored_at: chrono::DateTime::UNIX_EPOCH,
+                    payload: bytes::Bytes::new(),
+                    pending: 0,
+                })
+                .collect(),
+        )
+    }
+
+    fn seqs(part: &Part) -> Vec<u64> {
+        part.iter().map(|d| d.seq.0).collect()
+    }
+
+    #[test]
+    fn a_part_is_the_run_of_its_batch_within_its_bounds() {
+        let all = batch(&[3, 4, 6, 7, 9]);
+        let part = Part::within(Arc::clone(&all), 3, 7);
+        assert_eq!(seqs(&part), [4, 6, 7]);
+        assert!(Arc::ptr_eq(&part.all, &all), "shared, not copied");
+        assert_eq!(
+            seqs(&Part::within(Arc::clone(&all), 0, 100)),
+            [3, 4, 6, 7, 9]
+        );
+        assert!(Part::within(Arc::clone(&all), 9, 100).is_empty());
+        assert!(Part::within(Arc::clone(&all), 0, 2).is_empty());
+        assert!(Part::within(Arc::clone(&all), 7, 5).is_empty());
+        // Out of stream order, it is still exactly the messages within its bounds.
+        let unordered = batch(&[6, 3, 9, 4]);
+        assert_eq!(seqs(&Part::within(unordered, 3, 8)), [6, 4]);
+    }
 }

@@ -179,31 +179,35 @@ impl Money {
         {
             return Err(not_decimal());
         }
-        // value = digits * 10^(exp - frac.len()); in nanos: digits * 10^(9 + exp - frac.len())
-        let digits = format!("{int}{frac}");
-        let digits = digits.trim_start_matches('0');
-        let shift = 9 + i64::from(exp) - frac.len() as i64;
-        if digits.is_empty() {
+        // value = digits * 10^(exp - frac.len()); in nanos: digits * 10^(9 + exp - frac.len()),
+        // where digits are the integer and fraction digits one after the other, leading zeros
+        // dropped (read in place: this runs for every amount of every event).
+        let all = int.bytes().chain(frac.bytes());
+        let lead = all.clone().take_while(|b| *b == b'0').count();
+        let n = int.len() + frac.len() - lead;
+        if n == 0 {
             return Ok(Money::ZERO);
         }
-        let (digits, shift) = if shift < 0 {
-            let cut = (-shift) as usize;
-            if cut > digits.len() || !digits[digits.len() - cut..].bytes().all(|b| b == b'0') {
+        let shift = 9 + i64::from(exp) - frac.len() as i64;
+        let (keep, shift) = if shift < 0 {
+            // Digits below a nano are allowed only when they are zeros.
+            let cut = usize::try_from(-shift).unwrap_or(usize::MAX);
+            if cut > n || !all.clone().skip(lead + n - cut).all(|b| b == b'0') {
                 return Err(MoneyError::TooPrecise(text.to_owned()));
             }
-            (&digits[..digits.len() - cut], 0)
+            (n - cut, 0)
         } else {
-            (digits, shift)
+            (n, shift)
         };
         let too_large = || MoneyError::TooLarge(text.to_owned());
-        if digits.len() as i64 + shift > 19 {
+        if keep as i64 + shift > 19 {
             return Err(too_large());
         }
-        let base: i128 = if digits.is_empty() {
-            0
-        } else {
-            digits.parse().map_err(|_| too_large())?
-        };
+        // At most 19 digits: no overflow.
+        let base = all
+            .skip(lead)
+            .take(keep)
+            .fold(0i128, |acc, b| acc * 10 + i128::from(b - b'0'));
         let nanos = base
             .checked_mul(10i128.pow(shift as u32))
             .ok_or_else(too_large)?;
@@ -327,6 +331,10 @@ mod tests {
             ("2e3", 2_000_000_000_000),
             ("1000000000", 1_000_000_000_000_000_000),
             ("0.10000000000", 100_000_000),
+            ("0000.5", 500_000_000),
+            ("10e-10", 1),
+            ("0.0e-30", 0),
+            ("00012.000000000000000", 12_000_000_000),
         ];
         for (text, nanos) in cases {
             assert_eq!(Money::parse(text).map(Money::nanos), Ok(nanos), "{text}");
@@ -341,6 +349,14 @@ mod tests {
         ));
         assert!(matches!(
             Money::parse("1e-10"),
+            Err(MoneyError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            Money::parse("12e-10"),
+            Err(MoneyError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            Money::parse("1e-2147483648"),
             Err(MoneyError::TooPrecise(_))
         ));
         assert!(matches!(Money::parse("-1"), Err(MoneyError::Negative(_))));

@@ -848,20 +848,12 @@ mod tests {
             "error",
             "surprise",
         ];
-        let attributes = [
-            "specversion",
-            "id",
-            "source",
-            "type",
-            "subject",
-            "time",
-            "datacontenttype",
-            "dataschema",
-            "data",
-            "data_base64",
-            "traceparent",
-            "Data",
-        ];
+        // Every core attribute, an extension and a core name in the wrong case.
+        let attributes: Vec<&str> = CORE_ATTRIBUTES
+            .iter()
+            .copied()
+            .chain(["traceparent", "Data"])
+            .collect();
         let mut cases = bases.clone();
         for base in &bases {
             for field in data_fields {
@@ -874,7 +866,7 @@ mod tests {
                     cases.push(v);
                 }
             }
-            for attr in attributes {
+            for &attr in &attributes {
                 let mut v = base.clone();
                 v.as_object_mut().unwrap().remove(attr);
                 cases.push(v);

@@ -401,6 +401,11 @@ async fn load(
     Ok(())
 }
 
+/// One column of `rows`, for binding as an array to `unnest`.
+fn column<R, T>(rows: &[R], value: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(value).collect()
+}
+
 fn parse_project(s: String) -> Result<ProjectId, sqlx::Error> {
     ProjectId::parse(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
@@ -456,124 +461,29 @@ async fn save(
          SELECT * FROM unnest($17::text[], $18::text[], $19::text[], $20::int8[], $21::int8[],
                               $22::int8[], $23::timestamptz[])",
     )
-    .bind(
-        limits
-            .iter()
-            .map(|(p, _)| p.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        limits
-            .iter()
-            .map(|(_, l)| l.monthly_limit.nanos())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        limits
-            .iter()
-            .map(|(_, l)| i16::from(l.warn_at_percent))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        limits
-            .iter()
-            .map(|(_, l)| l.on_exceeded.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        limits
-            .iter()
-            .map(|(_, l)| l.fallback_model.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        limits
-            .iter()
-            .map(|(_, l)| l.set_by.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        limits
-            .iter()
-            .map(|(_, l)| to_i64(l.set_seq))
-            .collect::<Vec<_>>(),
-    )
-    .bind(limits.iter().map(|(_, l)| l.set_at).collect::<Vec<_>>())
-    .bind(
-        spend
-            .iter()
-            .map(|((p, _), _)| p.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        spend
-            .iter()
-            .map(|((_, per), _)| per.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        spend
-            .iter()
-            .map(|(_, s)| s.spent.nanos())
-            .collect::<Vec<_>>(),
-    )
-    .bind(spend.iter().map(|(_, s)| s.calls).collect::<Vec<_>>())
-    .bind(
-        spend
-            .iter()
-            .map(|(_, s)| s.failed_calls)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        spend
-            .iter()
-            .map(|(_, s)| s.input_tokens)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        spend
-            .iter()
-            .map(|(_, s)| s.output_tokens)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        spend
-            .iter()
-            .map(|(_, s)| to_i64(s.last_seq))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        crossings
-            .iter()
-            .map(|c| c.project.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        crossings
-            .iter()
-            .map(|c| c.period.to_string())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        crossings
-            .iter()
-            .map(|c| c.threshold.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        crossings
-            .iter()
-            .map(|c| c.limit.monthly_limit.nanos())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        crossings
-            .iter()
-            .map(|c| c.spent.nanos())
-            .collect::<Vec<_>>(),
-    )
-    .bind(crossings.iter().map(|c| to_i64(c.seq)).collect::<Vec<_>>())
-    .bind(crossings.iter().map(|c| c.at).collect::<Vec<_>>())
+    .bind(column(&limits, |(p, _)| p.to_string()))
+    .bind(column(&limits, |(_, l)| l.monthly_limit.nanos()))
+    .bind(column(&limits, |(_, l)| i16::from(l.warn_at_percent)))
+    .bind(column(&limits, |(_, l)| l.on_exceeded.as_str()))
+    .bind(column(&limits, |(_, l)| l.fallback_model.clone()))
+    .bind(column(&limits, |(_, l)| l.set_by.clone()))
+    .bind(column(&limits, |(_, l)| to_i64(l.set_seq)))
+    .bind(column(&limits, |(_, l)| l.set_at))
+    .bind(column(&spend, |((p, _), _)| p.to_string()))
+    .bind(column(&spend, |((_, per), _)| per.to_string()))
+    .bind(column(&spend, |(_, s)| s.spent.nanos()))
+    .bind(column(&spend, |(_, s)| s.calls))
+    .bind(column(&spend, |(_, s)| s.failed_calls))
+    .bind(column(&spend, |(_, s)| s.input_tokens))
+    .bind(column(&spend, |(_, s)| s.output_tokens))
+    .bind(column(&spend, |(_, s)| to_i64(s.last_seq)))
+    .bind(column(crossings, |c| c.project.to_string()))
+    .bind(column(crossings, |c| c.period.to_string()))
+    .bind(column(crossings, |c| c.threshold.as_str()))
+    .bind(column(crossings, |c| c.limit.monthly_limit.nanos()))
+    .bind(column(crossings, |c| c.spent.nanos()))
+    .bind(column(crossings, |c| to_i64(c.seq)))
+    .bind(column(crossings, |c| c.at))
     .execute(&mut *tx)
     .await?;
     Ok(())

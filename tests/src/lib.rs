@@ -53,12 +53,34 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
     spawn_app_with(pool, test_settings(), true).await
 }
 
+/// The instant a test's clock stands at unless it says otherwise: inside the month the fixtures
+/// date their events in, so "this month" reads are the same on any day the suite runs.
+pub const FIXTURE_NOW: &str = "2026-11-20T12:00:00Z";
+
+/// A manual clock at [`FIXTURE_NOW`].
+pub fn fixture_clock() -> kairos_events::Clock {
+    kairos_events::Clock::fixed(FIXTURE_NOW.parse().expect("an RFC 3339 time"))
+}
+
 /// Starts Kairos with `settings`; projections only if `projections` (the access projection
-/// always, and the bootstrap admin whose key `TestApp::http` sends).
+/// always, and the bootstrap admin whose key `TestApp::http` sends). Its clock stands at
+/// [`FIXTURE_NOW`].
 pub async fn spawn_app_with(pool: PgPool, settings: Settings, projections: bool) -> TestApp {
-    let kairos = Kairos::with_pool(settings, pool)
+    spawn_app_at(pool, settings, projections, fixture_clock()).await
+}
+
+/// As [`spawn_app_with`], with `clock` as Kairos' "now". Point-in-time reads name instants the
+/// stream stored events at (the system's time), so their tests run on the system clock.
+pub async fn spawn_app_at(
+    pool: PgPool,
+    settings: Settings,
+    projections: bool,
+    clock: kairos_events::Clock,
+) -> TestApp {
+    let mut kairos = Kairos::with_pool(settings, pool)
         .await
         .expect("Kairos starts");
+    kairos.clock = clock;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -5,8 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::SecondsFormat;
+use kairos_events::Clock;
 use kairos_events::{Event, Money};
-use kairos_tests::{budget_set, instants, llm_call, spawn_app_with, test_settings};
+use kairos_tests::{budget_set, instants, llm_call, spawn_app_at, test_settings};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -15,7 +16,7 @@ async fn as_of_answers_equal_a_recomputation_from_raw_events(pool: PgPool) {
     let mut settings = test_settings();
     settings.nats.duplicate_window_secs = 1;
     settings.projections.snapshot_every = 400;
-    let app = spawn_app_with(pool.clone(), settings, true).await;
+    let app = spawn_app_at(pool.clone(), settings, true, Clock::system()).await;
     let mut sent = Vec::new();
     for chunk in 0..30 {
         let mut batch: Vec<Value> = (0..100)
@@ -182,7 +183,7 @@ fn audited(seq: u64, e: &Event) -> Option<(u64, String, String)> {
 
 #[sqlx::test(migrations = false)]
 async fn audit_as_of_equals_a_recomputation_from_raw_events(pool: PgPool) {
-    let app = spawn_app_with(pool, test_settings(), true).await;
+    let app = spawn_app_at(pool, test_settings(), true, Clock::system()).await;
     for round in 0..12 {
         let mut batch: Vec<Value> = (0..20)
             .map(|i| {

@@ -29,7 +29,7 @@ async fn a_budget_set_over_http_is_read_back_with_its_sequence(pool: PgPool) {
     assert_eq!(b["period"].as_str().map(str::len), Some(7));
 
     // Spend this month (the API's period is the current month) crosses 50 % then 100 %.
-    let now = chrono::Utc::now().to_rfc3339();
+    let now = app.kairos.clock.now().to_rfc3339();
     let calls: Vec<Value> = ["4.99", "0.01", "4.99", "0.01", "3"]
         .iter()
         .enumerate()
@@ -292,4 +292,63 @@ async fn a_project_first_met_after_a_snapshot_mark_keeps_what_it_spent_before(po
         assert_eq!(b["spent"], spent, "{project}: {b}");
     }
     app.cleanup().await;
+}
+
+/// "This month" is the month of the injected clock in the configured zone: 31 Dec 23:59:59.999
+/// local is still December, a millisecond later it is January.
+async fn the_month_turns_at_local_midnight(pool: PgPool, zone: &str, last_ms_of_december: &str) {
+    let mut settings = test_settings();
+    settings.budgets.timezone = zone.into();
+    let clock = kairos_events::Clock::fixed(last_ms_of_december.parse().unwrap());
+    let app = kairos_tests::spawn_app_at(pool, settings, true, clock.clone()).await;
+    let spend = |id: &str, cost: &str| {
+        let mut e = llm_call(id, "acme", cost);
+        e["time"] = json!(
+            clock
+                .now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        );
+        e
+    };
+    let seq = app.ingest(&[spend("dec", "1.25")]).await;
+    let (status, b) = app
+        .get(&format!("/v1/projects/acme/budget?min_seq={seq}"))
+        .await;
+    assert_eq!(status, 200, "{zone}: {b}");
+    assert_eq!(
+        (b["period"].as_str(), b["spent"].as_str()),
+        (Some("2026-12"), Some("1.25")),
+        "{zone}"
+    );
+
+    clock.advance(chrono::TimeDelta::milliseconds(1));
+    let seq = app.ingest(&[spend("jan", "2.50")]).await;
+    let (status, b) = app
+        .get(&format!("/v1/projects/acme/budget?min_seq={seq}"))
+        .await;
+    assert_eq!(status, 200, "{zone}: {b}");
+    assert_eq!(
+        (b["period"].as_str(), b["spent"].as_str()),
+        (Some("2027-01"), Some("2.50")),
+        "{zone}"
+    );
+    let (_, b) = app.get("/v1/projects/acme/budget?period=2026-12").await;
+    assert_eq!(b["spent"], "1.25", "{zone}: December keeps its own spend");
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_current_month_turns_over_at_midnight_utc(pool: PgPool) {
+    the_month_turns_at_local_midnight(pool, "UTC", "2026-12-31T23:59:59.999Z").await;
+}
+
+/// Auckland in summer time is UTC+13: its new year starts at 11:00 UTC on 31 December.
+#[sqlx::test(migrations = false)]
+async fn the_current_month_turns_over_at_midnight_in_auckland(pool: PgPool) {
+    the_month_turns_at_local_midnight(pool, "Pacific/Auckland", "2026-12-31T10:59:59.999Z").await;
+}
+
+/// St John's is UTC-3:30: a half-hour offset behind UTC.
+#[sqlx::test(migrations = false)]
+async fn the_current_month_turns_over_at_midnight_in_st_johns(pool: PgPool) {
+    the_month_turns_at_local_midnight(pool, "America/St_Johns", "2027-01-01T03:29:59.999Z").await;
 }

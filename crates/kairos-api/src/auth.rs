@@ -10,7 +10,6 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
 use kairos_access::commands::Origin;
 use kairos_access::{Denied, Permission, Principal, Role, allows};
 use kairos_events::Event;
@@ -365,7 +364,14 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
         if let Err(limited) = gate.limiter.guessing(ip) {
             return limited.into_response();
         }
-        match kairos_access::authenticate(&gate.st.pool, &gate.st.secret, &token).await {
+        match kairos_access::authenticate(
+            &gate.st.pool,
+            &gate.st.secret,
+            &token,
+            gate.st.clock.now(),
+        )
+        .await
+        {
             Ok(p) => caller.principal = Some(p),
             Err(Denied::Database(e)) => return ApiError::Database(e).into_response(),
             Err(denied) => {
@@ -473,7 +479,7 @@ async fn audit(
     }
     let event = Event::from_value(json!({
         "specversion": "1.0", "id": uuid::Uuid::now_v7().to_string(), "source": "kairos/api",
-        "type": USER_ACTION, "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "type": USER_ACTION, "time": st.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         "datacontenttype": "application/json", "data": data,
     }));
     let result = match event {

@@ -219,6 +219,8 @@ pub struct AppState {
     /// HMAC key of API keys and invitation tokens.
     pub secret: kairos_access::KeySecret,
     pub auth: Arc<AuthSettings>,
+    /// "Now": default budget months, event times, key expiry.
+    pub clock: kairos_events::Clock,
     /// Starts a projection rebuild; `None` where this process cannot (the endpoint answers 503).
     pub replayer: Option<Replayer>,
 }

@@ -25,6 +25,7 @@ fn ctx(st: &AppState) -> Ctx<'_> {
         secret: &st.secret,
         watch: &st.checkpoints,
         wait: Duration::from_millis(st.http.read_wait_ms),
+        clock: &st.clock,
     }
 }
 

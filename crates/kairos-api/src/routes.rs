@@ -376,7 +376,7 @@ impl ReadQuery {
     fn period(&self, st: &AppState) -> Result<Period, ApiError> {
         match &self.period {
             Some(p) => Period::parse(p).map_err(|e| ApiError::bad(e.code, "period", e.message)),
-            None => Ok(Period::containing(Utc::now(), &st.tz)),
+            None => Ok(Period::containing(st.clock.now(), &st.tz)),
         }
     }
 
@@ -451,7 +451,7 @@ async fn ledger_as_of(
     let Some(at) = time_param(Some(raw), "as_of")? else {
         return Err(ApiError::bad("invalid_query", "as_of", "as_of is empty"));
     };
-    if at > Utc::now() {
+    if at > st.clock.now() {
         return Err(ApiError::bad(
             "invalid_query",
             "as_of",
@@ -619,7 +619,7 @@ async fn put_budget(
         "source": "kairos/api",
         "type": BUDGET_SET,
         "subject": project.as_str(),
-        "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "time": st.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "datacontenttype": "application/json",
         "data": data,
     }))

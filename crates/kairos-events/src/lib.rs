@@ -9,12 +9,14 @@
 //!
 //! It does no I/O: no NATS, no database.
 
+mod clock;
 mod domain;
 mod envelope;
 mod error;
 mod schema;
 pub mod types;
 
+pub use clock::Clock;
 pub use domain::{EventType, Money, MoneyError, Period, ProjectId, StreamSeq};
 pub use envelope::{Event, MAX_EVENT_BYTES, parse_batch, parse_binary, parse_structured};
 pub use error::EventError;

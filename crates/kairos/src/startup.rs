@@ -66,6 +66,8 @@ pub struct Kairos {
     pub bus: Bus,
     pub pool: PgPool,
     pub tz: Tz,
+    /// "Now" for the API and the commands; tests pin it.
+    pub clock: kairos_events::Clock,
 }
 
 /// How Kairos pools its PostgreSQL connections (at most `max_connections`).
@@ -106,6 +108,7 @@ impl Kairos {
             bus,
             pool,
             tz,
+            clock: kairos_events::Clock::system(),
         })
     }
 
@@ -167,6 +170,7 @@ impl Kairos {
             secret,
             watch,
             wait: std::time::Duration::from_millis(self.settings.http.read_wait_ms),
+            clock: &self.clock,
         }
     }
 
@@ -183,6 +187,7 @@ impl Kairos {
             secret: self.key_secret().await?,
             auth: Arc::new(self.settings.auth.clone()),
             replayer: Some(self.replayer()),
+            clock: self.clock.clone(),
         }))
     }
 

@@ -12,7 +12,7 @@ use kairos_bus::Bus;
 use kairos_events::types::{
     API_KEY_ISSUED, API_KEY_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
 };
-use kairos_events::{Event, ProjectId};
+use kairos_events::{Clock, Event, ProjectId};
 use kairos_runtime::{CheckpointWatch, WaitError};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -64,6 +64,8 @@ pub struct Ctx<'a> {
     pub watch: &'a CheckpointWatch,
     /// How long to wait for the projection to apply a change.
     pub wait: Duration,
+    /// "Now": event times and expiries.
+    pub clock: &'a Clock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +223,7 @@ async fn record(
     origin.stamp(&mut data);
     let event = Event::from_value(json!({
         "specversion": "1.0", "id": id, "source": origin.source, "type": ty,
-        "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "time": ctx.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         "datacontenttype": "application/json", "data": data,
     }))
     .map_err(|e| CommandError::Invalid {
@@ -301,7 +303,7 @@ pub async fn invite(
     }
     let token = generate_token();
     let invitation_id = uuid::Uuid::new_v4().to_string();
-    let expires_at = Utc::now() + ttl;
+    let expires_at = ctx.clock.now() + ttl;
     let mut data = json!({
         "invitation_id": invitation_id, "email": email, "role": role.as_str(),
         "token_hash": hex(&ctx.secret.hash(&token)),
@@ -368,7 +370,7 @@ pub async fn accept(
             "this invitation was already accepted".into(),
         ));
     }
-    if inv.expires_at <= Utc::now() {
+    if inv.expires_at <= ctx.clock.now() {
         return Err(CommandError::Gone(format!(
             "this invitation expired at {}",
             inv.expires_at
@@ -587,7 +589,7 @@ pub async fn issue_key(
     active_member(tx.db(), member_id).await?;
     let api_key = generate_key();
     let key_id = uuid::Uuid::new_v4().to_string();
-    let expires_at = expires_in.map(|d| Utc::now() + d);
+    let expires_at = expires_in.map(|d| ctx.clock.now() + d);
     let mut data = json!({
         "key_id": key_id, "member_id": member_id, "name": name,
         "lookup": ctx.secret.lookup(&api_key), "hash": hex(&ctx.secret.hash(&api_key)),

@@ -150,6 +150,7 @@ pub async fn authenticate(
     pool: &PgPool,
     secret: &KeySecret,
     key: &str,
+    now: DateTime<Utc>,
 ) -> Result<Principal, Denied> {
     let rows = sqlx::query(
         "SELECT k.key_id, k.hash, k.expires_at, k.revoked_at IS NOT NULL AS revoked,
@@ -172,7 +173,7 @@ pub async fn authenticate(
         return Err(Denied::Revoked { key_id });
     }
     if let Some(at) = row.get::<Option<DateTime<Utc>>, _>("expires_at")
-        && at <= Utc::now()
+        && at <= now
     {
         return Err(Denied::Expired { key_id, at });
     }

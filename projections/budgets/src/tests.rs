@@ -243,3 +243,91 @@ mod properties {
         }
     }
 }
+
+/// The month an event counts in, as the projection decides it: `Period::containing` in the
+/// configured zone, at the event's instant.
+fn month_in(tz: &str, when: &str) -> String {
+    let tz: Tz = tz.parse().unwrap();
+    Period::containing(at(when), &tz).to_string()
+}
+
+#[test]
+fn the_year_turns_at_local_midnight_in_each_zone() {
+    // 31 Dec 23:59:59.999 local → December; 1 Jan 00:00:00.000 local → January.
+    let cases = [
+        // UTC
+        ("UTC", "2026-12-31T23:59:59.999Z", "2026-12"),
+        ("UTC", "2027-01-01T00:00:00Z", "2027-01"),
+        // Auckland in summer time (UTC+13): local midnight is 11:00 UTC the day before.
+        ("Pacific/Auckland", "2026-12-31T10:59:59.999Z", "2026-12"),
+        ("Pacific/Auckland", "2026-12-31T11:00:00Z", "2027-01"),
+        // St John's in standard time (UTC-3:30): a half-hour offset.
+        ("America/St_Johns", "2027-01-01T03:29:59.999Z", "2026-12"),
+        ("America/St_Johns", "2027-01-01T03:30:00Z", "2027-01"),
+    ];
+    for (tz, when, month) in cases {
+        assert_eq!(month_in(tz, when), month, "{when} in {tz}");
+    }
+}
+
+#[test]
+fn a_month_that_starts_after_a_dst_change_starts_at_the_new_offset() {
+    // St John's moves to daylight time (UTC-2:30) on 8 March 2026: 1 April starts at 02:30 UTC,
+    // not at the standard offset's 03:30.
+    assert_eq!(
+        month_in("America/St_Johns", "2026-04-01T02:29:59.999Z"),
+        "2026-03"
+    );
+    assert_eq!(
+        month_in("America/St_Johns", "2026-04-01T02:30:00Z"),
+        "2026-04"
+    );
+    // Auckland leaves daylight time (UTC+13 → UTC+12) on 5 April 2026: 1 April still starts at
+    // UTC+13, 1 May at UTC+12.
+    assert_eq!(
+        month_in("Pacific/Auckland", "2026-03-31T10:59:59.999Z"),
+        "2026-03"
+    );
+    assert_eq!(
+        month_in("Pacific/Auckland", "2026-03-31T11:00:00Z"),
+        "2026-04"
+    );
+    assert_eq!(
+        month_in("Pacific/Auckland", "2026-04-30T11:59:59.999Z"),
+        "2026-04"
+    );
+    assert_eq!(
+        month_in("Pacific/Auckland", "2026-04-30T12:00:00Z"),
+        "2026-05"
+    );
+}
+
+#[test]
+fn spend_on_either_side_of_new_year_lands_in_its_own_month() {
+    let tz: Tz = "Pacific/Auckland".parse().unwrap();
+    let item = |seq, cost, when: &str| match call(seq, "a", cost, when) {
+        Item::Call { seq, at, call, .. } => Item::Call {
+            seq,
+            at,
+            period: Period::containing(at, &tz),
+            call,
+        },
+        other => other,
+    };
+    let mut l = Ledger::default();
+    for i in [
+        item(1, "1.25", "2026-12-31T10:59:59.999Z"),
+        item(2, "2.50", "2026-12-31T11:00:00Z"),
+    ] {
+        l.fold(&i).unwrap();
+    }
+    let dec = Period::parse("2026-12").unwrap();
+    let jan = Period::parse("2027-01").unwrap();
+    let spent = |period| {
+        l.spend
+            .get(&(p("a"), period))
+            .map(|s: &Spend| s.spent.to_string())
+    };
+    assert_eq!(spent(dec).as_deref(), Some("1.25"));
+    assert_eq!(spent(jan).as_deref(), Some("2.50"));
+}

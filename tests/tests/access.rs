@@ -254,7 +254,9 @@ async fn invitations_keys_and_roles_through_their_life(pool: PgPool) {
         )
         .await;
     assert_eq!(status, 201, "{short}");
-    app.kairos.clock.advance(chrono::TimeDelta::milliseconds(1500));
+    app.kairos
+        .clock
+        .advance(chrono::TimeDelta::milliseconds(1500));
     let (status, r) = send(accept(short["accept"].as_str().unwrap())).await;
     assert_eq!(
         (status, r["error"]["code"].as_str()),

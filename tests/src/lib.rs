@@ -30,7 +30,12 @@ pub struct TestApp {
 
 /// Settings for an isolated instance: unique stream and subject prefix, short timeouts.
 pub fn test_settings() -> Settings {
-    let mut s = Settings::from_toml("").expect("the shipped kairos.toml is valid");
+    test_settings_with("")
+}
+
+/// [`test_settings`] over `toml` (say, a module's section).
+pub fn test_settings_with(toml: &str) -> Settings {
+    let mut s = Settings::from_toml(toml).expect("the test's kairos.toml is valid");
     let tag = uuid::Uuid::new_v4().simple().to_string();
     s.nats.url =
         std::env::var("KAIROS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
@@ -77,15 +82,33 @@ pub async fn spawn_app_at(
     projections: bool,
     clock: kairos_events::Clock,
 ) -> TestApp {
-    let mut kairos = Kairos::with_pool(settings, pool)
+    spawn_app_registered(
+        pool,
+        settings,
+        projections,
+        clock,
+        kairos::startup::registry(),
+    )
+    .await
+}
+
+/// As [`spawn_app_at`], running `registry`'s modules (a test registers its own beside the
+/// shipped ones the way the binary does).
+pub async fn spawn_app_registered(
+    pool: PgPool,
+    settings: Settings,
+    projections: bool,
+    clock: kairos_events::Clock,
+    registry: kairos_api::Registry,
+) -> TestApp {
+    let kairos = Kairos::with_registry(settings, pool, registry, clock)
         .await
         .expect("Kairos starts");
-    kairos.clock = clock;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let router = kairos.api().await.expect("api");
+    let router = kairos.api().await.expect("api").router;
     let server = tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, service).await.expect("server runs");
@@ -110,8 +133,8 @@ pub async fn spawn_app_at(
         server,
     };
     if projections {
-        for name in kairos::startup::PROJECTIONS {
-            if *name != kairos_access::NAME {
+        for name in app.kairos.projection_names() {
+            if name != kairos_access::NAME {
                 app.start_projection(name);
             }
         }

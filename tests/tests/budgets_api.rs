@@ -210,18 +210,16 @@ async fn listing_pages_through_projects(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn budgets_from_the_configuration_apply_once_per_value(pool: PgPool) {
-    let mut settings = test_settings();
-    settings.budgets.preset = vec![kairos::configuration::BudgetPreset {
-        project: "from-config".into(),
-        monthly_limit: "42.50".into(),
-        warn_at_percent: 90,
-        on_exceeded: "block".into(),
-        fallback_model: None,
-    }];
+    let settings = kairos_tests::test_settings_with(
+        "[[budgets.preset]]\nproject = \"from-config\"\nmonthly_limit = \"42.50\"\n\
+         warn_at_percent = 90\non_exceeded = \"block\"\n",
+    );
     let app = spawn_app_with(pool, settings, true).await;
-    // Start-up publishes the preset; a restart publishes the same identity again.
-    assert_eq!(app.kairos.apply_budget_presets().await.unwrap(), 1);
-    assert_eq!(app.kairos.apply_budget_presets().await.unwrap(), 1);
+    let presets: kairos_budgets::BudgetSettings = app.kairos.section("budgets").unwrap();
+    let apply = || kairos_budgets::apply_presets(&app.kairos.bus, &presets);
+    // Start-up published the preset; a restart publishes the same identity again.
+    assert_eq!(apply().await.unwrap(), 1);
+    assert_eq!(apply().await.unwrap(), 1);
     let seq = app.kairos.bus.last_seq().await.unwrap().0;
     let (status, b) = app
         .get(&format!("/v1/projects/from-config/budget?min_seq={seq}"))
@@ -239,7 +237,7 @@ async fn budgets_from_the_configuration_apply_once_per_value(pool: PgPool) {
             &json!({"monthly_limit": "7"}),
         )
         .await;
-    app.kairos.apply_budget_presets().await.unwrap();
+    apply().await.unwrap();
     let seq = app
         .kairos
         .bus
@@ -297,8 +295,7 @@ async fn a_project_first_met_after_a_snapshot_mark_keeps_what_it_spent_before(po
 /// "This month" is the month of the injected clock in the configured zone: 31 Dec 23:59:59.999
 /// local is still December, a millisecond later it is January.
 async fn the_month_turns_at_local_midnight(pool: PgPool, zone: &str, last_ms_of_december: &str) {
-    let mut settings = test_settings();
-    settings.budgets.timezone = zone.into();
+    let settings = kairos_tests::test_settings_with(&format!("[budgets]\ntimezone = \"{zone}\""));
     let clock = kairos_events::Clock::fixed(last_ms_of_december.parse().unwrap());
     let app = kairos_tests::spawn_app_at(pool, settings, true, clock.clone()).await;
     let spend = |id: &str, cost: &str| {

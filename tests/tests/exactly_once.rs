@@ -226,7 +226,7 @@ async fn budgets_are_exact_under_duplicates_crashes_and_redelivery(pool: PgPool)
 async fn identities_recorded_by_an_earlier_version_still_dedupe(pool: PgPool) {
     let mut app = spawn_app_with(pool.clone(), test_settings(), false).await;
     sqlx::raw_sql(
-        "DROP TABLE budgets.kairos_applied;
+        "DROP TABLE IF EXISTS budgets.kairos_applied;
          CREATE TABLE budgets.kairos_applied (
              identity bytea PRIMARY KEY CHECK (length(identity) = 32), seq bigint NOT NULL);
          INSERT INTO budgets.kairos_applied VALUES (

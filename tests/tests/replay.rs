@@ -161,11 +161,12 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
     // Let the threshold events the budgets projection emitted land and be folded by audit too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let last = app.kairos.bus.last_seq().await.unwrap().0;
+    let names = app.kairos.projection_names();
     let mut live = BTreeMap::new();
-    for name in kairos::startup::PROJECTIONS {
+    for name in names.iter().copied() {
         app.wait_for(name, last).await;
         let cp = checkpoint(&pool, name).await;
-        live.insert(*name, (digest(&pool, name).await, cp));
+        live.insert(name, (digest(&pool, name).await, cp));
     }
     let (budgets, budgets_cp) = &live["budgets"];
     assert!(
@@ -185,7 +186,6 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
     // Every projection side by side, from one read of the stream (as `kairos replay --all`), in
     // batches of 1,500: the copies re-sent past the window are in other batches than their
     // originals, so the replay's in-memory record of identities is what skips them.
-    let names = kairos::startup::PROJECTIONS;
     let opts = ReplayOptions {
         batch_size: 1_500,
         ..Default::default()

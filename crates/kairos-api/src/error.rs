@@ -139,25 +139,6 @@ pub(crate) struct ErrorInfo {
     pub message: String,
 }
 
-impl From<kairos_access::commands::CommandError> for ApiError {
-    fn from(e: kairos_access::commands::CommandError) -> Self {
-        use kairos_access::commands::CommandError as C;
-        match e {
-            C::Invalid { field, message } => Self::BadRequest {
-                code: "invalid_body",
-                message,
-                field: Some(field),
-            },
-            C::NotFound(m) => Self::NotFound(m),
-            C::Conflict(m) => Self::Conflict(m),
-            C::Gone(m) => Self::Gone(m),
-            C::Database(e) => Self::Database(e),
-            C::Stream(m) => Self::StreamUnavailable(m),
-            C::Behind(m) => Self::NotYetApplied(m),
-        }
-    }
-}
-
 impl From<EventError> for ApiError {
     fn from(e: EventError) -> Self {
         Self::InvalidEvent(e)

@@ -1,16 +1,23 @@
-//! The thin Kairos HTTP API: ingest CloudEvents, read projections.
+//! The thin Kairos HTTP API and the module registry it composes.
 //!
 //! Handlers parse, call and answer. Ingest validates with `kairos-events` and answers only after
 //! JetStream acknowledged (invariant 3). Reads come from projection tables (invariant 6); writes
 //! made here (a budget) are events too, and the answer carries the stream sequence, so a client
 //! reads its own write with `?min_seq=`.
 //!
+//! This crate serves what every module shares (ingest, the stream, projection status, metrics,
+//! health, who-am-I) and composes the routes projection modules declare ([`Module`]): each module
+//! crate depends on this one, never the reverse. [`roles`] is the permission matrix one
+//! middleware enforces for every route, and [`extract`] the extractors handlers share.
+//!
 //! Not here: projection logic, history computation, configuration loading.
 
 mod auth;
 mod error;
+pub mod extract;
 mod limits;
-mod members;
+pub mod module;
+pub mod roles;
 mod routes;
 
 use std::sync::Arc;
@@ -20,7 +27,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
-use chrono_tz::Tz;
 use kairos_bus::Bus;
 use kairos_runtime::CheckpointWatch;
 use serde::Deserialize;
@@ -29,8 +35,16 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use auth::{Caller, ENDPOINTS, Endpoint, Guard, admits, endpoint, permission_table};
+pub use auth::{
+    AuditNote, Caller, Endpoint, Endpoints, Guard, PLATFORM_ENDPOINTS, Recorded, admits,
+    permission_table,
+};
 pub use error::ApiError;
+pub use module::{
+    Configured, EventRule, Host, Module, ModuleConfig, ModuleError, Publish, Registry, Routes,
+    Started,
+};
+pub use roles::{Authenticator, Denied, Origin, Permission, Principal, Role, allows};
 
 /// The `[http]` section of `kairos.toml`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -213,21 +227,22 @@ pub struct AppState {
     pub pool: PgPool,
     pub checkpoints: CheckpointWatch,
     pub http: Arc<HttpSettings>,
-    /// Time zone of budget months.
-    pub tz: Tz,
     pub counters: Arc<Counters>,
-    /// HMAC key of API keys and invitation tokens.
-    pub secret: kairos_access::KeySecret,
     pub auth: Arc<AuthSettings>,
+    /// Who a key belongs to (provided by the access module).
+    pub authenticator: Arc<dyn Authenticator>,
+    /// The modules being served: who may publish which event type, which projections exist.
+    pub registry: Registry,
     /// "Now": default budget months, event times, key expiry.
     pub clock: kairos_events::Clock,
     /// Starts a projection rebuild; `None` where this process cannot (the endpoint answers 503).
     pub replayer: Option<Replayer>,
 }
 
-/// The whole API as a router, with its middleware. Serve it with
+/// The whole API as a router, with its middleware: the platform's routes and `modules`' (each
+/// module's routes with what its [`Configured::start`] gave them). Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so rate limits apply per client address.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, modules: Vec<(Routes, Started)>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = Duration::from_millis(state.http.request_timeout_ms);
     let body_limit = state.http.body_limit_bytes;
@@ -235,12 +250,21 @@ pub fn router(state: AppState) -> Router {
         state.http.rate_limit_per_second,
         state.http.rate_limit_burst,
     );
+    let mut endpoints = PLATFORM_ENDPOINTS.to_vec();
+    let mut router = routes::routes();
+    for (routes, started) in modules {
+        endpoints.extend_from_slice(routes.endpoints());
+        router = router.merge(routes.into_router(started));
+    }
     let gate = auth::Gate {
         st: state.clone(),
         limiter: limiter.clone(),
+        endpoints: Arc::new(Endpoints::new(endpoints)),
     };
     let header_limit = state.http.max_header_bytes;
-    let router = routes::routes()
+    let router = router
+        .fallback(routes::unknown_route)
+        .method_not_allowed_fallback(routes::wrong_method)
         .route_layer(axum::middleware::from_fn_with_state(gate, auth::guard))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(

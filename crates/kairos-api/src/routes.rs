@@ -3,65 +3,41 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use chrono::Utc;
-use kairos_access::Permission;
-use kairos_budgets as budgets;
-use kairos_events::types::{BUDGET_SET, IDENTITY, is_reserved};
-use kairos_events::{
-    Event, EventError, Period, ProjectId, parse_batch, parse_binary, parse_structured,
-};
+use kairos_events::types::IDENTITY;
+use kairos_events::{Event, EventError, ProjectId, parse_batch, parse_binary, parse_structured};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::auth::{AuditNote, Caller, Recorded};
-use crate::members;
-use crate::{ApiError, AppState};
+use crate::auth::{AuditNote, Caller};
+use crate::extract::{QueryParams, body_bytes, limit_param, media_type, time_param};
+use crate::module::Publish;
+use crate::roles::{Permission, Principal};
+use crate::{ApiError, AppState, ReplayRefused};
 
+/// The platform's routes (their guards are in [`crate::PLATFORM_ENDPOINTS`]).
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route(
-            "/v1/projects/{project}/budget",
-            get(get_budget).put(put_budget),
-        )
-        .route("/v1/budgets", get(list_budgets))
         .route("/v1/projections", get(projections))
         .route("/v1/events", get(list_events).post(ingest))
-        .route("/v1/audit", get(list_audit))
-        .route("/v1/audit/export", get(export_audit))
-        .route("/v1/me", get(members::me))
-        .route("/v1/projections/{name}/replay", post(members::replay))
-        .route("/v1/members", get(members::list_members))
-        .route("/v1/members/{id}/role", put(members::set_role))
-        .route("/v1/members/{id}", delete(members::remove_member))
-        .route(
-            "/v1/invitations",
-            get(members::list_invitations).post(members::invite),
-        )
-        .route("/v1/invitations/{token}/accept", post(members::accept))
-        .route(
-            "/v1/api-keys",
-            get(members::list_keys).post(members::issue_key),
-        )
-        .route("/v1/api-keys/{id}", delete(members::revoke_key))
-        .fallback(unknown_route)
-        .method_not_allowed_fallback(wrong_method)
+        .route("/v1/me", get(me))
+        .route("/v1/projections/{name}/replay", post(replay))
 }
 
-async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+pub(crate) async fn unknown_route(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route {}", uri.path()))
 }
 
-async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+pub(crate) async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
@@ -77,34 +53,6 @@ async fn ready(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
         .await
         .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
     Ok(Json(json!({"status": "ready", "stream_last_seq": seq.0})))
-}
-
-pub(crate) fn body_bytes(
-    st: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: st.http.body_limit_bytes,
-            }
-        } else {
-            ApiError::bad("invalid_body", "body", rejection.body_text())
-        }
-    })
-}
-
-pub(crate) fn media_type(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|ct| {
-            ct.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
 }
 
 enum Mode {
@@ -171,7 +119,7 @@ async fn ingest(
     let principal = caller.principal()?;
     let parsed = parsed
         .into_iter()
-        .map(|r| r.and_then(|e| admit(principal, e)));
+        .map(|r| r.and_then(|e| admit(&st, principal, e)));
     // Move the valid events out (no copies): `slots` keeps each one's place in the request.
     let mut valid = Vec::with_capacity(parsed.len());
     let slots: Vec<Result<usize, EventError>> = parsed
@@ -305,11 +253,13 @@ struct OutcomeError<'a> {
     field: Option<&'a str>,
 }
 
-/// Whether `principal` may publish `event`: never a reserved type (identity changes go through
-/// their endpoints), budgets only with `manage_budgets`, and only to projects its role reaches.
-fn admit(principal: &kairos_access::Principal, event: Event) -> Result<Event, EventError> {
+/// Whether `principal` may publish `event`: never a type only Kairos publishes (identity changes
+/// go through their endpoints), a type a module guards only with the permission it names, and
+/// only to projects its role reaches.
+fn admit(st: &AppState, principal: &Principal, event: Event) -> Result<Event, EventError> {
     let ty = event.event_type().as_str();
-    if is_reserved(ty) {
+    let rule = st.registry.publish_rule(ty);
+    if rule == Publish::KairosOnly {
         return Err(EventError::field(
             "reserved_type",
             "type",
@@ -325,11 +275,16 @@ fn admit(principal: &kairos_access::Principal, event: Event) -> Result<Event, Ev
             "sources starting with kairos/ are Kairos's own; name your producer",
         ));
     }
-    if ty == BUDGET_SET && !principal.can(Permission::ManageBudgets) {
+    if let Publish::With(needed) = rule
+        && !principal.can(needed)
+    {
         return Err(EventError::field(
             "forbidden",
             "type",
-            format!("role {} may not set budgets", principal.role),
+            format!(
+                "role {} may not publish {ty}: it needs {needed}",
+                principal.role
+            ),
         ));
     }
     if principal.projects.is_some() {
@@ -352,303 +307,6 @@ fn admit(principal: &kairos_access::Principal, event: Event) -> Result<Event, Ev
         }
     }
     Ok(event)
-}
-
-fn project_param(raw: &str) -> Result<ProjectId, ApiError> {
-    ProjectId::parse(raw).map_err(|e| ApiError::bad(e.code, "project", e.message))
-}
-
-#[derive(Debug, Deserialize)]
-struct ReadQuery {
-    period: Option<String>,
-    as_of: Option<String>,
-    min_seq: Option<String>,
-    limit: Option<String>,
-    after: Option<String>,
-}
-
-fn query(q: Result<Query<ReadQuery>, QueryRejection>) -> Result<ReadQuery, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::bad("invalid_query", "query", e.body_text()))
-}
-
-impl ReadQuery {
-    fn period(&self, st: &AppState) -> Result<Period, ApiError> {
-        match &self.period {
-            Some(p) => Period::parse(p).map_err(|e| ApiError::bad(e.code, "period", e.message)),
-            None => Ok(Period::containing(st.clock.now(), &st.tz)),
-        }
-    }
-
-    /// Waits until the budgets projection applied `min_seq`, if given.
-    async fn wait(&self, st: &AppState) -> Result<(), ApiError> {
-        let Some(raw) = &self.min_seq else {
-            return Ok(());
-        };
-        let seq: u64 = raw.parse().map_err(|_| {
-            ApiError::bad(
-                "invalid_query",
-                "min_seq",
-                "min_seq must be a non-negative integer",
-            )
-        })?;
-        let wait = Duration::from_millis(st.http.read_wait_ms);
-        match st.checkpoints.wait_for(budgets::NAME, seq, wait).await {
-            Ok(_) => Ok(()),
-            Err(kairos_runtime::WaitError::Database(e)) => Err(ApiError::Database(e)),
-            Err(e) => Err(ApiError::NotYetApplied(e.to_string())),
-        }
-    }
-}
-
-/// `GET /v1/projects/{project}/budget?period=&min_seq=&as_of=`
-async fn get_budget(
-    State(st): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(project): Path<String>,
-    q: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<budgets::BudgetView>, ApiError> {
-    let project = project_param(&project)?;
-    caller.reach(project.as_str())?;
-    let q = query(q)?;
-    if let Some(raw) = &q.as_of {
-        return budget_as_of(&st, &project, &q, raw).await.map(Json);
-    }
-    let period = q.period(&st)?;
-    q.wait(&st).await?;
-    budgets::read(&st.pool, &project, period)
-        .await?
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "project {project} has no budget and no spend in {period}"
-            ))
-        })
-}
-
-/// The last stream sequence stored at or before `at`.
-async fn seq_at_time(
-    st: &AppState,
-    at: chrono::DateTime<Utc>,
-) -> Result<kairos_events::StreamSeq, ApiError> {
-    kairos_runtime::seq_at_time(&st.bus, &st.pool, at)
-        .await
-        .map_err(|e| match e {
-            kairos_runtime::HistoryError::Database(e) => ApiError::Database(e),
-            other => ApiError::StreamUnavailable(other.to_string()),
-        })
-}
-
-/// The budgets ledger as it stood at `as_of` (from the nearest snapshot plus the events after
-/// it; with `project`, only that project's), with the period asked for (default: the month
-/// containing `as_of`).
-async fn ledger_as_of(
-    st: &AppState,
-    q: &ReadQuery,
-    raw: &str,
-    project: Option<&ProjectId>,
-) -> Result<(budgets::Ledger, Period, u64), ApiError> {
-    let Some(at) = time_param(Some(raw), "as_of")? else {
-        return Err(ApiError::bad("invalid_query", "as_of", "as_of is empty"));
-    };
-    if at > st.clock.now() {
-        return Err(ApiError::bad(
-            "invalid_query",
-            "as_of",
-            "as_of is in the future; omit it for the current state",
-        ));
-    }
-    let period = match &q.period {
-        Some(_) => q.period(st)?,
-        None => Period::containing(at, &st.tz),
-    };
-    let wait = Duration::from_millis(st.http.read_wait_ms);
-    let applied = |seq: kairos_events::StreamSeq| async move {
-        match st.checkpoints.wait_for(budgets::NAME, seq.0, wait).await {
-            Ok(_) => Ok(()),
-            Err(kairos_runtime::WaitError::Database(e)) => Err(budgets::AsOfError::Database(e)),
-            Err(e) => Err(budgets::AsOfError::NotYetApplied(e.to_string())),
-        }
-    };
-    let (ledger, seq) = budgets::Budgets { tz: st.tz }
-        .ledger_at(&st.bus, &st.pool, at, project, applied)
-        .await
-        .map_err(|e| match e {
-            budgets::AsOfError::Database(e)
-            | budgets::AsOfError::History(kairos_runtime::HistoryError::Database(e)) => {
-                ApiError::Database(e)
-            }
-            budgets::AsOfError::NotYetApplied(e) => ApiError::NotYetApplied(e),
-            budgets::AsOfError::History(e @ kairos_runtime::HistoryError::Gone { .. }) => {
-                ApiError::bad("history_gone", "as_of", e.to_string())
-            }
-            other => ApiError::StreamUnavailable(other.to_string()),
-        })?;
-    Ok((ledger, period, seq.0))
-}
-
-async fn budget_as_of(
-    st: &AppState,
-    project: &ProjectId,
-    q: &ReadQuery,
-    raw: &str,
-) -> Result<budgets::BudgetView, ApiError> {
-    let (ledger, period, seq) = ledger_as_of(st, q, raw, Some(project)).await?;
-    ledger.view(project, period, seq).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "project {project} had no budget and no spend in {period} at {raw}"
-        ))
-    })
-}
-
-/// `limit=`: 1 to 1000, 100 by default.
-fn limit_param(raw: &Option<String>) -> Result<usize, ApiError> {
-    match raw {
-        None => Ok(100),
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "invalid_query",
-                    "limit",
-                    "limit must be an integer from 1 to 1000",
-                )
-            }),
-    }
-}
-
-/// `GET /v1/budgets?period=&min_seq=&limit=&after=`
-async fn list_budgets(
-    State(st): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    q: Result<Query<ReadQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let principal = caller.principal()?;
-    let q = query(q)?;
-    let period = q.period(&st)?;
-    let limit = limit_param(&q.limit)? as i64;
-    if let Some(after) = &q.after {
-        project_param(after)
-            .map_err(|_| ApiError::bad("invalid_query", "after", "after must be a project id"))?;
-    }
-    if let Some(raw) = &q.as_of {
-        let (ledger, period, seq) = ledger_as_of(&st, &q, raw, None).await?;
-        let items: Vec<_> = ledger
-            .views(period, seq)
-            .into_iter()
-            .filter(|b| q.after.as_deref().is_none_or(|a| b.project.as_str() > a))
-            .filter(|b| principal.reaches(b.project.as_str()))
-            .take(usize::try_from(limit).unwrap_or(100))
-            .collect();
-        let next = (items.len() as i64 == limit)
-            .then(|| items.last().map(|b| b.project.clone()))
-            .flatten();
-        return Ok(Json(
-            json!({"period": period, "as_of": raw, "as_of_seq": seq,
-                               "budgets": items, "next_after": next}),
-        ));
-    }
-    q.wait(&st).await?;
-    // A role narrowed to projects sees only those.
-    let only = principal.projects.as_deref();
-    let items = budgets::list(&st.pool, period, q.after.as_deref(), limit, only).await?;
-    let next = (items.len() as i64 == limit)
-        .then(|| items.last().map(|b| b.project.clone()))
-        .flatten();
-    Ok(Json(
-        json!({"period": period, "budgets": items, "next_after": next}),
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BudgetBody {
-    monthly_limit: Value,
-    warn_at_percent: Option<Value>,
-    on_exceeded: Option<Value>,
-    fallback_model: Option<Value>,
-}
-
-/// `PUT /v1/projects/{project}/budget`: records a `kairos.budget.set.v1` event.
-async fn put_budget(
-    State(st): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(project): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let project = project_param(&project)?;
-    caller.reach(project.as_str())?;
-    let body = body_bytes(&st, body)?;
-    if let Some(m) = media_type(&headers)
-        && m != "application/json"
-    {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "{m}: send application/json"
-        )));
-    }
-    let b: BudgetBody = serde_json::from_slice(&body).map_err(|e| {
-        // serde names the offending field as "unknown field `x`" / "missing field `x`".
-        let msg = e.to_string();
-        let field = ["unknown field `", "missing field `"]
-            .iter()
-            .find_map(|p| msg.strip_prefix(p))
-            .and_then(|rest| rest.split('`').next())
-            .unwrap_or("body")
-            .to_owned();
-        ApiError::bad("invalid_body", field, msg)
-    })?;
-    // A limit is a decimal string ("10.00"); a JSON number is read from its text as well.
-    let limit = kairos_events::Money::from_json(&b.monthly_limit)
-        .map_err(|e| ApiError::bad("invalid_body", "monthly_limit", e.to_string()))?;
-    let mut data = json!({
-        "project": project.as_str(),
-        "monthly_limit": limit.to_string(),
-        "warn_at_percent": b.warn_at_percent.unwrap_or(json!(80)),
-        "on_exceeded": b.on_exceeded.unwrap_or(json!("fallback_to_local")),
-    });
-    if let Some(m) = b.fallback_model {
-        data["fallback_model"] = m;
-    }
-    caller.origin().stamp(&mut data);
-    let event = Event::from_value(json!({
-        "specversion": "1.0",
-        "id": uuid::Uuid::now_v7().to_string(),
-        "source": "kairos/api",
-        "type": BUDGET_SET,
-        "subject": project.as_str(),
-        "time": st.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "datacontenttype": "application/json",
-        "data": data,
-    }))
-    .map_err(|e| {
-        let field = e
-            .field
-            .as_deref()
-            .map(|f| f.trim_start_matches("data.").to_owned());
-        ApiError::BadRequest {
-            code: e.code,
-            message: e.message,
-            field,
-        }
-    })?;
-    let receipt = st
-        .bus
-        .publish_event(&event)
-        .await
-        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
-    let body = json!({
-        "project": project.as_str(),
-        "event_id": event.id(),
-        "seq": receipt.seq.0,
-        "budget": format!("/v1/projects/{project}/budget?min_seq={}", receipt.seq.0),
-    });
-    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-    // The budget.set event carries the actor: it is this write's audit entry.
-    response.extensions_mut().insert(Recorded);
-    Ok(response)
 }
 
 /// `GET /v1/projections`: each projection's checkpoint and lag behind the stream.
@@ -745,32 +403,14 @@ struct EventsQuery {
 /// Most stream messages one `GET /v1/events` request scans for matches.
 const MAX_SCAN: usize = 20_000;
 
-fn time_param(raw: Option<&str>, field: &str) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
-    raw.map(|t| {
-        chrono::DateTime::parse_from_rfc3339(t)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| {
-                ApiError::bad(
-                    "invalid_query",
-                    field,
-                    format!("{field} must be an RFC 3339 time: {e}"),
-                )
-            })
-    })
-    .transpose()
-}
-
 /// `GET /v1/events?from=&to=&type=&project=&after=&limit=`: the stream itself, oldest first,
 /// paged by sequence (`after` = the previous page's `next_after`).
 /// Needs `read_audit` (admins, never narrowed to projects): the stream holds every user action
 /// and identity change.
 async fn list_events(
     State(st): State<AppState>,
-    q: Result<Query<EventsQuery>, QueryRejection>,
+    QueryParams(q): QueryParams<EventsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let q = q
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad("invalid_query", "query", e.body_text()))?;
     let from = time_param(q.from.as_deref(), "from")?;
     let to = time_param(q.to.as_deref(), "to")?;
     let after = q
@@ -782,7 +422,7 @@ async fn list_events(
             })
         })
         .transpose()?;
-    let limit = limit_param(&q.limit)?;
+    let limit = limit_param(q.limit.as_deref())?;
     let filter = match &q.project {
         Some(p) => {
             let p = ProjectId::parse(p).map_err(|e| ApiError::bad(e.code, "project", e.message))?;
@@ -864,166 +504,38 @@ fn redact_identity(event: &mut Value) {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct AuditQuery {
-    actor: Option<String>,
-    action: Option<String>,
-    resource: Option<String>,
-    outcome: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<String>,
-    cursor: Option<String>,
-    as_of: Option<String>,
-    min_seq: Option<String>,
-    format: Option<String>,
-}
-
-fn seq_param(raw: Option<&str>, field: &str) -> Result<Option<u64>, ApiError> {
-    raw.map(|s| {
-        s.parse::<u64>().map_err(|_| {
-            ApiError::bad(
-                "invalid_query",
-                field,
-                format!("{field} must be a stream sequence"),
-            )
-        })
-    })
-    .transpose()
-}
-
-impl AuditQuery {
-    async fn filter(&self, st: &AppState) -> Result<kairos_audit::Filter, ApiError> {
-        for (field, value) in [
-            ("actor", &self.actor),
-            ("action", &self.action),
-            ("resource", &self.resource),
-            ("outcome", &self.outcome),
-        ] {
-            if value
-                .as_ref()
-                .is_some_and(|v| v.is_empty() || v.len() > 500)
-            {
-                return Err(ApiError::bad(
-                    "invalid_query",
-                    field,
-                    format!("{field} must be 1-500 characters"),
-                ));
-            }
-        }
-        let upto_seq = match time_param(self.as_of.as_deref(), "as_of")? {
-            Some(at) => Some(seq_at_time(st, at).await?.0),
-            None => None,
-        };
-        let wait_seq = upto_seq.or(seq_param(self.min_seq.as_deref(), "min_seq")?);
-        if let Some(seq) = wait_seq {
-            let wait = Duration::from_millis(st.http.read_wait_ms);
-            match st.checkpoints.wait_for(kairos_audit::NAME, seq, wait).await {
-                Ok(_) => {}
-                Err(kairos_runtime::WaitError::Database(e)) => return Err(ApiError::Database(e)),
-                Err(e) => return Err(ApiError::NotYetApplied(e.to_string())),
-            }
-        }
-        Ok(kairos_audit::Filter {
-            actor: self.actor.clone(),
-            action: self.action.clone(),
-            resource: self.resource.clone(),
-            outcome: self.outcome.clone(),
-            from: time_param(self.from.as_deref(), "from")?,
-            to: time_param(self.to.as_deref(), "to")?,
-            before_seq: seq_param(self.cursor.as_deref(), "cursor")?,
-            upto_seq,
-            after_seq: None,
-        })
-    }
-}
-
-/// `GET /v1/audit?actor=&action=&resource=&outcome=&from=&to=&limit=&cursor=&as_of=`: newest
-/// first; `cursor` is the previous page's `next_cursor`.
-async fn list_audit(
-    State(st): State<AppState>,
-    q: Result<Query<AuditQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let q = q
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad("invalid_query", "query", e.body_text()))?;
-    let limit = limit_param(&q.limit)?;
-    let filter = q.filter(&st).await?;
-    let entries = kairos_audit::query(&st.pool, &filter, limit as i64, false).await?;
-    let next = (entries.len() == limit)
-        .then(|| entries.last().map(|e| e.entry.seq))
-        .flatten();
-    let entries: Vec<Value> = entries
-        .iter()
-        .map(kairos_audit::StoredEntry::to_json)
+/// `GET /v1/me`: who the key belongs to.
+async fn me(Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
+    let p = caller.principal()?;
+    let permissions: Vec<&str> = Permission::ALL
+        .into_iter()
+        .filter(|perm| p.can(*perm))
+        .map(Permission::as_str)
         .collect();
-    Ok(Json(json!({"entries": entries, "next_cursor": next})))
+    Ok(Json(json!({
+        "member_id": p.member_id, "email": p.email, "role": p.role, "projects": p.projects,
+        "key_id": p.key_id, "permissions": permissions,
+    })))
 }
 
-/// `GET /v1/audit/export?from=&to=&format=jsonl|csv` (and the list filters): every matching entry,
-/// oldest first, streamed.
-async fn export_audit(
+/// `POST /v1/projections/{name}/replay`: starts a rebuild in the background; follow it on
+/// `GET /v1/projections` (`generations_being_rebuilt`).
+async fn replay(
     State(st): State<AppState>,
-    q: Result<Query<AuditQuery>, QueryRejection>,
+    Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let q = q
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad("invalid_query", "query", e.body_text()))?;
-    let csv = match q.format.as_deref() {
-        None | Some("jsonl") => false,
-        Some("csv") => true,
-        Some(_) => {
-            return Err(ApiError::bad(
-                "invalid_query",
-                "format",
-                "format must be jsonl or csv",
-            ));
-        }
+    let Some(replayer) = &st.replayer else {
+        return Err(ApiError::StreamUnavailable(
+            "this process cannot rebuild projections; run `kairos replay`".into(),
+        ));
     };
-    let filter = q.filter(&st).await?;
-    let pool = st.pool.clone();
-    let first = if csv {
-        Some(Bytes::from_static(kairos_audit::CSV_HEADER.as_bytes()))
-    } else {
-        None
-    };
-    // Pages of 1000 by sequence, so an export of years of history never sits in memory.
-    let pages = futures_util::stream::unfold(Some(filter), move |state| {
-        let pool = pool.clone();
-        async move {
-            let mut filter = state?;
-            match kairos_audit::query(&pool, &filter, 1000, true).await {
-                Ok(rows) if rows.is_empty() => None,
-                Ok(rows) => {
-                    let mut chunk = String::new();
-                    for r in &rows {
-                        if csv {
-                            chunk.push_str(&r.to_csv());
-                        } else {
-                            chunk.push_str(&r.to_json().to_string());
-                            chunk.push('\n');
-                        }
-                    }
-                    filter.after_seq = rows.last().map(|r| r.entry.seq);
-                    let next = (rows.len() == 1000).then_some(filter);
-                    Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), next))
-                }
-                Err(e) => Some((Err(std::io::Error::other(e)), None)),
-            }
-        }
-    });
-    let body = futures_util::StreamExt::chain(
-        futures_util::stream::iter(first.map(Ok::<_, std::io::Error>)),
-        pages,
-    );
-    let ct = if csv {
-        "text/csv; charset=utf-8"
-    } else {
-        "application/x-ndjson"
-    };
-    Ok((
-        [(header::CONTENT_TYPE, ct)],
-        axum::body::Body::from_stream(body),
-    )
-        .into_response())
+    match replayer(&name) {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"projection": name, "generation": format!("{name}@next"), "progress": "/v1/projections"})),
+        )
+            .into_response()),
+        Err(ReplayRefused::Unknown(m)) => Err(ApiError::NotFound(m)),
+        Err(ReplayRefused::Running(m)) => Err(ApiError::Conflict(m)),
+    }
 }

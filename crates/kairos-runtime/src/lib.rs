@@ -17,7 +17,9 @@
 //! It is not a place for projection logic: nothing here knows what a budget is.
 
 mod apply;
+mod dynamic;
 mod history;
+mod migrate;
 mod replay;
 mod runner;
 mod store;
@@ -29,10 +31,12 @@ use chrono::{DateTime, Utc};
 use kairos_events::{Event, StreamSeq};
 
 pub use apply::{Delivered, Target, writer_lock};
+pub use dynamic::AnyProjection;
 pub use history::{
     AsOfSpan, HistoryError, SpanItems, as_of_span, first_applied, items_between, seq_at_time,
     snapshot_at,
 };
+pub use migrate::{MigrationError, RUNTIME_MIGRATIONS, migrate, module_table};
 pub use replay::{Progress, ReplayOptions, ReplayReport, Seat, replay, shared_read};
 pub use runner::{Runner, RunnerConfig, RunnerError};
 

@@ -356,7 +356,7 @@ impl Instance {
     async fn serve_api(&self) -> anyhow::Result<(String, AbortOnDrop<std::io::Result<()>>)> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        let api = self.k.api().await?;
+        let api = self.k.api().await?.router;
         Ok((
             base,
             AbortOnDrop(tokio::spawn(
@@ -411,7 +411,7 @@ async fn measure_kairos(
     let k = &instance.k;
     let (base, _server) = instance.serve_api().await?;
     let at = Utc::now();
-    let period = Period::containing(at, &k.tz);
+    let period = Period::containing(at, &budget_zone(k)?);
     let http = instance.client()?;
 
     let (events, mut sent) = llm_calls(run_id, "ingest", opts.events, at)?;
@@ -859,7 +859,7 @@ async fn measure_history(
 ) -> anyhow::Result<History> {
     let k = &instance.k;
     let at = Utc::now();
-    let period = Period::containing(at, &k.tz);
+    let period = Period::containing(at, &budget_zone(k)?);
     // Build and publish in chunks: a million events do not sit in memory at once.
     let started = Instant::now();
     let mut sent = 0;
@@ -883,11 +883,12 @@ async fn measure_history(
     );
 
     let started = Instant::now();
-    let _live: Vec<AbortOnDrop<_>> = crate::startup::PROJECTIONS
+    let names = k.projection_names();
+    let _live: Vec<AbortOnDrop<_>> = names
         .iter()
         .map(|name| k.spawn_projection(name).map(AbortOnDrop))
         .collect::<anyhow::Result<_>>()?;
-    for name in crate::startup::PROJECTIONS {
+    for name in &names {
         loop {
             let reached = kairos_runtime::checkpoint(&k.pool, name)
                 .await?
@@ -908,15 +909,15 @@ async fn measure_history(
     // As `kairos replay --all` does: every projection at once, from one read of the stream.
     let started = Instant::now();
     let opts_replay = kairos_runtime::ReplayOptions::default();
-    let seats = k.shared_read(crate::startup::PROJECTIONS.len(), &opts_replay);
+    let seats = k.shared_read(names.len(), &opts_replay);
     let reports = futures_util::future::try_join_all(
-        crate::startup::PROJECTIONS
+        names
             .iter()
             .zip(seats)
             .map(|(name, seat)| k.replay(name, &opts_replay, Some(seat), |_| {})),
     )
     .await?;
-    for (name, report) in crate::startup::PROJECTIONS.iter().zip(reports) {
+    for (name, report) in names.iter().zip(reports) {
         ensure!(
             report.switched && report.reached.0 == last,
             "{name} replay stopped at {}",
@@ -1055,4 +1056,15 @@ fn print_rows(rows: impl IntoIterator<Item = Row>) {
             r.name, r.value, r.unit, ratio, target
         );
     }
+}
+
+/// The time zone budget months are taken in, from the `[budgets]` section.
+fn budget_zone(k: &Kairos) -> anyhow::Result<chrono_tz::Tz> {
+    let settings: kairos_budgets::BudgetSettings = k.section("budgets")?;
+    settings.timezone.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "budgets.timezone {:?} is not a time zone",
+            settings.timezone
+        )
+    })
 }

@@ -2,29 +2,31 @@
 
 use std::path::Path;
 
-use chrono_tz::Tz;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use kairos_api::{AuthSettings, HttpSettings};
 use kairos_bus::BusConfig;
-use kairos_events::{Money, ProjectId};
 use kairos_runtime::RunnerConfig;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 /// The shipped `kairos.toml`: every default, in one readable place.
 pub const DEFAULTS: &str = include_str!("../../../kairos.toml");
 
+/// The platform's sections, each validated here; every other top-level section belongs to a
+/// module (`[budgets]`, …), which reads and validates its own (`startup::configure`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub http: HttpSettings,
     pub auth: AuthSettings,
     pub nats: BusConfig,
     pub database: DatabaseSettings,
     pub projections: RunnerConfig,
-    pub budgets: BudgetSettings,
     pub log: LogSettings,
     pub demo: DemoSettings,
+    /// The modules' sections, by key, as written.
+    #[serde(flatten)]
+    pub modules: BTreeMap<String, figment::value::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -32,36 +34,6 @@ pub struct Settings {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BudgetSettings {
-    /// IANA time zone of budget months.
-    pub timezone: String,
-    #[serde(default)]
-    pub preset: Vec<BudgetPreset>,
-}
-
-/// A budget set from the configuration at start-up.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BudgetPreset {
-    pub project: String,
-    pub monthly_limit: String,
-    #[serde(default = "default_warn")]
-    pub warn_at_percent: u8,
-    #[serde(default = "default_policy")]
-    pub on_exceeded: String,
-    pub fallback_model: Option<String>,
-}
-
-fn default_warn() -> u8 {
-    80
-}
-
-fn default_policy() -> String {
-    "fallback_to_local".into()
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -141,41 +113,12 @@ impl Settings {
                 "database.max_connections must be between 2 and 1000".into(),
             ));
         }
-        self.timezone()?;
-        for (i, p) in self.budgets.preset.iter().enumerate() {
-            let key = |k: &str| format!("budgets.preset[{i}].{k}");
-            ProjectId::parse(&p.project)
-                .map_err(|e| invalid(format!("{}: {}", key("project"), e.message)))?;
-            Money::parse(&p.monthly_limit)
-                .map_err(|e| invalid(format!("{}: {e}", key("monthly_limit"))))?;
-            if !(1..=100).contains(&p.warn_at_percent) {
-                return Err(invalid(format!(
-                    "{} must be between 1 and 100",
-                    key("warn_at_percent")
-                )));
-            }
-            if kairos_events::types::OnExceeded::parse(&p.on_exceeded).is_none() {
-                return Err(invalid(format!(
-                    "{} must be fallback_to_local or block",
-                    key("on_exceeded")
-                )));
-            }
-        }
         if !(1..=100_000).contains(&self.demo.events_per_second) {
             return Err(invalid(
                 "demo.events_per_second must be between 1 and 100000".into(),
             ));
         }
         Ok(())
-    }
-
-    pub fn timezone(&self) -> Result<Tz, ConfigError> {
-        self.budgets.timezone.parse::<Tz>().map_err(|_| {
-            ConfigError::Invalid(format!(
-                "budgets.timezone {:?} is not an IANA time zone such as UTC or Europe/Berlin",
-                self.budgets.timezone
-            ))
-        })
     }
 }
 
@@ -195,11 +138,22 @@ fn env_overrides() -> Env {
 mod tests {
     use super::*;
 
+    /// The platform's checks, then every module's, as start-up runs them.
+    fn check(text: &str) -> Result<Settings, ConfigError> {
+        let s = Settings::from_toml(text)?;
+        crate::startup::configure(
+            &s,
+            &crate::startup::registry(),
+            &kairos_events::Clock::system(),
+        )?;
+        Ok(s)
+    }
+
     #[test]
     fn the_shipped_file_is_valid() {
-        let s = Settings::from_toml("").unwrap();
+        let s = check("").unwrap();
         assert_eq!(s.nats.subject_prefix, "kairos");
-        assert_eq!(s.timezone().unwrap(), chrono_tz::UTC);
+        assert!(s.modules.contains_key("budgets"), "{:?}", s.modules.keys());
     }
 
     #[test]
@@ -255,9 +209,12 @@ mod tests {
                 "auth.bootstrap_admin_email",
             ),
             ("[auth]\nopen_by_default = true", "open_by_default"),
+            ("[surprise]\nx = 1", "[surprise]"),
+            ("[budgets]\nsurprise = 1", "surprise"),
+            ("[budgets]\ntimezone = 5", "budgets.timezone"),
         ];
         for (text, key) in cases {
-            let err = Settings::from_toml(text).unwrap_err().to_string();
+            let err = check(text).unwrap_err().to_string();
             assert!(
                 err.contains(key),
                 "{text:?} gave {err:?}, which does not name {key}"

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kairos::configuration::Settings;
-use kairos::startup::{Kairos, MIGRATOR, PROJECTIONS, redact};
+use kairos::startup::{Kairos, redact};
 use kairos::{demo, publish, telemetry};
 use tracing::{error, info};
 
@@ -250,6 +250,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::CheckConfig => {
+            kairos::startup::configure(
+                &settings,
+                &kairos::startup::registry(),
+                &Default::default(),
+            )?;
             let mut shown = settings.clone();
             shown.database.url = redact(&shown.database.url);
             shown.nats.url = redact(&shown.nats.url);
@@ -267,7 +272,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let k = Kairos::connect(settings).await?;
             info!(
-                migrations = MIGRATOR.iter().count(),
+                modules = k.projection_names().join(", "),
                 stream = k.bus.stream_name(),
                 "database migrated, streams ready"
             );
@@ -303,11 +308,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Consume { projection } => {
-            if !PROJECTIONS.contains(&projection.as_str()) {
-                anyhow::bail!(
-                    "unknown projection {projection:?}; known: {}",
-                    PROJECTIONS.join(", ")
-                );
+            let registry = kairos::startup::registry();
+            if registry.get(&projection).is_none() {
+                anyhow::bail!(registry.unknown(&projection));
             }
             let k = Kairos::connect(settings).await?;
             let task = k.spawn_projection(&projection)?;
@@ -371,10 +374,10 @@ async fn serve(
     let addr = settings.http.addr.clone();
     let demo_rate = settings.demo.events_per_second;
     let k = Kairos::connect(settings).await?;
-    let presets = k.apply_budget_presets().await?;
     let mut tasks = tokio::task::JoinSet::new();
+    let names = k.projection_names();
     if with_projections {
-        for name in PROJECTIONS {
+        for name in names.clone() {
             let handle = k.spawn_projection(name)?;
             tasks.spawn(async move { (name, handle.await) });
         }
@@ -388,7 +391,10 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen on {addr} (set http.addr or KAIROS_HTTP_ADDR)"))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let app = k.api().await?;
+    let kairos::startup::Api {
+        router: app,
+        banner,
+    } = k.api().await?;
     if with_demo {
         let bus = k.bus.clone();
         tokio::spawn(async move {
@@ -399,14 +405,16 @@ async fn serve(
     }
     println!("\nKairos is running at {url}");
     let running = if with_projections {
-        PROJECTIONS.join(", ")
+        names.join(", ")
     } else {
         "none in this process (run kairos consume)".into()
     };
-    println!(
-        "  stream {} · projections: {running} · budget presets: {presets}",
-        k.bus.stream_name()
-    );
+    let mut line = format!("  stream {} · projections: {running}", k.bus.stream_name());
+    for b in banner {
+        line.push_str(" · ");
+        line.push_str(&b);
+    }
+    println!("{line}");
     println!(
         "\nTry (every endpoint but /health needs the key; KAIROS_BOOTSTRAP_ADMIN_KEY is the first admin's):"
     );
@@ -448,15 +456,11 @@ async fn shutdown_signal() {
 
 async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     use std::io::Write;
+    let registry = kairos::startup::registry();
     let names: Vec<String> = match &args.projection {
-        Some(p) if !PROJECTIONS.contains(&p.as_str()) => {
-            anyhow::bail!(
-                "unknown projection {p:?}; known: {}",
-                PROJECTIONS.join(", ")
-            )
-        }
+        Some(p) if registry.get(p).is_none() => anyhow::bail!(registry.unknown(p)),
         Some(p) => vec![p.clone()],
-        None => PROJECTIONS.iter().map(|p| (*p).to_owned()).collect(),
+        None => registry.names().into_iter().map(str::to_owned).collect(),
     };
     let k = Kairos::connect(settings).await?;
     let until_seq = match (args.until, args.until_seq) {
@@ -531,7 +535,15 @@ async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<ExitCode
 async fn admin(settings: Settings, cmd: AdminCommand) -> anyhow::Result<ExitCode> {
     use kairos_access::commands;
     if matches!(cmd, AdminCommand::Permissions) {
-        print!("{}", kairos_api::permission_table());
+        let modules = kairos::startup::configure(
+            &settings,
+            &kairos::startup::registry(),
+            &Default::default(),
+        )?;
+        print!(
+            "{}",
+            kairos_api::permission_table(&kairos::startup::endpoints(&modules))
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let ttl_hours = settings.auth.invitation_ttl_hours;

@@ -1,73 +1,106 @@
-//! Wiring: connect, migrate, create streams, run projections and the API.
+//! Wiring: the modules this build runs, connecting, migrating, creating streams, running
+//! projections and the API.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use chrono_tz::Tz;
-use std::collections::HashSet;
-use std::sync::Mutex;
-
 use kairos_access::KeySecret;
-use kairos_api::{AppState, Counters, ReplayRefused, Replayer};
-use kairos_budgets::Budgets;
-use kairos_bus::Bus;
-use kairos_events::Event;
-use kairos_runtime::{
-    CheckpointWatch, Progress, ReplayOptions, ReplayReport, Runner, RunnerError, Seat,
+use kairos_api::{
+    AppState, Configured, Counters, Endpoints, Host, ModuleConfig, PLATFORM_ENDPOINTS, Registry,
+    ReplayRefused, Replayer,
 };
-use serde_json::json;
-use sha2::{Digest, Sha256};
+use kairos_bus::Bus;
+use kairos_events::Clock;
+use kairos_runtime::{CheckpointWatch, Progress, ReplayOptions, ReplayReport, RunnerError, Seat};
 use sqlx::PgPool;
-use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
 
-use crate::configuration::Settings;
+use crate::configuration::{ConfigError, Settings};
 
-/// Every migration: the runtime's tables and each projection's.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
-
-/// The projections this build runs, by name.
-pub const PROJECTIONS: &[&str] = &[
-    kairos_budgets::NAME,
-    kairos_audit::NAME,
-    kairos_access::NAME,
-];
-
-/// Runs `$body` with `$p` bound to the projection called `$name`; the one place that maps
-/// names to projection types.
-macro_rules! with_projection {
-    ($kairos:expr, $name:expr, |$p:ident| $body:expr) => {
-        match $name {
-            kairos_budgets::NAME => {
-                let $p = Budgets { tz: $kairos.tz };
-                $body
-            }
-            kairos_audit::NAME => {
-                let $p = kairos_audit::Audit;
-                $body
-            }
-            kairos_access::NAME => {
-                let $p = kairos_access::Access;
-                $body
-            }
-            other => anyhow::bail!(
-                "unknown projection {other:?}; known: {}",
-                PROJECTIONS.join(", ")
-            ),
-        }
-    };
+/// The projection modules this build runs, in the order their migrations apply: one line each.
+pub fn registry() -> Registry {
+    Registry::new(vec![
+        &kairos_budgets::MODULE,
+        &kairos_audit::MODULE,
+        &kairos_access::MODULE,
+    ])
 }
 
-/// A connected Kairos: settings, the bus (streams ensured) and a migrated database.
+/// A module with its configuration read.
+#[derive(Clone)]
+pub struct Loaded {
+    pub name: &'static str,
+    pub module: &'static dyn kairos_api::Module,
+    pub configured: Arc<dyn Configured>,
+}
+
+/// Configures every module of `registry` from `settings` (no I/O): a section no module claims,
+/// or a bad value in one, is an error that names the key.
+pub fn configure(
+    settings: &Settings,
+    registry: &Registry,
+    clock: &Clock,
+) -> Result<Vec<Loaded>, ConfigError> {
+    if let Some(conflict) = registry.conflicts().into_iter().next() {
+        return Err(ConfigError::Invalid(format!("module registry: {conflict}")));
+    }
+    let sections = registry.sections();
+    if let Some(unknown) = settings
+        .modules
+        .keys()
+        .find(|k| !sections.contains(&k.as_str()))
+    {
+        return Err(ConfigError::Invalid(format!(
+            "unknown section [{unknown}]; the sections are http, auth, nats, database, \
+             projections, log, demo and the modules' ({})",
+            sections.join(", ")
+        )));
+    }
+    registry
+        .modules()
+        .map(|module| {
+            let key = module.config_section();
+            let section = key.and_then(|k| settings.modules.get(k)).cloned();
+            let config = ModuleConfig::new(key, section, clock.clone());
+            let configured = module.configure(&config).map_err(|e| {
+                ConfigError::Invalid(e.0.trim_start_matches("configuration: ").to_owned())
+            })?;
+            Ok(Loaded {
+                name: module.name(),
+                module,
+                configured: Arc::from(configured),
+            })
+        })
+        .collect()
+}
+
+/// Every route the API serves with `modules`, and what each requires.
+pub fn endpoints(modules: &[Loaded]) -> Endpoints {
+    let mut all = PLATFORM_ENDPOINTS.to_vec();
+    for m in modules {
+        all.extend_from_slice(m.configured.routes().endpoints());
+    }
+    Endpoints::new(all)
+}
+
+/// A connected Kairos: settings, its modules, the bus (streams ensured) and a migrated database.
 #[derive(Clone)]
 pub struct Kairos {
     pub settings: Settings,
     pub bus: Bus,
     pub pool: PgPool,
-    pub tz: Tz,
-    /// "Now" for the API and the commands; tests pin it.
-    pub clock: kairos_events::Clock,
+    /// "Now" for the API, the commands and the modules; tests pin it.
+    pub clock: Clock,
+    pub registry: Registry,
+    pub modules: Arc<Vec<Loaded>>,
+}
+
+/// The API router and the lines its modules add to the start-up banner.
+pub struct Api {
+    pub router: axum::Router,
+    pub banner: Vec<String>,
 }
 
 /// How Kairos pools its PostgreSQL connections (at most `max_connections`).
@@ -84,6 +117,8 @@ pub fn pool_options(max_connections: u32) -> PgPoolOptions {
 impl Kairos {
     /// Connects to PostgreSQL and NATS as configured, applies migrations, ensures the streams.
     pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        // Configuration errors come before any connection attempt.
+        configure(&settings, &registry(), &Clock::system())?;
         let pool = pool_options(settings.database.max_connections)
             .connect(&settings.database.url)
             .await
@@ -98,18 +133,54 @@ impl Kairos {
 
     /// As [`Kairos::connect`], on an existing pool (tests hand in a fresh database).
     pub async fn with_pool(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
-        MIGRATOR.run(&pool).await.context("applying migrations")?;
+        Self::with_registry(settings, pool, registry(), Clock::system()).await
+    }
+
+    /// As [`Kairos::with_pool`], running `registry`'s modules with `clock` as "now".
+    pub async fn with_registry(
+        settings: Settings,
+        pool: PgPool,
+        registry: Registry,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        let modules = configure(&settings, &registry, &clock)?;
+        let migrations: Vec<(&str, &sqlx::migrate::Migrator)> = modules
+            .iter()
+            .map(|m| (m.name, m.module.migrations()))
+            .collect();
+        kairos_runtime::migrate(&pool, &migrations)
+            .await
+            .context("applying migrations")?;
         claim_database(&pool, &settings).await?;
         let bus = Bus::connect(&settings.nats, "kairos").await?;
         bus.ensure_streams().await?;
-        let tz = settings.timezone()?;
         Ok(Self {
             settings,
             bus,
             pool,
-            tz,
-            clock: kairos_events::Clock::system(),
+            clock,
+            registry,
+            modules: Arc::new(modules),
         })
+    }
+
+    /// The module called `name`.
+    fn loaded(&self, name: &str) -> anyhow::Result<&Loaded> {
+        self.modules
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| self.registry.unknown(name).into())
+    }
+
+    /// The module section `key` of the configuration as `T` (errors name the key).
+    pub fn section<T: serde::de::DeserializeOwned>(&self, key: &'static str) -> anyhow::Result<T> {
+        let section = self.settings.modules.get(key).cloned();
+        Ok(ModuleConfig::new(Some(key), section, self.clock.clone()).get()?)
+    }
+
+    /// The names of the projections this Kairos runs, in registration order.
+    pub fn projection_names(&self) -> Vec<&'static str> {
+        self.modules.iter().map(|m| m.name).collect()
     }
 
     /// Starts the projection called `name` on its own task.
@@ -119,9 +190,8 @@ impl Kairos {
     ) -> anyhow::Result<JoinHandle<Result<(), RunnerError>>> {
         let config = self.settings.projections.clone();
         let (bus, pool) = (self.bus.clone(), self.pool.clone());
-        with_projection!(self, name, |p| Ok(tokio::spawn(
-            Runner::new(p, bus, pool, config).run()
-        )))
+        let projection = self.loaded(name)?.configured.projection();
+        Ok(tokio::spawn(projection.run(bus, pool, config)))
     }
 
     /// Rebuilds the projection called `name` from the stream (see `kairos_runtime::replay`).
@@ -130,17 +200,17 @@ impl Kairos {
         name: &str,
         opts: &ReplayOptions,
         seat: Option<Seat>,
-        progress: impl FnMut(Progress),
+        mut progress: impl FnMut(Progress) + Send,
     ) -> anyhow::Result<ReplayReport> {
         let opts = ReplayOptions {
             snapshot_every: self.settings.projections.snapshot_every,
             identities_in_memory: self.settings.projections.replay_identities_in_memory,
             ..opts.clone()
         };
-        with_projection!(self, name, |p| Ok(kairos_runtime::replay(
-            p, &self.bus, &self.pool, &opts, seat, progress
-        )
-        .await?))
+        let projection = self.loaded(name)?.configured.projection();
+        Ok(projection
+            .replay(&self.bus, &self.pool, &opts, seat, &mut progress)
+            .await?)
     }
 
     /// Places in one read of the stream for `n` replays run side by side (`kairos replay
@@ -153,7 +223,7 @@ impl Kairos {
         kairos_runtime::shared_read(&self.bus, n, &opts)
     }
 
-    /// The HMAC key of API keys and invitation tokens.
+    /// The HMAC key of API keys and invitation tokens (`kairos admin` and the bootstrap admin).
     pub async fn key_secret(&self) -> anyhow::Result<KeySecret> {
         Ok(KeySecret::load(&self.pool, self.settings.auth.key_secret.as_deref()).await?)
     }
@@ -174,21 +244,53 @@ impl Kairos {
         }
     }
 
-    /// The API router with its state.
-    pub async fn api(&self) -> anyhow::Result<axum::Router> {
+    /// The API: the platform's routes and every module's, each module started once.
+    pub async fn api(&self) -> anyhow::Result<Api> {
         let checkpoints = CheckpointWatch::start(self.pool.clone()).await?;
-        Ok(kairos_api::router(AppState {
+        let host = Host {
             bus: self.bus.clone(),
             pool: self.pool.clone(),
-            checkpoints,
-            http: Arc::new(self.settings.http.clone()),
-            tz: self.tz,
-            counters: Arc::new(Counters::default()),
-            secret: self.key_secret().await?,
-            auth: Arc::new(self.settings.auth.clone()),
-            replayer: Some(self.replayer()),
             clock: self.clock.clone(),
-        }))
+            http: Arc::new(self.settings.http.clone()),
+            auth: Arc::new(self.settings.auth.clone()),
+        };
+        let mut routes = Vec::new();
+        let mut authenticator = None;
+        let mut banner = Vec::new();
+        for m in self.modules.iter() {
+            let mut started = m
+                .configured
+                .start(&host)
+                .await
+                .with_context(|| format!("starting module {}", m.name))?;
+            if let Some(a) = started.authenticator.take() {
+                anyhow::ensure!(
+                    authenticator.is_none(),
+                    "two modules authenticate keys; exactly one may"
+                );
+                authenticator = Some(a);
+            }
+            banner.extend(started.banner.take());
+            routes.push((m.configured.routes(), started));
+        }
+        let authenticator = authenticator
+            .context("no module authenticates API keys: register the access module")?;
+        let router = kairos_api::router(
+            AppState {
+                bus: host.bus,
+                pool: host.pool,
+                checkpoints,
+                http: host.http,
+                counters: Arc::new(Counters::default()),
+                auth: host.auth,
+                authenticator,
+                registry: self.registry.clone(),
+                replayer: Some(self.replayer()),
+                clock: host.clock,
+            },
+            routes,
+        );
+        Ok(Api { router, banner })
     }
 
     /// Starts `POST /v1/projections/{name}/replay` rebuilds on background tasks, one per
@@ -197,16 +299,13 @@ impl Kairos {
         let running: Arc<Mutex<HashSet<String>>> = Arc::default();
         let k = self.clone();
         Arc::new(move |name: &str| {
-            let Some(name) = PROJECTIONS.iter().find(|p| **p == name) else {
-                return Err(ReplayRefused::Unknown(format!(
-                    "unknown projection {name:?}; known: {}",
-                    PROJECTIONS.join(", ")
-                )));
+            let Some(name) = k.registry.names().into_iter().find(|p| *p == name) else {
+                return Err(ReplayRefused::Unknown(k.registry.unknown(name).0));
             };
             let mut set = running
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !set.insert((*name).to_owned()) {
+            if !set.insert(name.to_owned()) {
                 return Err(ReplayRefused::Running(format!(
                     "{name} is being rebuilt already; follow it on /v1/projections"
                 )));
@@ -228,7 +327,7 @@ impl Kairos {
                 running
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(*name);
+                    .remove(name);
             });
             Ok(())
         })
@@ -266,33 +365,6 @@ impl Kairos {
             tracing::info!(member = %j.member_id, email = %j.email, "bootstrap admin created");
             j.member_id
         }))
-    }
-
-    /// Publishes a `kairos.budget.set.v1` for each `[[budgets.preset]]`. The event id is derived
-    /// from the preset's values, so a preset takes effect once per distinct value, however often
-    /// Kairos restarts, and a budget changed through the API later is not reverted by a restart.
-    pub async fn apply_budget_presets(&self) -> anyhow::Result<usize> {
-        let mut events = Vec::new();
-        for p in &self.settings.budgets.preset {
-            let mut data = json!({
-                "project": p.project, "monthly_limit": p.monthly_limit,
-                "warn_at_percent": p.warn_at_percent, "on_exceeded": p.on_exceeded,
-            });
-            if let Some(m) = &p.fallback_model {
-                data["fallback_model"] = json!(m);
-            }
-            let digest = Sha256::digest(data.to_string().as_bytes());
-            let id: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-            events.push(Event::from_value(json!({
-                "specversion": "1.0", "id": format!("preset-{id}"), "source": "kairos/config",
-                "type": kairos_events::types::BUDGET_SET, "subject": p.project,
-                "datacontenttype": "application/json", "data": data,
-            }))?);
-        }
-        for r in self.bus.publish_events(&events).await {
-            r?;
-        }
-        Ok(events.len())
     }
 }
 

@@ -313,7 +313,14 @@ fn admin_manages_members_and_keys_with_the_apis_checks() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        kairos_api::permission_table()
+        kairos_api::permission_table(&kairos::startup::endpoints(
+            &kairos::startup::configure(
+                &kairos::configuration::Settings::from_toml("").unwrap(),
+                &kairos::startup::registry(),
+                &kairos_events::Clock::system()
+            )
+            .unwrap()
+        ))
     );
 
     // A fresh database and stream, and the access projection running beside the commands.

@@ -20,40 +20,13 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Transaction};
 
 use crate::keys::{KeySecret, generate_key, generate_token, hex};
-use crate::roles::Role;
 use crate::views::{self, KeyView, MemberView};
+use kairos_api::Role;
 
 /// Serialises every access command across instances.
 const LOCK: i64 = 0x6b61_6972_6f73_6163; // "kairosac"
 
-/// Who asks for a change, and from where: recorded in the event, hence in the audit log.
-#[derive(Debug, Clone, Default)]
-pub struct Origin {
-    /// The acting member's e-mail, `cli:<user>`, or `bootstrap`.
-    pub actor: String,
-    pub actor_role: Option<Role>,
-    pub ip: Option<String>,
-    pub request_id: Option<String>,
-    /// CloudEvent `source`: `kairos/api`, `kairos/cli`, …
-    pub source: String,
-}
-
-impl Origin {
-    /// Records who acted, in what role and from where in an event's `data` (`actor`,
-    /// `actor_role`, `ip`, `request_id`), the fields the audit projection reads.
-    pub fn stamp(&self, data: &mut Value) {
-        data["actor"] = json!(self.actor);
-        if let Some(r) = self.actor_role {
-            data["actor_role"] = json!(r.as_str());
-        }
-        if let Some(ip) = &self.ip {
-            data["ip"] = json!(ip);
-        }
-        if let Some(r) = &self.request_id {
-            data["request_id"] = json!(r);
-        }
-    }
-}
+pub use kairos_api::Origin;
 
 /// What a command needs.
 #[derive(Clone, Copy)]

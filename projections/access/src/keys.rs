@@ -2,11 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
-use serde::Serialize;
 use sha2::Sha256;
 use sqlx::{PgPool, Row};
 
-use crate::roles::{Permission, Role, allows};
+use kairos_api::{Authenticator, Denied, Principal, Role};
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -106,45 +105,6 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Who is calling: the member behind a valid key.
-#[derive(Debug, Clone, Serialize)]
-pub struct Principal {
-    pub member_id: String,
-    pub email: String,
-    pub role: Role,
-    /// `None`: every project.
-    pub projects: Option<Vec<String>>,
-    pub key_id: String,
-}
-
-impl Principal {
-    pub fn can(&self, permission: Permission) -> bool {
-        allows(self.role, permission)
-    }
-
-    /// Whether the member's role reaches `project`.
-    pub fn reaches(&self, project: &str) -> bool {
-        self.projects
-            .as_ref()
-            .is_none_or(|ps| ps.iter().any(|p| p == project))
-    }
-}
-
-/// Why a key was refused. The reasons go to the audit log; callers only learn "invalid key".
-#[derive(Debug, thiserror::Error)]
-pub enum Denied {
-    #[error("unknown API key")]
-    Unknown,
-    #[error("API key {key_id} was revoked")]
-    Revoked { key_id: String },
-    #[error("API key {key_id} expired at {at}")]
-    Expired { key_id: String, at: DateTime<Utc> },
-    #[error("the member of API key {key_id} was removed")]
-    MemberRemoved { key_id: String },
-    #[error("key store: {0}")]
-    Database(#[from] sqlx::Error),
-}
-
 /// The member behind `key`, if it is a valid key of an active member.
 pub async fn authenticate(
     pool: &PgPool,
@@ -190,6 +150,27 @@ pub async fn authenticate(
         projects: row.get("projects"),
         key_id,
     })
+}
+
+/// The [`Authenticator`] the API asks: keys checked against the access projection's tables.
+#[derive(Clone)]
+pub struct KeyAuthenticator {
+    pub pool: PgPool,
+    pub secret: KeySecret,
+}
+
+impl Authenticator for KeyAuthenticator {
+    fn lookup(&self, key: &str) -> String {
+        self.secret.lookup(key)
+    }
+
+    fn authenticate<'a>(
+        &'a self,
+        key: &'a str,
+        now: DateTime<Utc>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Principal, Denied>> {
+        Box::pin(authenticate(&self.pool, &self.secret, key, now))
+    }
 }
 
 #[cfg(test)]

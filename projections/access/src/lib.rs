@@ -10,15 +10,16 @@
 //! Secrets never leave the caller: keys and invitation tokens are stored, and published, only as
 //! HMAC-SHA256 under the server's key secret, and compared in constant time.
 
+mod api;
 pub mod commands;
 mod keys;
 mod projection;
-mod roles;
 mod views;
 
-pub use keys::{Denied, KeySecret, Principal, authenticate, generate_key, generate_token};
+pub use api::{AccessModule, MODULE};
+pub use kairos_api::{Denied, Permission, Principal, Role, allows};
+pub use keys::{KeyAuthenticator, KeySecret, authenticate, generate_key, generate_token};
 pub use projection::{Access, Change};
-pub use roles::{Permission, Role, allows};
 pub use views::{
     InvitationView, KeyView, MemberView, active_admins, invitations, keys, member, members,
 };

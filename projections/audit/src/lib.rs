@@ -22,6 +22,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
 
+mod api;
+
+pub use api::{AuditModule, MODULE};
+
 pub const NAME: &str = "audit";
 
 /// The hash the first entry chains to.

@@ -847,5 +847,9 @@ impl Ledger {
     }
 }
 
+mod api;
+
+pub use api::{BudgetPreset, BudgetSettings, BudgetsModule, MODULE, apply_presets};
+
 #[cfg(test)]
 mod tests;

@@ -51,7 +51,3 @@ CREATE TABLE access.api_keys (
 );
 CREATE INDEX api_keys_lookup ON access.api_keys (lookup);
 CREATE INDEX api_keys_member ON access.api_keys (member_id);
-
--- The HMAC key for API keys and invitation tokens when `auth.key_secret` is not configured:
--- generated once, on first start.
-ALTER TABLE kairos.instance ADD COLUMN key_secret bytea;

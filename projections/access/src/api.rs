@@ -1,65 +1,189 @@
-//! Members, invitations, API keys and replay: the handlers of the identity endpoints. Each
-//! change goes through `kairos_access::commands` (the same code `kairos admin` runs).
+//! The access module: its routes (members, invitations, API keys) and their handlers. Each
+//! change goes through [`crate::commands`], the same code `kairos admin` runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use kairos_access::Permission;
-use kairos_access::commands::{self, Ctx};
+use futures_util::future::BoxFuture;
+use kairos_api::extract::{JsonBody, QueryParams};
+use kairos_api::{
+    ApiError, AppState, Caller, Configured, EventRule, Guard, Host, Module, ModuleConfig,
+    ModuleError, Permission, Publish, Recorded, Routes, Started,
+};
+use kairos_events::types::{
+    API_KEY_ISSUED, API_KEY_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
+};
+use kairos_runtime::AnyProjection;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use sqlx::migrate::Migrator;
 
-use crate::auth::{Caller, Recorded};
-use crate::{ApiError, AppState, ReplayRefused};
+use crate::commands::{self, CommandError, Ctx};
+use crate::keys::KeyAuthenticator;
+use crate::{Access, KeySecret, NAME};
 
-fn ctx(st: &AppState) -> Ctx<'_> {
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The access module, registered by the binary.
+pub struct AccessModule;
+
+/// The value the binary registers.
+pub static MODULE: AccessModule = AccessModule;
+
+/// Identity events are Kairos' alone: nobody grants themselves a role by publishing one.
+static EVENTS: [EventRule; 6] = [
+    kairos_only(MEMBER_INVITED),
+    kairos_only(MEMBER_JOINED),
+    kairos_only(MEMBER_REMOVED),
+    kairos_only(ROLE_ASSIGNED),
+    kairos_only(API_KEY_ISSUED),
+    kairos_only(API_KEY_REVOKED),
+];
+
+const fn kairos_only(ty: &'static str) -> EventRule {
+    EventRule {
+        ty,
+        publish: Publish::KairosOnly,
+    }
+}
+
+impl Module for AccessModule {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schema(&self) -> &'static str {
+        NAME
+    }
+
+    fn migrations(&self) -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn events(&self) -> &'static [EventRule] {
+        &EVENTS
+    }
+
+    fn configure(&self, _config: &ModuleConfig) -> Result<Box<dyn Configured>, ModuleError> {
+        Ok(Box::new(AccessConfigured))
+    }
+}
+
+struct AccessConfigured;
+
+impl Configured for AccessConfigured {
+    fn projection(&self) -> Arc<dyn AnyProjection> {
+        Arc::new(Access)
+    }
+
+    fn routes(&self) -> Routes {
+        use Guard::{Key, Public};
+        use Permission::{ManageMembers, ManageOwnKeys};
+        Routes::new()
+            .get(
+                "/v1/members",
+                Key(ManageMembers),
+                "member.list",
+                list_members,
+            )
+            .put(
+                "/v1/members/{id}/role",
+                Key(ManageMembers),
+                "member.set_role",
+                set_role,
+            )
+            .delete(
+                "/v1/members/{id}",
+                Key(ManageMembers),
+                "member.remove",
+                remove_member,
+            )
+            .get(
+                "/v1/invitations",
+                Key(ManageMembers),
+                "member.list_invitations",
+                list_invitations,
+            )
+            .post(
+                "/v1/invitations",
+                Key(ManageMembers),
+                "member.invite",
+                invite,
+            )
+            .post(
+                "/v1/invitations/{token}/accept",
+                Public,
+                "member.join",
+                accept,
+            )
+            .get(
+                "/v1/api-keys",
+                Key(ManageOwnKeys),
+                "api_key.list",
+                list_keys,
+            )
+            .post(
+                "/v1/api-keys",
+                Key(ManageOwnKeys),
+                "api_key.issue",
+                issue_key,
+            )
+            .delete(
+                "/v1/api-keys/{id}",
+                Key(ManageOwnKeys),
+                "api_key.revoke",
+                revoke_key,
+            )
+    }
+
+    fn start<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, Result<Started, ModuleError>> {
+        Box::pin(async move {
+            let secret = KeySecret::load(&host.pool, host.auth.key_secret.as_deref())
+                .await
+                .map_err(|e| ModuleError(format!("loading the key secret: {e}")))?;
+            let authenticator = KeyAuthenticator {
+                pool: host.pool.clone(),
+                secret: secret.clone(),
+            };
+            let mut started = Started::default().with_extension(secret);
+            started.authenticator = Some(Arc::new(authenticator));
+            Ok(started)
+        })
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        use CommandError as C;
+        match e {
+            C::Invalid { field, message } => Self::BadRequest {
+                code: "invalid_body",
+                message,
+                field: Some(field),
+            },
+            C::NotFound(m) => Self::NotFound(m),
+            C::Conflict(m) => Self::Conflict(m),
+            C::Gone(m) => Self::Gone(m),
+            C::Database(e) => Self::Database(e),
+            C::Stream(m) => Self::StreamUnavailable(m),
+            C::Behind(m) => Self::NotYetApplied(m),
+        }
+    }
+}
+
+fn ctx<'a>(st: &'a AppState, secret: &'a KeySecret) -> Ctx<'a> {
     Ctx {
         bus: &st.bus,
         pool: &st.pool,
-        secret: &st.secret,
+        secret,
         watch: &st.checkpoints,
         wait: Duration::from_millis(st.http.read_wait_ms),
         clock: &st.clock,
     }
-}
-
-/// A JSON body of type `T`; an empty body reads as `{}`. Errors name the field.
-pub(crate) fn json_body<T: DeserializeOwned>(
-    st: &AppState,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = crate::routes::body_bytes(st, body)?;
-    if let Some(m) = crate::routes::media_type(headers)
-        && m != "application/json"
-    {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "{m}: send application/json"
-        )));
-    }
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        &body
-    };
-    serde_json::from_slice(body).map_err(|e| {
-        // serde names the offending field as "unknown field `x`" / "missing field `x`".
-        let msg = e.to_string();
-        let field = ["unknown field `", "missing field `", "invalid type: "]
-            .iter()
-            .find_map(|p| msg.strip_prefix(p))
-            .and_then(|rest| rest.split('`').next())
-            .filter(|f| !f.contains(' '))
-            .unwrap_or("body")
-            .to_owned();
-        ApiError::bad("invalid_body", field, msg)
-    })
 }
 
 /// A created (or, if the projection has not applied it yet, accepted) change, marked as
@@ -75,34 +199,17 @@ fn answer(status: StatusCode, applied: bool, body: Value) -> Response {
     r
 }
 
-/// `GET /v1/me`: who the key belongs to.
-pub(crate) async fn me(Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
-    let p = caller.principal()?;
-    let permissions: Vec<&str> = Permission::ALL
-        .into_iter()
-        .filter(|perm| p.can(*perm))
-        .map(Permission::as_str)
-        .collect();
-    Ok(Json(json!({
-        "member_id": p.member_id, "email": p.email, "role": p.role, "projects": p.projects,
-        "key_id": p.key_id, "permissions": permissions,
-    })))
-}
-
 #[derive(Debug, Deserialize)]
-pub(crate) struct MembersQuery {
+struct MembersQuery {
     include_removed: Option<bool>,
 }
 
 /// `GET /v1/members?include_removed=true`
-pub(crate) async fn list_members(
+async fn list_members(
     State(st): State<AppState>,
-    q: Result<Query<MembersQuery>, QueryRejection>,
+    QueryParams(q): QueryParams<MembersQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let q = q
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad("invalid_query", "include_removed", e.body_text()))?;
-    let members = kairos_access::members(&st.pool, q.include_removed.unwrap_or(false)).await?;
+    let members = crate::members(&st.pool, q.include_removed.unwrap_or(false)).await?;
     Ok(Json(json!({ "members": members })))
 }
 
@@ -115,22 +222,28 @@ fn id_param(raw: &str, what: &str) -> Result<String, ApiError> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RoleBody {
+struct RoleBody {
     role: String,
     projects: Option<Vec<String>>,
 }
 
 /// `PUT /v1/members/{id}/role` with `{"role", "projects"?}`
-pub(crate) async fn set_role(
+async fn set_role(
     State(st): State<AppState>,
+    Extension(secret): Extension<KeySecret>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(b): JsonBody<RoleBody>,
 ) -> Result<Response, ApiError> {
-    let b: RoleBody = json_body(&st, &headers, body)?;
     let id = id_param(&id, "member")?;
-    let r = commands::set_role(ctx(&st), &caller.origin(), &id, &b.role, b.projects).await?;
+    let r = commands::set_role(
+        ctx(&st, &secret),
+        &caller.origin(),
+        &id,
+        &b.role,
+        b.projects,
+    )
+    .await?;
     Ok(answer(
         StatusCode::OK,
         r.applied,
@@ -139,20 +252,18 @@ pub(crate) async fn set_role(
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct RemoveQuery {
+struct RemoveQuery {
     reason: Option<String>,
 }
 
 /// `DELETE /v1/members/{id}?reason=`
-pub(crate) async fn remove_member(
+async fn remove_member(
     State(st): State<AppState>,
+    Extension(secret): Extension<KeySecret>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    q: Result<Query<RemoveQuery>, QueryRejection>,
+    QueryParams(q): QueryParams<RemoveQuery>,
 ) -> Result<Response, ApiError> {
-    let q = q
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad("invalid_query", "reason", e.body_text()))?;
     if q.reason.as_ref().is_some_and(|r| r.len() > 1000) {
         return Err(ApiError::bad(
             "invalid_query",
@@ -161,7 +272,13 @@ pub(crate) async fn remove_member(
         ));
     }
     let id = id_param(&id, "member")?;
-    let r = commands::remove(ctx(&st), &caller.origin(), &id, q.reason.as_deref()).await?;
+    let r = commands::remove(
+        ctx(&st, &secret),
+        &caller.origin(),
+        &id,
+        q.reason.as_deref(),
+    )
+    .await?;
     Ok(answer(
         StatusCode::OK,
         r.applied,
@@ -170,14 +287,14 @@ pub(crate) async fn remove_member(
 }
 
 /// `GET /v1/invitations` (never the tokens)
-pub(crate) async fn list_invitations(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let invitations = kairos_access::invitations(&st.pool).await?;
+async fn list_invitations(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let invitations = crate::invitations(&st.pool).await?;
     Ok(Json(json!({ "invitations": invitations })))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct InviteBody {
+struct InviteBody {
     email: String,
     role: String,
     projects: Option<Vec<String>>,
@@ -186,13 +303,12 @@ pub(crate) struct InviteBody {
 
 /// `POST /v1/invitations` with `{"email", "role", "projects"?, "expires_in_seconds"?}`: the
 /// token is in this answer only.
-pub(crate) async fn invite(
+async fn invite(
     State(st): State<AppState>,
+    Extension(secret): Extension<KeySecret>,
     Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(b): JsonBody<InviteBody>,
 ) -> Result<Response, ApiError> {
-    let b: InviteBody = json_body(&st, &headers, body)?;
     let ttl = match b.expires_in_seconds {
         None => chrono::Duration::hours(i64::from(st.auth.invitation_ttl_hours)),
         Some(s @ 1..=2_592_000) => chrono::Duration::seconds(i64::from(s)),
@@ -205,7 +321,7 @@ pub(crate) async fn invite(
         }
     };
     let inv = commands::invite(
-        ctx(&st),
+        ctx(&st, &secret),
         &caller.origin(),
         &b.email,
         &b.role,
@@ -221,19 +337,18 @@ pub(crate) async fn invite(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AcceptBody {
+struct AcceptBody {
     name: Option<String>,
 }
 
 /// `POST /v1/invitations/{token}/accept` with `{"name"?}`: the new member's first key, shown once.
-pub(crate) async fn accept(
+async fn accept(
     State(st): State<AppState>,
+    Extension(secret): Extension<KeySecret>,
     Extension(caller): Extension<Caller>,
     Path(token): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(b): JsonBody<AcceptBody>,
 ) -> Result<Response, ApiError> {
-    let b: AcceptBody = json_body(&st, &headers, body)?;
     if b.name
         .as_ref()
         .is_some_and(|n| n.is_empty() || n.chars().count() > 200)
@@ -244,26 +359,23 @@ pub(crate) async fn accept(
             "name must be 1 to 200 characters",
         ));
     }
-    let joined = commands::accept(ctx(&st), &caller.origin(), &token, b.name).await?;
+    let joined = commands::accept(ctx(&st, &secret), &caller.origin(), &token, b.name).await?;
     let body = serde_json::to_value(&joined).unwrap_or_default();
     Ok(answer(StatusCode::CREATED, joined.recorded.applied, body))
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct KeysQuery {
+struct KeysQuery {
     member_id: Option<String>,
 }
 
 /// `GET /v1/api-keys?member_id=`: one's own keys; an admin may name another member, or ask for
 /// `member_id=all`.
-pub(crate) async fn list_keys(
+async fn list_keys(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
-    q: Result<Query<KeysQuery>, QueryRejection>,
+    QueryParams(q): QueryParams<KeysQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let q = q
-        .map(|Query(q)| q)
-        .map_err(|e| ApiError::bad("invalid_query", "member_id", e.body_text()))?;
     let p = caller.principal()?;
     let member = q.member_id.as_deref().unwrap_or(&p.member_id);
     if member != p.member_id && !p.can(Permission::ManageMembers) {
@@ -273,26 +385,25 @@ pub(crate) async fn list_keys(
         )));
     }
     let member = (member != "all").then_some(member);
-    let keys = kairos_access::keys(&st.pool, member).await?;
+    let keys = crate::keys(&st.pool, member).await?;
     Ok(Json(json!({ "api_keys": keys })))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct IssueBody {
+struct IssueBody {
     name: String,
     member_id: Option<String>,
     expires_in_days: Option<u32>,
 }
 
 /// `POST /v1/api-keys` with `{"name", "member_id"?, "expires_in_days"?}`: the key, shown once.
-pub(crate) async fn issue_key(
+async fn issue_key(
     State(st): State<AppState>,
+    Extension(secret): Extension<KeySecret>,
     Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(b): JsonBody<IssueBody>,
 ) -> Result<Response, ApiError> {
-    let b: IssueBody = json_body(&st, &headers, body)?;
     let p = caller.principal()?;
     let member = match &b.member_id {
         Some(m) => id_param(m, "member")?,
@@ -315,14 +426,22 @@ pub(crate) async fn issue_key(
             ));
         }
     };
-    let issued = commands::issue_key(ctx(&st), &caller.origin(), &member, &b.name, expires).await?;
+    let issued = commands::issue_key(
+        ctx(&st, &secret),
+        &caller.origin(),
+        &member,
+        &b.name,
+        expires,
+    )
+    .await?;
     let body = serde_json::to_value(&issued).unwrap_or_default();
     Ok(answer(StatusCode::CREATED, issued.recorded.applied, body))
 }
 
 /// `DELETE /v1/api-keys/{id}`: one's own key, or (admin) anyone's. Refused from the next request.
-pub(crate) async fn revoke_key(
+async fn revoke_key(
     State(st): State<AppState>,
+    Extension(secret): Extension<KeySecret>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -335,32 +454,10 @@ pub(crate) async fn revoke_key(
         // Someone else's key is as good as unknown to a non-admin.
         return Err(ApiError::NotFound(format!("no API key {id}")));
     }
-    let r = commands::revoke_key(ctx(&st), &caller.origin(), &id).await?;
+    let r = commands::revoke_key(ctx(&st, &secret), &caller.origin(), &id).await?;
     Ok(answer(
         StatusCode::OK,
         r.applied,
         json!({"key_id": id, "revoked": true, "seq": r.seq, "applied": r.applied}),
     ))
-}
-
-/// `POST /v1/projections/{name}/replay`: starts a rebuild in the background; follow it on
-/// `GET /v1/projections` (`generations_being_rebuilt`).
-pub(crate) async fn replay(
-    State(st): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    let Some(replayer) = &st.replayer else {
-        return Err(ApiError::StreamUnavailable(
-            "this process cannot rebuild projections; run `kairos replay`".into(),
-        ));
-    };
-    match replayer(&name) {
-        Ok(()) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"projection": name, "generation": format!("{name}@next"), "progress": "/v1/projections"})),
-        )
-            .into_response()),
-        Err(ReplayRefused::Unknown(m)) => Err(ApiError::NotFound(m)),
-        Err(ReplayRefused::Running(m)) => Err(ApiError::Conflict(m)),
-    }
 }

@@ -1,6 +1,11 @@
-//! Roles and the permission matrix: the one source the middleware enforces and the docs print.
+//! Roles, the permission matrix and who is calling: the one source the middleware enforces and
+//! the docs print. Which members hold which roles is the access module's business; it plugs in
+//! as the [`Authenticator`].
 
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 /// A member's role in the organisation (optionally narrowed to some projects).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,6 +98,89 @@ pub fn allows(role: Role, permission: Permission) -> bool {
             PublishEvents | ReadProjections | ManageBudgets | ManageOwnKeys
         ),
         Role::Viewer => matches!(permission, ReadProjections | ManageOwnKeys),
+    }
+}
+
+/// Who is calling: the member behind a valid key.
+#[derive(Debug, Clone, Serialize)]
+pub struct Principal {
+    pub member_id: String,
+    pub email: String,
+    pub role: Role,
+    /// `None`: every project.
+    pub projects: Option<Vec<String>>,
+    pub key_id: String,
+}
+
+impl Principal {
+    pub fn can(&self, permission: Permission) -> bool {
+        allows(self.role, permission)
+    }
+
+    /// Whether the member's role reaches `project`.
+    pub fn reaches(&self, project: &str) -> bool {
+        self.projects
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p == project))
+    }
+}
+
+/// Why a key was refused. The reasons go to the audit log; callers only learn "invalid key".
+#[derive(Debug, thiserror::Error)]
+pub enum Denied {
+    #[error("unknown API key")]
+    Unknown,
+    #[error("API key {key_id} was revoked")]
+    Revoked { key_id: String },
+    #[error("API key {key_id} expired at {at}")]
+    Expired { key_id: String, at: DateTime<Utc> },
+    #[error("the member of API key {key_id} was removed")]
+    MemberRemoved { key_id: String },
+    #[error("key store: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Turns a bearer key into the member behind it. The access module provides the one Kairos
+/// runs; the API only asks it.
+pub trait Authenticator: Send + Sync + 'static {
+    /// A short keyed digest of `key` that names it without revealing it: the rate limiter's
+    /// bucket for the key.
+    fn lookup(&self, key: &str) -> String;
+
+    /// The member behind `key` at `now`, if it is a valid key of an active member.
+    fn authenticate<'a>(
+        &'a self,
+        key: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Principal, Denied>>;
+}
+
+/// Who asks for a change, and from where: recorded in the event, hence in the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The acting member's e-mail, `cli:<user>`, or `bootstrap`.
+    pub actor: String,
+    pub actor_role: Option<Role>,
+    pub ip: Option<String>,
+    pub request_id: Option<String>,
+    /// CloudEvent `source`: `kairos/api`, `kairos/cli`, …
+    pub source: String,
+}
+
+impl Origin {
+    /// Records who acted, in what role and from where in an event's `data` (`actor`,
+    /// `actor_role`, `ip`, `request_id`), the fields the audit projection reads.
+    pub fn stamp(&self, data: &mut Value) {
+        data["actor"] = json!(self.actor);
+        if let Some(r) = self.actor_role {
+            data["actor_role"] = json!(r.as_str());
+        }
+        if let Some(ip) = &self.ip {
+            data["ip"] = json!(ip);
+        }
+        if let Some(r) = &self.request_id {
+            data["request_id"] = json!(r);
+        }
     }
 }
 

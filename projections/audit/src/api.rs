@@ -1,0 +1,215 @@
+//! The audit module: its routes (the log, its export) and their handlers.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use kairos_api::extract::{QueryParams, ReadAt, limit_param, seq_param, time_param, wait_for};
+use kairos_api::{
+    ApiError, AppState, Configured, Guard, Module, ModuleConfig, ModuleError, Permission, Routes,
+};
+use kairos_runtime::AnyProjection;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::migrate::Migrator;
+
+use crate::{Audit, Filter, NAME};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The audit module, registered by the binary.
+pub struct AuditModule;
+
+/// The value the binary registers.
+pub static MODULE: AuditModule = AuditModule;
+
+impl Module for AuditModule {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schema(&self) -> &'static str {
+        NAME
+    }
+
+    fn migrations(&self) -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn configure(&self, _config: &ModuleConfig) -> Result<Box<dyn Configured>, ModuleError> {
+        Ok(Box::new(AuditConfigured))
+    }
+}
+
+struct AuditConfigured;
+
+impl Configured for AuditConfigured {
+    fn projection(&self) -> Arc<dyn AnyProjection> {
+        Arc::new(Audit)
+    }
+
+    fn routes(&self) -> Routes {
+        use Guard::Key;
+        use Permission::ReadAudit;
+        Routes::new()
+            .get("/v1/audit", Key(ReadAudit), "audit.read", list_audit)
+            .get(
+                "/v1/audit/export",
+                Key(ReadAudit),
+                "audit.export",
+                export_audit,
+            )
+    }
+}
+
+/// The last stream sequence stored at or before `at`.
+async fn seq_at_time(
+    st: &AppState,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<kairos_events::StreamSeq, ApiError> {
+    kairos_runtime::seq_at_time(&st.bus, &st.pool, at)
+        .await
+        .map_err(|e| match e {
+            kairos_runtime::HistoryError::Database(e) => ApiError::Database(e),
+            other => ApiError::StreamUnavailable(other.to_string()),
+        })
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    resource: Option<String>,
+    outcome: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+    format: Option<String>,
+}
+
+impl AuditQuery {
+    async fn filter(&self, st: &AppState, read: &ReadAt) -> Result<Filter, ApiError> {
+        for (field, value) in [
+            ("actor", &self.actor),
+            ("action", &self.action),
+            ("resource", &self.resource),
+            ("outcome", &self.outcome),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.is_empty() || v.len() > 500)
+            {
+                return Err(ApiError::bad(
+                    "invalid_query",
+                    field,
+                    format!("{field} must be 1-500 characters"),
+                ));
+            }
+        }
+        let upto_seq = match read.as_of {
+            Some(at) => Some(seq_at_time(st, at).await?.0),
+            None => None,
+        };
+        if let Some(seq) = upto_seq.or(read.min_seq) {
+            wait_for(st, NAME, seq).await?;
+        }
+        Ok(Filter {
+            actor: self.actor.clone(),
+            action: self.action.clone(),
+            resource: self.resource.clone(),
+            outcome: self.outcome.clone(),
+            from: time_param(self.from.as_deref(), "from")?,
+            to: time_param(self.to.as_deref(), "to")?,
+            before_seq: seq_param(self.cursor.as_deref(), "cursor")?,
+            upto_seq,
+            after_seq: None,
+        })
+    }
+}
+
+/// `GET /v1/audit?actor=&action=&resource=&outcome=&from=&to=&limit=&cursor=&as_of=`: newest
+/// first; `cursor` is the previous page's `next_cursor`.
+async fn list_audit(
+    State(st): State<AppState>,
+    read: ReadAt,
+    QueryParams(q): QueryParams<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = limit_param(q.limit.as_deref())?;
+    let filter = q.filter(&st, &read).await?;
+    let entries = crate::query(&st.pool, &filter, limit as i64, false).await?;
+    let next = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.entry.seq))
+        .flatten();
+    let entries: Vec<Value> = entries.iter().map(crate::StoredEntry::to_json).collect();
+    Ok(Json(json!({"entries": entries, "next_cursor": next})))
+}
+
+/// `GET /v1/audit/export?from=&to=&format=jsonl|csv` (and the list filters): every matching entry,
+/// oldest first, streamed.
+async fn export_audit(
+    State(st): State<AppState>,
+    read: ReadAt,
+    QueryParams(q): QueryParams<AuditQuery>,
+) -> Result<Response, ApiError> {
+    let csv = match q.format.as_deref() {
+        None | Some("jsonl") => false,
+        Some("csv") => true,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "invalid_query",
+                "format",
+                "format must be jsonl or csv",
+            ));
+        }
+    };
+    let filter = q.filter(&st, &read).await?;
+    let pool = st.pool.clone();
+    let first = if csv {
+        Some(Bytes::from_static(crate::CSV_HEADER.as_bytes()))
+    } else {
+        None
+    };
+    // Pages of 1000 by sequence, so an export of years of history never sits in memory.
+    let pages = futures_util::stream::unfold(Some(filter), move |state| {
+        let pool = pool.clone();
+        async move {
+            let mut filter = state?;
+            match crate::query(&pool, &filter, 1000, true).await {
+                Ok(rows) if rows.is_empty() => None,
+                Ok(rows) => {
+                    let mut chunk = String::new();
+                    for r in &rows {
+                        if csv {
+                            chunk.push_str(&r.to_csv());
+                        } else {
+                            chunk.push_str(&r.to_json().to_string());
+                            chunk.push('\n');
+                        }
+                    }
+                    filter.after_seq = rows.last().map(|r| r.entry.seq);
+                    let next = (rows.len() == 1000).then_some(filter);
+                    Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), next))
+                }
+                Err(e) => Some((Err(std::io::Error::other(e)), None)),
+            }
+        }
+    });
+    let body = futures_util::StreamExt::chain(
+        futures_util::stream::iter(first.map(Ok::<_, std::io::Error>)),
+        pages,
+    );
+    let ct = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok((
+        [(header::CONTENT_TYPE, ct)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}

@@ -1,0 +1,415 @@
+//! The budgets module: its configuration, its routes and their handlers.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono_tz::Tz;
+use futures_util::future::BoxFuture;
+use kairos_api::extract::{JsonBody, QueryParams, ReadAt, limit_param, project_param, wait_for};
+use kairos_api::{
+    ApiError, AppState, Caller, Configured, EventRule, Guard, Host, Module, ModuleConfig,
+    ModuleError, Permission, Publish, Recorded, Routes, Started,
+};
+use kairos_events::types::{BUDGET_SET, BUDGET_THRESHOLD_CROSSED};
+use kairos_events::{Event, Money, Period, ProjectId};
+use kairos_runtime::AnyProjection;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::migrate::Migrator;
+
+use crate::{AsOfError, BudgetView, Budgets, Ledger, NAME};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The budgets module, registered by the binary.
+pub struct BudgetsModule;
+
+impl BudgetsModule {
+    /// The `[budgets]` section of `config`, with defaults for what it leaves out.
+    pub fn settings(config: &ModuleConfig) -> Result<BudgetSettings, ModuleError> {
+        config.get()
+    }
+}
+
+/// The value the binary registers.
+pub static MODULE: BudgetsModule = BudgetsModule;
+
+/// The `[budgets]` section of `kairos.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSettings {
+    /// IANA time zone of budget months.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Budgets set from the configuration at start-up.
+    #[serde(default)]
+    pub preset: Vec<BudgetPreset>,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+/// A budget set from the configuration at start-up.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetPreset {
+    pub project: String,
+    pub monthly_limit: String,
+    #[serde(default = "default_warn")]
+    pub warn_at_percent: u8,
+    #[serde(default = "default_policy")]
+    pub on_exceeded: String,
+    pub fallback_model: Option<String>,
+}
+
+fn default_warn() -> u8 {
+    80
+}
+
+fn default_policy() -> String {
+    "fallback_to_local".into()
+}
+
+impl Module for BudgetsModule {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schema(&self) -> &'static str {
+        NAME
+    }
+
+    fn migrations(&self) -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn config_section(&self) -> Option<&'static str> {
+        Some("budgets")
+    }
+
+    fn events(&self) -> &'static [EventRule] {
+        &[
+            EventRule {
+                ty: BUDGET_SET,
+                publish: Publish::With(Permission::ManageBudgets),
+            },
+            EventRule {
+                ty: BUDGET_THRESHOLD_CROSSED,
+                publish: Publish::KairosOnly,
+            },
+        ]
+    }
+
+    fn configure(&self, config: &ModuleConfig) -> Result<Box<dyn Configured>, ModuleError> {
+        let settings: BudgetSettings = config.get()?;
+        let tz: Tz = settings.timezone.parse().map_err(|_| {
+            config.invalid(
+                "timezone",
+                format!(
+                    "{:?} is not an IANA time zone such as UTC or Europe/Berlin",
+                    settings.timezone
+                ),
+            )
+        })?;
+        let mut presets = Vec::with_capacity(settings.preset.len());
+        for (i, p) in settings.preset.iter().enumerate() {
+            let key = |k: &str| format!("preset[{i}].{k}");
+            ProjectId::parse(&p.project).map_err(|e| {
+                config.invalid(&key("project"), format!("is invalid: {}", e.message))
+            })?;
+            Money::parse(&p.monthly_limit)
+                .map_err(|e| config.invalid(&key("monthly_limit"), format!("is invalid: {e}")))?;
+            if !(1..=100).contains(&p.warn_at_percent) {
+                return Err(config.invalid(&key("warn_at_percent"), "must be between 1 and 100"));
+            }
+            if kairos_events::types::OnExceeded::parse(&p.on_exceeded).is_none() {
+                return Err(
+                    config.invalid(&key("on_exceeded"), "must be fallback_to_local or block")
+                );
+            }
+            presets.push(preset_event(p).map_err(|e| config.invalid(&key("fallback_model"), e))?);
+        }
+        Ok(Box::new(BudgetsConfigured {
+            budgets: Budgets { tz },
+            presets,
+        }))
+    }
+}
+
+/// The budgets module configured.
+struct BudgetsConfigured {
+    budgets: Budgets,
+    presets: Vec<Event>,
+}
+
+impl Configured for BudgetsConfigured {
+    fn projection(&self) -> Arc<dyn AnyProjection> {
+        Arc::new(self.budgets.clone())
+    }
+
+    fn routes(&self) -> Routes {
+        use Guard::Key;
+        use Permission::{ManageBudgets, ReadProjections};
+        let budget = "/v1/projects/{project}/budget";
+        Routes::new()
+            .get(budget, Key(ReadProjections), "budget.read", get_budget)
+            .put(budget, Key(ManageBudgets), "budget.set", put_budget)
+            .get(
+                "/v1/budgets",
+                Key(ReadProjections),
+                "budget.list",
+                list_budgets,
+            )
+    }
+
+    fn start<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, Result<Started, ModuleError>> {
+        Box::pin(async move {
+            for r in host.bus.publish_events(&self.presets).await {
+                r.map_err(|e| ModuleError(format!("publishing the budget presets: {e}")))?;
+            }
+            Ok(Started::default()
+                .with_extension(self.budgets.clone())
+                .with_banner(format!("budget presets: {}", self.presets.len())))
+        })
+    }
+}
+
+/// Publishes a `kairos.budget.set.v1` for each `[[budgets.preset]]` of `settings` (see
+/// [`preset_event`]); the number published.
+pub async fn apply_presets(
+    bus: &kairos_bus::Bus,
+    settings: &BudgetSettings,
+) -> Result<usize, ModuleError> {
+    let events = settings
+        .preset
+        .iter()
+        .map(|p| preset_event(p).map_err(ModuleError))
+        .collect::<Result<Vec<_>, _>>()?;
+    for r in bus.publish_events(&events).await {
+        r.map_err(|e| ModuleError(format!("publishing the budget presets: {e}")))?;
+    }
+    Ok(events.len())
+}
+
+/// The `kairos.budget.set.v1` of a `[[budgets.preset]]`. Its id is derived from the preset's
+/// values, so a preset takes effect once per distinct value, however often Kairos restarts,
+/// and a budget changed through the API later is not reverted by a restart.
+fn preset_event(p: &BudgetPreset) -> Result<Event, String> {
+    let mut data = json!({
+        "project": p.project, "monthly_limit": p.monthly_limit,
+        "warn_at_percent": p.warn_at_percent, "on_exceeded": p.on_exceeded,
+    });
+    if let Some(m) = &p.fallback_model {
+        data["fallback_model"] = json!(m);
+    }
+    let digest = Sha256::digest(data.to_string().as_bytes());
+    let id: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    Event::from_value(json!({
+        "specversion": "1.0", "id": format!("preset-{id}"), "source": "kairos/config",
+        "type": BUDGET_SET, "subject": p.project,
+        "datacontenttype": "application/json", "data": data,
+    }))
+    .map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+struct BudgetQuery {
+    period: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+impl BudgetQuery {
+    /// The month asked for; by default the one containing `at` (now, or `as_of`).
+    fn period(&self, at: chrono::DateTime<chrono::Utc>, tz: &Tz) -> Result<Period, ApiError> {
+        match &self.period {
+            Some(p) => Period::parse(p).map_err(|e| ApiError::bad(e.code, "period", e.message)),
+            None => Ok(Period::containing(at, tz)),
+        }
+    }
+}
+
+/// `GET /v1/projects/{project}/budget?period=&min_seq=&as_of=`
+async fn get_budget(
+    State(st): State<AppState>,
+    Extension(budgets): Extension<Budgets>,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    read: ReadAt,
+    QueryParams(q): QueryParams<BudgetQuery>,
+) -> Result<Json<BudgetView>, ApiError> {
+    let project = project_param(&project)?;
+    caller.reach(project.as_str())?;
+    if let Some(at) = read.as_of {
+        let (ledger, seq) = ledger_as_of(&st, &budgets, at, Some(&project)).await?;
+        let period = q.period(at, &budgets.tz)?;
+        let raw = read.as_of_raw.unwrap_or_default();
+        return ledger.view(&project, period, seq).map(Json).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "project {project} had no budget and no spend in {period} at {raw}"
+            ))
+        });
+    }
+    let period = q.period(st.clock.now(), &budgets.tz)?;
+    read.wait(&st, NAME).await?;
+    crate::read(&st.pool, &project, period)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "project {project} has no budget and no spend in {period}"
+            ))
+        })
+}
+
+/// The budgets ledger as it stood at `at` (from the nearest snapshot plus the events after it;
+/// with `project`, only that project's), and the sequence it reflects.
+async fn ledger_as_of(
+    st: &AppState,
+    budgets: &Budgets,
+    at: chrono::DateTime<chrono::Utc>,
+    project: Option<&ProjectId>,
+) -> Result<(Ledger, u64), ApiError> {
+    let applied = |seq: kairos_events::StreamSeq| async move {
+        match wait_for(st, NAME, seq.0).await {
+            Ok(()) => Ok(()),
+            Err(ApiError::Database(e)) => Err(AsOfError::Database(e)),
+            Err(e) => Err(AsOfError::NotYetApplied(e.to_string())),
+        }
+    };
+    let (ledger, seq) = budgets
+        .ledger_at(&st.bus, &st.pool, at, project, applied)
+        .await
+        .map_err(|e| match e {
+            AsOfError::Database(e)
+            | AsOfError::History(kairos_runtime::HistoryError::Database(e)) => {
+                ApiError::Database(e)
+            }
+            AsOfError::NotYetApplied(e) => ApiError::NotYetApplied(e),
+            AsOfError::History(e @ kairos_runtime::HistoryError::Gone { .. }) => {
+                ApiError::bad("history_gone", "as_of", e.to_string())
+            }
+            other => ApiError::StreamUnavailable(other.to_string()),
+        })?;
+    Ok((ledger, seq.0))
+}
+
+/// `GET /v1/budgets?period=&min_seq=&as_of=&limit=&after=`
+async fn list_budgets(
+    State(st): State<AppState>,
+    Extension(budgets): Extension<Budgets>,
+    Extension(caller): Extension<Caller>,
+    read: ReadAt,
+    QueryParams(q): QueryParams<BudgetQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller.principal()?;
+    let limit = limit_param(q.limit.as_deref())?;
+    if let Some(after) = &q.after {
+        project_param(after)
+            .map_err(|_| ApiError::bad("invalid_query", "after", "after must be a project id"))?;
+    }
+    let next_after = |items: &[BudgetView]| {
+        (items.len() == limit)
+            .then(|| items.last().map(|b| b.project.clone()))
+            .flatten()
+    };
+    if let Some(at) = read.as_of {
+        let period = q.period(at, &budgets.tz)?;
+        let (ledger, seq) = ledger_as_of(&st, &budgets, at, None).await?;
+        let items: Vec<_> = ledger
+            .views(period, seq)
+            .into_iter()
+            .filter(|b| q.after.as_deref().is_none_or(|a| b.project.as_str() > a))
+            .filter(|b| principal.reaches(b.project.as_str()))
+            .take(limit)
+            .collect();
+        let next = next_after(&items);
+        return Ok(Json(json!({
+            "period": period, "as_of": read.as_of_raw, "as_of_seq": seq,
+            "budgets": items, "next_after": next,
+        })));
+    }
+    let period = q.period(st.clock.now(), &budgets.tz)?;
+    read.wait(&st, NAME).await?;
+    // A role narrowed to projects sees only those.
+    let only = principal.projects.as_deref();
+    let items = crate::list(&st.pool, period, q.after.as_deref(), limit as i64, only).await?;
+    let next = next_after(&items);
+    Ok(Json(
+        json!({"period": period, "budgets": items, "next_after": next}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetBody {
+    monthly_limit: Value,
+    warn_at_percent: Option<Value>,
+    on_exceeded: Option<Value>,
+    fallback_model: Option<Value>,
+}
+
+/// `PUT /v1/projects/{project}/budget`: records a `kairos.budget.set.v1` event.
+async fn put_budget(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+    JsonBody(b): JsonBody<BudgetBody>,
+) -> Result<Response, ApiError> {
+    let project = project_param(&project)?;
+    caller.reach(project.as_str())?;
+    // A limit is a decimal string ("10.00"); a JSON number is read from its text as well.
+    let limit = Money::from_json(&b.monthly_limit)
+        .map_err(|e| ApiError::bad("invalid_body", "monthly_limit", e.to_string()))?;
+    let mut data = json!({
+        "project": project.as_str(),
+        "monthly_limit": limit.to_string(),
+        "warn_at_percent": b.warn_at_percent.unwrap_or(json!(80)),
+        "on_exceeded": b.on_exceeded.unwrap_or(json!("fallback_to_local")),
+    });
+    if let Some(m) = b.fallback_model {
+        data["fallback_model"] = m;
+    }
+    caller.origin().stamp(&mut data);
+    let event = Event::from_value(json!({
+        "specversion": "1.0",
+        "id": uuid::Uuid::now_v7().to_string(),
+        "source": "kairos/api",
+        "type": BUDGET_SET,
+        "subject": project.as_str(),
+        "time": st.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "datacontenttype": "application/json",
+        "data": data,
+    }))
+    .map_err(|e| {
+        let field = e
+            .field
+            .as_deref()
+            .map(|f| f.trim_start_matches("data.").to_owned());
+        ApiError::BadRequest {
+            code: e.code,
+            message: e.message,
+            field,
+        }
+    })?;
+    let receipt = st
+        .bus
+        .publish_event(&event)
+        .await
+        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    let body = json!({
+        "project": project.as_str(),
+        "event_id": event.id(),
+        "seq": receipt.seq.0,
+        "budget": format!("/v1/projects/{project}/budget?min_seq={}", receipt.seq.0),
+    });
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    // The budget.set event carries the actor: it is this write's audit entry.
+    response.extensions_mut().insert(Recorded);
+    Ok(response)
+}

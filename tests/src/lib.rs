@@ -109,10 +109,14 @@ pub async fn spawn_app_registered(
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let router = kairos.api().await.expect("api").router;
-    let server = tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(listener, service).await.expect("server runs");
-    });
+    let limits = kairos_api::ServeLimits::from(&kairos.settings.http);
+    // Stopped by `cleanup`, which aborts the task and with it every connection.
+    let server = tokio::spawn(kairos_api::serve(
+        listener,
+        router,
+        limits,
+        std::future::pending(),
+    ));
     let access = kairos
         .spawn_projection(kairos_access::NAME)
         .expect("access projection");

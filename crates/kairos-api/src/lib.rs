@@ -19,6 +19,7 @@ mod limits;
 pub mod module;
 pub mod roles;
 mod routes;
+mod serve;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -45,6 +46,7 @@ pub use module::{
     Started,
 };
 pub use roles::{Authenticator, Denied, Origin, Permission, Principal, Role, allows};
+pub use serve::{ServeLimits, serve};
 
 /// The `[http]` section of `kairos.toml`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -74,6 +76,34 @@ pub struct HttpSettings {
     /// Largest total size of a request's headers, in bytes; larger ones get `431`.
     #[serde(default = "default_header_limit")]
     pub max_header_bytes: usize,
+    /// Once a request head's first byte arrived, how long the rest may take, in milliseconds;
+    /// the connection is closed after it.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// How long a connection may wait for its next complete request head after it opened or
+    /// its previous response was sent, in milliseconds; an idle connection is closed after it.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// Connections open at once; further ones wait in the listener's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// On shutdown, how long requests in flight may take before their connections are closed,
+    /// in milliseconds.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_ms: u64,
+}
+
+fn default_header_read_timeout() -> u64 {
+    10_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_shutdown_grace() -> u64 {
+    10_000
 }
 
 fn default_header_limit() -> usize {
@@ -122,6 +152,25 @@ impl HttpSettings {
         }
         if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
             return Err("http.max_header_bytes must be between 1024 and 1048576".into());
+        }
+        if !(100..=600_000).contains(&self.header_read_timeout_ms) {
+            return Err("http.header_read_timeout_ms must be between 100 and 600000".into());
+        }
+        if !(100..=3_600_000).contains(&self.idle_timeout_ms) {
+            return Err("http.idle_timeout_ms must be between 100 and 3600000".into());
+        }
+        // The idle timeout also bounds the head (it runs until the head is complete), so a
+        // longer header timeout would never apply.
+        if self.header_read_timeout_ms > self.idle_timeout_ms {
+            return Err(
+                "http.header_read_timeout_ms must not be above http.idle_timeout_ms".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err("http.max_connections must be between 1 and 1000000".into());
+        }
+        if self.shutdown_grace_ms > 600_000 {
+            return Err("http.shutdown_grace_ms must be at most 600000".into());
         }
         if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
             return Err("http.rate_limit_burst must be at least 1 when rate limiting is on".into());
@@ -240,8 +289,8 @@ pub struct AppState {
 }
 
 /// The whole API as a router, with its middleware: the platform's routes and `modules`' (each
-/// module's routes with what its [`Configured::start`] gave them). Serve it with
-/// `into_make_service_with_connect_info::<SocketAddr>()` so rate limits apply per client address.
+/// module's routes with what its [`Configured::start`] gave them). Serve it with [`serve`],
+/// which gives handlers the client address that rate limits are kept per.
 pub fn router(state: AppState, modules: Vec<(Routes, Started)>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = Duration::from_millis(state.http.request_timeout_ms);

@@ -353,15 +353,19 @@ impl Instance {
     }
 
     /// The API on a random local port: its base URL, and the task serving it.
-    async fn serve_api(&self) -> anyhow::Result<(String, AbortOnDrop<std::io::Result<()>>)> {
+    async fn serve_api(&self) -> anyhow::Result<(String, AbortOnDrop<()>)> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let api = self.k.api().await?.router;
+        let limits = kairos_api::ServeLimits::from(&self.k.settings.http);
         Ok((
             base,
-            AbortOnDrop(tokio::spawn(
-                async move { axum::serve(listener, api).await },
-            )),
+            AbortOnDrop(tokio::spawn(kairos_api::serve(
+                listener,
+                api,
+                limits,
+                std::future::pending(),
+            ))),
         ))
     }
 

@@ -177,6 +177,21 @@ mod tests {
                 "replay_identities_in_memory",
             ),
             ("[http]\nsurprise = 1", "surprise"),
+            (
+                "[http]\nheader_read_timeout_ms = 0",
+                "http.header_read_timeout_ms",
+            ),
+            ("[http]\nidle_timeout_ms = 50", "http.idle_timeout_ms"),
+            (
+                "[http]\nheader_read_timeout_ms = 20000\nidle_timeout_ms = 10000",
+                "http.header_read_timeout_ms",
+            ),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
+            ("[http]\nmax_connections = -1", "max_connections"),
+            (
+                "[http]\nshutdown_grace_ms = 3600000",
+                "http.shutdown_grace_ms",
+            ),
             ("[log]\nformat = \"xml\"", "format"),
             (
                 "[[budgets.preset]]\nproject = \"a.b\"\nmonthly_limit = \"1\"",

@@ -372,6 +372,7 @@ async fn serve(
     with_projections: bool,
 ) -> anyhow::Result<ExitCode> {
     let addr = settings.http.addr.clone();
+    let limits = kairos_api::ServeLimits::from(&settings.http);
     let demo_rate = settings.demo.events_per_second;
     let k = Kairos::connect(settings).await?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -426,10 +427,9 @@ async fn serve(
          '{{\"specversion\":\"1.0\",\"id\":\"call-1\",\"source\":\"my-gateway\",\"type\":\"kairos.llm.call.completed.v1\",\"subject\":\"checkout\",\"data\":{{\"project\":\"checkout\",\"model\":\"gpt-4o\",\"provider\":\"openai\",\"input_tokens\":1200,\"output_tokens\":300,\"cost\":\"0.0123\",\"latency_ms\":840,\"status\":\"ok\"}}}}'"
     );
     println!("  (more: {url}/v1/projections, {url}/metrics; Ctrl-C stops)\n");
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal());
+    let server = kairos_api::serve(listener, app, limits, shutdown_signal());
     tokio::select! {
-        r = server => { r?; Ok(ExitCode::SUCCESS) }
+        () = server => Ok(ExitCode::SUCCESS),
         Some(done) = tasks.join_next(), if with_projections => {
             let (name, result) = done?;
             error!(projection = name, ?result, "projection stopped");

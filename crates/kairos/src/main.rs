@@ -383,11 +383,6 @@ async fn serve(
             tasks.spawn(async move { (name, handle.await) });
         }
     }
-    match k.bootstrap_admin().await {
-        Ok(Some(member)) => info!(%member, "the bootstrap key is now the first admin's key"),
-        Ok(None) => {}
-        Err(e) => error!(error = %e, "could not bootstrap the first admin"),
-    }
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (set http.addr or KAIROS_HTTP_ADDR)"))?;
@@ -396,6 +391,9 @@ async fn serve(
         router: app,
         banner,
     } = k.api().await?;
+    // The port opens at once, whatever the projections' lag: the first admin is made once the
+    // access projection has caught up, in the background.
+    tokio::spawn(bootstrap_when_caught_up(k.clone()));
     if with_demo {
         let bus = k.bus.clone();
         tokio::spawn(async move {
@@ -434,6 +432,24 @@ async fn serve(
             let (name, result) = done?;
             error!(projection = name, ?result, "projection stopped");
             Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Makes the bootstrap key the first admin's (see `Kairos::bootstrap_admin`), trying again while
+/// the access projection is still catching up with the stream.
+async fn bootstrap_when_caught_up(k: Kairos) {
+    loop {
+        match k.bootstrap_admin().await {
+            Ok(Some(member)) => {
+                info!(%member, "the bootstrap key is now the first admin's key");
+                return;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                error!(error = %e, "could not bootstrap the first admin yet; trying again in 5 s");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
         }
     }
 }

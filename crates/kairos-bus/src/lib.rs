@@ -97,6 +97,10 @@ pub enum BusError {
     Stream { stream: String, message: String },
     #[error("publish to {subject} was not acknowledged: {message}")]
     Publish { subject: String, message: String },
+    /// A conditional append found another message on its subject since the sequence it
+    /// expected: the aggregate changed, decide again.
+    #[error("{subject} moved past sequence {expected}")]
+    Conflict { subject: String, expected: u64 },
 }
 
 /// The acknowledgement of one stored event.
@@ -715,6 +719,70 @@ impl Bus {
             }
         }
         results
+    }
+
+    /// Publishes `event` only if the last message stored on its subject is at stream sequence
+    /// `expected` (0: the subject has none yet): JetStream's
+    /// `Nats-Expected-Last-Subject-Sequence`, checked and stored atomically by the server. A
+    /// subject that moved on answers [`BusError::Conflict`].
+    pub async fn publish_if_last(&self, event: &Event, expected: u64) -> Result<Receipt, BusError> {
+        let subject = event.nats_subject(&self.config.subject_prefix);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.msg_id().as_str());
+        headers.insert("Content-Type", "application/cloudevents+json");
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected.to_string().as_str(),
+        );
+        let failed = |e: &dyn std::fmt::Display| BusError::Publish {
+            subject: subject.clone(),
+            message: e.to_string(),
+        };
+        let _slot = self
+            .inflight
+            .acquire()
+            .await
+            .map_err(|_| BusError::Config("the bus is closed".into()))?;
+        let ack = self
+            .js
+            .publish_with_headers(
+                subject.clone(),
+                headers,
+                Bytes::copy_from_slice(event.to_bytes()),
+            )
+            .await
+            .map_err(|e| failed(&e))?;
+        match ack.await {
+            Ok(ack) => Ok(Receipt {
+                seq: StreamSeq(ack.sequence),
+                duplicate: ack.duplicate,
+            }),
+            Err(e)
+                if e.kind()
+                    == async_nats::jetstream::context::PublishErrorKind::WrongLastSequence =>
+            {
+                Err(BusError::Conflict { subject, expected })
+            }
+            Err(e) => Err(failed(&e)),
+        }
+    }
+
+    /// The stream sequence of the last message stored on `subject`, `0` if none is.
+    pub async fn last_seq_on(&self, subject: &str) -> Result<u64, BusError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self
+            .events_stream()
+            .await?
+            .get_last_raw_message_by_subject(subject)
+            .await
+        {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(BusError::Stream {
+                stream: self.config.stream.clone(),
+                message: e.to_string(),
+            }),
+        }
     }
 
     /// Publishes one event and waits for its acknowledgement.

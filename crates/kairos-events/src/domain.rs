@@ -100,9 +100,26 @@ impl EventType {
         &self.0
     }
 
-    /// The NATS subject token of this type: the second dot-token of a `kairos.` type, `ext` for
-    /// every foreign type.
+    /// The NATS subject token of this type: `access` for the identity events (members, roles
+    /// and keys are one aggregate, so its commands append to one subject with an expected last
+    /// sequence), the second dot-token of any other `kairos.` type, `ext` for every foreign type.
     pub fn category(&self) -> &str {
+        if crate::types::IDENTITY.contains(&self.0.as_str()) {
+            return "access";
+        }
+        self.name_category()
+    }
+
+    /// The category an earlier layout stored this type under, where it differs from
+    /// [`EventType::category`]: identity events were kept under their own name's token
+    /// (`member`, `role`, `api_key`). Such stored events still belong where they are.
+    pub fn legacy_category(&self) -> Option<&str> {
+        let own = self.name_category();
+        (own != self.category()).then_some(own)
+    }
+
+    /// The second dot-token of a `kairos.` type, `ext` for every foreign type.
+    fn name_category(&self) -> &str {
         match self.0.strip_prefix("kairos.") {
             Some(rest) => rest.split('.').next().unwrap_or(""),
             None => "ext",
@@ -423,6 +440,17 @@ mod tests {
         for bad in ["", "-a", "a.b", "a b", "a*", "a>", &"x".repeat(65), "é"] {
             assert!(ProjectId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn identity_events_share_the_access_category() {
+        for ty in crate::types::IDENTITY {
+            let t = EventType::parse(ty).unwrap();
+            assert_eq!(t.category(), "access", "{ty}");
+            assert_ne!(t.legacy_category(), None, "{ty}");
+        }
+        let t = EventType::parse("kairos.budget.set.v1").unwrap();
+        assert_eq!((t.category(), t.legacy_category()), ("budget", None));
     }
 
     #[test]

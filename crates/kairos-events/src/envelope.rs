@@ -232,14 +232,18 @@ impl Event {
         )
     }
 
-    /// Whether `subject` is [`Event::nats_subject`], without building it.
+    /// Whether `subject` is [`Event::nats_subject`] (or, for an event stored by an earlier
+    /// layout, its subject then: see [`EventType::legacy_category`]), without building it.
     pub fn belongs_on(&self, prefix: &str, subject: &str) -> bool {
-        subject
-            .strip_prefix(prefix)
-            .and_then(|s| s.strip_prefix(".events."))
-            .and_then(|s| s.strip_prefix(self.ty.category()))
-            .and_then(|s| s.strip_prefix('.'))
-            == Some(self.subject_token())
+        let under = |category: &str| {
+            subject
+                .strip_prefix(prefix)
+                .and_then(|s| s.strip_prefix(".events."))
+                .and_then(|s| s.strip_prefix(category))
+                .and_then(|s| s.strip_prefix('.'))
+                == Some(self.subject_token())
+        };
+        under(self.ty.category()) || self.ty.legacy_category().is_some_and(under)
     }
 
     fn subject_token(&self) -> &str {

@@ -17,6 +17,7 @@
 //! It is not a place for projection logic: nothing here knows what a budget is.
 
 mod apply;
+mod command;
 mod dynamic;
 mod history;
 mod migrate;
@@ -31,6 +32,7 @@ use chrono::{DateTime, Utc};
 use kairos_events::{Event, StreamSeq};
 
 pub use apply::{Delivered, Target, writer_lock};
+pub use command::{Aggregate, AggregateStore, CommandError, Decision, Executed};
 pub use dynamic::AnyProjection;
 pub use history::{
     AsOfSpan, HistoryError, SpanItems, as_of_span, first_applied, items_between, seq_at_time,

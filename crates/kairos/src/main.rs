@@ -565,8 +565,8 @@ async fn admin(settings: Settings, cmd: AdminCommand) -> anyhow::Result<ExitCode
     let ttl_hours = settings.auth.invitation_ttl_hours;
     let k = Kairos::connect(settings).await?;
     let secret = k.key_secret().await?;
-    let watch = kairos_runtime::CheckpointWatch::start(k.pool.clone()).await?;
-    let ctx = k.access(&secret, &watch);
+    let directory = k.directory();
+    let ctx = k.access(&secret, &directory);
     let origin = commands::Origin {
         actor: format!(
             "cli:{}",
@@ -638,11 +638,6 @@ async fn admin(settings: Settings, cmd: AdminCommand) -> anyhow::Result<ExitCode
             serde_json::to_value(commands::revoke_key(ctx, &origin, &key_id).await?)?
         }
     };
-    if out["applied"] == serde_json::json!(false) {
-        eprintln!(
-            "kairos admin: recorded, but the access projection has not applied it yet (is `kairos serve` or `kairos consume access` running?)"
-        );
-    }
     println!("{out:#}");
     Ok(ExitCode::SUCCESS)
 }

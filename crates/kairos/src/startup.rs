@@ -228,18 +228,21 @@ impl Kairos {
         Ok(KeySecret::load(&self.pool, self.settings.auth.key_secret.as_deref()).await?)
     }
 
-    /// What `kairos_access::commands` need, with `watch` following the checkpoints.
+    /// A directory of the identity events for access commands run outside the API
+    /// (`kairos admin`, the bootstrap admin): folded from the stream on its first command.
+    pub fn directory(&self) -> Arc<kairos_runtime::AggregateStore<kairos_access::Directory>> {
+        kairos_access::directory_store(self.bus.clone())
+    }
+
+    /// What `kairos_access::commands` need.
     pub fn access<'a>(
         &'a self,
         secret: &'a KeySecret,
-        watch: &'a CheckpointWatch,
+        directory: &'a kairos_runtime::AggregateStore<kairos_access::Directory>,
     ) -> kairos_access::commands::Ctx<'a> {
         kairos_access::commands::Ctx {
-            bus: &self.bus,
-            pool: &self.pool,
+            directory,
             secret,
-            watch,
-            wait: std::time::Duration::from_millis(self.settings.http.read_wait_ms),
             clock: &self.clock,
         }
     }
@@ -334,8 +337,8 @@ impl Kairos {
     }
 
     /// First start: when no admin exists and `auth.bootstrap_admin_key` is set, that key becomes
-    /// the first admin's. Waits (bounded) for the access projection to catch up first, so it
-    /// knows whether an admin exists; the access projection must be running somewhere.
+    /// the first admin's. Whether an admin exists is decided on the identity events themselves
+    /// (the access subject), not on the access projection, which may still be catching up.
     pub async fn bootstrap_admin(&self) -> anyhow::Result<Option<String>> {
         let Some(key) = &self.settings.auth.bootstrap_admin_key else {
             if kairos_access::active_admins(&self.pool).await? == 0 {
@@ -347,17 +350,8 @@ impl Kairos {
             return Ok(None);
         };
         let secret = self.key_secret().await?;
-        let watch = CheckpointWatch::start(self.pool.clone()).await?;
-        let last = self.bus.last_seq().await?;
-        watch
-            .wait_for(
-                kairos_access::NAME,
-                last.0,
-                std::time::Duration::from_secs(60),
-            )
-            .await
-            .context("waiting for the access projection before bootstrapping the admin")?;
-        let ctx = self.access(&secret, &watch);
+        let directory = self.directory();
+        let ctx = self.access(&secret, &directory);
         let joined =
             kairos_access::commands::bootstrap(ctx, key, &self.settings.auth.bootstrap_admin_email)
                 .await?;

@@ -2,14 +2,13 @@
 //! change goes through [`crate::commands`], the same code `kairos admin` runs.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
-use kairos_api::extract::{JsonBody, QueryParams};
+use kairos_api::extract::{JsonBody, QueryParams, ReadAt};
 use kairos_api::{
     ApiError, AppState, Caller, Configured, EventRule, Guard, Host, Module, ModuleConfig,
     ModuleError, Permission, Publish, Recorded, Routes, Started,
@@ -17,13 +16,13 @@ use kairos_api::{
 use kairos_events::types::{
     API_KEY_ISSUED, API_KEY_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
 };
-use kairos_runtime::AnyProjection;
+use kairos_runtime::{AggregateStore, AnyProjection};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::migrate::Migrator;
 
 use crate::commands::{self, CommandError, Ctx};
-use crate::keys::KeyAuthenticator;
+use crate::directory::Directory;
 use crate::{Access, KeySecret, NAME};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -145,14 +144,58 @@ impl Configured for AccessConfigured {
             let secret = KeySecret::load(&host.pool, host.auth.key_secret.as_deref())
                 .await
                 .map_err(|e| ModuleError(format!("loading the key secret: {e}")))?;
-            let authenticator = KeyAuthenticator {
-                pool: host.pool.clone(),
+            // Only the identity events are read: however long the rest of the stream, this
+            // takes as long as the organisation's history of members and keys.
+            let directory = directory_store(host.bus.clone());
+            directory
+                .catch_up()
+                .await
+                .map_err(|e| ModuleError(format!("reading the identity events: {e}")))?;
+            tokio::spawn(directory.clone().follow());
+            let authenticator = DirectoryAuthenticator {
                 secret: secret.clone(),
+                directory: directory.clone(),
             };
-            let mut started = Started::default().with_extension(secret);
+            let mut started = Started::default().with_extension(AccessApi { secret, directory });
             started.authenticator = Some(Arc::new(authenticator));
             Ok(started)
         })
+    }
+}
+
+/// The directory of the identity events on `bus`: appended to on the access subject, folded
+/// from it and from the subjects an earlier layout kept them on.
+pub fn directory_store(bus: kairos_bus::Bus) -> Arc<AggregateStore<Directory>> {
+    let prefix = bus.config().subject_prefix.clone();
+    let subject = |category: &str| format!("{prefix}.events.{category}._global");
+    AggregateStore::with_legacy(
+        bus,
+        subject("access"),
+        ["member", "role", "api_key"].map(subject).to_vec(),
+    )
+}
+
+/// The [`kairos_api::Authenticator`] the API asks: keys checked against the directory, in
+/// memory.
+struct DirectoryAuthenticator {
+    secret: KeySecret,
+    directory: Arc<AggregateStore<Directory>>,
+}
+
+impl kairos_api::Authenticator for DirectoryAuthenticator {
+    fn lookup(&self, key: &str) -> String {
+        self.secret.lookup(key)
+    }
+
+    fn authenticate<'a>(
+        &'a self,
+        key: &'a str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Result<kairos_api::Principal, kairos_api::Denied>> {
+        let result = self
+            .directory
+            .read(|d| d.authenticate(&self.secret, key, now));
+        Box::pin(std::future::ready(result))
     }
 }
 
@@ -168,32 +211,29 @@ impl From<CommandError> for ApiError {
             C::NotFound(m) => Self::NotFound(m),
             C::Conflict(m) => Self::Conflict(m),
             C::Gone(m) => Self::Gone(m),
-            C::Database(e) => Self::Database(e),
             C::Stream(m) => Self::StreamUnavailable(m),
-            C::Behind(m) => Self::NotYetApplied(m),
         }
     }
 }
 
-fn ctx<'a>(st: &'a AppState, secret: &'a KeySecret) -> Ctx<'a> {
+/// What the access handlers share: the key secret and the directory commands decide against.
+#[derive(Clone)]
+pub struct AccessApi {
+    pub secret: KeySecret,
+    pub directory: Arc<AggregateStore<Directory>>,
+}
+
+fn ctx<'a>(st: &'a AppState, api: &'a AccessApi) -> Ctx<'a> {
     Ctx {
-        bus: &st.bus,
-        pool: &st.pool,
-        secret,
-        watch: &st.checkpoints,
-        wait: Duration::from_millis(st.http.read_wait_ms),
+        directory: &api.directory,
+        secret: &api.secret,
         clock: &st.clock,
     }
 }
 
-/// A created (or, if the projection has not applied it yet, accepted) change, marked as
-/// recorded so the audit middleware does not add a second entry.
-fn answer(status: StatusCode, applied: bool, body: Value) -> Response {
-    let status = if applied {
-        status
-    } else {
-        StatusCode::ACCEPTED
-    };
+/// A change, decided and stored, marked as recorded so the audit middleware does not add a
+/// second entry (its event carries the actor).
+fn answer(status: StatusCode, body: Value) -> Response {
     let mut r = (status, Json(body)).into_response();
     r.extensions_mut().insert(Recorded);
     r
@@ -208,7 +248,9 @@ struct MembersQuery {
 async fn list_members(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<MembersQuery>,
+    read: ReadAt,
 ) -> Result<Json<Value>, ApiError> {
+    read.wait(&st, NAME).await?;
     let members = crate::members(&st.pool, q.include_removed.unwrap_or(false)).await?;
     Ok(Json(json!({ "members": members })))
 }
@@ -230,14 +272,14 @@ struct RoleBody {
 /// `PUT /v1/members/{id}/role` with `{"role", "projects"?}`
 async fn set_role(
     State(st): State<AppState>,
-    Extension(secret): Extension<KeySecret>,
+    Extension(access): Extension<AccessApi>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(b): JsonBody<RoleBody>,
 ) -> Result<Response, ApiError> {
     let id = id_param(&id, "member")?;
     let r = commands::set_role(
-        ctx(&st, &secret),
+        ctx(&st, &access),
         &caller.origin(),
         &id,
         &b.role,
@@ -246,8 +288,7 @@ async fn set_role(
     .await?;
     Ok(answer(
         StatusCode::OK,
-        r.applied,
-        json!({"member_id": id, "role": b.role, "seq": r.seq, "applied": r.applied}),
+        json!({"member_id": id, "role": b.role, "seq": r.seq}),
     ))
 }
 
@@ -259,7 +300,7 @@ struct RemoveQuery {
 /// `DELETE /v1/members/{id}?reason=`
 async fn remove_member(
     State(st): State<AppState>,
-    Extension(secret): Extension<KeySecret>,
+    Extension(access): Extension<AccessApi>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<RemoveQuery>,
@@ -273,7 +314,7 @@ async fn remove_member(
     }
     let id = id_param(&id, "member")?;
     let r = commands::remove(
-        ctx(&st, &secret),
+        ctx(&st, &access),
         &caller.origin(),
         &id,
         q.reason.as_deref(),
@@ -281,13 +322,16 @@ async fn remove_member(
     .await?;
     Ok(answer(
         StatusCode::OK,
-        r.applied,
-        json!({"member_id": id, "removed": true, "seq": r.seq, "applied": r.applied}),
+        json!({"member_id": id, "removed": true, "seq": r.seq}),
     ))
 }
 
 /// `GET /v1/invitations` (never the tokens)
-async fn list_invitations(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list_invitations(
+    State(st): State<AppState>,
+    read: ReadAt,
+) -> Result<Json<Value>, ApiError> {
+    read.wait(&st, NAME).await?;
     let invitations = crate::invitations(&st.pool).await?;
     Ok(Json(json!({ "invitations": invitations })))
 }
@@ -305,7 +349,7 @@ struct InviteBody {
 /// token is in this answer only.
 async fn invite(
     State(st): State<AppState>,
-    Extension(secret): Extension<KeySecret>,
+    Extension(access): Extension<AccessApi>,
     Extension(caller): Extension<Caller>,
     JsonBody(b): JsonBody<InviteBody>,
 ) -> Result<Response, ApiError> {
@@ -321,7 +365,7 @@ async fn invite(
         }
     };
     let inv = commands::invite(
-        ctx(&st, &secret),
+        ctx(&st, &access),
         &caller.origin(),
         &b.email,
         &b.role,
@@ -332,7 +376,7 @@ async fn invite(
     let accept = format!("/v1/invitations/{}/accept", inv.token);
     let mut body = serde_json::to_value(&inv).unwrap_or_default();
     body["accept"] = json!(accept);
-    Ok(answer(StatusCode::CREATED, inv.recorded.applied, body))
+    Ok(answer(StatusCode::CREATED, body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,7 +388,7 @@ struct AcceptBody {
 /// `POST /v1/invitations/{token}/accept` with `{"name"?}`: the new member's first key, shown once.
 async fn accept(
     State(st): State<AppState>,
-    Extension(secret): Extension<KeySecret>,
+    Extension(access): Extension<AccessApi>,
     Extension(caller): Extension<Caller>,
     Path(token): Path<String>,
     JsonBody(b): JsonBody<AcceptBody>,
@@ -359,9 +403,9 @@ async fn accept(
             "name must be 1 to 200 characters",
         ));
     }
-    let joined = commands::accept(ctx(&st, &secret), &caller.origin(), &token, b.name).await?;
+    let joined = commands::accept(ctx(&st, &access), &caller.origin(), &token, b.name).await?;
     let body = serde_json::to_value(&joined).unwrap_or_default();
-    Ok(answer(StatusCode::CREATED, joined.recorded.applied, body))
+    Ok(answer(StatusCode::CREATED, body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,7 +419,9 @@ async fn list_keys(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     QueryParams(q): QueryParams<KeysQuery>,
+    read: ReadAt,
 ) -> Result<Json<Value>, ApiError> {
+    read.wait(&st, NAME).await?;
     let p = caller.principal()?;
     let member = q.member_id.as_deref().unwrap_or(&p.member_id);
     if member != p.member_id && !p.can(Permission::ManageMembers) {
@@ -400,7 +446,7 @@ struct IssueBody {
 /// `POST /v1/api-keys` with `{"name", "member_id"?, "expires_in_days"?}`: the key, shown once.
 async fn issue_key(
     State(st): State<AppState>,
-    Extension(secret): Extension<KeySecret>,
+    Extension(access): Extension<AccessApi>,
     Extension(caller): Extension<Caller>,
     JsonBody(b): JsonBody<IssueBody>,
 ) -> Result<Response, ApiError> {
@@ -427,7 +473,7 @@ async fn issue_key(
         }
     };
     let issued = commands::issue_key(
-        ctx(&st, &secret),
+        ctx(&st, &access),
         &caller.origin(),
         &member,
         &b.name,
@@ -435,29 +481,27 @@ async fn issue_key(
     )
     .await?;
     let body = serde_json::to_value(&issued).unwrap_or_default();
-    Ok(answer(StatusCode::CREATED, issued.recorded.applied, body))
+    Ok(answer(StatusCode::CREATED, body))
 }
 
 /// `DELETE /v1/api-keys/{id}`: one's own key, or (admin) anyone's. Refused from the next request.
 async fn revoke_key(
     State(st): State<AppState>,
-    Extension(secret): Extension<KeySecret>,
+    Extension(access): Extension<AccessApi>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = id_param(&id, "API key")?;
     let p = caller.principal()?;
-    let key = commands::key(&st.pool, &id)
-        .await?
+    let holder = commands::key_holder(ctx(&st, &access), &id)
         .ok_or_else(|| ApiError::NotFound(format!("no API key {id}")))?;
-    if key.member_id != p.member_id && !p.can(Permission::ManageMembers) {
+    if holder != p.member_id && !p.can(Permission::ManageMembers) {
         // Someone else's key is as good as unknown to a non-admin.
         return Err(ApiError::NotFound(format!("no API key {id}")));
     }
-    let r = commands::revoke_key(ctx(&st, &secret), &caller.origin(), &id).await?;
+    let r = commands::revoke_key(ctx(&st, &access), &caller.origin(), &id).await?;
     Ok(answer(
         StatusCode::OK,
-        r.applied,
-        json!({"key_id": id, "revoked": true, "seq": r.seq, "applied": r.applied}),
+        json!({"key_id": id, "revoked": true, "seq": r.seq}),
     ))
 }

@@ -1,42 +1,31 @@
-//! Changing who may do what: each command checks the current state, publishes its event, and
-//! waits (bounded) until the access projection applied it, so the caller's next request sees it.
-//!
-//! Commands run one at a time across every Kairos instance (a PostgreSQL advisory lock held from
-//! the check to the apply), so two admins cannot both remove "the other last admin", and an
-//! invitation cannot be accepted twice.
-
-use std::time::Duration;
+//! Changing who may do what. Each command is decided against the [`Directory`] — the fold of
+//! every identity event, as of the last one on the access subject — and its event appended with
+//! that subject's expected last sequence (`kairos_runtime::AggregateStore`): two admins cannot
+//! both remove "the other last admin", an invitation cannot be accepted twice, and a command
+//! waits neither for the access projection nor for the rest of the stream. The answer carries
+//! the event's stream sequence; `?min_seq=` reads the projection's tables once they have it.
 
 use chrono::{DateTime, Utc};
-use kairos_bus::Bus;
+use kairos_api::Role;
 use kairos_events::types::{
     API_KEY_ISSUED, API_KEY_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
 };
 use kairos_events::{Clock, Event, ProjectId};
-use kairos_runtime::{CheckpointWatch, WaitError};
+use kairos_runtime::{AggregateStore, Decision};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, Transaction};
 
+use crate::directory::{Directory, Member};
 use crate::keys::{KeySecret, generate_key, generate_token, hex};
-use crate::views::{self, KeyView, MemberView};
-use kairos_api::Role;
-
-/// Serialises every access command across instances.
-const LOCK: i64 = 0x6b61_6972_6f73_6163; // "kairosac"
 
 pub use kairos_api::Origin;
 
 /// What a command needs.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
-    pub bus: &'a Bus,
-    pub pool: &'a PgPool,
+    pub directory: &'a AggregateStore<Directory>,
     pub secret: &'a KeySecret,
-    pub watch: &'a CheckpointWatch,
-    /// How long to wait for the projection to apply a change.
-    pub wait: Duration,
     /// "Now": event times and expiries.
     pub clock: &'a Clock,
 }
@@ -52,13 +41,18 @@ pub enum CommandError {
     /// An invitation that was used or expired.
     #[error("{0}")]
     Gone(String),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
     #[error("event stream: {0}")]
     Stream(String),
-    /// The access projection is behind the stream: checking now could miss a recent change.
-    #[error("{0}")]
-    Behind(String),
+}
+
+impl From<kairos_runtime::CommandError<CommandError>> for CommandError {
+    fn from(e: kairos_runtime::CommandError<CommandError>) -> Self {
+        match e {
+            kairos_runtime::CommandError::Rejected(e) => e,
+            e @ kairos_runtime::CommandError::Conflict { .. } => Self::Conflict(e.to_string()),
+            kairos_runtime::CommandError::Bus(e) => Self::Stream(e.to_string()),
+        }
+    }
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> CommandError {
@@ -68,12 +62,11 @@ fn invalid(field: &str, message: impl Into<String>) -> CommandError {
     }
 }
 
-/// Where a recorded change landed.
+/// Where a recorded change landed: read the access projection's tables with `?min_seq=` to
+/// see it there.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Recorded {
     pub seq: u64,
-    /// Whether the access projection applied it within the wait (it will, once it runs).
-    pub applied: bool,
 }
 
 /// A new invitation: `token` is shown once and never stored.
@@ -147,54 +140,16 @@ pub fn scope(
     Ok((role, Some(projects)))
 }
 
-/// The access lock, held from a command's checks until its change is applied; the projection
-/// has caught up with the stream when it is taken, so the checks see every earlier change.
-struct Locked(Transaction<'static, Postgres>);
-
-impl Locked {
-    /// The locked connection: checks read through it, so a command holds one connection.
-    fn db(&mut self) -> &mut PgConnection {
-        &mut self.0
-    }
-
-    /// Releases the lock. The change is on the stream by now: a failure here loses nothing.
-    async fn done(self) {
-        if let Err(e) = self.0.commit().await {
-            tracing::warn!(error = %e, "releasing the access lock failed; PostgreSQL releases it with the connection");
-        }
-    }
-}
-
-async fn lock(ctx: Ctx<'_>) -> Result<Locked, CommandError> {
-    let mut tx = ctx.pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(LOCK)
-        .execute(&mut *tx)
-        .await?;
-    let last = ctx
-        .bus
-        .last_seq()
-        .await
-        .map_err(|e| CommandError::Stream(e.to_string()))?;
-    match ctx.watch.wait_for(crate::NAME, last.0, ctx.wait).await {
-        Ok(_) => Ok(Locked(tx)),
-        Err(WaitError::Database(e)) => Err(e.into()),
-        Err(e) => Err(CommandError::Behind(format!(
-            "the access projection is behind the stream ({e}); try again shortly"
-        ))),
-    }
-}
-
-/// Publishes one identity event (origin fields added to `data`) and waits for its apply.
-async fn record(
+/// An identity event from `origin` (its fields added to `data`), timed by the clock.
+fn event(
     ctx: Ctx<'_>,
     origin: &Origin,
     id: String,
     ty: &str,
     mut data: Value,
-) -> Result<Recorded, CommandError> {
+) -> Result<Event, CommandError> {
     origin.stamp(&mut data);
-    let event = Event::from_value(json!({
+    Event::from_value(json!({
         "specversion": "1.0", "id": id, "source": origin.source, "type": ty,
         "time": ctx.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         "datacontenttype": "application/json", "data": data,
@@ -205,40 +160,25 @@ async fn record(
             .as_deref()
             .map_or("body".into(), |f| f.trim_start_matches("data.").to_owned()),
         message: e.message,
-    })?;
-    let receipt = ctx
-        .bus
-        .publish_event(&event)
-        .await
-        .map_err(|e| CommandError::Stream(e.to_string()))?;
-    let applied = match ctx
-        .watch
-        .wait_for(crate::NAME, receipt.seq.0, ctx.wait)
-        .await
-    {
-        Ok(_) => true,
-        // Published: the change happened, whatever fails now (and the caller must still get the
-        // key or token it created).
-        Err(e) => {
-            tracing::warn!(seq = receipt.seq.0, error = %e, "access change recorded but not yet applied");
-            false
-        }
-    };
-    Ok(Recorded {
-        seq: receipt.seq.0,
-        applied,
     })
+}
+
+/// Runs `decide` against the directory and appends what it decides.
+async fn execute<T>(
+    ctx: Ctx<'_>,
+    decide: impl FnMut(&Directory) -> Result<Decision<T>, CommandError>,
+) -> Result<(T, Recorded), CommandError> {
+    let done = ctx.directory.execute(decide).await?;
+    let seq = done.seq.map_or(0, |s| s.0);
+    Ok((done.value, Recorded { seq }))
 }
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-async fn email_taken(db: impl PgExecutor<'_>, email: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM access.members WHERE status = 'active' AND lower(email) = lower($1))")
-        .bind(email)
-        .fetch_one(db)
-        .await
+fn already_member(email: &str) -> CommandError {
+    CommandError::Conflict(format!("{email} is already a member"))
 }
 
 fn check_email(email: &str) -> Result<(), CommandError> {
@@ -268,12 +208,6 @@ pub async fn invite(
 ) -> Result<Invitation, CommandError> {
     check_email(email)?;
     let (role, projects) = scope(role, projects)?;
-    let mut tx = lock(ctx).await?;
-    if email_taken(tx.db(), email).await? {
-        return Err(CommandError::Conflict(format!(
-            "{email} is already a member"
-        )));
-    }
     let token = generate_token();
     let invitation_id = uuid::Uuid::new_v4().to_string();
     let expires_at = ctx.clock.now() + ttl;
@@ -285,8 +219,14 @@ pub async fn invite(
     if let Some(p) = &projects {
         data["projects"] = json!(p);
     }
-    let recorded = record(ctx, origin, new_id(), MEMBER_INVITED, data).await?;
-    tx.done().await;
+    let event = event(ctx, origin, new_id(), MEMBER_INVITED, data)?;
+    let ((), recorded) = execute(ctx, |d| {
+        if d.active_by_email(email).is_some() {
+            return Err(already_member(email));
+        }
+        Ok(Decision::append(event.clone(), ()))
+    })
+    .await?;
     Ok(Invitation {
         invitation_id,
         token,
@@ -298,26 +238,6 @@ pub async fn invite(
     })
 }
 
-#[derive(sqlx::FromRow)]
-struct Pending {
-    invitation_id: String,
-    email: String,
-    role: String,
-    projects: Option<Vec<String>>,
-    expires_at: DateTime<Utc>,
-    accepted_at: Option<DateTime<Utc>>,
-}
-
-async fn pending(db: impl PgExecutor<'_>, hash: &[u8]) -> Result<Option<Pending>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT invitation_id, email, role, projects, expires_at, accepted_at
-           FROM access.invitations WHERE token_hash = $1",
-    )
-    .bind(hash)
-    .fetch_optional(db)
-    .await
-}
-
 /// Accepts the invitation whose token is `token`: a new member with the invited role and a
 /// first key. `origin.actor` is filled in with the invited address.
 pub async fn accept(
@@ -326,101 +246,102 @@ pub async fn accept(
     token: &str,
     name: Option<String>,
 ) -> Result<Joined, CommandError> {
+    let unknown = || CommandError::NotFound("unknown invitation token".into());
     if token.len() > 200 {
-        return Err(CommandError::NotFound("unknown invitation token".into()));
+        return Err(unknown());
     }
     let hash = ctx.secret.hash(token);
-    // Unknown tokens are refused before the lock: nobody without a token queues on it.
-    if pending(ctx.pool, &hash).await?.is_none() {
-        return Err(CommandError::NotFound("unknown invitation token".into()));
-    }
-    let mut tx = lock(ctx).await?;
-    let Some(inv) = pending(tx.db(), &hash).await? else {
-        return Err(CommandError::NotFound("unknown invitation token".into()));
-    };
-    if inv.accepted_at.is_some() {
-        return Err(CommandError::Gone(
-            "this invitation was already accepted".into(),
-        ));
-    }
-    if inv.expires_at <= ctx.clock.now() {
-        return Err(CommandError::Gone(format!(
-            "this invitation expired at {}",
-            inv.expires_at
-        )));
-    }
-    let (invitation_id, email, role, projects) =
-        (inv.invitation_id, inv.email, inv.role, inv.projects);
-    if email_taken(tx.db(), &email).await? {
-        return Err(CommandError::Conflict(format!(
-            "{email} is already a member"
-        )));
-    }
-    let (role, projects) = scope(&role, projects)?;
-    let origin = Origin {
-        actor: email.clone(),
-        actor_role: Some(role),
-        ..origin.clone()
-    };
-    let joined = join(
-        ctx,
-        &origin,
-        &email,
-        role,
-        projects,
-        name,
-        Some(invitation_id),
-        None,
-    )
+    let api_key = generate_key();
+    let (member_id, key_id, event_id) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+        new_id(),
+    );
+    let now = ctx.clock.now();
+    let (joined, recorded) = execute(ctx, |d| {
+        let Some(inv) = d.invitations.get(hash.as_slice()) else {
+            return Err(unknown());
+        };
+        if inv.accepted {
+            return Err(CommandError::Gone(
+                "this invitation was already accepted".into(),
+            ));
+        }
+        if inv.expires_at <= now {
+            return Err(CommandError::Gone(format!(
+                "this invitation expired at {}",
+                inv.expires_at
+            )));
+        }
+        if d.active_by_email(&inv.email).is_some() {
+            return Err(already_member(&inv.email));
+        }
+        let (role, projects) = scope(inv.role.as_str(), inv.projects.clone())?;
+        let origin = Origin {
+            actor: inv.email.clone(),
+            actor_role: Some(role),
+            ..origin.clone()
+        };
+        let new = NewMember {
+            email: &inv.email,
+            role,
+            projects,
+            name: name.clone(),
+            invitation_id: Some(inv.invitation_id.clone()),
+            api_key: &api_key,
+            member_id: &member_id,
+            key_id: &key_id,
+        };
+        let (event, joined) = join_event(ctx, &origin, &new, event_id.clone())?;
+        Ok(Decision::append(event, joined))
+    })
     .await?;
-    tx.done().await;
-    Ok(joined)
+    Ok(Joined { recorded, ..joined })
 }
 
-/// Publishes a `member.joined` with a first key (`key`, or a new one).
-#[allow(clippy::too_many_arguments)]
-async fn join(
-    ctx: Ctx<'_>,
-    origin: &Origin,
-    email: &str,
+/// A member about to join.
+struct NewMember<'a> {
+    email: &'a str,
     role: Role,
     projects: Option<Vec<String>>,
     name: Option<String>,
     invitation_id: Option<String>,
-    fixed: Option<(&str, String, String, String)>,
-) -> Result<Joined, CommandError> {
-    let (api_key, member_id, key_id, event_id) = match fixed {
-        Some((key, member, key_id, event)) => (key.to_owned(), member, key_id, event),
-        None => (
-            generate_key(),
-            uuid::Uuid::new_v4().to_string(),
-            uuid::Uuid::new_v4().to_string(),
-            new_id(),
-        ),
-    };
+    api_key: &'a str,
+    member_id: &'a str,
+    key_id: &'a str,
+}
+
+/// The `member.joined` of `new`, with their first key.
+fn join_event(
+    ctx: Ctx<'_>,
+    origin: &Origin,
+    new: &NewMember<'_>,
+    event_id: String,
+) -> Result<(Event, Joined), CommandError> {
     let mut data = json!({
-        "member_id": member_id, "email": email, "role": role.as_str(),
-        "key": {"key_id": key_id, "name": "first key", "lookup": ctx.secret.lookup(&api_key), "hash": hex(&ctx.secret.hash(&api_key))},
+        "member_id": new.member_id, "email": new.email, "role": new.role.as_str(),
+        "key": {"key_id": new.key_id, "name": "first key", "lookup": ctx.secret.lookup(new.api_key), "hash": hex(&ctx.secret.hash(new.api_key))},
     });
-    if let Some(p) = &projects {
+    if let Some(p) = &new.projects {
         data["projects"] = json!(p);
     }
-    if let Some(n) = &name {
+    if let Some(n) = &new.name {
         data["name"] = json!(n);
     }
-    if let Some(i) = &invitation_id {
+    if let Some(i) = &new.invitation_id {
         data["invitation_id"] = json!(i);
     }
-    let recorded = record(ctx, origin, event_id, MEMBER_JOINED, data).await?;
-    Ok(Joined {
-        member_id,
-        email: email.to_owned(),
-        role,
-        projects,
-        key_id,
-        api_key,
-        recorded,
-    })
+    let event = event(ctx, origin, event_id, MEMBER_JOINED, data)?;
+    let joined = Joined {
+        member_id: new.member_id.to_owned(),
+        email: new.email.to_owned(),
+        role: new.role,
+        projects: new.projects.clone(),
+        key_id: new.key_id.to_owned(),
+        api_key: new.api_key.to_owned(),
+        recorded: Recorded { seq: 0 },
+    };
+    Ok((event, joined))
 }
 
 /// Adds a member directly, without an invitation (operators, through `kairos admin`).
@@ -434,15 +355,30 @@ pub async fn add_member(
 ) -> Result<Joined, CommandError> {
     check_email(email)?;
     let (role, projects) = scope(role, projects)?;
-    let mut tx = lock(ctx).await?;
-    if email_taken(tx.db(), email).await? {
-        return Err(CommandError::Conflict(format!(
-            "{email} is already a member"
-        )));
-    }
-    let joined = join(ctx, origin, email, role, projects, name, None, None).await?;
-    tx.done().await;
-    Ok(joined)
+    let api_key = generate_key();
+    let (member_id, key_id) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let new = NewMember {
+        email,
+        role,
+        projects,
+        name,
+        invitation_id: None,
+        api_key: &api_key,
+        member_id: &member_id,
+        key_id: &key_id,
+    };
+    let (event, joined) = join_event(ctx, origin, &new, new_id())?;
+    let (joined, recorded) = execute(ctx, |d| {
+        if d.active_by_email(email).is_some() {
+            return Err(already_member(email));
+        }
+        Ok(Decision::append(event.clone(), joined.clone()))
+    })
+    .await?;
+    Ok(Joined { recorded, ..joined })
 }
 
 /// First start: when no admin exists, `key` becomes the key of a first admin (`email`). Ids are
@@ -452,10 +388,6 @@ pub async fn bootstrap(
     key: &str,
     email: &str,
 ) -> Result<Option<Joined>, CommandError> {
-    let mut tx = lock(ctx).await?;
-    if views::active_admins(tx.db()).await? > 0 {
-        return Ok(None);
-    }
     let derive = |domain: &str| {
         let d = Sha256::digest([domain.as_bytes(), &ctx.secret.hash(key)].concat());
         let mut b = [0u8; 16];
@@ -470,33 +402,36 @@ pub async fn bootstrap(
         source: "kairos/bootstrap".into(),
         ..Origin::default()
     };
-    let joined = join(
-        ctx,
-        &origin,
+    let new = NewMember {
         email,
-        Role::Admin,
-        None,
-        Some("bootstrap admin".into()),
-        None,
-        Some((key, member_id, key_id, event_id)),
-    )
+        role: Role::Admin,
+        projects: None,
+        name: Some("bootstrap admin".into()),
+        invitation_id: None,
+        api_key: key,
+        member_id: &member_id,
+        key_id: &key_id,
+    };
+    let (event, joined) = join_event(ctx, &origin, &new, event_id)?;
+    let (joined, recorded) = execute(ctx, |d| {
+        Ok(if d.active_admins() > 0 {
+            Decision::nothing(None)
+        } else {
+            Decision::append(event.clone(), Some(joined.clone()))
+        })
+    })
     .await?;
-    tx.done().await;
-    Ok(Some(joined))
+    Ok(joined.map(|j| Joined { recorded, ..j }))
 }
 
-async fn active_member(db: &mut PgConnection, member_id: &str) -> Result<MemberView, CommandError> {
-    match views::member(db, member_id).await? {
-        Some(m) if m.status == "active" => Ok(m),
-        _ => Err(CommandError::NotFound(format!(
-            "no active member {member_id}"
-        ))),
-    }
+fn active<'d>(d: &'d Directory, member_id: &str) -> Result<&'d Member, CommandError> {
+    d.active_member(member_id)
+        .ok_or_else(|| CommandError::NotFound(format!("no active member {member_id}")))
 }
 
 /// Refuses a change that would leave no active admin.
-async fn keep_an_admin(db: &mut PgConnection, member: &MemberView) -> Result<(), CommandError> {
-    if member.role == "admin" && views::active_admins(db).await? <= 1 {
+fn keep_an_admin(d: &Directory, member: &Member) -> Result<(), CommandError> {
+    if member.role == Role::Admin && d.active_admins() <= 1 {
         return Err(CommandError::Conflict(format!(
             "{} is the last admin; make someone else admin first",
             member.email
@@ -514,17 +449,19 @@ pub async fn set_role(
     projects: Option<Vec<String>>,
 ) -> Result<Recorded, CommandError> {
     let (role, projects) = scope(role, projects)?;
-    let mut tx = lock(ctx).await?;
-    let member = active_member(tx.db(), member_id).await?;
-    if role != Role::Admin {
-        keep_an_admin(tx.db(), &member).await?;
-    }
     let mut data = json!({"member_id": member_id, "role": role.as_str()});
     if let Some(p) = &projects {
         data["projects"] = json!(p);
     }
-    let recorded = record(ctx, origin, new_id(), ROLE_ASSIGNED, data).await?;
-    tx.done().await;
+    let event = event(ctx, origin, new_id(), ROLE_ASSIGNED, data)?;
+    let ((), recorded) = execute(ctx, |d| {
+        let member = active(d, member_id)?;
+        if role != Role::Admin {
+            keep_an_admin(d, member)?;
+        }
+        Ok(Decision::append(event.clone(), ()))
+    })
+    .await?;
     Ok(recorded)
 }
 
@@ -535,15 +472,16 @@ pub async fn remove(
     member_id: &str,
     reason: Option<&str>,
 ) -> Result<Recorded, CommandError> {
-    let mut tx = lock(ctx).await?;
-    let member = active_member(tx.db(), member_id).await?;
-    keep_an_admin(tx.db(), &member).await?;
     let mut data = json!({"member_id": member_id});
     if let Some(r) = reason {
         data["reason"] = json!(r);
     }
-    let recorded = record(ctx, origin, new_id(), MEMBER_REMOVED, data).await?;
-    tx.done().await;
+    let event = event(ctx, origin, new_id(), MEMBER_REMOVED, data)?;
+    let ((), recorded) = execute(ctx, |d| {
+        keep_an_admin(d, active(d, member_id)?)?;
+        Ok(Decision::append(event.clone(), ()))
+    })
+    .await?;
     Ok(recorded)
 }
 
@@ -558,8 +496,6 @@ pub async fn issue_key(
     if name.is_empty() || name.chars().count() > 100 {
         return Err(invalid("name", "name must be 1 to 100 characters"));
     }
-    let mut tx = lock(ctx).await?;
-    active_member(tx.db(), member_id).await?;
     let api_key = generate_key();
     let key_id = uuid::Uuid::new_v4().to_string();
     let expires_at = expires_in.map(|d| ctx.clock.now() + d);
@@ -570,8 +506,12 @@ pub async fn issue_key(
     if let Some(at) = expires_at {
         data["expires_at"] = json!(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     }
-    let recorded = record(ctx, origin, new_id(), API_KEY_ISSUED, data).await?;
-    tx.done().await;
+    let event = event(ctx, origin, new_id(), API_KEY_ISSUED, data)?;
+    let ((), recorded) = execute(ctx, |d| {
+        active(d, member_id)?;
+        Ok(Decision::append(event.clone(), ()))
+    })
+    .await?;
     Ok(Issued {
         key_id,
         member_id: member_id.to_owned(),
@@ -582,28 +522,40 @@ pub async fn issue_key(
     })
 }
 
-/// The key `key_id`, if it exists.
-pub async fn key(pool: &PgPool, key_id: &str) -> Result<Option<KeyView>, CommandError> {
-    Ok(views::key(pool, key_id).await?)
+/// The member holding key `key_id`, if the key exists.
+pub fn key_holder(ctx: Ctx<'_>, key_id: &str) -> Option<String> {
+    ctx.directory
+        .read(|d| d.keys.get(key_id).map(|k| k.member_id.clone()))
 }
 
-/// Revokes `key_id`: refused from the next request on.
+/// Revokes `key_id`: refused from the moment this answers, in this process (its directory
+/// folds the revocation before the command returns).
 pub async fn revoke_key(
     ctx: Ctx<'_>,
     origin: &Origin,
     key_id: &str,
 ) -> Result<Recorded, CommandError> {
-    let mut tx = lock(ctx).await?;
-    let Some(key) = views::key(tx.db(), key_id).await? else {
-        return Err(CommandError::NotFound(format!("no API key {key_id}")));
-    };
-    if key.revoked_at.is_some() {
-        return Err(CommandError::Conflict(format!(
-            "API key {key_id} is already revoked"
-        )));
-    }
-    let data = json!({"key_id": key_id, "member_id": key.member_id});
-    let recorded = record(ctx, origin, new_id(), API_KEY_REVOKED, data).await?;
-    tx.done().await;
+    let mut event_for = None;
+    let ((), recorded) = execute(ctx, |d| {
+        let Some(key) = d.keys.get(key_id) else {
+            return Err(CommandError::NotFound(format!("no API key {key_id}")));
+        };
+        if key.revoked {
+            return Err(CommandError::Conflict(format!(
+                "API key {key_id} is already revoked"
+            )));
+        }
+        let e = match &event_for {
+            Some(e) => Clone::clone(e),
+            None => {
+                let data = json!({"key_id": key_id, "member_id": key.member_id});
+                let e = event(ctx, origin, new_id(), API_KEY_REVOKED, data)?;
+                event_for = Some(e.clone());
+                e
+            }
+        };
+        Ok(Decision::append(e, ()))
+    })
+    .await?;
     Ok(recorded)
 }

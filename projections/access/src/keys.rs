@@ -1,11 +1,8 @@
 //! API keys and invitation tokens: generation, hashing, constant-time checking.
 
-use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
 use sha2::Sha256;
-use sqlx::{PgPool, Row};
-
-use kairos_api::{Authenticator, Denied, Principal, Role};
+use sqlx::PgPool;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -103,74 +100,6 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-/// The member behind `key`, if it is a valid key of an active member.
-pub async fn authenticate(
-    pool: &PgPool,
-    secret: &KeySecret,
-    key: &str,
-    now: DateTime<Utc>,
-) -> Result<Principal, Denied> {
-    let rows = sqlx::query(
-        "SELECT k.key_id, k.hash, k.expires_at, k.revoked_at IS NOT NULL AS revoked,
-                m.member_id, m.email, m.role, m.projects, m.status
-           FROM access.api_keys k JOIN access.members m USING (member_id)
-          WHERE k.lookup = $1",
-    )
-    .bind(secret.lookup(key))
-    .fetch_all(pool)
-    .await?;
-    // A 64-bit prefix can collide; the HMAC decides, in constant time.
-    let Some(row) = rows
-        .into_iter()
-        .find(|r| secret.verify(key, &r.get::<Vec<u8>, _>("hash")))
-    else {
-        return Err(Denied::Unknown);
-    };
-    let key_id: String = row.get("key_id");
-    if row.get::<bool, _>("revoked") {
-        return Err(Denied::Revoked { key_id });
-    }
-    if let Some(at) = row.get::<Option<DateTime<Utc>>, _>("expires_at")
-        && at <= now
-    {
-        return Err(Denied::Expired { key_id, at });
-    }
-    if row.get::<String, _>("status") != "active" {
-        return Err(Denied::MemberRemoved { key_id });
-    }
-    let role: String = row.get("role");
-    Ok(Principal {
-        member_id: row.get("member_id"),
-        email: row.get("email"),
-        role: Role::parse(&role).ok_or_else(|| {
-            Denied::Database(sqlx::Error::Protocol(format!("unknown role {role:?}")))
-        })?,
-        projects: row.get("projects"),
-        key_id,
-    })
-}
-
-/// The [`Authenticator`] the API asks: keys checked against the access projection's tables.
-#[derive(Clone)]
-pub struct KeyAuthenticator {
-    pub pool: PgPool,
-    pub secret: KeySecret,
-}
-
-impl Authenticator for KeyAuthenticator {
-    fn lookup(&self, key: &str) -> String {
-        self.secret.lookup(key)
-    }
-
-    fn authenticate<'a>(
-        &'a self,
-        key: &'a str,
-        now: DateTime<Utc>,
-    ) -> futures_util::future::BoxFuture<'a, Result<Principal, Denied>> {
-        Box::pin(authenticate(&self.pool, &self.secret, key, now))
-    }
 }
 
 #[cfg(test)]

@@ -12,13 +12,15 @@
 
 mod api;
 pub mod commands;
+mod directory;
 mod keys;
 mod projection;
 mod views;
 
-pub use api::{AccessModule, MODULE};
+pub use api::{AccessApi, AccessModule, MODULE, directory_store};
+pub use directory::{Directory, Invite, Key, Member};
 pub use kairos_api::{Denied, Permission, Principal, Role, allows};
-pub use keys::{KeyAuthenticator, KeySecret, authenticate, generate_key, generate_token};
+pub use keys::{KeySecret, generate_key, generate_token};
 pub use projection::{Access, Change};
 pub use views::{
     InvitationView, KeyView, MemberView, active_admins, invitations, keys, member, members,

@@ -211,7 +211,8 @@ impl Projection for Access {
     }
 
     fn categories(&self) -> Option<&'static [&'static str]> {
-        Some(&["member", "role", "api_key"])
+        // `member`, `role` and `api_key` hold identity events stored by an earlier layout.
+        Some(&["access", "member", "role", "api_key"])
     }
 
     fn decode(&self, stored: &StoredEvent) -> Result<Option<Item>, Rejection> {

@@ -79,19 +79,6 @@ pub async fn keys(pool: &PgPool, member_id: Option<&str>) -> Result<Vec<KeyView>
     .await
 }
 
-pub(crate) async fn key(
-    db: impl PgExecutor<'_>,
-    key_id: &str,
-) -> Result<Option<KeyView>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT key_id, member_id, name, created_at, created_by, expires_at, revoked_at
-           FROM access.api_keys WHERE key_id = $1",
-    )
-    .bind(key_id)
-    .fetch_optional(db)
-    .await
-}
-
 /// Invitations, newest first.
 pub async fn invitations(pool: &PgPool) -> Result<Vec<InvitationView>, sqlx::Error> {
     sqlx::query_as(

@@ -236,7 +236,8 @@ impl Projection for Audit {
     }
 
     fn categories(&self) -> Option<&'static [&'static str]> {
-        Some(&["user", "budget", "member", "role", "api_key"])
+        // `member`, `role` and `api_key` hold identity events stored by an earlier layout.
+        Some(&["user", "budget", "access", "member", "role", "api_key"])
     }
 
     fn decode(&self, stored: &StoredEvent) -> Result<Option<Entry>, Rejection> {

@@ -25,6 +25,7 @@ use kairos_runtime::{
 use kairos_tests::{
     TestApp, client, fixture_clock, llm_call, send, spawn_app_registered, test_settings_with,
 };
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool};
@@ -71,19 +72,7 @@ impl Module for ModelCountsModule {
     }
 
     fn configure(&self, config: &ModuleConfig) -> Result<Box<dyn Configured>, ModuleError> {
-        // The test crate does not depend on serde, so the section is read as a map and its one
-        // key checked here; a module crate derives `Deserialize` with
-        // `#[serde(deny_unknown_fields)]` instead (as `BudgetSettings` does).
-        let section: BTreeMap<String, Value> = config.get()?;
-        if let Some(unknown) = section.keys().find(|k| *k != "min_calls") {
-            return Err(config.invalid(unknown, "is not a setting; the one setting is min_calls"));
-        }
-        let min_calls = match section.get("min_calls") {
-            None => 1,
-            Some(v) => v.as_i64().ok_or_else(|| {
-                config.invalid("min_calls", format!("must be an integer, not {v}"))
-            })?,
-        };
+        let ModelCountsSettings { min_calls } = config.get()?;
         if min_calls < 1 {
             return Err(config.invalid(
                 "min_calls",
@@ -94,6 +83,19 @@ impl Module for ModelCountsModule {
             projection: ModelCounts { min_calls },
         }))
     }
+}
+
+/// The `[model_counts]` section of `kairos.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelCountsSettings {
+    /// Calls a model needs before it is listed (and announced).
+    #[serde(default = "one")]
+    min_calls: i64,
+}
+
+fn one() -> i64 {
+    1
 }
 
 /// The fold: calls per model into `counts`, and one `POPULAR` event per model the first time
@@ -450,14 +452,14 @@ fn its_configuration_section_is_checked_and_named_in_errors() {
     );
     assert_eq!(
         config_error("[model_counts]\nmin_calls = \"two\"", &with_module),
-        "configuration: model_counts.min_calls must be an integer, not \"two\""
+        "configuration: model_counts.min_calls: invalid type: found string \"two\", expected i64"
     );
     assert_eq!(
         config_error(
             "[model_counts]\nmin_calls = 2\ncolour = \"red\"",
             &with_module
         ),
-        "configuration: model_counts.colour is not a setting; the one setting is min_calls"
+        "configuration: model_counts.colour: unknown field: found `colour`, expected ``min_calls``"
     );
 
     // Without the module its section is claimed by nobody, and its event type is a producer's.

@@ -123,14 +123,21 @@ impl Settings {
 }
 
 /// `KAIROS_<SECTION>_<KEY>`: the first `_` after the prefix separates section from key, so
-/// `KAIROS_NATS_SUBJECT_PREFIX` is `nats.subject_prefix`.
+/// `KAIROS_NATS_SUBJECT_PREFIX` is `nats.subject_prefix`. A section whose name has a `_` of its
+/// own (a module's, say `model_counts`) is separated by `__`: `KAIROS_MODEL_COUNTS__MIN_CALLS`.
 fn env_overrides() -> Env {
     Env::prefixed("KAIROS_")
         .filter(|k| {
             let k = k.as_str().to_ascii_lowercase();
             k.contains('_') && !k.starts_with("bootstrap")
         })
-        .map(|k| k.as_str().replacen('_', ".", 1).into())
+        .map(|k| {
+            let k = k.as_str();
+            match k.split_once("__") {
+                Some((section, key)) => format!("{section}.{key}").into(),
+                None => k.replacen('_', ".", 1).into(),
+            }
+        })
         .lowercase(true)
 }
 

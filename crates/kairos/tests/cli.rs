@@ -92,6 +92,26 @@ fn bad_configuration_stops_start_up_naming_the_key() {
     );
     assert!(!out.status.success());
     assert!(stderr(&out).contains("http.addr"), "{}", stderr(&out));
+    // A module's section, through the environment: `_` or `__` after the section's name.
+    for var in ["KAIROS_BUDGETS_TIMEZONE", "KAIROS_BUDGETS__TIMEZONE"] {
+        let out = kairos(&["check-config"], &[(var, "Atlantis/Capital")], None);
+        assert!(!out.status.success(), "{var}");
+        assert!(
+            stderr(&out).contains("budgets.timezone"),
+            "{var}: {}",
+            stderr(&out)
+        );
+    }
+    let out = kairos(
+        &["check-config"],
+        &[("KAIROS_BUDGETS__TIMEZONE", "Pacific/Auckland")],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Pacific/Auckland"),
+        "the override is applied"
+    );
     let out = kairos(
         &["check-config"],
         &[

@@ -349,3 +349,135 @@ async fn the_current_month_turns_over_at_midnight_in_auckland(pool: PgPool) {
 async fn the_current_month_turns_over_at_midnight_in_st_johns(pool: PgPool) {
     the_month_turns_at_local_midnight(pool, "America/St_Johns", "2027-01-01T03:29:59.999Z").await;
 }
+
+/// Two API processes on one stream and database: each keeps its own copy of a project's budget
+/// setting, so their writes really race on the stream.
+async fn two_instances(pool: PgPool) -> (kairos_tests::TestApp, kairos_tests::TestApp) {
+    let settings = test_settings();
+    let a = spawn_app_with(pool.clone(), settings.clone(), true).await;
+    let b = spawn_app_with(pool, settings, false).await;
+    (a, b)
+}
+
+/// Two budget sets on one project, each conditional on the version both read: one wins, the
+/// other is refused with 409 naming the version it missed, and the winner's budget is the one
+/// in force. Nothing is lost or applied twice.
+#[sqlx::test(migrations = false)]
+async fn racing_conditional_budget_sets_let_exactly_one_win(pool: PgPool) {
+    let (a, b) = two_instances(pool).await;
+    let (status, r) = a
+        .put_json("/v1/projects/race/budget", &json!({"monthly_limit": "1"}))
+        .await;
+    assert_eq!(status, 202, "{r}");
+    let mut version = r["version"].as_u64().unwrap();
+    for round in 0..10 {
+        let (_, read) = a
+            .get(&format!("/v1/projects/race/budget?min_seq={version}"))
+            .await;
+        assert_eq!(read["version"].as_u64(), Some(version), "{read}");
+        let put = |app: &kairos_tests::TestApp, limit: String| {
+            app.http
+                .put(format!("{}/v1/projects/race/budget", app.url))
+                .header("if-match", format!("\"{version}\""))
+                .json(&json!({ "monthly_limit": limit }))
+                .send()
+        };
+        let (ra, rb) = tokio::join!(
+            put(&a, format!("{}.10", round + 10)),
+            put(&b, format!("{}.20", round + 10))
+        );
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let (sa, sb) = (ra.status().as_u16(), rb.status().as_u16());
+        let (ba, bb): (Value, Value) = (ra.json().await.unwrap(), rb.json().await.unwrap());
+        let (winner, loser, limit) = match (sa, sb) {
+            (202, 409) => (&ba, &bb, format!("{}.10", round + 10)),
+            (409, 202) => (&bb, &ba, format!("{}.20", round + 10)),
+            other => panic!("round {round}: exactly one must win, got {other:?}: {ba} {bb}"),
+        };
+        assert_eq!(loser["error"]["code"], "conflict", "{loser}");
+        assert!(
+            loser["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("not {version}")),
+            "{loser}"
+        );
+        version = winner["version"].as_u64().unwrap();
+        let (_, now) = a
+            .get(&format!("/v1/projects/race/budget?min_seq={version}"))
+            .await;
+        assert_eq!(now["limit"], Value::String(limit), "round {round}: {now}");
+        assert_eq!(now["version"].as_u64(), Some(version));
+    }
+    // Eleven sets stored, one per winner: the losers appended nothing.
+    let sets = a
+        .stored_events()
+        .await
+        .into_iter()
+        .filter(|(_, _, e)| e.event_type().as_str() == "kairos.budget.set.v1")
+        .count();
+    assert_eq!(sets, 11);
+    b.cleanup().await;
+    a.cleanup().await;
+}
+
+/// Unconditional sets racing from two processes: each is decided again on the newer state when
+/// the other appended first, so every answered set is on the stream once, in the order the
+/// stream took them, and the budget in force is the last one stored.
+#[sqlx::test(migrations = false)]
+async fn racing_budget_sets_are_each_stored_once_and_the_last_one_holds(pool: PgPool) {
+    let (a, b) = two_instances(pool).await;
+    let puts = (0..40).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        async move {
+            let (status, r) = app
+                .put_json(
+                    "/v1/projects/race/budget",
+                    &json!({"monthly_limit": format!("{i}.50")}),
+                )
+                .await;
+            (status, r)
+        }
+    });
+    let answers = futures_util::future::join_all(puts).await;
+    let mut stored_by_answer = Vec::new();
+    for (status, r) in &answers {
+        match status {
+            202 => stored_by_answer.push(r["seq"].as_u64().unwrap()),
+            // Every attempt met another writer's set: refused, nothing appended.
+            409 => assert_eq!(r["error"]["code"], "conflict", "{r}"),
+            other => panic!("{other}: {r}"),
+        }
+    }
+    assert!(!stored_by_answer.is_empty());
+    let sets: Vec<(u64, String)> = a
+        .stored_events()
+        .await
+        .into_iter()
+        .filter(|(_, _, e)| e.event_type().as_str() == "kairos.budget.set.v1")
+        .map(|(_, seq, e)| {
+            (
+                seq,
+                e.json()["data"]["monthly_limit"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut seqs: Vec<u64> = sets.iter().map(|(s, _)| *s).collect();
+    stored_by_answer.sort_unstable();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs, stored_by_answer,
+        "each accepted set stored once, no other"
+    );
+    let (last_seq, last_limit) = sets.iter().max_by_key(|(s, _)| *s).unwrap().clone();
+    let (_, now) = a
+        .get(&format!("/v1/projects/race/budget?min_seq={last_seq}"))
+        .await;
+    assert_eq!(now["limit"], Value::String(last_limit), "{now}");
+    assert_eq!(now["version"].as_u64(), Some(last_seq));
+    b.cleanup().await;
+    a.cleanup().await;
+}

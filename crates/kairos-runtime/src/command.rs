@@ -292,6 +292,13 @@ impl<A: Aggregate> AggregateStore<A> {
                     self.conflicts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(subject = %self.subject, attempt, "command conflicted; deciding again");
+                    // Writers that met head on would meet again: a random pause of up to
+                    // 2^attempt ms sets them apart (the clock's nanoseconds are random enough).
+                    let nanos = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.subsec_nanos());
+                    let pause = u64::from(nanos) % (1u64 << attempt.min(6));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                     self.catch_up().await?;
                 }
                 Err(e) => return Err(e.into()),

@@ -1,10 +1,11 @@
 //! The budgets module: its configuration, its routes and their handlers.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono_tz::Tz;
 use futures_util::future::BoxFuture;
@@ -15,7 +16,9 @@ use kairos_api::{
 };
 use kairos_events::types::{BUDGET_SET, BUDGET_THRESHOLD_CROSSED};
 use kairos_events::{Event, Money, Period, ProjectId};
-use kairos_runtime::AnyProjection;
+use kairos_runtime::{
+    Aggregate, AggregateStore, AnyProjection, CommandError, Decision, StoredEvent,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -174,6 +177,7 @@ impl Configured for BudgetsConfigured {
             }
             Ok(Started::default()
                 .with_extension(self.budgets.clone())
+                .with_extension(BudgetCommands::new(host.bus.clone()))
                 .with_banner(format!("budget presets: {}", self.presets.len())))
         })
     }
@@ -354,15 +358,91 @@ struct BudgetBody {
     fallback_model: Option<Value>,
 }
 
-/// `PUT /v1/projects/{project}/budget`: records a `kairos.budget.set.v1` event.
+/// A project's budget setting as its `kairos.budget.set.v1` events leave it: what a budget set
+/// decides against. Its subject (`<prefix>.events.budget.<project>`) also carries the project's
+/// threshold events, which change nothing here.
+#[derive(Debug, Default)]
+pub struct BudgetSetting {
+    /// The stream sequence of the set in force (0: none yet).
+    pub version: u64,
+}
+
+impl Aggregate for BudgetSetting {
+    fn fold(&mut self, event: &StoredEvent) {
+        if event.event.event_type().as_str() == BUDGET_SET {
+            self.version = event.seq.0;
+        }
+    }
+}
+
+/// The budget settings of the projects this process has set budgets for, each an aggregate on
+/// its project's subject.
+#[derive(Clone)]
+pub struct BudgetCommands {
+    bus: kairos_bus::Bus,
+    stores: Arc<Mutex<HashMap<ProjectId, Arc<AggregateStore<BudgetSetting>>>>>,
+}
+
+impl BudgetCommands {
+    fn new(bus: kairos_bus::Bus) -> Self {
+        Self {
+            bus,
+            stores: Arc::default(),
+        }
+    }
+
+    /// The aggregate of `project`'s budget setting.
+    pub fn of(&self, project: &ProjectId) -> Arc<AggregateStore<BudgetSetting>> {
+        let mut stores = self
+            .stores
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stores
+            .entry(project.clone())
+            .or_insert_with(|| {
+                let prefix = &self.bus.config().subject_prefix;
+                AggregateStore::new(
+                    self.bus.clone(),
+                    format!("{prefix}.events.budget.{project}"),
+                )
+            })
+            .clone()
+    }
+}
+
+/// The version a write is conditional on: `If-Match: "<version>"` (the `version` a read
+/// answered; `"0"` for a project without a budget yet).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    raw.to_str()
+        .ok()
+        .map(|v| v.trim().trim_matches('"'))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad(
+                "invalid_header",
+                "If-Match",
+                "If-Match must be the budget's version, as \"123\"",
+            )
+        })
+}
+
+/// `PUT /v1/projects/{project}/budget`: decides a `kairos.budget.set.v1` against the project's
+/// budget setting and appends it with the subject's expected last sequence.
 async fn put_budget(
     State(st): State<AppState>,
+    Extension(settings): Extension<BudgetCommands>,
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
+    headers: HeaderMap,
     JsonBody(b): JsonBody<BudgetBody>,
 ) -> Result<Response, ApiError> {
     let project = project_param(&project)?;
     caller.reach(project.as_str())?;
+    let expected = if_match(&headers)?;
     // A limit is a decimal string ("10.00"); a JSON number is read from its text as well.
     let limit = Money::from_json(&b.monthly_limit)
         .map_err(|e| ApiError::bad("invalid_body", "monthly_limit", e.to_string()))?;
@@ -397,16 +477,28 @@ async fn put_budget(
             field,
         }
     })?;
-    let receipt = st
-        .bus
-        .publish_event(&event)
+    let done = settings
+        .of(&project)
+        .execute(|current| match expected {
+            Some(v) if v != current.version => Err(ApiError::Conflict(format!(
+                "the budget of {project} is at version {}, not {v}: read it again",
+                current.version
+            ))),
+            _ => Ok(Decision::append(event.clone(), ())),
+        })
         .await
-        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+        .map_err(|e| match e {
+            CommandError::Rejected(e) => e,
+            e @ CommandError::Conflict { .. } => ApiError::Conflict(e.to_string()),
+            CommandError::Bus(e) => ApiError::StreamUnavailable(e.to_string()),
+        })?;
+    let seq = done.seq.map_or(0, |s| s.0);
     let body = json!({
         "project": project.as_str(),
         "event_id": event.id(),
-        "seq": receipt.seq.0,
-        "budget": format!("/v1/projects/{project}/budget?min_seq={}", receipt.seq.0),
+        "seq": seq,
+        "version": seq,
+        "budget": format!("/v1/projects/{project}/budget?min_seq={seq}"),
     });
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     // The budget.set event carries the actor: it is this write's audit entry.

@@ -502,6 +502,9 @@ pub struct BudgetView {
     pub warn_at_percent: Option<u8>,
     pub on_exceeded: Option<OnExceeded>,
     pub fallback_model: Option<String>,
+    /// The stream sequence of the `kairos.budget.set.v1` in force: send it as `If-Match` to
+    /// change the budget only if nobody changed it since.
+    pub version: Option<u64>,
     pub calls: i64,
     pub failed_calls: i64,
     pub input_tokens: i64,
@@ -515,7 +518,7 @@ const VIEW_SQL: &str = "
         SELECT project FROM budgets.limits
         UNION SELECT project FROM budgets.spend WHERE period = $2
     )
-    SELECT p.project, l.monthly_limit_nanos, l.warn_at_percent, l.on_exceeded, l.fallback_model,
+    SELECT p.project, l.monthly_limit_nanos, l.warn_at_percent, l.on_exceeded, l.fallback_model, l.set_seq,
            coalesce(s.spent_nanos, 0) AS spent_nanos, coalesce(s.calls, 0) AS calls,
            coalesce(s.failed_calls, 0) AS failed_calls, coalesce(s.input_tokens, 0) AS input_tokens,
            coalesce(s.output_tokens, 0) AS output_tokens,
@@ -550,6 +553,7 @@ impl BudgetView {
             warn_at_percent: limit.map(|l| l.warn_at_percent),
             on_exceeded: limit.map(|l| l.on_exceeded),
             fallback_model: limit.and_then(|l| l.fallback_model.clone()),
+            version: limit.map(|l| l.set_seq),
             calls: spend.calls,
             failed_calls: spend.failed_calls,
             input_tokens: spend.input_tokens,
@@ -573,7 +577,10 @@ fn view(r: &sqlx::postgres::PgRow, period: Period) -> Result<BudgetView, sqlx::E
                 .unwrap_or(OnExceeded::Block),
             fallback_model: r.try_get("fallback_model")?,
             set_by: None,
-            set_seq: 0,
+            set_seq: r
+                .try_get::<Option<i64>, _>("set_seq")?
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(0),
             set_at: DateTime::<Utc>::UNIX_EPOCH,
         }),
         _ => None,
@@ -849,7 +856,10 @@ impl Ledger {
 
 mod api;
 
-pub use api::{BudgetPreset, BudgetSettings, BudgetsModule, MODULE, apply_presets};
+pub use api::{
+    BudgetCommands, BudgetPreset, BudgetSetting, BudgetSettings, BudgetsModule, MODULE,
+    apply_presets,
+};
 
 #[cfg(test)]
 mod tests;

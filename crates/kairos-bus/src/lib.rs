@@ -767,17 +767,19 @@ impl Bus {
         }
     }
 
-    /// The stream sequence of the last message stored on `subject`, `0` if none is.
+    /// The stream sequence of the last message stored on `subject`, `0` if none is. A direct
+    /// get (the stream allows them): served beside the JetStream API's queue, which a busy
+    /// server works through one request at a time.
     pub async fn last_seq_on(&self, subject: &str) -> Result<u64, BusError> {
-        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        use async_nats::jetstream::stream::DirectGetErrorKind;
         match self
             .events_stream()
             .await?
-            .get_last_raw_message_by_subject(subject)
+            .direct_get_last_for_subject(subject)
             .await
         {
             Ok(m) => Ok(m.sequence),
-            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
             Err(e) => Err(BusError::Stream {
                 stream: self.config.stream.clone(),
                 message: e.to_string(),

@@ -12,7 +12,9 @@
 //! 4. **apply**: the budgets projection folding those events, from start until its checkpoint
 //!    reaches the stream's last sequence; the spend it shows must equal the costs sent, exactly;
 //! 5. **latency**: events published at a steady rate while the projection runs, from the moment
-//!    a tick is published until the projection's checkpoint covers it.
+//!    a tick is published until the projection's checkpoint covers it;
+//! 6. **commands under a flood** ([`commands`]): admin commands at once while LLM calls pour in
+//!    and every projection is far behind.
 //!
 //! How to read it: absolute figures swing with whatever else the machine is doing, so each
 //! Kairos figure is also printed as a ratio of the raw ceiling measured in the same run: steps 1-2
@@ -42,6 +44,8 @@ use tokio::task::JoinHandle;
 
 use crate::configuration::Settings;
 use crate::startup::Kairos;
+
+mod commands;
 
 /// Bytes of each raw message: about one small CloudEvent.
 const RAW_BYTES: usize = 300;
@@ -78,6 +82,15 @@ pub struct BenchOptions {
     /// Point-in-time (`as_of`) reads to time over that history.
     #[arg(long, default_value_t = 200)]
     pub as_of_reads: usize,
+    /// Admin commands sent at once under an ingest flood (0 skips the figure).
+    #[arg(long, default_value_t = 200)]
+    pub commands: usize,
+    /// LLM calls per second posted over HTTP while the commands run.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub flood_rate: f64,
+    /// Events published before the projections start, so that they are behind.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog: usize,
 }
 
 /// The raw ceilings, in messages per second.
@@ -150,6 +163,10 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
     let after = raw_ceilings(&js, &run_id, opts.events).await?;
     after.print("after");
     print_table(&Raw::around(&before, &after), &figures, &opts);
+    if opts.commands > 0 {
+        let figures = commands::figures(settings.clone(), &js, &opts).await?;
+        commands::print(&figures, &opts);
+    }
     if opts.history > 0 {
         let history = history_figures(settings, &js, &run_id, &opts).await?;
         let end = raw_ceilings(&js, &run_id, opts.events).await?;

@@ -181,6 +181,20 @@ impl TestApp {
         }
     }
 
+    /// Stops the access projection too (keys are still checked: the API authenticates against
+    /// the identity events themselves).
+    pub fn stop_access(&mut self) {
+        self.access.abort();
+    }
+
+    /// Starts the access projection again after [`TestApp::stop_access`].
+    pub fn start_access(&mut self) {
+        self.access = self
+            .kairos
+            .spawn_projection(kairos_access::NAME)
+            .expect("the access projection");
+    }
+
     pub fn prefix(&self) -> &str {
         &self.kairos.settings.nats.subject_prefix
     }

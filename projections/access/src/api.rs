@@ -192,10 +192,27 @@ impl kairos_api::Authenticator for DirectoryAuthenticator {
         key: &'a str,
         now: chrono::DateTime<chrono::Utc>,
     ) -> BoxFuture<'a, Result<kairos_api::Principal, kairos_api::Denied>> {
-        let result = self
-            .directory
-            .read(|d| d.authenticate(&self.secret, key, now));
-        Box::pin(std::future::ready(result))
+        Box::pin(async move {
+            match self
+                .directory
+                .read(|d| d.authenticate(&self.secret, key, now))
+            {
+                // A key this process has not seen may have been issued a moment ago by another
+                // (or by `kairos admin`): read what the access subject has beyond the directory,
+                // then look again. Failed keys spend the caller's rate-limit bucket, so this
+                // costs at most one direct get per refused guess.
+                Err(kairos_api::Denied::Unknown) => match self.directory.catch_up().await {
+                    Ok(_) => self
+                        .directory
+                        .read(|d| d.authenticate(&self.secret, key, now)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read the access subject");
+                        Err(kairos_api::Denied::Unknown)
+                    }
+                },
+                known => known,
+            }
+        })
     }
 }
 

@@ -33,6 +33,7 @@ run:
 
 test:
 	$(SERVICES) up && $(ENV) && \
+	KAIROS_PROMTOOL=$$(scripts/promtool.sh) && export KAIROS_PROMTOOL && \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -58,9 +58,14 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code, field) = match &self {
+impl ApiError {
+    /// The stable error code a client matches on (`invalid_body`, `not_found`, …).
+    pub fn code(&self) -> &'static str {
+        self.parts().1
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, Option<String>) {
+        match self {
             Self::InvalidEvent(e) => (StatusCode::BAD_REQUEST, e.code, e.field.clone()),
             Self::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, *code, field.clone()),
             Self::AllRejected { .. } => (StatusCode::BAD_REQUEST, "all_events_rejected", None),
@@ -95,7 +100,13 @@ impl IntoResponse for ApiError {
                 "database_unavailable",
                 None,
             ),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, field) = self.parts();
         let message = match &self {
             Self::InvalidEvent(e) => e.message.clone(),
             other => other.to_string(),

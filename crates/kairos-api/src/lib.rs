@@ -17,12 +17,14 @@ mod error;
 pub mod extract;
 mod limits;
 pub mod module;
+mod observe;
+
+pub use observe::handle as metrics_recorder;
 pub mod roles;
 mod routes;
 mod serve;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::Router;
@@ -261,14 +263,6 @@ pub enum ReplayRefused {
 /// projections, the binary that wires them does.
 pub type Replayer = Arc<dyn Fn(&str) -> Result<(), ReplayRefused> + Send + Sync>;
 
-/// Counters the API itself keeps, exposed on `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub events_accepted: AtomicU64,
-    pub events_duplicate: AtomicU64,
-    pub events_rejected: AtomicU64,
-}
-
 /// Everything a handler needs.
 #[derive(Clone)]
 pub struct AppState {
@@ -276,7 +270,6 @@ pub struct AppState {
     pub pool: PgPool,
     pub checkpoints: CheckpointWatch,
     pub http: Arc<HttpSettings>,
-    pub counters: Arc<Counters>,
     pub auth: Arc<AuthSettings>,
     /// Who a key belongs to (provided by the access module).
     pub authenticator: Arc<dyn Authenticator>,
@@ -292,6 +285,8 @@ pub struct AppState {
 /// module's routes with what its [`Configured::start`] gave them). Serve it with [`serve`],
 /// which gives handlers the client address that rate limits are kept per.
 pub fn router(state: AppState, modules: Vec<(Routes, Started)>) -> Router {
+    // The recorder is installed before the first request records anything.
+    observe::handle();
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = Duration::from_millis(state.http.request_timeout_ms);
     let body_limit = state.http.body_limit_bytes;
@@ -315,6 +310,7 @@ pub fn router(state: AppState, modules: Vec<(Routes, Started)>) -> Router {
         .fallback(routes::unknown_route)
         .method_not_allowed_fallback(routes::wrong_method)
         .route_layer(axum::middleware::from_fn_with_state(gate, auth::guard))
+        .layer(axum::middleware::from_fn(observe::record_requests))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             limiter,

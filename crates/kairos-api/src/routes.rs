@@ -1,6 +1,5 @@
 //! The handlers: parse, call, answer.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::rejection::BytesRejection;
@@ -68,54 +67,10 @@ async fn ingest(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(&st, body)?;
-    let media = media_type(&headers);
-    let mode = match media.as_deref() {
-        Some("application/cloudevents-batch+json") => Mode::Batch,
-        Some("application/cloudevents+json") => Mode::Structured,
-        _ if headers.contains_key("ce-specversion") => Mode::Binary,
-        None | Some("application/json") => match body.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'[') => Mode::Batch,
-            _ => Mode::Structured,
-        },
-        Some(other) => {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "{other} is not a CloudEvents encoding: send application/cloudevents+json, \
-                 application/cloudevents-batch+json, or binary mode with ce-* headers"
-            )));
-        }
-    };
-    let parsed: Vec<Result<Event, EventError>> = match mode {
-        Mode::Structured => vec![Ok(parse_structured(&body)?)],
-        Mode::Binary => {
-            let ce = headers
-                .iter()
-                .filter(|(name, _)| name.as_str().starts_with("ce-"))
-                .map(|(name, value)| (name.as_str(), value.as_bytes()));
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            vec![Ok(parse_binary(ce, ct, &body)?)]
-        }
-        Mode::Batch => {
-            let items = parse_batch(&body)?;
-            if items.is_empty() {
-                return Err(ApiError::bad("invalid_batch", "body", "the batch is empty"));
-            }
-            if items.len() > st.http.max_batch_events {
-                return Err(ApiError::bad(
-                    "batch_too_large",
-                    "body",
-                    format!(
-                        "the batch has {} events; at most {} are accepted per request",
-                        items.len(),
-                        st.http.max_batch_events
-                    ),
-                ));
-            }
-            items
-        }
-    };
+    let parsed = parse_request(&st, &headers, body).inspect_err(|e| {
+        // A request refused whole counts as one refused event.
+        crate::observe::ingested("rejected", e.code(), 1);
+    })?;
     let principal = caller.principal()?;
     let parsed = parsed
         .into_iter()
@@ -133,13 +88,14 @@ async fn ingest(
     let receipts = st.bus.publish_events(&valid).await;
     let mut results = Vec::with_capacity(slots.len());
     let (mut accepted, mut rejected, mut unavailable, mut refused) = (0u64, 0u64, 0u64, 0u64);
+    let mut duplicates = 0u64;
     for (index, slot) in slots.iter().enumerate() {
         match slot {
             Ok(i) => match &receipts[*i] {
                 Ok(r) => {
                     accepted += 1;
                     if r.duplicate {
-                        st.counters.events_duplicate.fetch_add(1, Ordering::Relaxed);
+                        duplicates += 1;
                     }
                     results.push(Outcome {
                         index,
@@ -169,6 +125,7 @@ async fn ingest(
             },
             Err(e) => {
                 rejected += 1;
+                crate::observe::ingested("rejected", e.code, 1);
                 // Refused for who the caller is, not for what the event says.
                 if matches!(e.code, "forbidden" | "reserved_type" | "reserved_source") {
                     refused += 1;
@@ -188,12 +145,9 @@ async fn ingest(
             }
         }
     }
-    st.counters
-        .events_accepted
-        .fetch_add(accepted, Ordering::Relaxed);
-    st.counters
-        .events_rejected
-        .fetch_add(rejected, Ordering::Relaxed);
+    crate::observe::ingested("accepted", "", accepted - duplicates);
+    crate::observe::ingested("duplicate", "", duplicates);
+    crate::observe::ingested("failed", "stream_unavailable", unavailable);
     if accepted == 0 && unavailable > 0 {
         return Err(ApiError::StreamUnavailable(
             "no event was acknowledged".into(),
@@ -218,6 +172,62 @@ async fn ingest(
         denied: refused > 0,
     });
     Ok(response)
+}
+
+/// The events of an ingest request, each parsed or refused; an error refuses the whole request.
+fn parse_request(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Vec<Result<Event, EventError>>, ApiError> {
+    let body = body_bytes(st, body)?;
+    let media = media_type(headers);
+    let mode = match media.as_deref() {
+        Some("application/cloudevents-batch+json") => Mode::Batch,
+        Some("application/cloudevents+json") => Mode::Structured,
+        _ if headers.contains_key("ce-specversion") => Mode::Binary,
+        None | Some("application/json") => match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'[') => Mode::Batch,
+            _ => Mode::Structured,
+        },
+        Some(other) => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "{other} is not a CloudEvents encoding: send application/cloudevents+json, \
+                 application/cloudevents-batch+json, or binary mode with ce-* headers"
+            )));
+        }
+    };
+    Ok(match mode {
+        Mode::Structured => vec![Ok(parse_structured(&body)?)],
+        Mode::Binary => {
+            let ce = headers
+                .iter()
+                .filter(|(name, _)| name.as_str().starts_with("ce-"))
+                .map(|(name, value)| (name.as_str(), value.as_bytes()));
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            vec![Ok(parse_binary(ce, ct, &body)?)]
+        }
+        Mode::Batch => {
+            let items = parse_batch(&body)?;
+            if items.is_empty() {
+                return Err(ApiError::bad("invalid_batch", "body", "the batch is empty"));
+            }
+            if items.len() > st.http.max_batch_events {
+                return Err(ApiError::bad(
+                    "batch_too_large",
+                    "body",
+                    format!(
+                        "the batch has {} events; at most {} are accepted per request",
+                        items.len(),
+                        st.http.max_batch_events
+                    ),
+                ));
+            }
+            items
+        }
+    })
 }
 
 /// The answer to an ingest call: counts, and one outcome per event, in request order.
@@ -339,54 +349,40 @@ async fn projections(State(st): State<AppState>) -> Result<Json<Value>, ApiError
     ))
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: Prometheus text format. What is true across processes (checkpoints, lag,
+/// the stream's last sequence) is read now; the rest was recorded as it happened.
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
-    use std::fmt::Write;
     let last = st.bus.last_seq().await.map(|s| s.0).unwrap_or(0);
-    let mut out = String::new();
-    let c = &st.counters;
-    let _ = writeln!(
-        out,
-        "# TYPE kairos_stream_last_seq gauge\nkairos_stream_last_seq {last}"
-    );
-    let _ = writeln!(out, "# TYPE kairos_ingest_events_total counter");
-    for (outcome, n) in [
-        ("accepted", &c.events_accepted),
-        ("duplicate", &c.events_duplicate),
-        ("rejected", &c.events_rejected),
-    ] {
-        let _ = writeln!(
-            out,
-            "kairos_ingest_events_total{{outcome=\"{outcome}\"}} {}",
-            n.load(Ordering::Relaxed)
-        );
-    }
+    metrics::gauge!("kairos_stream_last_seq").set(last as f64);
     // Generations being rebuilt (`name@next`) are not projections readers depend on: no lag.
-    let checkpoints: Vec<_> = kairos_runtime::checkpoints(&st.pool)
+    for cp in kairos_runtime::checkpoints(&st.pool)
         .await?
         .into_iter()
         .filter(|c| !c.projection.contains('@'))
-        .collect();
-    for (metric, kind) in [
-        ("kairos_projection_checkpoint", "gauge"),
-        ("kairos_projection_lag_events", "gauge"),
-        ("kairos_projection_events_applied_total", "counter"),
-        ("kairos_projection_duplicates_total", "counter"),
-        ("kairos_projection_dead_lettered_total", "counter"),
-    ] {
-        let _ = writeln!(out, "# TYPE {metric} {kind}");
-        for cp in &checkpoints {
-            let v = match metric {
-                "kairos_projection_checkpoint" => cp.last_seq,
-                "kairos_projection_lag_events" => last.saturating_sub(cp.last_seq),
-                "kairos_projection_events_applied_total" => cp.events_applied,
-                "kairos_projection_duplicates_total" => cp.duplicates,
-                _ => cp.dead_lettered,
-            };
-            let _ = writeln!(out, "{metric}{{projection=\"{}\"}} {v}", cp.projection);
-        }
+    {
+        let p = cp.projection;
+        metrics::gauge!("kairos_projection_checkpoint", "projection" => p.clone())
+            .set(cp.last_seq as f64);
+        metrics::gauge!("kairos_projection_lag_events", "projection" => p.clone())
+            .set(last.saturating_sub(cp.last_seq) as f64);
+        metrics::counter!("kairos_projection_events_applied_total", "projection" => p.clone())
+            .absolute(cp.events_applied);
+        metrics::counter!("kairos_projection_duplicates_total", "projection" => p.clone())
+            .absolute(cp.duplicates);
+        metrics::counter!("kairos_projection_dead_lettered_total", "projection" => p)
+            .absolute(cp.dead_lettered);
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    let idle = st.pool.num_idle() as f64;
+    let size = f64::from(st.pool.size());
+    metrics::gauge!("kairos_db_pool_connections", "state" => "idle").set(idle);
+    metrics::gauge!("kairos_db_pool_connections", "state" => "in_use").set(size - idle);
+    let handle = crate::observe::handle();
+    handle.run_upkeep();
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

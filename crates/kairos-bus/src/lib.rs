@@ -327,6 +327,15 @@ const MAX_IN_FLIGHT: usize = 8192;
 /// Publishes sent before their acknowledgements are awaited.
 const CHUNK: usize = 1024;
 
+/// Describes the bus' metric families (HELP lines), once the process has a recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "kairos_nats_reconnects_total",
+        metrics::Unit::Count,
+        "Times a NATS connection of this process was re-established after a loss."
+    );
+}
+
 /// A connection to NATS plus the names of this Kairos instance's streams.
 #[derive(Clone)]
 pub struct Bus {
@@ -340,8 +349,20 @@ impl Bus {
     /// Connects (retrying the first connection for a few seconds) without touching streams.
     pub async fn connect(config: &BusConfig, name: &str) -> Result<Self, BusError> {
         config.validate()?;
+        // Every connection after the first is a reconnect.
+        let connected_before = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let client = async_nats::ConnectOptions::new()
             .name(name)
+            .event_callback(move |event| {
+                let connected_before = connected_before.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected)
+                        && connected_before.swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        metrics::counter!("kairos_nats_reconnects_total").increment(1);
+                    }
+                }
+            })
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
@@ -358,6 +379,8 @@ impl Bus {
                 url: config.url.clone(),
                 source,
             })?;
+        // Shown from the start, at 0, rather than after the first loss.
+        metrics::counter!("kairos_nats_reconnects_total").increment(0);
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(10))
             .max_ack_inflight(MAX_IN_FLIGHT)

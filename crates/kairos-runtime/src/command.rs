@@ -94,7 +94,6 @@ pub struct AggregateStore<A> {
     /// One command at a time per process.
     turn: Mutex<()>,
     attempts: u32,
-    conflicts: std::sync::atomic::AtomicU64,
 }
 
 /// How long a read of the subject waits for a message the server said was there.
@@ -109,7 +108,7 @@ impl<A: Aggregate> AggregateStore<A> {
 
     /// As [`AggregateStore::new`], also folding what `legacy` subjects hold.
     pub fn with_legacy(bus: Bus, subject: String, legacy: Vec<String>) -> Arc<Self> {
-        Arc::new(Self {
+        let store = Arc::new(Self {
             bus,
             subject,
             legacy,
@@ -120,17 +119,15 @@ impl<A: Aggregate> AggregateStore<A> {
             }),
             turn: Mutex::new(()),
             attempts: 5,
-            conflicts: Default::default(),
-        })
+        });
+        // Shown from the start, at 0, rather than after the first conflict.
+        metrics::counter!("kairos_command_conflicts_total", "aggregate" => store.aggregate().to_owned())
+            .increment(0);
+        store
     }
 
     pub fn subject(&self) -> &str {
         &self.subject
-    }
-
-    /// Conflicts met so far (each made a command decide again).
-    pub fn conflicts(&self) -> u64 {
-        self.conflicts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads the state as folded so far (no I/O; see [`AggregateStore::catch_up`]).
@@ -242,6 +239,27 @@ impl<A: Aggregate> AggregateStore<A> {
     /// (on the newer state) when another writer appended first.
     pub async fn execute<T, E>(
         &self,
+        decide: impl FnMut(&A) -> Result<Decision<T>, E>,
+    ) -> Result<Executed<T>, CommandError<E>> {
+        let result = self.decide_and_append(decide).await;
+        let outcome = match &result {
+            Ok(done) if done.seq.is_some() => "appended",
+            Ok(_) => "unchanged",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict { .. }) => "conflict",
+            Err(CommandError::Bus(_)) => "failed",
+        };
+        crate::metrics::command(self.aggregate(), outcome);
+        result
+    }
+
+    /// The aggregate's kind, for metrics: its subject's category (`access`, `budget`).
+    fn aggregate(&self) -> &str {
+        self.subject.split('.').rev().nth(1).unwrap_or("")
+    }
+
+    async fn decide_and_append<T, E>(
+        &self,
         mut decide: impl FnMut(&A) -> Result<Decision<T>, E>,
     ) -> Result<Executed<T>, CommandError<E>> {
         let _turn = self.turn.lock().await;
@@ -289,8 +307,7 @@ impl<A: Aggregate> AggregateStore<A> {
                     });
                 }
                 Err(BusError::Conflict { .. }) => {
-                    self.conflicts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    crate::metrics::command_conflict(self.aggregate());
                     tracing::debug!(subject = %self.subject, attempt, "command conflicted; deciding again");
                     // Writers that met head on would meet again: a random pause of up to
                     // 2^attempt ms sets them apart (the clock's nanoseconds are random enough).

@@ -20,6 +20,7 @@ mod apply;
 mod command;
 mod dynamic;
 mod history;
+pub mod metrics;
 mod migrate;
 mod replay;
 mod runner;

@@ -466,9 +466,11 @@ impl<P: Projection> Runner<P> {
             last_seq,
             events = batch.len()
         );
+        let started = Instant::now();
         let outcome = self.apply(state, &batch, decoded).instrument(span).await;
         match outcome {
             Ok(emitted) => {
+                crate::metrics::batch_applied(name, batch.len(), started.elapsed());
                 state.checkpoint = StreamSeq(last_seq);
                 state.failures = 0;
                 if state.isolate_until.is_some_and(|u| u.0 <= last_seq) {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use kairos_access::KeySecret;
 use kairos_api::{
-    AppState, Configured, Counters, Endpoints, Host, ModuleConfig, PLATFORM_ENDPOINTS, Registry,
+    AppState, Configured, Endpoints, Host, ModuleConfig, PLATFORM_ENDPOINTS, Registry,
     ReplayRefused, Replayer,
 };
 use kairos_bus::Bus;
@@ -143,6 +143,8 @@ impl Kairos {
         registry: Registry,
         clock: Clock,
     ) -> anyhow::Result<Self> {
+        // Installed before anything records: the bus counts reconnects from its first connect.
+        kairos_api::metrics_recorder();
         let modules = configure(&settings, &registry, &clock)?;
         let migrations: Vec<(&str, &sqlx::migrate::Migrator)> = modules
             .iter()
@@ -284,7 +286,6 @@ impl Kairos {
                 pool: host.pool,
                 checkpoints,
                 http: host.http,
-                counters: Arc::new(Counters::default()),
                 auth: host.auth,
                 authenticator,
                 registry: self.registry.clone(),

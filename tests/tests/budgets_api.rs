@@ -481,3 +481,45 @@ async fn racing_budget_sets_are_each_stored_once_and_the_last_one_holds(pool: Pg
     b.cleanup().await;
     a.cleanup().await;
 }
+
+/// A process that has not seen another's latest set decides on the latest state before it
+/// refuses: `If-Match` with the version the other process just wrote is accepted.
+#[sqlx::test(migrations = false)]
+async fn a_conditional_set_is_judged_on_the_latest_version_whichever_process_gets_it(pool: PgPool) {
+    let (a, b) = two_instances(pool).await;
+    // Both processes load the project's budget setting.
+    for app in [&a, &b] {
+        let (status, r) = app
+            .put_json("/v1/projects/stale/budget", &json!({"monthly_limit": "1"}))
+            .await;
+        assert_eq!(status, 202, "{r}");
+    }
+    let (status, r) = a
+        .put_json("/v1/projects/stale/budget", &json!({"monthly_limit": "2"}))
+        .await;
+    assert_eq!(status, 202, "{r}");
+    let latest = r["version"].as_u64().unwrap();
+    // b last saw its own set; the version a wrote is the current one.
+    let r = b
+        .http
+        .put(format!("{}/v1/projects/stale/budget", b.url))
+        .header("if-match", format!("\"{latest}\""))
+        .json(&json!({"monthly_limit": "3"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body): (u16, Value) = (r.status().as_u16(), r.json().await.unwrap());
+    assert_eq!(status, 202, "{body}");
+    // And a version that is not the current one is still refused.
+    let r = a
+        .http
+        .put(format!("{}/v1/projects/stale/budget", a.url))
+        .header("if-match", format!("\"{latest}\""))
+        .json(&json!({"monthly_limit": "4"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    b.cleanup().await;
+    a.cleanup().await;
+}

@@ -2,8 +2,9 @@
 //!
 //! Every route is declared with its [`Guard`] where it is added: the platform's in
 //! [`PLATFORM_ENDPOINTS`], each module's through [`crate::Routes`]. The middleware looks each
-//! request's route up in the table of both ([`Endpoints`]), and `docs/access.md` prints
-//! [`permission_table`] made from it. A route missing from the table is refused (fail closed).
+//! request's route up in the table of both ([`Endpoints`]); [`permission_table`], made from the
+//! same table, is what `kairos admin permissions` prints. A route missing from the table is
+//! refused (fail closed).
 
 use std::net::SocketAddr;
 

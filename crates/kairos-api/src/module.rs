@@ -273,7 +273,7 @@ pub struct Registry {
 
 impl Registry {
     /// The registry of `modules`. Names, schemas, sections and owned event types must be
-    /// unique (a build defect otherwise, caught by the binary's tests).
+    /// unique: [`Registry::conflicts`] names what is not, and start-up refuses it.
     pub fn new(modules: Vec<&'static dyn Module>) -> Self {
         Self {
             modules: Arc::new(modules),

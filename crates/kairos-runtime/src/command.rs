@@ -271,6 +271,10 @@ impl<A: Aggregate> AggregateStore<A> {
         if !loaded {
             self.catch_up().await?;
         }
+        // A refusal is only as good as the state it was decided on: the first one is decided
+        // again after reading what the subject holds beyond it (another process may have
+        // created what the command names, or moved the version it expects).
+        let mut verified = false;
         for attempt in 1..=self.attempts {
             let (expected, decision) = {
                 let f = self
@@ -279,7 +283,19 @@ impl<A: Aggregate> AggregateStore<A> {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 (f.seq, decide(&f.state))
             };
-            let Decision { event, value } = decision.map_err(CommandError::Rejected)?;
+            let decision = match decision {
+                Ok(d) => d,
+                Err(e) if verified => return Err(CommandError::Rejected(e)),
+                Err(e) => {
+                    verified = true;
+                    if self.catch_up().await? == expected {
+                        // Nothing new: the refusal stands on the latest state.
+                        return Err(CommandError::Rejected(e));
+                    }
+                    continue;
+                }
+            };
+            let Decision { event, value } = decision;
             let Some(event) = event else {
                 return Ok(Executed {
                     seq: None,

@@ -13,7 +13,9 @@
 //!    reaches the stream's last sequence; the spend it shows must equal the costs sent, exactly;
 //! 5. **latency**: events published at a steady rate while the projection runs, from the moment
 //!    a tick is published until the projection's checkpoint covers it;
-//! 6. **commands under a flood** ([`commands`]): admin commands at once while LLM calls pour in
+//! 6. **reads** ([`reads`]): authenticated budget reads over many keep-alive connections,
+//!    against as many concurrent point selects of the same row;
+//! 7. **commands under a flood** ([`commands`]): admin commands at once while LLM calls pour in
 //!    and every projection is far behind.
 //!
 //! How to read it: absolute figures swing with whatever else the machine is doing, so each
@@ -46,6 +48,7 @@ use crate::configuration::Settings;
 use crate::startup::Kairos;
 
 mod commands;
+mod reads;
 
 /// Bytes of each raw message: about one small CloudEvent.
 const RAW_BYTES: usize = 300;
@@ -82,6 +85,12 @@ pub struct BenchOptions {
     /// Point-in-time (`as_of`) reads to time over that history.
     #[arg(long, default_value_t = 200)]
     pub as_of_reads: usize,
+    /// Keep-alive connections reading a budget at once (0 skips the read figure).
+    #[arg(long, default_value_t = 1_000)]
+    pub read_connections: usize,
+    /// Seconds each side of the read figure runs.
+    #[arg(long, default_value_t = 10)]
+    pub read_seconds: u64,
     /// Admin commands sent at once under an ingest flood (0 skips the figure).
     #[arg(long, default_value_t = 200)]
     pub commands: usize,
@@ -163,6 +172,10 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
     let after = raw_ceilings(&js, &run_id, opts.events).await?;
     after.print("after");
     print_table(&Raw::around(&before, &after), &figures, &opts);
+    if opts.read_connections > 0 {
+        let figures = reads::figures(settings.clone(), &js, &opts).await?;
+        reads::print(&figures);
+    }
     if opts.commands > 0 {
         let figures = commands::figures(settings.clone(), &js, &opts).await?;
         commands::print(&figures, &opts);

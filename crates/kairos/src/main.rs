@@ -391,9 +391,9 @@ async fn serve(
         router: app,
         banner,
     } = k.api().await?;
-    // The port opens at once, whatever the projections' lag: the first admin is made once the
-    // access projection has caught up, in the background.
-    tokio::spawn(bootstrap_when_caught_up(k.clone()));
+    // The port opens at once, whatever the projections' lag; the first admin is decided on the
+    // identity events in the background.
+    tokio::spawn(bootstrap_in_background(k.clone()));
     if with_demo {
         let bus = k.bus.clone();
         tokio::spawn(async move {
@@ -436,9 +436,9 @@ async fn serve(
     }
 }
 
-/// Makes the bootstrap key the first admin's (see `Kairos::bootstrap_admin`), trying again while
-/// the access projection is still catching up with the stream.
-async fn bootstrap_when_caught_up(k: Kairos) {
+/// Makes the bootstrap key the first admin's (see `Kairos::bootstrap_admin`), trying again (every
+/// 5 s) while NATS or PostgreSQL do not answer.
+async fn bootstrap_in_background(k: Kairos) {
     loop {
         match k.bootstrap_admin().await {
             Ok(Some(member)) => {

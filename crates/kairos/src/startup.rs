@@ -403,6 +403,25 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn the_shipped_modules_declare_nothing_twice_and_a_doubled_one_is_refused() {
+        assert_eq!(super::registry().conflicts(), Vec::<String>::new());
+        let doubled =
+            kairos_api::Registry::new(vec![&kairos_budgets::MODULE, &kairos_budgets::MODULE]);
+        let found = doubled.conflicts();
+        assert!(
+            found.iter().any(|c| c.starts_with("name \"budgets\""))
+                && found.iter().any(|c| c.contains("kairos.budget.set.v1")),
+            "{found:?}"
+        );
+        let settings = crate::configuration::Settings::from_toml("").unwrap();
+        let err = super::configure(&settings, &doubled, &Default::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("module registry"), "{err}");
+    }
+
+    #[test]
     fn redact_hides_passwords_only() {
         assert_eq!(
             super::redact("postgres://u:secret@h/db"),

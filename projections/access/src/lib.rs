@@ -2,10 +2,11 @@
 //!
 //! Every change is an event (`kairos.member.invited.v1`, `…member.joined…`, `…member.removed…`,
 //! `kairos.role.assigned.v1`, `kairos.api_key.issued.v1`, `…api_key.revoked…`); the [`Access`]
-//! projection folds them into `access.members`, `access.invitations` and `access.api_keys`.
-//! [`commands`] checks a change against the current state and publishes its event (the API and
-//! `kairos admin` both call it); [`authenticate`] turns a bearer key into a [`Principal`];
-//! [`allows`] is the permission matrix the API middleware enforces and `docs/access.md` shows.
+//! projection folds them into `access.members`, `access.invitations` and `access.api_keys`, which
+//! the lists read. The [`Directory`] folds the same events in memory: [`commands`] decide against
+//! it and append with optimistic concurrency (the API and `kairos admin` both call them), and
+//! the API authenticates bearer keys against it. [`allows`] is the permission matrix the API
+//! middleware enforces; `kairos admin permissions` prints it.
 //!
 //! Secrets never leave the caller: keys and invitation tokens are stored, and published, only as
 //! HMAC-SHA256 under the server's key secret, and compared in constant time.

@@ -62,6 +62,7 @@ fn samples(n: usize) -> Vec<Sample> {
     vec![
         s("GET", "/health/live", "/health/live", None, 200),
         s("GET", "/health/ready", "/health/ready", None, 200),
+        s("GET", "/openapi.json", "/openapi.json", None, 200),
         s("GET", "/metrics", "/metrics", None, 200),
         s("GET", "/v1/me", "/v1/me", None, 200),
         s(

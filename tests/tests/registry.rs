@@ -29,6 +29,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::migrate::Migrator;
 use sqlx::{PgConnection, PgPool};
+use utoipa_axum::routes;
 
 // ---------------------------------------------------------------------------------------------
 // The module: what a crate under projections/ would hold in its lib.rs and api.rs.
@@ -193,11 +194,10 @@ impl Configured for ModelCountsConfigured {
     }
 
     fn routes(&self) -> Routes {
-        Routes::new().get(
-            "/v1/model-counts",
+        Routes::new().route(
+            routes!(list_counts),
             Guard::Key(Permission::ReadProjections),
             "model_counts.read",
-            list_counts,
         )
     }
 
@@ -212,6 +212,10 @@ impl Configured for ModelCountsConfigured {
 }
 
 /// `GET /v1/model-counts?min_seq=`: the models called at least `min_calls` times, by name.
+/// Calls per model, for the models with at least `min_calls`.
+#[utoipa::path(get, path = "/v1/model-counts", tag = "model_counts",
+    params(("min_seq" = Option<u64>, Query, description = "Wait until the projection applied this sequence")),
+    responses((status = 200, description = "Calls per model", body = Object)))]
 async fn list_counts(
     State(st): State<AppState>,
     Extension(MinCalls(min)): Extension<MinCalls>,

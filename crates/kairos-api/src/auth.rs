@@ -1,7 +1,7 @@
 //! Authentication, authorisation and the audit of every write, in one middleware.
 //!
-//! Every route is declared with its [`Guard`] where it is added: the platform's in
-//! [`PLATFORM_ENDPOINTS`], each module's through [`crate::Routes`]. The middleware looks each
+//! Every route is declared with its [`Guard`] where it is added, through [`crate::Routes`]: the
+//! platform's ([`crate::platform_routes`]) and each module's. The middleware looks each
 //! request's route up in the table of both ([`Endpoints`]); [`permission_table`], made from the
 //! same table, is what `kairos admin permissions` prints. A route missing from the table is
 //! refused (fail closed).
@@ -42,46 +42,7 @@ pub struct Endpoint {
     pub action: &'static str,
 }
 
-const fn ep(
-    method: &'static str,
-    path: &'static str,
-    guard: Guard,
-    action: &'static str,
-) -> Endpoint {
-    Endpoint {
-        method,
-        path,
-        guard,
-        action,
-    }
-}
-
 use Guard::{AnyKey, Key, Public};
-use Permission::*;
-
-/// The platform's routes (modules declare theirs with [`crate::Routes`]), what each requires,
-/// and the action a write to it is audited as.
-pub const PLATFORM_ENDPOINTS: &[Endpoint] = &[
-    ep("GET", "/health/live", Public, "health.live"),
-    ep("GET", "/health/ready", Public, "health.ready"),
-    ep("GET", "/metrics", Key(ReadProjections), "metrics.read"),
-    ep("GET", "/v1/me", AnyKey, "me.read"),
-    ep("POST", "/v1/events", Key(PublishEvents), "events.publish"),
-    // The raw stream holds every user action and identity change: audit material.
-    ep("GET", "/v1/events", Key(ReadAudit), "events.read"),
-    ep(
-        "GET",
-        "/v1/projections",
-        Key(ReadProjections),
-        "projection.list",
-    ),
-    ep(
-        "POST",
-        "/v1/projections/{name}/replay",
-        Key(Replay),
-        "projection.replay",
-    ),
-];
 
 /// Every route the API serves: the platform's and the modules'.
 #[derive(Debug, Clone)]

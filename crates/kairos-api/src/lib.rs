@@ -18,6 +18,7 @@ pub mod extract;
 mod limits;
 pub mod module;
 mod observe;
+mod openapi;
 
 pub use observe::handle as metrics_recorder;
 pub mod roles;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
+use bytes::Bytes;
 use kairos_bus::Bus;
 use kairos_runtime::CheckpointWatch;
 use serde::Deserialize;
@@ -38,16 +40,15 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use auth::{
-    AuditNote, Caller, Endpoint, Endpoints, Guard, PLATFORM_ENDPOINTS, Recorded, admits,
-    permission_table,
-};
+pub use auth::{AuditNote, Caller, Endpoint, Endpoints, Guard, Recorded, admits, permission_table};
 pub use error::ApiError;
 pub use module::{
     Configured, EventRule, Host, Module, ModuleConfig, ModuleError, Publish, Registry, Routes,
     Started,
 };
+pub use openapi::{ErrorBody, ErrorDetail};
 pub use roles::{Authenticator, Denied, Origin, Permission, Principal, Role, allows};
+pub use routes::platform_routes;
 pub use serve::{ServeLimits, serve};
 
 /// The `[http]` section of `kairos.toml`.
@@ -281,6 +282,14 @@ pub struct AppState {
     pub replayer: Option<Replayer>,
 }
 
+/// `GET /openapi.json`: the document of every other route, public like the health checks.
+pub const OPENAPI_ENDPOINT: Endpoint = Endpoint {
+    method: "GET",
+    path: "/openapi.json",
+    guard: Guard::Public,
+    action: "openapi.read",
+};
+
 /// The whole API as a router, with its middleware: the platform's routes and `modules`' (each
 /// module's routes with what its [`Configured::start`] gave them). Serve it with [`serve`],
 /// which gives handlers the client address that rate limits are kept per.
@@ -294,12 +303,41 @@ pub fn router(state: AppState, modules: Vec<(Routes, Started)>) -> Router {
         state.http.rate_limit_per_second,
         state.http.rate_limit_burst,
     );
-    let mut endpoints = PLATFORM_ENDPOINTS.to_vec();
-    let mut router = routes::routes();
-    for (routes, started) in modules {
+    let mut endpoints = Vec::new();
+    let mut router = Router::new();
+    let mut paths = utoipa::openapi::path::Paths::new();
+    let mut schemas = Vec::new();
+    let platform = (routes::platform_routes(), Started::default());
+    for (routes, started) in std::iter::once(platform).chain(modules) {
         endpoints.extend_from_slice(routes.endpoints());
-        router = router.merge(routes.into_router(started));
+        let (part, part_paths, part_schemas) = routes.into_parts(started);
+        router = router.merge(part);
+        for (path, item) in part_paths.paths {
+            match paths.paths.get_mut(&path) {
+                Some(existing) => existing.merge_operations(item),
+                None => {
+                    paths.paths.insert(path, item);
+                }
+            }
+        }
+        schemas.extend(part_schemas);
     }
+    // The document describes every route but itself; it is public, like the health checks.
+    let document =
+        Bytes::from(serde_json::to_vec(&openapi::document(paths, schemas)).unwrap_or_default());
+    router = router.route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let document = document.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    document,
+                )
+            }
+        }),
+    );
+    endpoints.push(OPENAPI_ENDPOINT);
     let gate = auth::Gate {
         st: state.clone(),
         limiter: limiter.clone(),

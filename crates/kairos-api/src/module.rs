@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::handler::Handler;
 use axum::routing::MethodRouter;
 use figment::Figment;
 use figment::value::Value as ConfigValue;
@@ -22,6 +21,7 @@ use kairos_runtime::AnyProjection;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
+use utoipa_axum::router::UtoipaMethodRouter;
 
 use crate::AppState;
 use crate::auth::{Endpoint, Guard};
@@ -190,63 +190,74 @@ pub struct Host {
     pub auth: Arc<crate::AuthSettings>,
 }
 
-/// A module's routes, each declared with what it requires and the action a write to it is
-/// audited as. Built with [`Routes::get`], [`Routes::put`], [`Routes::post`] and
-/// [`Routes::delete`]; a module's own state reaches its handlers through [`Started`].
+/// Routes, each declared once: its method, path, parameters, bodies and answers in the handler's
+/// `#[utoipa::path]` (handed in with `utoipa_axum::routes!(handler)`), what it requires and the
+/// action a write to it is audited as here. The same declaration routes the request, guards it
+/// and documents it in `/openapi.json`.
+///
+/// ```ignore
+/// Routes::new().route(routes!(get_budget), Guard::Key(Permission::ReadProjections), "budget.read")
+/// ```
 #[derive(Default)]
 pub struct Routes {
-    methods: BTreeMap<&'static str, MethodRouter<AppState>>,
+    methods: BTreeMap<String, MethodRouter<AppState>>,
     endpoints: Vec<Endpoint>,
+    paths: utoipa::openapi::path::Paths,
+    schemas: Schemas,
 }
 
-macro_rules! method {
-    ($name:ident, $method:literal, $route:path) => {
-        #[doc = concat!("Adds `", $method, " path`, requiring `guard`, audited as `action`.")]
-        pub fn $name<H, T>(
-            self,
-            path: &'static str,
-            guard: Guard,
-            action: &'static str,
-            handler: H,
-        ) -> Self
-        where
-            H: Handler<T, AppState>,
-            T: 'static,
-        {
-            self.add($method, path, guard, action, $route(handler))
-        }
-    };
-}
+/// Component schemas of the OpenAPI document, by name.
+pub(crate) type Schemas = Vec<(
+    String,
+    utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+)>;
 
 impl Routes {
     pub fn new() -> Self {
         Self::default()
     }
 
-    method!(get, "GET", axum::routing::get);
-    method!(put, "PUT", axum::routing::put);
-    method!(post, "POST", axum::routing::post);
-    method!(delete, "DELETE", axum::routing::delete);
-
-    fn add(
+    /// Adds one handler's route (`routes!(handler)`, one handler per call), requiring `guard`,
+    /// audited as `action`.
+    pub fn route(
         mut self,
-        method: &'static str,
-        path: &'static str,
+        (schemas, paths, route): UtoipaMethodRouter<AppState>,
         guard: Guard,
         action: &'static str,
-        route: MethodRouter<AppState>,
     ) -> Self {
-        let merged = match self.methods.remove(path) {
-            Some(existing) => existing.merge(route),
-            None => route,
-        };
-        self.methods.insert(path, merged);
-        self.endpoints.push(Endpoint {
-            method,
-            path,
-            guard,
-            action,
-        });
+        for (path, mut item) in paths.paths {
+            // An endpoint names its path for the process' lifetime; routes are built once per
+            // API, a few dozen short strings.
+            let path: &'static str = Box::leak(path.into_boxed_str());
+            for (method, op) in [
+                ("GET", &mut item.get),
+                ("PUT", &mut item.put),
+                ("POST", &mut item.post),
+                ("DELETE", &mut item.delete),
+            ] {
+                if let Some(op) = op.as_mut() {
+                    crate::openapi::guard_operation(op, guard);
+                    self.endpoints.push(Endpoint {
+                        method,
+                        path,
+                        guard,
+                        action,
+                    });
+                }
+            }
+            let merged = match self.methods.remove(path) {
+                Some(existing) => existing.merge(route.clone()),
+                None => route.clone(),
+            };
+            self.methods.insert(path.to_owned(), merged);
+            match self.paths.paths.get_mut(path) {
+                Some(existing) => existing.merge_operations(item),
+                None => {
+                    self.paths.paths.insert(path.to_owned(), item);
+                }
+            }
+        }
+        self.schemas.extend(schemas);
         self
     }
 
@@ -255,13 +266,18 @@ impl Routes {
         &self.endpoints
     }
 
-    /// The router of these routes, with `started`'s state layered over them.
-    pub(crate) fn into_router(self, started: Started) -> Router<AppState> {
+    /// The router of these routes, with `started`'s state layered over them, and their part of
+    /// the OpenAPI document (paths and component schemas).
+    pub(crate) fn into_parts(
+        self,
+        started: Started,
+    ) -> (Router<AppState>, utoipa::openapi::path::Paths, Schemas) {
         let router = self
             .methods
             .into_iter()
-            .fold(Router::new(), |r, (path, route)| r.route(path, route));
-        started.extensions.into_iter().fold(router, |r, ext| ext(r))
+            .fold(Router::new(), |r, (path, route)| r.route(&path, route));
+        let router = started.extensions.into_iter().fold(router, |r, ext| ext(r));
+        (router, self.paths, self.schemas)
     }
 }
 

@@ -2,34 +2,44 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use bytes::Bytes;
 use kairos_events::types::IDENTITY;
 use kairos_events::{Event, EventError, ProjectId, parse_batch, parse_binary, parse_structured};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::Guard::{AnyKey, Key, Public};
 use crate::auth::{AuditNote, Caller};
 use crate::extract::{QueryParams, body_bytes, limit_param, media_type, time_param};
 use crate::module::Publish;
+use crate::module::Routes;
+use crate::openapi::ErrorBody;
 use crate::roles::{Permission, Principal};
 use crate::{ApiError, AppState, ReplayRefused};
+use utoipa_axum::routes;
 
-/// The platform's routes (their guards are in [`crate::PLATFORM_ENDPOINTS`]).
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/health/live", get(live))
-        .route("/health/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/v1/projections", get(projections))
-        .route("/v1/events", get(list_events).post(ingest))
-        .route("/v1/me", get(me))
-        .route("/v1/projections/{name}/replay", post(replay))
+/// The platform's routes: what every module shares.
+pub fn platform_routes() -> Routes {
+    use Permission::{PublishEvents, ReadAudit, ReadProjections, Replay};
+    Routes::new()
+        .route(routes!(live), Public, "health.live")
+        .route(routes!(ready), Public, "health.ready")
+        .route(routes!(metrics), Key(ReadProjections), "metrics.read")
+        .route(routes!(me), AnyKey, "me.read")
+        .route(routes!(ingest), Key(PublishEvents), "events.publish")
+        // The raw stream holds every user action and identity change: audit material.
+        .route(routes!(list_events), Key(ReadAudit), "events.read")
+        .route(
+            routes!(projections),
+            Key(ReadProjections),
+            "projection.list",
+        )
+        .route(routes!(replay), Key(Replay), "projection.replay")
 }
 
 pub(crate) async fn unknown_route(uri: axum::http::Uri) -> ApiError {
@@ -40,10 +50,19 @@ pub(crate) async fn wrong_method(method: axum::http::Method, uri: axum::http::Ur
     ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
 }
 
+/// The process is alive.
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
 async fn live() -> &'static str {
     "ok"
 }
 
+/// NATS and PostgreSQL answer.
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Object),
+        (status = 503, description = "NATS or PostgreSQL does not answer", body = ErrorBody),
+    ))]
 async fn ready(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     sqlx::query("SELECT 1").execute(&st.pool).await?;
     let seq = st
@@ -61,6 +80,19 @@ enum Mode {
 }
 
 /// `POST /v1/events`: structured, batch or binary CloudEvents; `202` once JetStream has them.
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    request_body(description = "One CloudEvent (structured or binary mode) or a batch", content(
+        (Object = "application/cloudevents+json"),
+        (Vec<Object> = "application/cloudevents-batch+json"),
+        (Object = "application/json"),
+    )),
+    responses(
+        (status = 202, description = "Stored: per-event outcomes, in request order", body = Object),
+        (status = 400, description = "The request, or every event in it, was refused", body = ErrorBody),
+        (status = 413, description = "The body is larger than http.body_limit_bytes", body = ErrorBody),
+        (status = 415, description = "Not a CloudEvents encoding", body = ErrorBody),
+        (status = 503, description = "JetStream acknowledged none of them", body = ErrorBody),
+    ))]
 async fn ingest(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -320,6 +352,11 @@ fn admit(st: &AppState, principal: &Principal, event: Event) -> Result<Event, Ev
 }
 
 /// `GET /v1/projections`: each projection's checkpoint and lag behind the stream.
+#[utoipa::path(get, path = "/v1/projections", tag = "projections",
+    responses(
+        (status = 200, description = "Each projection's checkpoint and lag", body = Object),
+        (status = 503, description = "The stream or the database does not answer", body = ErrorBody),
+    ))]
 async fn projections(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     let last = st
         .bus
@@ -351,6 +388,11 @@ async fn projections(State(st): State<AppState>) -> Result<Json<Value>, ApiError
 
 /// `GET /metrics`: Prometheus text format. What is true across processes (checkpoints, lag,
 /// the stream's last sequence) is read now; the rest was recorded as it happened.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 503, description = "The database does not answer", body = ErrorBody),
+    ))]
 async fn metrics(State(st): State<AppState>) -> Result<Response, ApiError> {
     let last = st.bus.last_seq().await.map(|s| s.0).unwrap_or(0);
     metrics::gauge!("kairos_stream_last_seq").set(last as f64);
@@ -403,6 +445,20 @@ const MAX_SCAN: usize = 20_000;
 /// paged by sequence (`after` = the previous page's `next_after`).
 /// Needs `read_audit` (admins, never narrowed to projects): the stream holds every user action
 /// and identity change.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339: events stored at or after"),
+        ("to" = Option<String>, Query, description = "RFC 3339: events stored at or before"),
+        ("type" = Option<String>, Query, description = "Only this event type"),
+        ("project" = Option<String>, Query, description = "Only this project's events"),
+        ("after" = Option<u64>, Query, description = "The previous page's next_after"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000 (100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of the stream, oldest first", body = Object),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 503, description = "The stream does not answer", body = ErrorBody),
+    ))]
 async fn list_events(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<EventsQuery>,
@@ -501,6 +557,8 @@ fn redact_identity(event: &mut Value) {
 }
 
 /// `GET /v1/me`: who the key belongs to.
+#[utoipa::path(get, path = "/v1/me", tag = "access",
+    responses((status = 200, description = "The key's member, role and permissions", body = Object)))]
 async fn me(Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
     let p = caller.principal()?;
     let permissions: Vec<&str> = Permission::ALL
@@ -516,6 +574,14 @@ async fn me(Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiErro
 
 /// `POST /v1/projections/{name}/replay`: starts a rebuild in the background; follow it on
 /// `GET /v1/projections` (`generations_being_rebuilt`).
+#[utoipa::path(post, path = "/v1/projections/{name}/replay", tag = "projections",
+    params(("name" = String, Path, description = "The projection")),
+    responses(
+        (status = 202, description = "Rebuilding in the background", body = Object),
+        (status = 404, description = "No such projection", body = ErrorBody),
+        (status = 409, description = "It is being rebuilt already", body = ErrorBody),
+        (status = 503, description = "This process cannot rebuild projections", body = ErrorBody),
+    ))]
 async fn replay(
     State(st): State<AppState>,
     Path(name): Path<String>,

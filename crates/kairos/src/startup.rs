@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use kairos_access::KeySecret;
 use kairos_api::{
-    AppState, Configured, Endpoints, Host, ModuleConfig, PLATFORM_ENDPOINTS, Registry,
-    ReplayRefused, Replayer,
+    AppState, Configured, Endpoints, Host, ModuleConfig, OPENAPI_ENDPOINT, Registry, ReplayRefused,
+    Replayer,
 };
 use kairos_bus::Bus;
 use kairos_events::Clock;
@@ -78,10 +78,11 @@ pub fn configure(
 
 /// Every route the API serves with `modules`, and what each requires.
 pub fn endpoints(modules: &[Loaded]) -> Endpoints {
-    let mut all = PLATFORM_ENDPOINTS.to_vec();
+    let mut all = kairos_api::platform_routes().endpoints().to_vec();
     for m in modules {
         all.extend_from_slice(m.configured.routes().endpoints());
     }
+    all.push(OPENAPI_ENDPOINT);
     Endpoints::new(all)
 }
 

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use kairos_api::extract::{JsonBody, QueryParams, ReadAt};
 use kairos_api::{
-    ApiError, AppState, Caller, Configured, EventRule, Guard, Host, Module, ModuleConfig,
-    ModuleError, Permission, Publish, Recorded, Routes, Started,
+    ApiError, AppState, Caller, Configured, ErrorBody, EventRule, Guard, Host, Module,
+    ModuleConfig, ModuleError, Permission, Publish, Recorded, Routes, Started,
 };
 use kairos_events::types::{
     API_KEY_ISSUED, API_KEY_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
@@ -20,6 +20,7 @@ use kairos_runtime::{AggregateStore, AnyProjection};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::migrate::Migrator;
+use utoipa_axum::routes;
 
 use crate::commands::{self, CommandError, Ctx};
 use crate::directory::Directory;
@@ -83,60 +84,19 @@ impl Configured for AccessConfigured {
         use Guard::{Key, Public};
         use Permission::{ManageMembers, ManageOwnKeys};
         Routes::new()
-            .get(
-                "/v1/members",
-                Key(ManageMembers),
-                "member.list",
-                list_members,
-            )
-            .put(
-                "/v1/members/{id}/role",
-                Key(ManageMembers),
-                "member.set_role",
-                set_role,
-            )
-            .delete(
-                "/v1/members/{id}",
-                Key(ManageMembers),
-                "member.remove",
-                remove_member,
-            )
-            .get(
-                "/v1/invitations",
+            .route(routes!(list_members), Key(ManageMembers), "member.list")
+            .route(routes!(set_role), Key(ManageMembers), "member.set_role")
+            .route(routes!(remove_member), Key(ManageMembers), "member.remove")
+            .route(
+                routes!(list_invitations),
                 Key(ManageMembers),
                 "member.list_invitations",
-                list_invitations,
             )
-            .post(
-                "/v1/invitations",
-                Key(ManageMembers),
-                "member.invite",
-                invite,
-            )
-            .post(
-                "/v1/invitations/{token}/accept",
-                Public,
-                "member.join",
-                accept,
-            )
-            .get(
-                "/v1/api-keys",
-                Key(ManageOwnKeys),
-                "api_key.list",
-                list_keys,
-            )
-            .post(
-                "/v1/api-keys",
-                Key(ManageOwnKeys),
-                "api_key.issue",
-                issue_key,
-            )
-            .delete(
-                "/v1/api-keys/{id}",
-                Key(ManageOwnKeys),
-                "api_key.revoke",
-                revoke_key,
-            )
+            .route(routes!(invite), Key(ManageMembers), "member.invite")
+            .route(routes!(accept), Public, "member.join")
+            .route(routes!(list_keys), Key(ManageOwnKeys), "api_key.list")
+            .route(routes!(issue_key), Key(ManageOwnKeys), "api_key.issue")
+            .route(routes!(revoke_key), Key(ManageOwnKeys), "api_key.revoke")
     }
 
     fn start<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, Result<Started, ModuleError>> {
@@ -262,6 +222,9 @@ struct MembersQuery {
 }
 
 /// `GET /v1/members?include_removed=true`
+#[utoipa::path(get, path = "/v1/members", tag = "access",
+    params(("include_removed" = Option<bool>, Query), ("min_seq" = Option<u64>, Query, description = "Wait until the access projection applied this stream sequence")),
+    responses((status = 200, description = "Members", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
 async fn list_members(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<MembersQuery>,
@@ -279,7 +242,7 @@ fn id_param(raw: &str, what: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("no {what} with that id (ids are UUIDs)")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RoleBody {
     role: String,
@@ -287,6 +250,13 @@ struct RoleBody {
 }
 
 /// `PUT /v1/members/{id}/role` with `{"role", "projects"?}`
+#[utoipa::path(put, path = "/v1/members/{id}/role", tag = "access",
+    params(("id" = String, Path, description = "The member id")),
+    request_body(content = RoleBody, content_type = "application/json"),
+    responses((status = 200, description = "Stored", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No active member with that id", body = ErrorBody),
+        (status = 409, description = "It would leave no admin, or other writers kept changing access", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
 async fn set_role(
     State(st): State<AppState>,
     Extension(access): Extension<AccessApi>,
@@ -315,6 +285,11 @@ struct RemoveQuery {
 }
 
 /// `DELETE /v1/members/{id}?reason=`
+#[utoipa::path(delete, path = "/v1/members/{id}", tag = "access",
+    params(("id" = String, Path, description = "The member id"), ("reason" = Option<String>, Query)),
+    responses((status = 200, description = "Stored", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No active member with that id", body = ErrorBody),
+        (status = 409, description = "It would leave no admin, or other writers kept changing access", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
 async fn remove_member(
     State(st): State<AppState>,
     Extension(access): Extension<AccessApi>,
@@ -344,6 +319,9 @@ async fn remove_member(
 }
 
 /// `GET /v1/invitations` (never the tokens)
+#[utoipa::path(get, path = "/v1/invitations", tag = "access",
+    params(("min_seq" = Option<u64>, Query, description = "Wait until the access projection applied this stream sequence")),
+    responses((status = 200, description = "Invitations, never their tokens", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
 async fn list_invitations(
     State(st): State<AppState>,
     read: ReadAt,
@@ -353,7 +331,7 @@ async fn list_invitations(
     Ok(Json(json!({ "invitations": invitations })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InviteBody {
     email: String,
@@ -364,6 +342,11 @@ struct InviteBody {
 
 /// `POST /v1/invitations` with `{"email", "role", "projects"?, "expires_in_seconds"?}`: the
 /// token is in this answer only.
+#[utoipa::path(post, path = "/v1/invitations", tag = "access",
+    request_body(content = InviteBody, content_type = "application/json"),
+    responses((status = 201, description = "The invitation; its token is in this answer only", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+        (status = 409, description = "Already a member, or other writers kept changing access", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
 async fn invite(
     State(st): State<AppState>,
     Extension(access): Extension<AccessApi>,
@@ -396,13 +379,21 @@ async fn invite(
     Ok(answer(StatusCode::CREATED, body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AcceptBody {
     name: Option<String>,
 }
 
 /// `POST /v1/invitations/{token}/accept` with `{"name"?}`: the new member's first key, shown once.
+#[utoipa::path(post, path = "/v1/invitations/{token}/accept", tag = "access",
+    params(("token" = String, Path, description = "The invitation's token")),
+    request_body(content = AcceptBody, content_type = "application/json"),
+    responses((status = 201, description = "The new member and their first key, shown once", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+        (status = 404, description = "Unknown token", body = ErrorBody),
+        (status = 409, description = "Already a member", body = ErrorBody),
+        (status = 410, description = "Accepted already, or expired", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
 async fn accept(
     State(st): State<AppState>,
     Extension(access): Extension<AccessApi>,
@@ -432,6 +423,9 @@ struct KeysQuery {
 
 /// `GET /v1/api-keys?member_id=`: one's own keys; an admin may name another member, or ask for
 /// `member_id=all`.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "access",
+    params(("member_id" = Option<String>, Query, description = "Another member's (admins), or all"), ("min_seq" = Option<u64>, Query)),
+    responses((status = 200, description = "Keys, never the keys themselves", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
 async fn list_keys(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -452,7 +446,7 @@ async fn list_keys(
     Ok(Json(json!({ "api_keys": keys })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct IssueBody {
     name: String,
@@ -461,6 +455,12 @@ struct IssueBody {
 }
 
 /// `POST /v1/api-keys` with `{"name", "member_id"?, "expires_in_days"?}`: the key, shown once.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "access",
+    request_body(content = IssueBody, content_type = "application/json"),
+    responses((status = 201, description = "The key, shown once", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No active member with that id", body = ErrorBody),
+        (status = 409, description = "Other writers kept changing access", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
 async fn issue_key(
     State(st): State<AppState>,
     Extension(access): Extension<AccessApi>,
@@ -502,6 +502,11 @@ async fn issue_key(
 }
 
 /// `DELETE /v1/api-keys/{id}`: one's own key, or (admin) anyone's. Refused from the next request.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "access",
+    params(("id" = String, Path, description = "The key id")),
+    responses((status = 200, description = "Revoked", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No such key (or another member's, for a non-admin)", body = ErrorBody),
+        (status = 409, description = "Revoked already", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
 async fn revoke_key(
     State(st): State<AppState>,
     Extension(access): Extension<AccessApi>,

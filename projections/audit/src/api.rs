@@ -9,12 +9,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kairos_api::extract::{QueryParams, ReadAt, limit_param, seq_param, time_param, wait_for};
 use kairos_api::{
-    ApiError, AppState, Configured, Guard, Module, ModuleConfig, ModuleError, Permission, Routes,
+    ApiError, AppState, Configured, ErrorBody, Guard, Module, ModuleConfig, ModuleError,
+    Permission, Routes,
 };
 use kairos_runtime::AnyProjection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::migrate::Migrator;
+use utoipa_axum::routes;
 
 use crate::{Audit, Filter, NAME};
 
@@ -55,13 +57,8 @@ impl Configured for AuditConfigured {
         use Guard::Key;
         use Permission::ReadAudit;
         Routes::new()
-            .get("/v1/audit", Key(ReadAudit), "audit.read", list_audit)
-            .get(
-                "/v1/audit/export",
-                Key(ReadAudit),
-                "audit.export",
-                export_audit,
-            )
+            .route(routes!(list_audit), Key(ReadAudit), "audit.read")
+            .route(routes!(export_audit), Key(ReadAudit), "audit.export")
     }
 }
 
@@ -133,6 +130,21 @@ impl AuditQuery {
 
 /// `GET /v1/audit?actor=&action=&resource=&outcome=&from=&to=&limit=&cursor=&as_of=`: newest
 /// first; `cursor` is the previous page's `next_cursor`.
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    params(
+        ("actor" = Option<String>, Query), ("action" = Option<String>, Query),
+        ("resource" = Option<String>, Query), ("outcome" = Option<String>, Query),
+        ("from" = Option<String>, Query, description = "RFC 3339"),
+        ("to" = Option<String>, Query, description = "RFC 3339"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000 (100)"),
+        ("cursor" = Option<u64>, Query, description = "The previous page's next_cursor"),
+        ("min_seq" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "RFC 3339"),
+    ),
+    responses(
+        (status = 200, description = "Entries, newest first", body = Object),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
+    ))]
 async fn list_audit(
     State(st): State<AppState>,
     read: ReadAt,
@@ -150,6 +162,21 @@ async fn list_audit(
 
 /// `GET /v1/audit/export?from=&to=&format=jsonl|csv` (and the list filters): every matching entry,
 /// oldest first, streamed.
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit",
+    params(
+        ("format" = Option<String>, Query, description = "jsonl (default) or csv"),
+        ("actor" = Option<String>, Query), ("action" = Option<String>, Query),
+        ("resource" = Option<String>, Query), ("outcome" = Option<String>, Query),
+        ("from" = Option<String>, Query, description = "RFC 3339"),
+        ("to" = Option<String>, Query, description = "RFC 3339"),
+        ("min_seq" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "RFC 3339"),
+    ),
+    responses(
+        (status = 200, description = "Every matching entry, oldest first", content(
+            (String = "application/x-ndjson"), (String = "text/csv"))),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
+    ))]
 async fn export_audit(
     State(st): State<AppState>,
     read: ReadAt,

@@ -11,8 +11,8 @@ use chrono_tz::Tz;
 use futures_util::future::BoxFuture;
 use kairos_api::extract::{JsonBody, QueryParams, ReadAt, limit_param, project_param, wait_for};
 use kairos_api::{
-    ApiError, AppState, Caller, Configured, EventRule, Guard, Host, Module, ModuleConfig,
-    ModuleError, Permission, Publish, Recorded, Routes, Started,
+    ApiError, AppState, Caller, Configured, ErrorBody, EventRule, Guard, Host, Module,
+    ModuleConfig, ModuleError, Permission, Publish, Recorded, Routes, Started,
 };
 use kairos_events::types::{BUDGET_SET, BUDGET_THRESHOLD_CROSSED};
 use kairos_events::{Event, Money, Period, ProjectId};
@@ -23,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
+use utoipa_axum::routes;
 
 use crate::{AsOfError, BudgetView, Budgets, Ledger, NAME};
 
@@ -158,16 +159,10 @@ impl Configured for BudgetsConfigured {
     fn routes(&self) -> Routes {
         use Guard::Key;
         use Permission::{ManageBudgets, ReadProjections};
-        let budget = "/v1/projects/{project}/budget";
         Routes::new()
-            .get(budget, Key(ReadProjections), "budget.read", get_budget)
-            .put(budget, Key(ManageBudgets), "budget.set", put_budget)
-            .get(
-                "/v1/budgets",
-                Key(ReadProjections),
-                "budget.list",
-                list_budgets,
-            )
+            .route(routes!(get_budget), Key(ReadProjections), "budget.read")
+            .route(routes!(put_budget), Key(ManageBudgets), "budget.set")
+            .route(routes!(list_budgets), Key(ReadProjections), "budget.list")
     }
 
     fn start<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, Result<Started, ModuleError>> {
@@ -239,6 +234,19 @@ impl BudgetQuery {
 }
 
 /// `GET /v1/projects/{project}/budget?period=&min_seq=&as_of=`
+#[utoipa::path(get, path = "/v1/projects/{project}/budget", tag = "budgets",
+    params(
+        ("project" = String, Path, description = "The project id"),
+        ("period" = Option<String>, Query, description = "The month, as 2026-11 (default: the current one, or as_of's)"),
+        ("min_seq" = Option<u64>, Query, description = "Wait until the budgets projection applied this stream sequence"),
+        ("as_of" = Option<String>, Query, description = "RFC 3339: the budget as it stood then"),
+    ),
+    responses(
+        (status = 200, description = "The budget and the spend of the month", body = BudgetView),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No budget and no spend in that month", body = ErrorBody),
+        (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
+    ))]
 async fn get_budget(
     State(st): State<AppState>,
     Extension(budgets): Extension<Budgets>,
@@ -304,6 +312,19 @@ async fn ledger_as_of(
 }
 
 /// `GET /v1/budgets?period=&min_seq=&as_of=&limit=&after=`
+#[utoipa::path(get, path = "/v1/budgets", tag = "budgets",
+    params(
+        ("period" = Option<String>, Query, description = "The month, as 2026-11"),
+        ("min_seq" = Option<u64>, Query, description = "Wait until the budgets projection applied this stream sequence"),
+        ("as_of" = Option<String>, Query, description = "RFC 3339: the budgets as they stood then"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000 (100)"),
+        ("after" = Option<String>, Query, description = "The previous page's next_after"),
+    ),
+    responses(
+        (status = 200, description = "A page of budgets, by project id", body = Object),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
+    ))]
 async fn list_budgets(
     State(st): State<AppState>,
     Extension(budgets): Extension<Budgets>,
@@ -349,12 +370,21 @@ async fn list_budgets(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+/// A budget: what `PUT /v1/projects/{project}/budget` takes.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BudgetBody {
+    /// USD per calendar month, a decimal string ("10.00"; at most 9 decimals).
+    #[schema(value_type = String, example = "10.00")]
     monthly_limit: Value,
+    /// Percent of the limit that announces a warning (1-100; 80).
+    #[schema(value_type = Option<u8>, minimum = 1, maximum = 100)]
     warn_at_percent: Option<Value>,
+    /// What happens once it is spent: `fallback_to_local` (the default) or `block`.
+    #[schema(value_type = Option<String>)]
     on_exceeded: Option<Value>,
+    /// The local model calls fall back to.
+    #[schema(value_type = Option<String>)]
     fallback_model: Option<Value>,
 }
 
@@ -432,6 +462,20 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 
 /// `PUT /v1/projects/{project}/budget`: decides a `kairos.budget.set.v1` against the project's
 /// budget setting and appends it with the subject's expected last sequence.
+#[utoipa::path(put, path = "/v1/projects/{project}/budget", tag = "budgets",
+    params(
+        ("project" = String, Path, description = "The project id"),
+        ("If-Match" = Option<String>, Header, description = "Change it only if its version is still this one: \"123\""),
+    ),
+    request_body(content = BudgetBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored: read it back with ?min_seq=seq", body = Object),
+        (status = 400, description = "The body or a header is malformed", body = ErrorBody),
+        (status = 409, description = "If-Match names another version, or other writers kept changing it", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 503, description = "The stream is unavailable", body = ErrorBody),
+    ))]
 async fn put_budget(
     State(st): State<AppState>,
     Extension(settings): Extension<BudgetCommands>,

@@ -83,7 +83,7 @@ pub struct Spend {
     pub last_seq: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
@@ -490,16 +490,23 @@ async fn save(
 }
 
 /// A project's budget for one month, as the API answers it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct BudgetView {
     pub project: String,
+    /// The month, as 2026-11.
     pub period: String,
+    /// USD, a decimal string.
+    #[schema(value_type = Option<String>)]
     pub limit: Option<Money>,
+    #[schema(value_type = String)]
     pub spent: Money,
+    #[schema(value_type = Option<String>)]
     pub remaining: Option<Money>,
     /// `ok` when no limit is set.
     pub status: Status,
     pub warn_at_percent: Option<u8>,
+    /// `fallback_to_local` or `block`.
+    #[schema(value_type = Option<String>)]
     pub on_exceeded: Option<OnExceeded>,
     pub fallback_model: Option<String>,
     /// The stream sequence of the `kairos.budget.set.v1` in force: send it as `If-Match` to

@@ -11,12 +11,13 @@ SERVICES := scripts/services.sh
 ENV      := . ./.kairos/env
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench lint fmt services services-down
+.PHONY: help run test bench lint fmt services services-down schemathesis
 
 help:
 	@echo "make run            services up, then kairos serve --demo"
 	@echo "make test           services up, then the workspace tests (nextest if installed)"
 	@echo "make bench          services up, then kairos bench (release build)"
+	@echo "make schemathesis   schemathesis against a live Kairos, authenticated as admin"
 	@echo "make lint           rustfmt --check and clippy -D warnings"
 	@echo "make fmt            cargo fmt --all"
 	@echo "make services       start / check NATS and PostgreSQL, write .kairos/env"
@@ -39,6 +40,9 @@ test:
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+schemathesis:
+	scripts/schemathesis.sh
 
 bench:
 	$(SERVICES) up && $(ENV) && $(CARGO) run --release -p kairos -- bench

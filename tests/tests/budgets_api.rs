@@ -85,7 +85,7 @@ async fn a_budget_set_over_http_is_read_back_with_its_sequence(pool: PgPool) {
 async fn budget_writes_and_reads_refuse_bad_input(pool: PgPool) {
     let mut settings = test_settings();
     settings.http.read_wait_ms = 300;
-    let app = spawn_app_with(pool, settings, true).await;
+    let mut app = spawn_app_with(pool, settings, true).await;
     let cases = [
         (json!({"monthly_limit": "-1"}), "monthly_limit"),
         (json!({"monthly_limit": "1.0000000001"}), "monthly_limit"),
@@ -163,15 +163,26 @@ async fn budget_writes_and_reads_refuse_bad_input(pool: PgPool) {
         assert_eq!(s, status, "{path} -> {r}");
         assert_eq!(r["error"]["field"].as_str(), field, "{path} -> {r}");
     }
-    // Waiting for a sequence that never comes is bounded and says so.
+    // A sequence past the stream's last one names no write: refused at once.
     let (s, r) = app.get("/v1/budgets?min_seq=999999").await;
     assert_eq!(
-        (s, r["error"]["code"].as_str()),
-        (503, Some("not_yet_applied"))
+        (s, r["error"]["field"].as_str()),
+        (400, Some("min_seq")),
+        "{r}"
     );
-
     // Nothing invalid reached the stream.
     assert!(app.events_in("budget").await.is_empty());
+
+    // Waiting for a stored event the projection does not apply (it is stopped) is bounded and
+    // says so.
+    app.stop_projections();
+    let seq = app.ingest(&[llm_call("waited-for", "acme", "1")]).await;
+    let (s, r) = app.get(&format!("/v1/budgets?min_seq={seq}")).await;
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (503, Some("not_yet_applied")),
+        "{r}"
+    );
     app.cleanup().await;
 }
 

@@ -145,8 +145,34 @@ impl ReadAt {
     }
 }
 
-/// Waits (at most `http.read_wait_ms`) until `projection` applied stream sequence `seq`.
+/// Waits (at most `http.read_wait_ms`) until `projection` applied stream sequence `seq`. A
+/// sequence past the stream's last one names no write that happened: refused at once with `400`
+/// rather than waited for.
 pub async fn wait_for(st: &AppState, projection: &str, seq: u64) -> Result<(), ApiError> {
+    let already = st
+        .checkpoints
+        .wait_for(projection, seq, Duration::ZERO)
+        .await;
+    match already {
+        Ok(_) => return Ok(()),
+        Err(kairos_runtime::WaitError::Database(e)) => return Err(ApiError::Database(e)),
+        Err(_) => {}
+    }
+    let last = st
+        .bus
+        .last_seq()
+        .await
+        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    if seq > last.0 {
+        return Err(ApiError::bad(
+            "invalid_query",
+            "min_seq",
+            format!(
+                "min_seq {seq} is past the stream's last sequence ({}): use the seq a write answered",
+                last.0
+            ),
+        ));
+    }
     let wait = Duration::from_millis(st.http.read_wait_ms);
     match st.checkpoints.wait_for(projection, seq, wait).await {
         Ok(_) => Ok(()),

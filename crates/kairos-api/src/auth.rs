@@ -12,7 +12,6 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use kairos_events::Event;
 use kairos_events::types::USER_ACTION;
 use serde_json::json;
 
@@ -412,11 +411,9 @@ async fn audit(
     if let Some(id) = &origin.request_id {
         data["request_id"] = json!(id);
     }
-    let event = Event::from_value(json!({
-        "specversion": "1.0", "id": uuid::Uuid::now_v7().to_string(), "source": "kairos/api",
-        "type": USER_ACTION, "time": st.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "datacontenttype": "application/json", "data": data,
-    }));
+    let event = kairos_events::Emit::new(USER_ACTION, "kairos/api", data)
+        .time(st.clock.now())
+        .build();
     let result = match event {
         Ok(event) => st
             .bus

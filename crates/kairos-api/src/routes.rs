@@ -8,7 +8,6 @@ use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use kairos_events::types::IDENTITY;
 use kairos_events::{Event, EventError, ProjectId, parse_batch, parse_binary, parse_structured};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -515,7 +514,7 @@ async fn list_events(
                 .unwrap_or_default()
                 .to_owned();
             let matches = q.ty.as_deref().is_none_or(|t| ty == t);
-            if let Some(e) = event.as_mut().filter(|_| IDENTITY.contains(&ty.as_str())) {
+            if let Some(e) = event.as_mut().filter(|_| kairos_events::is_identity(&ty)) {
                 redact_identity(e);
             }
             if matches {

@@ -104,7 +104,7 @@ impl EventType {
     /// and keys are one aggregate, so its commands append to one subject with an expected last
     /// sequence), the second dot-token of any other `kairos.` type, `ext` for every foreign type.
     pub fn category(&self) -> &str {
-        if crate::types::IDENTITY.contains(&self.0.as_str()) {
+        if crate::catalogue::is_identity(&self.0) {
             return "access";
         }
         self.name_category()
@@ -444,7 +444,7 @@ mod tests {
 
     #[test]
     fn identity_events_share_the_access_category() {
-        for ty in crate::types::IDENTITY {
+        for ty in crate::CATALOGUE.iter().filter(|s| s.identity).map(|s| s.ty) {
             let t = EventType::parse(ty).unwrap();
             assert_eq!(t.category(), "access", "{ty}");
             assert_ne!(t.legacy_category(), None, "{ty}");

@@ -118,6 +118,7 @@ impl Event {
             })?;
             known.validate(data)?;
             check_amounts(ty.as_str(), data)?;
+            check_payload(ty.as_str(), data)?;
             let data_project = data.get("project").and_then(Value::as_str);
             match (&project, data_project) {
                 (None, Some(_)) if known.project_required => {
@@ -254,13 +255,7 @@ impl Event {
 /// Amounts the schema admits but Kairos cannot keep exactly (more than 9 decimals, over a
 /// billion USD) are refused here, at every door, rather than dead-lettered later.
 fn check_amounts(ty: &str, data: &Value) -> Result<(), EventError> {
-    use crate::types::{BUDGET_SET, BUDGET_THRESHOLD_CROSSED, LLM_CALL_COMPLETED};
-    let fields: &[&str] = match ty {
-        LLM_CALL_COMPLETED => &["cost"],
-        BUDGET_SET => &["monthly_limit"],
-        BUDGET_THRESHOLD_CROSSED => &["limit", "spent"],
-        _ => &[],
-    };
+    let fields = crate::catalogue::spec(ty).map_or(&[][..], |s| s.money);
     for field in fields {
         if let Some(v) = data.get(*field) {
             crate::Money::from_json(v).map_err(|e| {
@@ -269,6 +264,22 @@ fn check_amounts(ty: &str, data: &Value) -> Result<(), EventError> {
         }
     }
     Ok(())
+}
+
+/// The typed payload of its type must read from `data` (what the schema cannot say: a
+/// `project` that is no project id, say).
+fn check_payload(ty: &str, data: &Value) -> Result<(), EventError> {
+    match crate::catalogue::spec(ty).and_then(|s| s.payload) {
+        Some(reads) => reads(data).map_err(|reason| {
+            let reason: String = reason.chars().take(300).collect();
+            EventError::field(
+                "invalid_data",
+                "data",
+                format!("data does not read as a {ty}: {reason}"),
+            )
+        }),
+        None => Ok(()),
+    }
 }
 
 fn is_json_media_type(ct: &str) -> bool {

@@ -9,15 +9,19 @@
 //!
 //! It does no I/O: no NATS, no database.
 
+mod catalogue;
 mod clock;
 mod domain;
+mod emit;
 mod envelope;
 mod error;
 mod schema;
 pub mod types;
 
+pub use catalogue::{CATALOGUE, EventSpec, is_identity, spec};
 pub use clock::Clock;
 pub use domain::{EventType, Money, MoneyError, Period, ProjectId, StreamSeq};
+pub use emit::Emit;
 pub use envelope::{Event, MAX_EVENT_BYTES, parse_batch, parse_binary, parse_structured};
 pub use error::EventError;
-pub use schema::{KNOWN_TYPES, known_type, schema_source};
+pub use schema::{known_type, known_types, schema_source};

@@ -9,33 +9,6 @@ use serde_json::Value;
 
 use crate::EventError;
 
-macro_rules! schemas {
-    ($($name:literal),* $(,)?) => {
-        /// Every event type Kairos knows, with the text of its JSON Schema (`events-schema/<type>.json`).
-        const SCHEMAS: &[(&str, &str)] = &[
-            $(($name, include_str!(concat!("../../../events-schema/", $name, ".json"))),)*
-        ];
-        /// The names of every event type Kairos has a schema for.
-        pub const KNOWN_TYPES: &[&str] = &[$($name),*];
-    };
-}
-
-schemas![
-    "kairos.llm.call.completed.v1",
-    "kairos.user.action.v1",
-    "kairos.metric.recorded.v1",
-    "kairos.task.started.v1",
-    "kairos.task.completed.v1",
-    "kairos.budget.set.v1",
-    "kairos.budget.threshold_crossed.v1",
-    "kairos.member.invited.v1",
-    "kairos.member.joined.v1",
-    "kairos.member.removed.v1",
-    "kairos.role.assigned.v1",
-    "kairos.api_key.issued.v1",
-    "kairos.api_key.revoked.v1",
-];
-
 /// A known event type: its compiled schema and whether its data carries a `project`.
 pub struct KnownType {
     validator: Validator,
@@ -46,8 +19,9 @@ pub struct KnownType {
 }
 
 static REGISTRY: LazyLock<HashMap<&'static str, KnownType>> = LazyLock::new(|| {
-    SCHEMAS
+    crate::catalogue::CATALOGUE
         .iter()
+        .map(|spec| (spec.ty, spec.schema))
         .map(|(name, text)| {
             // The schemas are part of this crate's source and checked by its tests; a broken one is
             // a build defect, not an input error.
@@ -67,7 +41,7 @@ static REGISTRY: LazyLock<HashMap<&'static str, KnownType>> = LazyLock::new(|| {
                 project_required: required("project"),
                 has_project: schema["properties"].get("project").is_some(),
             };
-            (*name, known)
+            (name, known)
         })
         .collect()
 });
@@ -79,7 +53,12 @@ pub fn known_type(name: &str) -> Option<&'static KnownType> {
 
 /// The JSON Schema text of a known type.
 pub fn schema_source(name: &str) -> Option<&'static str> {
-    SCHEMAS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    crate::catalogue::spec(name).map(|s| s.schema)
+}
+
+/// The names of every event type Kairos has a schema for.
+pub fn known_types() -> impl Iterator<Item = &'static str> {
+    crate::catalogue::CATALOGUE.iter().map(|s| s.ty)
 }
 
 impl KnownType {
@@ -136,8 +115,8 @@ mod tests {
 
     #[test]
     fn every_schema_compiles_and_is_listed() {
-        assert_eq!(REGISTRY.len(), KNOWN_TYPES.len());
-        for name in KNOWN_TYPES {
+        assert_eq!(REGISTRY.len(), known_types().count());
+        for name in known_types() {
             assert!(known_type(name).is_some(), "{name}");
             assert!(
                 schema_source(name).is_some_and(|s| s.contains(name)),

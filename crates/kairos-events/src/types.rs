@@ -19,22 +19,6 @@ pub const ROLE_ASSIGNED: &str = "kairos.role.assigned.v1";
 pub const API_KEY_ISSUED: &str = "kairos.api_key.issued.v1";
 pub const API_KEY_REVOKED: &str = "kairos.api_key.revoked.v1";
 
-/// The identity events: who is a member, with which role, holding which keys.
-pub const IDENTITY: &[&str] = &[
-    MEMBER_INVITED,
-    MEMBER_JOINED,
-    MEMBER_REMOVED,
-    ROLE_ASSIGNED,
-    API_KEY_ISSUED,
-    API_KEY_REVOKED,
-];
-
-/// Types only Kairos itself publishes (identity changes and what projections announce):
-/// `POST /v1/events` refuses them, so nobody grants themselves a role by publishing an event.
-pub fn is_reserved(ty: &str) -> bool {
-    IDENTITY.contains(&ty) || ty == BUDGET_THRESHOLD_CROSSED
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallStatus {

@@ -10,7 +10,7 @@ use kairos_api::Role;
 use kairos_events::types::{
     API_KEY_ISSUED, API_KEY_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
 };
-use kairos_events::{Clock, Event, ProjectId};
+use kairos_events::{Clock, Emit, Event, ProjectId};
 use kairos_runtime::{AggregateStore, Decision};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -141,19 +141,22 @@ pub fn scope(
 }
 
 /// An identity event from `origin` (its fields added to `data`), timed by the clock.
+/// An identity event from `origin` (its fields added to `data`), timed by the clock; its id is
+/// derived from its content unless `id` names the fact (see `kairos_events::Emit`).
 fn event(
     ctx: Ctx<'_>,
     origin: &Origin,
-    id: String,
-    ty: &str,
+    id: Option<String>,
+    ty: &'static str,
     mut data: Value,
 ) -> Result<Event, CommandError> {
     origin.stamp(&mut data);
-    Event::from_value(json!({
-        "specversion": "1.0", "id": id, "source": origin.source, "type": ty,
-        "time": ctx.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "datacontenttype": "application/json", "data": data,
-    }))
+    let emit = Emit::new(ty, origin.source.clone(), data).time(ctx.clock.now());
+    match id {
+        Some(id) => emit.id(id),
+        None => emit,
+    }
+    .build()
     .map_err(|e| CommandError::Invalid {
         field: e
             .field
@@ -171,10 +174,6 @@ async fn execute<T>(
     let done = ctx.directory.execute(decide).await?;
     let seq = done.seq.map_or(0, |s| s.0);
     Ok((done.value, Recorded { seq }))
-}
-
-fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
 }
 
 fn already_member(email: &str) -> CommandError {
@@ -219,7 +218,7 @@ pub async fn invite(
     if let Some(p) = &projects {
         data["projects"] = json!(p);
     }
-    let event = event(ctx, origin, new_id(), MEMBER_INVITED, data)?;
+    let event = event(ctx, origin, None, MEMBER_INVITED, data)?;
     let ((), recorded) = execute(ctx, |d| {
         if d.active_by_email(email).is_some() {
             return Err(already_member(email));
@@ -252,10 +251,9 @@ pub async fn accept(
     }
     let hash = ctx.secret.hash(token);
     let api_key = generate_key();
-    let (member_id, key_id, event_id) = (
+    let (member_id, key_id) = (
         uuid::Uuid::new_v4().to_string(),
         uuid::Uuid::new_v4().to_string(),
-        new_id(),
     );
     let now = ctx.clock.now();
     let (joined, recorded) = execute(ctx, |d| {
@@ -292,7 +290,7 @@ pub async fn accept(
             member_id: &member_id,
             key_id: &key_id,
         };
-        let (event, joined) = join_event(ctx, &origin, &new, event_id.clone())?;
+        let (event, joined) = join_event(ctx, &origin, &new, None)?;
         Ok(Decision::append(event, joined))
     })
     .await?;
@@ -316,7 +314,7 @@ fn join_event(
     ctx: Ctx<'_>,
     origin: &Origin,
     new: &NewMember<'_>,
-    event_id: String,
+    event_id: Option<String>,
 ) -> Result<(Event, Joined), CommandError> {
     let mut data = json!({
         "member_id": new.member_id, "email": new.email, "role": new.role.as_str(),
@@ -370,7 +368,7 @@ pub async fn add_member(
         member_id: &member_id,
         key_id: &key_id,
     };
-    let (event, joined) = join_event(ctx, origin, &new, new_id())?;
+    let (event, joined) = join_event(ctx, origin, &new, None)?;
     let (joined, recorded) = execute(ctx, |d| {
         if d.active_by_email(email).is_some() {
             return Err(already_member(email));
@@ -412,7 +410,7 @@ pub async fn bootstrap(
         member_id: &member_id,
         key_id: &key_id,
     };
-    let (event, joined) = join_event(ctx, &origin, &new, event_id)?;
+    let (event, joined) = join_event(ctx, &origin, &new, Some(event_id))?;
     let (joined, recorded) = execute(ctx, |d| {
         Ok(if d.active_admins() > 0 {
             Decision::nothing(None)
@@ -453,7 +451,7 @@ pub async fn set_role(
     if let Some(p) = &projects {
         data["projects"] = json!(p);
     }
-    let event = event(ctx, origin, new_id(), ROLE_ASSIGNED, data)?;
+    let event = event(ctx, origin, None, ROLE_ASSIGNED, data)?;
     let ((), recorded) = execute(ctx, |d| {
         let member = active(d, member_id)?;
         if role != Role::Admin {
@@ -476,7 +474,7 @@ pub async fn remove(
     if let Some(r) = reason {
         data["reason"] = json!(r);
     }
-    let event = event(ctx, origin, new_id(), MEMBER_REMOVED, data)?;
+    let event = event(ctx, origin, None, MEMBER_REMOVED, data)?;
     let ((), recorded) = execute(ctx, |d| {
         keep_an_admin(d, active(d, member_id)?)?;
         Ok(Decision::append(event.clone(), ()))
@@ -506,7 +504,7 @@ pub async fn issue_key(
     if let Some(at) = expires_at {
         data["expires_at"] = json!(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     }
-    let event = event(ctx, origin, new_id(), API_KEY_ISSUED, data)?;
+    let event = event(ctx, origin, None, API_KEY_ISSUED, data)?;
     let ((), recorded) = execute(ctx, |d| {
         active(d, member_id)?;
         Ok(Decision::append(event.clone(), ()))
@@ -549,7 +547,7 @@ pub async fn revoke_key(
             Some(e) => Clone::clone(e),
             None => {
                 let data = json!({"key_id": key_id, "member_id": key.member_id});
-                let e = event(ctx, origin, new_id(), API_KEY_REVOKED, data)?;
+                let e = event(ctx, origin, None, API_KEY_REVOKED, data)?;
                 event_for = Some(e.clone());
                 e
             }

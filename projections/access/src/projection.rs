@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use kairos_events::Event;
 use kairos_events::types::{
-    API_KEY_ISSUED, IDENTITY, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
+    API_KEY_ISSUED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
 };
 use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
 use serde::Deserialize;
@@ -102,7 +102,7 @@ impl Change {
     /// The change an event makes, if it is an identity event.
     pub fn from_event(event: &Event) -> Result<Option<Change>, Rejection> {
         let ty = event.event_type().as_str();
-        if !IDENTITY.contains(&ty) {
+        if !kairos_events::is_identity(ty) {
             return Ok(None);
         }
         let d: Data = event.data_as()?;

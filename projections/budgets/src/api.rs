@@ -15,7 +15,7 @@ use kairos_api::{
     ModuleConfig, ModuleError, Permission, Publish, Recorded, Routes, Started,
 };
 use kairos_events::types::{BUDGET_SET, BUDGET_THRESHOLD_CROSSED};
-use kairos_events::{Event, Money, Period, ProjectId};
+use kairos_events::{Emit, Event, Money, Period, ProjectId};
 use kairos_runtime::{
     Aggregate, AggregateStore, AnyProjection, CommandError, Decision, StoredEvent,
 };
@@ -208,12 +208,11 @@ fn preset_event(p: &BudgetPreset) -> Result<Event, String> {
     }
     let digest = Sha256::digest(data.to_string().as_bytes());
     let id: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    Event::from_value(json!({
-        "specversion": "1.0", "id": format!("preset-{id}"), "source": "kairos/config",
-        "type": BUDGET_SET, "subject": p.project,
-        "datacontenttype": "application/json", "data": data,
-    }))
-    .map_err(|e| e.to_string())
+    Emit::new(BUDGET_SET, "kairos/config", data)
+        .id(format!("preset-{id}"))
+        .subject(p.project.as_str())
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Deserialize)]
@@ -500,27 +499,21 @@ async fn put_budget(
         data["fallback_model"] = m;
     }
     caller.origin().stamp(&mut data);
-    let event = Event::from_value(json!({
-        "specversion": "1.0",
-        "id": uuid::Uuid::now_v7().to_string(),
-        "source": "kairos/api",
-        "type": BUDGET_SET,
-        "subject": project.as_str(),
-        "time": st.clock.now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "datacontenttype": "application/json",
-        "data": data,
-    }))
-    .map_err(|e| {
-        let field = e
-            .field
-            .as_deref()
-            .map(|f| f.trim_start_matches("data.").to_owned());
-        ApiError::BadRequest {
-            code: e.code,
-            message: e.message,
-            field,
-        }
-    })?;
+    let event = Emit::new(BUDGET_SET, "kairos/api", data)
+        .subject(project.as_str())
+        .time(st.clock.now())
+        .build()
+        .map_err(|e| {
+            let field = e
+                .field
+                .as_deref()
+                .map(|f| f.trim_start_matches("data.").to_owned());
+            ApiError::BadRequest {
+                code: e.code,
+                message: e.message,
+                field,
+            }
+        })?;
     let done = settings
         .of(&project)
         .execute(|current| match expected {

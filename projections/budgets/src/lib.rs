@@ -18,7 +18,7 @@ use kairos_events::types::{
     BUDGET_SET, BUDGET_THRESHOLD_CROSSED, BudgetSet, CallStatus, LLM_CALL_COMPLETED,
     LlmCallCompleted, OnExceeded, Threshold, ThresholdCrossed,
 };
-use kairos_events::{Event, Money, Period, ProjectId};
+use kairos_events::{Emit, Event, Money, Period, ProjectId};
 use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
@@ -130,16 +130,18 @@ impl Crossing {
             on_exceeded: self.limit.on_exceeded,
             stream_seq: self.seq,
         };
-        Event::from_value(serde_json::json!({
-            "specversion": "1.0",
-            "id": format!("{}/{}/{}", self.project, self.period, self.threshold.as_str()),
-            "source": SOURCE,
-            "type": BUDGET_THRESHOLD_CROSSED,
-            "subject": self.project.as_str(),
-            "time": self.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "datacontenttype": "application/json",
-            "data": data,
-        }))
+        let data = serde_json::to_value(data)
+            .map_err(|e| kairos_events::EventError::new("invalid_data", e.to_string()))?;
+        Emit::new(BUDGET_THRESHOLD_CROSSED, SOURCE, data)
+            .id(format!(
+                "{}/{}/{}",
+                self.project,
+                self.period,
+                self.threshold.as_str()
+            ))
+            .subject(self.project.as_str())
+            .time(self.at)
+            .build()
     }
 }
 

@@ -102,6 +102,7 @@ where
 async fn measure(instance: &Instance, opts: &BenchOptions) -> anyhow::Result<ReadFigures> {
     let k = &instance.k;
     let (base, _server) = instance.serve_api().await?;
+    let _budgets = super::AbortOnDrop(k.spawn_projection(kairos_budgets::NAME)?);
     let project = ProjectId::parse("bench-read")?;
     let put: serde_json::Value = instance
         .client()?

@@ -1,0 +1,120 @@
+//! The event catalogue: every event type Kairos knows, declared once — its JSON Schema, the
+//! members of `data` that are money, whether it is an identity event, and the typed payload it
+//! must read into. Every door checks an event against its entry, so what one door refuses, every
+//! door and every projection refuses alike. Who may publish a type is its module's rule
+//! (`kairos_api::EventRule`); the category of its subject follows from its name
+//! ([`crate::EventType::category`]).
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::types::{BudgetSet, LlmCallCompleted, ThresholdCrossed};
+
+/// One event type.
+pub struct EventSpec {
+    pub ty: &'static str,
+    /// Its JSON Schema, `events-schema/<ty>.json`.
+    pub schema: &'static str,
+    /// Members of `data` that are amounts of money: exact decimals Kairos can keep (at most 9
+    /// decimals, under a billion USD), refused at the door otherwise.
+    pub money: &'static [&'static str],
+    /// Who is a member, with which role and keys: one aggregate (the `access` subject), and
+    /// their digests are redacted when the stream is listed.
+    pub identity: bool,
+    /// Reads `data` into the typed payload Kairos folds it as; a schema-valid event that does
+    /// not fit is refused at the door rather than dead-lettered later.
+    pub payload: Option<ReadsAs>,
+}
+
+/// Whether `data` reads as a type's payload; why not, if it does not.
+pub type ReadsAs = fn(&Value) -> Result<(), String>;
+
+fn reads_as<T: DeserializeOwned>(data: &Value) -> Result<(), String> {
+    T::deserialize(data).map(drop).map_err(|e| e.to_string())
+}
+
+macro_rules! spec {
+    ($ty:literal, money: $money:expr, identity: $identity:expr, payload: $payload:expr $(,)?) => {
+        EventSpec {
+            ty: $ty,
+            schema: include_str!(concat!("../../../events-schema/", $ty, ".json")),
+            money: $money,
+            identity: $identity,
+            payload: $payload,
+        }
+    };
+}
+
+/// Every event type Kairos knows.
+pub static CATALOGUE: &[EventSpec] = &[
+    spec!("kairos.llm.call.completed.v1", money: &["cost"], identity: false,
+        payload: Some(reads_as::<LlmCallCompleted>)),
+    spec!("kairos.user.action.v1", money: &[], identity: false, payload: None),
+    spec!("kairos.metric.recorded.v1", money: &[], identity: false, payload: None),
+    spec!("kairos.task.started.v1", money: &[], identity: false, payload: None),
+    spec!("kairos.task.completed.v1", money: &[], identity: false, payload: None),
+    spec!("kairos.budget.set.v1", money: &["monthly_limit"], identity: false,
+        payload: Some(reads_as::<BudgetSet>)),
+    spec!("kairos.budget.threshold_crossed.v1", money: &["limit", "spent"], identity: false,
+        payload: Some(reads_as::<ThresholdCrossed>)),
+    spec!("kairos.member.invited.v1", money: &[], identity: true, payload: None),
+    spec!("kairos.member.joined.v1", money: &[], identity: true, payload: None),
+    spec!("kairos.member.removed.v1", money: &[], identity: true, payload: None),
+    spec!("kairos.role.assigned.v1", money: &[], identity: true, payload: None),
+    spec!("kairos.api_key.issued.v1", money: &[], identity: true, payload: None),
+    spec!("kairos.api_key.revoked.v1", money: &[], identity: true, payload: None),
+];
+
+/// The entry of type `ty`, if Kairos knows it.
+pub fn spec(ty: &str) -> Option<&'static EventSpec> {
+    CATALOGUE.iter().find(|s| s.ty == ty)
+}
+
+/// Whether `ty` is an identity event.
+pub fn is_identity(ty: &str) -> bool {
+    spec(ty).is_some_and(|s| s.identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_entry_is_listed_once_with_its_own_schema() {
+        for (i, s) in CATALOGUE.iter().enumerate() {
+            assert!(
+                CATALOGUE[i + 1..].iter().all(|o| o.ty != s.ty),
+                "{} twice",
+                s.ty
+            );
+            let schema: Value = serde_json::from_str(s.schema).expect("the schema is JSON");
+            assert!(
+                schema["$id"].as_str().is_some_and(|id| id.contains(s.ty)),
+                "{}: $id {}",
+                s.ty,
+                schema["$id"]
+            );
+            for m in s.money {
+                assert!(
+                    schema["properties"].get(*m).is_some(),
+                    "{}: money member {m} is not in its schema",
+                    s.ty
+                );
+            }
+        }
+        // Every schema file has its entry.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events-schema");
+        let files: Vec<String> = std::fs::read_dir(dir)
+            .expect("events-schema/")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|f| f.strip_suffix(".json").map(str::to_owned))
+            .collect();
+        assert_eq!(files.len(), CATALOGUE.len(), "{files:?}");
+        for f in files {
+            assert!(
+                spec(&f).is_some(),
+                "events-schema/{f}.json has no catalogue entry"
+            );
+        }
+    }
+}

@@ -67,6 +67,12 @@ impl CheckpointWatch {
         Ok(Self { pool, seen: rx })
     }
 
+    /// The last checkpoint of `projection` a notification announced, if any did since this
+    /// watch started (no query).
+    pub fn announced(&self, projection: &str) -> Option<u64> {
+        self.seen.borrow().get(projection).copied()
+    }
+
     /// Returns once `projection` has applied stream sequence `seq`, or fails after `timeout`.
     pub async fn wait_for(
         &self,

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
@@ -173,6 +174,7 @@ impl Configured for BudgetsConfigured {
             Ok(Started::default()
                 .with_extension(self.budgets.clone())
                 .with_extension(BudgetCommands::new(host.bus.clone()))
+                .with_extension(ReadCache::default())
                 .with_banner(format!("budget presets: {}", self.presets.len())))
         })
     }
@@ -232,6 +234,51 @@ impl BudgetQuery {
     }
 }
 
+/// Budget reads served again without a query while they are young and no newer checkpoint of
+/// the budgets projection was announced: a thousand clients polling one budget cost one query
+/// per [`READ_CACHE_TTL`], not one each. An answer is never older than that beyond what the
+/// checkpoint announcements say, and says the sequence it reflects (`as_of_seq`).
+#[derive(Clone, Default)]
+pub struct ReadCache(Arc<Mutex<HashMap<(ProjectId, Period), Cached>>>);
+
+/// A budget read and when it was read.
+type Cached = (Instant, BudgetView);
+
+/// How long a cached budget read is served at most.
+const READ_CACHE_TTL: Duration = Duration::from_millis(250);
+/// Entries kept at most; past that the cache starts afresh.
+const READ_CACHE_ENTRIES: usize = 10_000;
+
+impl ReadCache {
+    fn get(
+        &self,
+        key: &(ProjectId, Period),
+        announced: Option<u64>,
+        min_seq: u64,
+    ) -> Option<BudgetView> {
+        let entries = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (at, view) = entries.get(key)?;
+        let fresh = at.elapsed() < READ_CACHE_TTL
+            && announced.is_none_or(|a| a <= view.as_of_seq)
+            && view.as_of_seq >= min_seq;
+        fresh.then(|| view.clone())
+    }
+
+    fn put(&self, key: (ProjectId, Period), view: BudgetView) {
+        let mut entries = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= READ_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, (Instant::now(), view));
+    }
+}
+
 /// `GET /v1/projects/{project}/budget?period=&min_seq=&as_of=`
 #[utoipa::path(get, path = "/v1/projects/{project}/budget", tag = "budgets",
     params(
@@ -249,6 +296,7 @@ impl BudgetQuery {
 async fn get_budget(
     State(st): State<AppState>,
     Extension(budgets): Extension<Budgets>,
+    Extension(cache): Extension<ReadCache>,
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
     read: ReadAt,
@@ -268,14 +316,20 @@ async fn get_budget(
     }
     let period = q.period(st.clock.now(), &budgets.tz)?;
     read.wait(&st, NAME).await?;
-    crate::read(&st.pool, &project, period)
+    let key = (project.clone(), period);
+    let announced = st.checkpoints.announced(NAME);
+    if let Some(view) = cache.get(&key, announced, read.min_seq.unwrap_or(0)) {
+        return Ok(Json(view));
+    }
+    let view = crate::read(&st.pool, &project, period)
         .await?
-        .map(Json)
         .ok_or_else(|| {
             ApiError::NotFound(format!(
                 "project {project} has no budget and no spend in {period}"
             ))
-        })
+        })?;
+    cache.put(key, view.clone());
+    Ok(Json(view))
 }
 
 /// The budgets ledger as it stood at `at` (from the nearest snapshot plus the events after it;

@@ -111,6 +111,10 @@ impl IntoResponse for ApiError {
             Self::InvalidEvent(e) => e.message.clone(),
             other => other.to_string(),
         };
+        // Messages and field names can quote what the caller sent (serde's "unknown field
+        // `…`"): only escaped and cut short, never as raw bytes.
+        let message = kairos_events::printable(&message, 500);
+        let field = field.map(|f| kairos_events::printable(&f, 100));
         if let Self::Database(e) = &self {
             tracing::error!(error = %e, "database error");
         }

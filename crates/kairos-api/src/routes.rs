@@ -169,8 +169,8 @@ async fn ingest(
                     duplicate: None,
                     error: Some(OutcomeError {
                         code: e.code,
-                        message: e.message.clone(),
-                        field: e.field.as_deref(),
+                        message: kairos_events::printable(&e.message, 500),
+                        field: e.field.as_deref().map(|f| kairos_events::printable(f, 100)),
                     }),
                 });
             }
@@ -283,15 +283,15 @@ struct Outcome<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<OutcomeError<'a>>,
+    error: Option<OutcomeError>,
 }
 
 #[derive(serde::Serialize)]
-struct OutcomeError<'a> {
+struct OutcomeError {
     code: &'static str,
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    field: Option<String>,
 }
 
 /// Whether `principal` may publish `event`: never a type only Kairos publishes (identity changes

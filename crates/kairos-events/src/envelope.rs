@@ -78,6 +78,7 @@ impl Event {
                 return Err(wrong_type(name));
             }
         }
+        check_strings(&json)?;
         if attrs.contains_key("data") && attrs.contains_key("data_base64") {
             return Err(EventError::field(
                 "invalid_event",
@@ -262,6 +263,72 @@ fn check_amounts(ty: &str, data: &Value) -> Result<(), EventError> {
                 EventError::field("invalid_amount", format!("data.{field}"), e.to_string())
             })?;
         }
+    }
+    Ok(())
+}
+
+/// Control characters (U+0000-U+001F, U+007F) are refused everywhere in an event, but for tab,
+/// line feed and carriage return inside string values of `data`: attribute values, and the names
+/// of `data`'s members, carry none. PostgreSQL's `text` cannot hold U+0000, so an event with one
+/// would fail wherever a projection stores it; the rest are what logs and terminals misread.
+fn check_strings(event: &Value) -> Result<(), EventError> {
+    fn walk(v: &Value, path: &mut String, free_text: bool) -> Result<(), EventError> {
+        match v {
+            Value::String(s) => check_text(s, path, free_text),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = path.len();
+                    path.push_str(&format!("[{i}]"));
+                    walk(item, path, free_text)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            Value::Object(members) => {
+                for (name, item) in members {
+                    check_text(name, path, false)?;
+                    let len = path.len();
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(name);
+                    walk(item, path, free_text)?;
+                    path.truncate(len);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    fn check_text(s: &str, path: &str, free_text: bool) -> Result<(), EventError> {
+        let allowed = |c: char| free_text && matches!(c, '\t' | '\n' | '\r');
+        match s
+            .char_indices()
+            .find(|(_, c)| c.is_control() && (*c as u32) < 0x80 && !allowed(*c))
+        {
+            None => Ok(()),
+            Some((at, c)) => Err(EventError::field(
+                "control_character",
+                if path.is_empty() {
+                    "event".to_owned()
+                } else {
+                    crate::error::printable(path, 80)
+                },
+                format!(
+                    "U+{:04X} at byte {at}: control characters are refused (tab, line feed and \
+                     carriage return are allowed in the values of data)",
+                    c as u32
+                ),
+            )),
+        }
+    }
+    let Value::Object(attrs) = event else {
+        return Ok(());
+    };
+    for (name, value) in attrs {
+        let mut path = name.clone();
+        check_text(name, "", false)?;
+        walk(value, &mut path, name == "data")?;
     }
     Ok(())
 }

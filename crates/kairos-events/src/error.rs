@@ -35,3 +35,21 @@ impl fmt::Display for EventError {
         }
     }
 }
+
+/// `s` as it can be quoted back to whoever sent it: control characters escaped (`\u{0}`), cut
+/// to `max` characters with `…`. Error messages carry input only this way.
+pub fn printable(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for (n, c) in s.chars().enumerate() {
+        if n == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -23,5 +23,5 @@ pub use clock::Clock;
 pub use domain::{EventType, Money, MoneyError, Period, ProjectId, StreamSeq};
 pub use emit::Emit;
 pub use envelope::{Event, MAX_EVENT_BYTES, parse_batch, parse_binary, parse_structured};
-pub use error::EventError;
+pub use error::{EventError, printable};
 pub use schema::{known_type, known_types, schema_source};

@@ -1,0 +1,188 @@
+//! Hostile input at the doors: control characters are refused where they arrive, error messages
+//! quote input only escaped and cut short, and nothing PostgreSQL cannot store reaches a
+//! projection, whichever way it came.
+
+use kairos_tests::{llm_call, send, spawn_app};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+/// An anonymous caller sending a NUL byte in a field name gets a 400 that quotes it escaped, and
+/// the audit entry of its attempt is kept: nothing was dead-lettered.
+#[sqlx::test(migrations = false)]
+async fn a_nul_in_a_body_is_refused_and_its_attempt_stays_audited(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/invitations/x/accept", app.url))
+        .header("content-type", "application/json")
+        .body(r#"{"\u0000":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains('\0'), "no raw NUL in the answer: {text:?}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\\u{0}"), "quoted escaped: {message}");
+
+    let last = app.kairos.bus.last_seq().await.unwrap().0;
+    app.wait_for("audit", last).await;
+    let cp = kairos_runtime::checkpoint(&app.kairos.pool, "audit")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(cp.dead_lettered, 0, "the attempt's record was not lost");
+    let (_, audit) = app
+        .get(&format!(
+            "/v1/audit?action=member.join&actor=anonymous&min_seq={last}"
+        ))
+        .await;
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["outcome"], "failure");
+    assert!(
+        entries[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("\\u{0}") && !r.contains('\0')),
+        "{audit}"
+    );
+    app.cleanup().await;
+}
+
+/// Control characters in an event are refused at the HTTP door naming the field; the same event
+/// published straight to NATS is dead-lettered at decode and does not hold up the event behind
+/// it. Tab, line feed and carriage return are fine in the values of data.
+#[sqlx::test(migrations = false)]
+async fn control_characters_in_events_are_refused_at_every_door(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut bad = llm_call("bad-1", "acme", "1");
+    bad["data"]["model"] = json!("gpt\u{0}4o");
+    let (status, r) = app
+        .post_events(
+            "application/cloudevents+json",
+            serde_json::to_vec(&bad).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(
+        (r["error"]["code"].as_str(), r["error"]["field"].as_str()),
+        (Some("control_character"), Some("data.model")),
+        "{r}"
+    );
+    for (attribute, value) in [("source", "gate\u{7}way"), ("id", "c\u{1b}[2J")] {
+        let mut e = llm_call("bad-2", "acme", "1");
+        e[attribute] = json!(value);
+        let (status, r) = app
+            .post_events(
+                "application/cloudevents+json",
+                serde_json::to_vec(&e).unwrap(),
+            )
+            .await;
+        assert_eq!(
+            (status, r["error"]["field"].as_str()),
+            (400, Some(attribute)),
+            "{r}"
+        );
+    }
+    let mut key = llm_call("bad-3", "acme", "1");
+    key["data"]["a\u{0}b"] = json!(1);
+    let (status, r) = app
+        .post_events(
+            "application/cloudevents+json",
+            serde_json::to_vec(&key).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 400, "{r}");
+    let mut multiline = llm_call("ok-1", "acme", "2");
+    multiline["data"]["status"] = json!("error");
+    multiline["data"]["error"] = json!("upstream said:\n\ttimeout\r\n");
+    let seq = app.ingest(&[multiline]).await;
+    app.wait_for("budgets", seq).await;
+
+    // Straight to NATS, past the HTTP door.
+    let js = app.kairos.bus.jetstream();
+    let subject = format!("{}.events.llm.acme", app.prefix());
+    js.publish(subject, serde_json::to_vec(&bad).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let seq = app.ingest(&[llm_call("ok-2", "acme", "3")]).await;
+    app.wait_for("budgets", seq).await;
+    let (_, b) = app
+        .get(&format!(
+            "/v1/projects/acme/budget?period=2026-11&min_seq={seq}"
+        ))
+        .await;
+    assert_eq!(b["spent"], "5.00", "{b}");
+    let dlq = app
+        .read_stream(
+            &app.kairos.bus.dlq_stream_name(),
+            &format!("{}.dlq.budgets", app.prefix()),
+        )
+        .await;
+    assert_eq!(dlq.len(), 1);
+    let h = dlq[0].headers.as_ref().unwrap();
+    assert_eq!(
+        h.get("Kairos-Dlq-Code").map(|v| v.as_str()),
+        Some("control_character")
+    );
+    app.cleanup().await;
+}
+
+/// Strings of identity and budget commands carry no control characters either: refused with a
+/// 400 naming the field, before anything is appended.
+#[sqlx::test(migrations = false)]
+async fn commands_refuse_control_characters_naming_the_field(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let before = app.kairos.bus.last_seq().await.unwrap().0;
+    for (method, path, body, field) in [
+        (
+            "POST",
+            "/v1/api-keys",
+            json!({"name": "lap\u{0}top"}),
+            "name",
+        ),
+        (
+            "PUT",
+            "/v1/projects/acme/budget",
+            json!({"monthly_limit": "1", "fallback_model": "llama\u{0}"}),
+            "fallback_model",
+        ),
+        (
+            "POST",
+            "/v1/invitations",
+            json!({"email": "a\u{0}@example.com", "role": "viewer"}),
+            "email",
+        ),
+    ] {
+        let req = app
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", app.url),
+            )
+            .json(&body);
+        let (status, r) = send(req).await;
+        assert_eq!(
+            (status, r["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{method} {path}: {r}"
+        );
+        assert!(!r.to_string().contains('\0'), "{r}");
+    }
+    // Only the audit records of the refusals reached the stream: no identity or budget event.
+    let events = app.stored_events().await;
+    assert!(
+        events
+            .iter()
+            .filter(|(_, seq, _)| *seq > before)
+            .all(|(_, _, e)| e.event_type().as_str() == "kairos.user.action.v1"),
+        "{:?}",
+        events
+            .iter()
+            .map(|(_, _, e)| e.event_type().as_str().to_owned())
+            .collect::<Vec<_>>()
+    );
+    app.cleanup().await;
+}

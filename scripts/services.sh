@@ -218,12 +218,30 @@ nats_pid_alive() {
     echo "$pid"
 }
 
+# The password of nats.conf's user $1 for the private server: generated once, kept in
+# .kairos/nats-$1.password (readable by its owner only).
+nats_password() { # user
+    local file=$KDIR/nats-$1.password
+    if [[ ! -s $file ]]; then
+        mkdir -p "$KDIR"
+        (umask 077 && od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$file")
+    fi
+    cat "$file"
+}
+
+# Whether the NATS server at host:port asks its clients to authenticate.
+nats_requires_auth() { # host port
+    [[ $(nats_info "$1" "$2") == *'"auth_required":true'* ]]
+}
+
 up_nats() {
     local url=${KAIROS_NATS_URL:-$DEFAULT_NATS_URL} host port bin bind pid
     parse_url "$url"
     host=${U_HOST:-127.0.0.1}
     port=${U_PORT:-4222}
     NATS_URL=$url
+    NATS_HOST=$host
+    NATS_PORT=$port
 
     if tcp_answers "$host" "$port"; then
         log "NATS: $host:$port answers, using it"
@@ -257,7 +275,11 @@ up_nats() {
     args+=(-a "$bind" -p "$port" -P "$NATS_PID_FILE" -l "$NATS_LOG")
     log "NATS: starting private nats-server on $bind:$port ($bin ${args[*]})"
     printf '\n==== %s services.sh: starting %s %s\n' "$(date -Is)" "$bin" "${args[*]}" >>"$NATS_LOG"
-    (cd "$ROOT" && exec setsid nohup "$bin" "${args[@]}" </dev/null >>"$NATS_LOG" 2>&1 9>&-) &
+    # nats.conf reads its users' passwords from the environment.
+    (cd "$ROOT" && KAIROS_NATS_PASSWORD=$(nats_password kairos) \
+        NATS_PRODUCER_PASSWORD=$(nats_password producer) \
+        NATS_READER_PASSWORD=$(nats_password reader) \
+        exec setsid nohup "$bin" "${args[@]}" </dev/null >>"$NATS_LOG" 2>&1 9>&-) &
     pid=$!
 
     # Wait for the port; give up early if the server died (e.g. a config
@@ -533,10 +555,21 @@ cmd_up() {
             echo "export KAIROS_DATABASE_URL=$(shell_quote "$DATABASE_URL_OUT")"
             echo "export DATABASE_URL=$(shell_quote "$DATABASE_URL_OUT")"
             echo "export KAIROS_BOOTSTRAP_ADMIN_KEY=$(shell_quote "$(admin_key)")"
+            # A server started from nats.conf (this script's private one) asks for credentials:
+            # Kairos signs in as its own user; the producer's password is there for producers.
+            if [[ -n ${KAIROS_NATS_USER:-} ]]; then
+                echo "export KAIROS_NATS_USER=$(shell_quote "$KAIROS_NATS_USER")"
+                echo "export KAIROS_NATS_PASSWORD=$(shell_quote "${KAIROS_NATS_PASSWORD:-}")"
+            elif [[ -s $KDIR/nats-kairos.password ]] && nats_requires_auth "$NATS_HOST" "$NATS_PORT"; then
+                echo "export KAIROS_NATS_USER=kairos"
+                echo "export KAIROS_NATS_PASSWORD=$(shell_quote "$(nats_password kairos)")"
+                echo "export NATS_PRODUCER_PASSWORD=$(shell_quote "$(nats_password producer)")"
+            fi
         } >"$tmp"
     )
     mv -f "$tmp" "$ENV_FILE"
-    grep '^export ' "$ENV_FILE" | sed 's/^\(export KAIROS_BOOTSTRAP_ADMIN_KEY=\).*/\1... (the first admin'"'"'s key; see .kairos\/env)/'
+    grep '^export ' "$ENV_FILE" | sed -e 's/^\(export KAIROS_BOOTSTRAP_ADMIN_KEY=\).*/\1... (the first admin'"'"'s key; see .kairos\/env)/' \
+        -e 's/^\(export [A-Z_]*NATS_[A-Z_]*PASSWORD=\).*/\1... (see .kairos\/env)/'
 }
 
 cmd_down() {

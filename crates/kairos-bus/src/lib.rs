@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 /// Where and how the log lives. Several Kairos instances share one NATS server by using
 /// different stream names and subject prefixes.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
     /// NATS server URL, e.g. `nats://127.0.0.1:4222`.
@@ -32,6 +32,54 @@ pub struct BusConfig {
     /// Stream replicas: 1 on a single server, 3 in a cluster.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// How Kairos authenticates to NATS; at most one way.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// An NKey seed (`SU…`).
+    #[serde(default)]
+    pub nkey_seed: Option<String>,
+    /// A `.creds` file (JWT and NKey seed).
+    #[serde(default)]
+    pub creds_file: Option<String>,
+    /// TLS: the CA that signed the server's certificate, and a client certificate and key for
+    /// servers that verify clients.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
+    /// Refuse a connection that is not TLS.
+    #[serde(default)]
+    pub tls_required: bool,
+}
+
+impl std::fmt::Debug for BusConfig {
+    /// Shows whether the secrets are set, never what they are.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &Option<String>| s.as_ref().map(|_| "***");
+        f.debug_struct("BusConfig")
+            .field("url", &self.url)
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("duplicate_window_secs", &self.duplicate_window_secs)
+            .field("max_age_days", &self.max_age_days)
+            .field("replicas", &self.replicas)
+            .field("user", &self.user)
+            .field("password", &set(&self.password))
+            .field("token", &set(&self.token))
+            .field("nkey_seed", &set(&self.nkey_seed))
+            .field("creds_file", &self.creds_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_required", &self.tls_required)
+            .finish()
+    }
 }
 
 fn default_duplicate_window_secs() -> u64 {
@@ -79,7 +127,99 @@ impl BusConfig {
         if !matches!(self.replicas, 1 | 3 | 5) {
             return Err(BusError::Config("nats.replicas must be 1, 3 or 5".into()));
         }
+        let ways = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.nkey_seed.is_some(),
+            self.creds_file.is_some(),
+        ];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            return Err(BusError::Config(
+                "nats: set one of nats.user (with nats.password), nats.token, nats.nkey_seed or \
+                 nats.creds_file"
+                    .into(),
+            ));
+        }
+        if self.password.is_some() != self.user.is_some() {
+            return Err(BusError::Config(
+                "nats.user and nats.password go together".into(),
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(BusError::Config(
+                "nats.tls_cert_file and nats.tls_key_file go together".into(),
+            ));
+        }
+        for (key, path) in [
+            ("nats.creds_file", &self.creds_file),
+            ("nats.tls_ca_file", &self.tls_ca_file),
+            ("nats.tls_cert_file", &self.tls_cert_file),
+            ("nats.tls_key_file", &self.tls_key_file),
+        ] {
+            if let Some(p) = path
+                && !std::path::Path::new(p).is_file()
+            {
+                return Err(BusError::Config(format!("{key}: no file {p:?}")));
+            }
+        }
         Ok(())
+    }
+}
+
+impl BusConfig {
+    /// The events stream `stream` with subjects under `subject_prefix` at `url`, defaults for the
+    /// rest and no credentials.
+    pub fn new(
+        url: impl Into<String>,
+        stream: impl Into<String>,
+        subject_prefix: impl Into<String>,
+    ) -> Self {
+        Self {
+            url: url.into(),
+            stream: stream.into(),
+            subject_prefix: subject_prefix.into(),
+            duplicate_window_secs: default_duplicate_window_secs(),
+            max_age_days: 0,
+            replicas: default_replicas(),
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed: None,
+            creds_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_required: false,
+        }
+    }
+
+    /// `options` with the configured credentials and TLS settings.
+    async fn authenticate(
+        &self,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, BusError> {
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.clone());
+        }
+        if let Some(seed) = &self.nkey_seed {
+            options = options.nkey(seed.clone());
+        }
+        if let Some(path) = &self.creds_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| BusError::Config(format!("nats.creds_file {path:?}: {e}")))?;
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            options = options.add_root_certificates(ca.into());
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_key_file) {
+            options = options.add_client_certificate(cert.into(), key.into());
+        }
+        Ok(options.require_tls(self.tls_required))
     }
 }
 
@@ -365,8 +505,8 @@ impl Bus {
             })
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
-            .max_reconnects(None)
-            .connect(&config.url);
+            .max_reconnects(None);
+        let client = config.authenticate(client).await?.connect(&config.url);
         let client = tokio::time::timeout(Duration::from_secs(15), client)
             .await
             .map_err(|_| {
@@ -391,6 +531,12 @@ impl Bus {
             config: config.clone(),
             inflight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         })
+    }
+
+    /// Whether the server asked this connection to authenticate: `false` means any process that
+    /// reaches it may publish anything, Kairos' own facts included.
+    pub fn server_requires_auth(&self) -> bool {
+        self.client.server_info().auth_required
     }
 
     pub fn client(&self) -> &async_nats::Client {

@@ -36,14 +36,19 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), kairos_client::ClientError> {
-    let config = BusConfig {
-        url: env_or("KAIROS_NATS_URL", "nats://127.0.0.1:4222"),
-        stream: env_or("KAIROS_NATS_STREAM", "KAIROS_EVENTS"),
-        subject_prefix: env_or("KAIROS_NATS_SUBJECT_PREFIX", "kairos"),
-        duplicate_window_secs: 120,
-        max_age_days: 0,
-        replicas: 1,
-    };
+    let mut config = BusConfig::new(
+        env_or("KAIROS_NATS_URL", "nats://127.0.0.1:4222"),
+        env_or("KAIROS_NATS_STREAM", "KAIROS_EVENTS"),
+        env_or("KAIROS_NATS_SUBJECT_PREFIX", "kairos"),
+    );
+    // A producer of a locked-down server (nats.conf) signs in as its producer user.
+    if let (Ok(user), Ok(password)) = (
+        std::env::var("KAIROS_NATS_USER"),
+        std::env::var("KAIROS_NATS_PASSWORD"),
+    ) {
+        config.user = Some(user);
+        config.password = Some(password);
+    }
     let producer = Producer::connect(&config).await?;
 
     // `build()` validates against the same JSON Schemas as the server: a built event is accepted.

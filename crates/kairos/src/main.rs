@@ -258,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut shown = settings.clone();
             shown.database.url = redact(&shown.database.url);
             shown.nats.url = redact(&shown.nats.url);
+            // BusConfig's Debug shows whether its secrets are set, never what they are.
             for secret in [
                 &mut shown.auth.bootstrap_admin_key,
                 &mut shown.auth.key_secret,
@@ -414,6 +415,13 @@ async fn serve(
         line.push_str(&b);
     }
     println!("{line}");
+    if !k.bus.server_requires_auth() {
+        println!(
+            "  NATS at {} asks for no credentials: any process that reaches it may publish \
+             anything, Kairos' own facts included (nats.conf locks it down; docs/security.md)",
+            redact(&k.settings.nats.url)
+        );
+    }
     println!(
         "\nTry (every endpoint but /health needs the key; KAIROS_BOOTSTRAP_ADMIN_KEY is the first admin's):"
     );

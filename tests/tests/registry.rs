@@ -53,10 +53,6 @@ impl Module for ModelCountsModule {
         NAME
     }
 
-    fn schema(&self) -> &'static str {
-        NAME
-    }
-
     fn migrations(&self) -> &'static Migrator {
         &MIGRATOR
     }

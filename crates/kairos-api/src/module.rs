@@ -32,8 +32,11 @@ pub trait Module: Send + Sync + 'static {
     /// Consumer name, checkpoint key, dead-letter subject token, `kairos consume <name>`.
     fn name(&self) -> &'static str;
 
-    /// The PostgreSQL schema its tables live in.
-    fn schema(&self) -> &'static str;
+    /// The PostgreSQL schema its tables live in: by default its name. Its projection's
+    /// [`kairos_runtime::Projection::schema`] is the same (start-up checks it).
+    fn schema(&self) -> &'static str {
+        self.name()
+    }
 
     /// Its migrations, from `projections/<name>/migrations/` (`sqlx::migrate!("./migrations")`),
     /// applied by the runtime after the runtime's own, in registration order. Their history is

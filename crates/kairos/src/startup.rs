@@ -67,6 +67,16 @@ pub fn configure(
             let configured = module.configure(&config).map_err(|e| {
                 ConfigError::Invalid(e.0.trim_start_matches("configuration: ").to_owned())
             })?;
+            let projection = configured.projection();
+            if projection.name() != module.name() || projection.schema() != module.schema() {
+                return Err(ConfigError::Invalid(format!(
+                    "module registry: module {} runs projection {} in schema {}, not {}",
+                    module.name(),
+                    projection.name(),
+                    projection.schema(),
+                    module.schema()
+                )));
+            }
             Ok(Loaded {
                 name: module.name(),
                 module,

@@ -56,10 +56,6 @@ impl Module for AccessModule {
         NAME
     }
 
-    fn schema(&self) -> &'static str {
-        NAME
-    }
-
     fn migrations(&self) -> &'static Migrator {
         &MIGRATOR
     }

@@ -33,10 +33,6 @@ impl Module for AuditModule {
         NAME
     }
 
-    fn schema(&self) -> &'static str {
-        NAME
-    }
-
     fn migrations(&self) -> &'static Migrator {
         &MIGRATOR
     }

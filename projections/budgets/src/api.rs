@@ -85,10 +85,6 @@ impl Module for BudgetsModule {
         NAME
     }
 
-    fn schema(&self) -> &'static str {
-        NAME
-    }
-
     fn migrations(&self) -> &'static Migrator {
         &MIGRATOR
     }

@@ -46,6 +46,9 @@ pub enum ApiError {
     RateLimited(u64),
     #[error("the projection database is unavailable")]
     Database(#[from] sqlx::Error),
+    /// What `/health/ready` answers anyone when NATS or PostgreSQL does not: no detail.
+    #[error("not ready")]
+    NotReady,
 }
 
 impl ApiError {
@@ -100,6 +103,7 @@ impl ApiError {
                 "database_unavailable",
                 None,
             ),
+            Self::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "not_ready", None),
         }
     }
 }

@@ -224,18 +224,25 @@ impl std::fmt::Debug for AuthSettings {
 
 impl AuthSettings {
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(k) = &self.bootstrap_admin_key
-            && !(24..=512).contains(&k.len())
-        {
-            return Err(
-                "auth.bootstrap_admin_key (KAIROS_BOOTSTRAP_ADMIN_KEY) must be 24 to 512 characters"
-                    .into(),
-            );
-        }
-        if let Some(k) = &self.bootstrap_admin_key
-            && !k.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err("auth.bootstrap_admin_key must be printable ASCII without spaces".into());
+        if let Some(k) = &self.bootstrap_admin_key {
+            if !(32..=512).contains(&k.len()) {
+                return Err(
+                    "auth.bootstrap_admin_key (KAIROS_BOOTSTRAP_ADMIN_KEY) must be 32 to 512 characters"
+                        .into(),
+                );
+            }
+            if !k.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(
+                    "auth.bootstrap_admin_key must be printable ASCII without spaces".into(),
+                );
+            }
+            let bits = estimated_entropy_bits(k);
+            if bits < 128.0 {
+                return Err(format!(
+                    "auth.bootstrap_admin_key looks guessable (about {bits:.0} bits; at least 128 \
+                     needed): use a random one, as `kairos_` and 64 hex digits"
+                ));
+            }
         }
         if self.key_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return Err("auth.key_secret must be at least 32 characters".into());
@@ -249,6 +256,25 @@ impl AuthSettings {
         }
         Ok(())
     }
+}
+
+/// An estimate of how much guessing `key` would take: its length times the Shannon entropy of its
+/// characters' frequencies. Random hex of 32 digits is about 128 bits; a word repeated is far
+/// less, whatever its length.
+fn estimated_entropy_bits(key: &str) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    for c in key.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    let n = key.chars().count() as f64;
+    let per_char: f64 = counts
+        .values()
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum();
+    per_char * n
 }
 
 /// Why `POST /v1/projections/{name}/replay` did not start a rebuild.

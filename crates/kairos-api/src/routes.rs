@@ -56,20 +56,23 @@ async fn live() -> &'static str {
     "ok"
 }
 
-/// NATS and PostgreSQL answer.
+/// NATS and PostgreSQL answer (the reason when they do not goes to the log, not the caller).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Object),
         (status = 503, description = "NATS or PostgreSQL does not answer", body = ErrorBody),
     ))]
 async fn ready(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    sqlx::query("SELECT 1").execute(&st.pool).await?;
-    let seq = st
-        .bus
-        .last_seq()
-        .await
-        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
-    Ok(Json(json!({"status": "ready", "stream_last_seq": seq.0})))
+    // Anyone may ask: the answer says ready or not, the reason goes to the log.
+    if let Err(e) = sqlx::query("SELECT 1").execute(&st.pool).await {
+        tracing::warn!(error = %e, "not ready: PostgreSQL");
+        return Err(ApiError::NotReady);
+    }
+    if let Err(e) = st.bus.last_seq().await {
+        tracing::warn!(error = %e, "not ready: NATS");
+        return Err(ApiError::NotReady);
+    }
+    Ok(Json(json!({"status": "ready"})))
 }
 
 enum Mode {

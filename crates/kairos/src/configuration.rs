@@ -232,6 +232,14 @@ mod tests {
             ),
             ("[auth]\nopen_by_default = true", "open_by_default"),
             ("[surprise]\nx = 1", "[surprise]"),
+            (
+                "[auth]\nbootstrap_admin_key = \"passwordpasswordpasswordpassword12\"",
+                "auth.bootstrap_admin_key looks guessable",
+            ),
+            (
+                "[auth]\nbootstrap_admin_key = \"kairos_0123456789abcdef012\"",
+                "32 to 512",
+            ),
             ("[budgets]\nsurprise = 1", "surprise"),
             ("[budgets]\ntimezone = 5", "budgets.timezone"),
         ];
@@ -242,6 +250,13 @@ mod tests {
                 "{text:?} gave {err:?}, which does not name {key}"
             );
         }
+    }
+
+    #[test]
+    fn a_random_bootstrap_key_is_accepted() {
+        let key = "kairos_4f3c9a0e7b21d85c6e9f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f";
+        let s = check(&format!("[auth]\nbootstrap_admin_key = \"{key}\"")).unwrap();
+        assert_eq!(s.auth.bootstrap_admin_key.as_deref(), Some(key));
     }
 
     #[test]

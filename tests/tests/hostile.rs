@@ -186,3 +186,80 @@ async fn commands_refuse_control_characters_naming_the_field(pool: PgPool) {
     );
     app.cleanup().await;
 }
+
+/// The same (source, id) with other content is a conflict, not a retry: a producer narrowed to
+/// one project cannot hide another project's call by reusing its identity. A true retry is still
+/// a duplicate.
+#[sqlx::test(migrations = false)]
+async fn a_reused_identity_with_other_content_is_refused(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut first = llm_call("call-9", "pa", "0.10");
+    first["source"] = json!("my-gateway");
+    let seq = app.ingest(std::slice::from_ref(&first)).await;
+    let mut other = llm_call("call-9", "pb", "7.00");
+    other["source"] = json!("my-gateway");
+    let (status, r) = app
+        .post_events(
+            "application/cloudevents+json",
+            serde_json::to_vec(&other).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 409, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("seq {seq}"))),
+        "{r}"
+    );
+    // In a batch, that event is refused and the others stored.
+    let (status, r) = app
+        .post_events(
+            "application/cloudevents-batch+json",
+            serde_json::to_vec(&[other.clone(), llm_call("fresh", "pb", "1.00")]).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!(r["results"][0]["error"]["code"], "identity_conflict", "{r}");
+    assert_eq!(r["results"][1]["status"], "accepted", "{r}");
+    // The retry of the first, byte for byte, is a duplicate as before.
+    let (status, r) = app
+        .post_events(
+            "application/cloudevents+json",
+            serde_json::to_vec(&first).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!(r["results"][0]["duplicate"], true, "{r}");
+    app.cleanup().await;
+}
+
+/// A member may hold `auth.max_keys_per_member` keys at once: one more is refused until one is
+/// revoked.
+#[sqlx::test(migrations = false)]
+async fn keys_per_member_are_capped(pool: PgPool) {
+    let mut settings = kairos_tests::test_settings();
+    settings.auth.max_keys_per_member = 3;
+    let app = kairos_tests::spawn_app_with(pool, settings, false).await;
+    // The bootstrap admin holds its first key; two more reach the cap.
+    let mut ids = Vec::new();
+    for n in 0..2 {
+        let (status, r) = app
+            .post_json("/v1/api-keys", &json!({"name": format!("k{n}")}))
+            .await;
+        assert_eq!(status, 201, "{r}");
+        ids.push(r["key_id"].as_str().unwrap().to_owned());
+    }
+    let (status, r) = app.post_json("/v1/api-keys", &json!({"name": "k2"})).await;
+    assert_eq!(status, 409, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_keys_per_member")),
+        "{r}"
+    );
+    let (status, _) = app.delete(&format!("/v1/api-keys/{}", ids[0])).await;
+    assert_eq!(status, 200);
+    let (status, r) = app.post_json("/v1/api-keys", &json!({"name": "k2"})).await;
+    assert_eq!(status, 201, "{r}");
+    app.cleanup().await;
+}

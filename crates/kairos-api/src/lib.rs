@@ -200,6 +200,13 @@ pub struct AuthSettings {
     /// How long an invitation token stays valid unless the request says otherwise.
     #[serde(default = "default_invitation_hours")]
     pub invitation_ttl_hours: u32,
+    /// Keys a member may hold at once (not revoked); a member at the cap revokes one first.
+    #[serde(default = "default_max_keys")]
+    pub max_keys_per_member: u32,
+}
+
+fn default_max_keys() -> u32 {
+    20
 }
 
 fn default_admin_email() -> String {
@@ -218,6 +225,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("bootstrap_admin_email", &self.bootstrap_admin_email)
             .field("key_secret", &set(&self.key_secret))
             .field("invitation_ttl_hours", &self.invitation_ttl_hours)
+            .field("max_keys_per_member", &self.max_keys_per_member)
             .finish()
     }
 }
@@ -249,6 +257,9 @@ impl AuthSettings {
         }
         if !(1..=720).contains(&self.invitation_ttl_hours) {
             return Err("auth.invitation_ttl_hours must be between 1 and 720".into());
+        }
+        if !(1..=10_000).contains(&self.max_keys_per_member) {
+            return Err("auth.max_keys_per_member must be between 1 and 10000".into());
         }
         let e = &self.bootstrap_admin_email;
         if e.len() > 200 || !e.contains('@') || e.chars().any(char::is_whitespace) {

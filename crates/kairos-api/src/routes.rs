@@ -92,6 +92,7 @@ enum Mode {
         (status = 202, description = "Stored: per-event outcomes, in request order", body = Object),
         (status = 400, description = "The request, or every event in it, was refused", body = ErrorBody),
         (status = 413, description = "The body is larger than http.body_limit_bytes", body = ErrorBody),
+        (status = 409, description = "Every event reused the source and id of a stored event that says something else", body = ErrorBody),
         (status = 415, description = "Not a CloudEvents encoding", body = ErrorBody),
         (status = 503, description = "JetStream acknowledged none of them", body = ErrorBody),
     ))]
@@ -119,7 +120,26 @@ async fn ingest(
             })
         })
         .collect();
-    let receipts = st.bus.publish_events(&valid).await;
+    let mut receipts = st.bus.publish_events(&valid).await;
+    // JetStream answers a Nats-Msg-Id it has seen as a duplicate of the first: that is a retry
+    // only if the content is the same. The same (source, id) saying something else would be
+    // dropped as a retry and hide a fact (another project's call, say): it is a conflict.
+    for (event, receipt) in valid.iter().zip(receipts.iter_mut()) {
+        if let Ok(r) = receipt
+            && r.duplicate
+        {
+            match st.bus.payload_at(r.seq).await {
+                Ok(first) if same_event(&first, event) => {}
+                Ok(_) => {
+                    *receipt = Err(kairos_bus::BusError::Conflict {
+                        subject: event.nats_subject(&st.bus.config().subject_prefix),
+                        expected: r.seq.0,
+                    })
+                }
+                Err(e) => *receipt = Err(e),
+            }
+        }
+    }
     let mut results = Vec::with_capacity(slots.len());
     let (mut accepted, mut rejected, mut unavailable, mut refused) = (0u64, 0u64, 0u64, 0u64);
     let mut duplicates = 0u64;
@@ -138,6 +158,25 @@ async fn ingest(
                         seq: Some(r.seq.0),
                         duplicate: Some(r.duplicate),
                         error: None,
+                    });
+                }
+                Err(kairos_bus::BusError::Conflict { expected, .. }) => {
+                    rejected += 1;
+                    crate::observe::ingested("rejected", "identity_conflict", 1);
+                    results.push(Outcome {
+                        index,
+                        id: Some(valid[*i].id()),
+                        status: "rejected",
+                        seq: Some(*expected),
+                        duplicate: None,
+                        error: Some(OutcomeError {
+                            code: "identity_conflict",
+                            message: format!(
+                                "source and id were used by the event at seq {expected}, which \
+                                 says something else: give this event an id of its own"
+                            ),
+                            field: Some("id".into()),
+                        }),
                     });
                 }
                 Err(e) => {
@@ -187,7 +226,23 @@ async fn ingest(
             "no event was acknowledged".into(),
         ));
     }
-    let mut response = if accepted == 0 {
+    let conflicts: Vec<u64> = results
+        .iter()
+        .filter(|r| {
+            r.error
+                .as_ref()
+                .is_some_and(|e| e.code == "identity_conflict")
+        })
+        .filter_map(|r| r.seq)
+        .collect();
+    let mut response = if accepted == 0 && !conflicts.is_empty() && conflicts.len() == results.len()
+    {
+        ApiError::Conflict(format!(
+            "identity_conflict: source and id were used by the event at seq {} with other content",
+            conflicts[0]
+        ))
+        .into_response()
+    } else if accepted == 0 {
         ApiError::AllRejected {
             results: serde_json::to_value(&results).unwrap_or_default(),
         }
@@ -262,6 +317,13 @@ fn parse_request(
             items
         }
     })
+}
+
+/// Whether the stored `first` and `event` are the same event: the same envelope and data, which
+/// a producer's retry keeps (its bytes may differ in spacing or member order).
+fn same_event(first: &[u8], event: &Event) -> bool {
+    first == event.to_bytes()
+        || serde_json::from_slice::<Value>(first).is_ok_and(|v| &v == event.json())
 }
 
 /// The answer to an ingest call: counts, and one outcome per event, in request order.

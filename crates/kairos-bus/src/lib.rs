@@ -956,6 +956,19 @@ impl Bus {
         }
     }
 
+    /// The payload stored at `seq` (a direct get).
+    pub async fn payload_at(&self, seq: StreamSeq) -> Result<Bytes, BusError> {
+        self.events_stream()
+            .await?
+            .direct_get(seq.0)
+            .await
+            .map(|m| m.payload)
+            .map_err(|e| BusError::Stream {
+                stream: self.config.stream.clone(),
+                message: e.to_string(),
+            })
+    }
+
     /// Publishes one event and waits for its acknowledgement.
     pub async fn publish_event(&self, event: &Event) -> Result<Receipt, BusError> {
         self.publish_events(std::slice::from_ref(event))

@@ -257,6 +257,7 @@ impl Kairos {
             directory,
             secret,
             clock: &self.clock,
+            max_keys: self.settings.auth.max_keys_per_member as usize,
         }
     }
 

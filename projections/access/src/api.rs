@@ -201,6 +201,7 @@ fn ctx<'a>(st: &'a AppState, api: &'a AccessApi) -> Ctx<'a> {
         directory: &api.directory,
         secret: &api.secret,
         clock: &st.clock,
+        max_keys: st.auth.max_keys_per_member as usize,
     }
 }
 

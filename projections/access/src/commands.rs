@@ -28,6 +28,8 @@ pub struct Ctx<'a> {
     pub secret: &'a KeySecret,
     /// "Now": event times and expiries.
     pub clock: &'a Clock,
+    /// Keys a member may hold at once (`auth.max_keys_per_member`).
+    pub max_keys: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -507,6 +509,13 @@ pub async fn issue_key(
     let event = event(ctx, origin, None, API_KEY_ISSUED, data)?;
     let ((), recorded) = execute(ctx, |d| {
         active(d, member_id)?;
+        let held = d.keys_held(member_id);
+        if held >= ctx.max_keys {
+            return Err(CommandError::Conflict(format!(
+                "member {member_id} holds {held} keys, the most allowed \
+                 (auth.max_keys_per_member): revoke one first"
+            )));
+        }
         Ok(Decision::append(event.clone(), ()))
     })
     .await?;

@@ -69,6 +69,14 @@ impl Directory {
             .count()
     }
 
+    /// Keys `member_id` holds that are not revoked.
+    pub fn keys_held(&self, member_id: &str) -> usize {
+        self.keys
+            .values()
+            .filter(|k| k.member_id == member_id && !k.revoked)
+            .count()
+    }
+
     /// The active member `member_id`.
     pub fn active_member(&self, member_id: &str) -> Option<&Member> {
         self.members.get(member_id).filter(|m| m.active)

@@ -11,7 +11,7 @@ use kairos_api::{Denied, Principal, Role};
 use kairos_runtime::{Aggregate, StoredEvent};
 
 use crate::keys::KeySecret;
-use crate::projection::Change;
+use crate::projection::{Change, NewKey};
 
 /// A member as the directory knows them.
 #[derive(Debug, Clone)]
@@ -122,12 +122,22 @@ impl Directory {
         })
     }
 
-    fn add_key(&mut self, key_id: String, key: Key) {
+    /// A key issued to `member_id` (with a member's first key, or on its own).
+    fn add_key(&mut self, member_id: String, key: NewKey, hash: Vec<u8>) {
         self.by_lookup
             .entry(key.lookup.clone())
             .or_default()
-            .push(key_id.clone());
-        self.keys.insert(key_id, key);
+            .push(key.key_id.clone());
+        self.keys.insert(
+            key.key_id,
+            Key {
+                member_id,
+                lookup: key.lookup,
+                hash,
+                expires_at: key.expires_at,
+                revoked: false,
+            },
+        );
     }
 
     /// Applies one change, as the access projection does to its tables.
@@ -181,16 +191,7 @@ impl Directory {
                         active: true,
                     },
                 );
-                self.add_key(
-                    key.key_id,
-                    Key {
-                        member_id,
-                        lookup: key.lookup,
-                        hash: key_hash,
-                        expires_at: key.expires_at,
-                        revoked: false,
-                    },
-                );
+                self.add_key(member_id, key, key_hash);
             }
             Change::Removed { member_id } => {
                 if let Some(m) = self.members.get_mut(&member_id) {
@@ -211,16 +212,7 @@ impl Directory {
                 member_id,
                 key,
                 key_hash,
-            } => self.add_key(
-                key.key_id,
-                Key {
-                    member_id,
-                    lookup: key.lookup,
-                    hash: key_hash,
-                    expires_at: key.expires_at,
-                    revoked: false,
-                },
-            ),
+            } => self.add_key(member_id, key, key_hash),
             Change::KeyRevoked { key_id } => {
                 if let Some(k) = self.keys.get_mut(&key_id) {
                     k.revoked = true;
@@ -243,7 +235,6 @@ impl Aggregate for Directory {
 mod tests {
     use super::*;
     use crate::keys::{generate_key, hex};
-    use crate::projection::NewKey;
 
     fn joined(
         d: &mut Directory,
@@ -281,14 +272,15 @@ mod tests {
         joined(&mut d, &secret, "m-admin", "admin@example.com", "admin");
         // A key of the admin's that shares sam's lookup prefix, with another hash.
         d.add_key(
-            "collision".into(),
-            Key {
-                member_id: "m-admin".into(),
+            "m-admin".into(),
+            NewKey {
+                key_id: "collision".into(),
+                name: "collision".into(),
                 lookup: secret.lookup(&sam),
-                hash: vec![7; 32],
+                hash: String::new(),
                 expires_at: None,
-                revoked: false,
             },
+            vec![7; 32],
         );
         let p = d.authenticate(&secret, &sam, now).unwrap();
         assert_eq!(

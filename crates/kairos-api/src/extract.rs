@@ -233,3 +233,23 @@ pub fn seq_param(raw: Option<&str>, field: &str) -> Result<Option<u64>, ApiError
     })
     .transpose()
 }
+
+/// A free-text query parameter: 1 to `max` characters, no control characters (PostgreSQL's
+/// `text` cannot hold U+0000, and the others have no business in a filter).
+pub fn text_param(raw: &str, field: &str, max: usize) -> Result<(), ApiError> {
+    if raw.is_empty() || raw.chars().count() > max {
+        return Err(ApiError::bad(
+            "invalid_query",
+            field,
+            format!("{field} must be 1-{max} characters"),
+        ));
+    }
+    if raw.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad(
+            "control_character",
+            field,
+            format!("{field} contains a control character"),
+        ));
+    }
+    Ok(())
+}

@@ -422,7 +422,8 @@ struct KeysQuery {
 /// `member_id=all`.
 #[utoipa::path(get, path = "/v1/api-keys", tag = "access",
     params(("member_id" = Option<String>, Query, description = "Another member's (admins), or all"), ("min_seq" = Option<u64>, Query)),
-    responses((status = 200, description = "Keys, never the keys themselves", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
+    responses((status = 200, description = "Keys, never the keys themselves", body = Object),
+        (status = 404, description = "member_id is no member id", body = ErrorBody), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
 async fn list_keys(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -438,8 +439,11 @@ async fn list_keys(
             p.role
         )));
     }
-    let member = (member != "all").then_some(member);
-    let keys = crate::keys(&st.pool, member).await?;
+    let member = match member {
+        "all" => None,
+        m => Some(id_param(m, "member")?),
+    };
+    let keys = crate::keys(&st.pool, member.as_deref()).await?;
     Ok(Json(json!({ "api_keys": keys })))
 }
 

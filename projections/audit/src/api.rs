@@ -7,7 +7,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use kairos_api::extract::{QueryParams, ReadAt, limit_param, seq_param, time_param, wait_for};
+use kairos_api::extract::{
+    QueryParams, ReadAt, limit_param, seq_param, text_param, time_param, wait_for,
+};
 use kairos_api::{
     ApiError, AppState, Configured, ErrorBody, Guard, Module, ModuleConfig, ModuleError,
     Permission, Routes,
@@ -92,15 +94,8 @@ impl AuditQuery {
             ("resource", &self.resource),
             ("outcome", &self.outcome),
         ] {
-            if value
-                .as_ref()
-                .is_some_and(|v| v.is_empty() || v.len() > 500)
-            {
-                return Err(ApiError::bad(
-                    "invalid_query",
-                    field,
-                    format!("{field} must be 1-500 characters"),
-                ));
+            if let Some(v) = value {
+                text_param(v, field, 500)?;
             }
         }
         let upto_seq = match read.as_of {

@@ -13,7 +13,7 @@ KEY=${KEY:-${KAIROS_BOOTSTRAP_ADMIN_KEY:-}}
     exit 1
 }
 RUN=$(date +%s)-$$
-NOW=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+NOW=${NOW:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}
 
 if command -v jq >/dev/null 2>&1; then
     pretty() { jq .; }

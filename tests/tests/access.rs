@@ -150,6 +150,66 @@ fn samples(n: usize) -> Vec<Sample> {
             None,
             404,
         ),
+        s("GET", "/v1/catalog", "/v1/catalog", None, 200),
+        s(
+            "PUT",
+            "/v1/catalog",
+            "/v1/catalog",
+            Some(json!({"models": []})),
+            202,
+        ),
+        s(
+            "GET",
+            "/v1/catalog/versions",
+            "/v1/catalog/versions",
+            None,
+            200,
+        ),
+        // No catalog here: the guard is what is tested, and no model fits.
+        s(
+            "POST",
+            "/v1/route",
+            "/v1/route",
+            Some(json!({"project": "alpha", "input_tokens": 10, "expected_output_tokens": 10})),
+            422,
+        ),
+        s(
+            "GET",
+            "/v1/route/decisions",
+            "/v1/route/decisions",
+            None,
+            200,
+        ),
+        s(
+            "POST",
+            "/v1/route/simulate",
+            "/v1/route/simulate",
+            Some(
+                json!({"models": [], "from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z"}),
+            ),
+            200,
+        ),
+        s(
+            "GET",
+            "/v1/route/decisions/{id}",
+            "/v1/route/decisions/nope",
+            None,
+            404,
+        ),
+        s(
+            "GET",
+            "/v1/analytics/models",
+            "/v1/analytics/models",
+            None,
+            200,
+        ),
+        s(
+            "GET",
+            "/v1/analytics/projects/{project}",
+            "/v1/analytics/projects/alpha",
+            None,
+            200,
+        ),
     ]
 }
 

@@ -253,3 +253,24 @@ pub fn text_param(raw: &str, field: &str, max: usize) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// The version a write is conditional on: `If-Match: "<version>"` (the `version` a read
+/// answered); `None` without the header. `what` names the thing versioned in the error
+/// ("the budget's").
+pub fn if_match(headers: &axum::http::HeaderMap, what: &str) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    raw.to_str()
+        .ok()
+        .map(|v| v.trim().trim_matches('"'))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad(
+                "invalid_header",
+                "If-Match",
+                format!("If-Match must be {what} version, as \"123\""),
+            )
+        })
+}

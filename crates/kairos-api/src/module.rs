@@ -133,6 +133,8 @@ pub struct ModuleError(pub String);
 pub struct ModuleConfig {
     key: Option<&'static str>,
     section: Option<ConfigValue>,
+    /// Every module section of the configuration, by key, for checks that span sections.
+    peers: Arc<BTreeMap<String, ConfigValue>>,
     pub clock: Clock,
 }
 
@@ -141,8 +143,22 @@ impl ModuleConfig {
         Self {
             key,
             section,
+            peers: Arc::default(),
             clock,
         }
+    }
+
+    /// The same, able to read the other modules' sections ([`ModuleConfig::peer`]).
+    pub fn with_peers(mut self, peers: Arc<BTreeMap<String, ConfigValue>>) -> Self {
+        self.peers = peers;
+        self
+    }
+
+    /// Another module's section `key` as written (`None` if absent), for a check that spans
+    /// sections: say, that a budget falling back to a local model has a local model to fall
+    /// back to. A module reads its own settings with [`ModuleConfig::get`].
+    pub fn peer(&self, key: &str) -> Option<&ConfigValue> {
+        self.peers.get(key)
     }
 
     /// The section as `T` (defaults for what it leaves out come from `T`'s serde defaults).

@@ -56,10 +56,14 @@ pub enum Permission {
     ReadAudit,
     /// Rebuild a projection from the stream.
     Replay,
+    /// Ask the router for a model (`POST /v1/route`), which may reserve budget.
+    Route,
+    /// Change the model catalog at run time.
+    ManageCatalog,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 9] = [
         Permission::PublishEvents,
         Permission::ReadProjections,
         Permission::ManageBudgets,
@@ -67,6 +71,8 @@ impl Permission {
         Permission::ManageOwnKeys,
         Permission::ReadAudit,
         Permission::Replay,
+        Permission::Route,
+        Permission::ManageCatalog,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +84,8 @@ impl Permission {
             Self::ManageOwnKeys => "manage_own_keys",
             Self::ReadAudit => "read_audit",
             Self::Replay => "replay",
+            Self::Route => "route",
+            Self::ManageCatalog => "manage_catalog",
         }
     }
 }
@@ -95,7 +103,7 @@ pub fn allows(role: Role, permission: Permission) -> bool {
         Role::Admin => true,
         Role::Developer => matches!(
             permission,
-            PublishEvents | ReadProjections | ManageBudgets | ManageOwnKeys
+            PublishEvents | ReadProjections | ManageBudgets | ManageOwnKeys | Route
         ),
         Role::Viewer => matches!(permission, ReadProjections | ManageOwnKeys),
     }

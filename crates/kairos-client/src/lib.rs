@@ -150,13 +150,14 @@ builder!(
 );
 
 impl LlmCall {
-    /// A successful call with zero tokens and cost until set.
+    /// A successful call with zero tokens until set, and no cost: without
+    /// [`LlmCall::cost`], Kairos prices it from the model catalog (never as free).
     pub fn new(project: &str, model: &str, provider: &str) -> Self {
         Self(Draft::new(
             types::LLM_CALL_COMPLETED,
             Some(project),
             json!({"project": project, "model": model, "provider": provider, "input_tokens": 0,
-                   "output_tokens": 0, "cost": "0", "latency_ms": 0, "status": "ok"}),
+                   "output_tokens": 0, "latency_ms": 0, "status": "ok"}),
         ))
     }
     pub fn tokens(self, input: u64, output: u64) -> Self {
@@ -166,6 +167,10 @@ impl LlmCall {
     /// Cost in USD as a decimal string, kept exact.
     pub fn cost(self, usd: &str) -> Self {
         self.field("cost", usd)
+    }
+    /// The `POST /v1/route` decision this call followed: its cost settles the reservation.
+    pub fn decision(self, decision_id: &str) -> Self {
+        self.field("decision_id", decision_id)
     }
     pub fn latency_ms(self, ms: u64) -> Self {
         self.field("latency_ms", ms)

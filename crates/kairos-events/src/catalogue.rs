@@ -5,10 +5,13 @@
 //! (`kairos_api::EventRule`); the category of its subject follows from its name
 //! ([`crate::EventType::category`]).
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::types::{BudgetSet, LlmCallCompleted, ThresholdCrossed};
+use crate::types::{
+    BudgetSet, CatalogChanged, LlmCallCompleted, ReservationClosed, Reserved, ThresholdCrossed,
+};
 
 /// One event type.
 pub struct EventSpec {
@@ -31,6 +34,13 @@ pub type ReadsAs = fn(&Value) -> Result<(), String>;
 
 fn reads_as<T: DeserializeOwned>(data: &Value) -> Result<(), String> {
     T::deserialize(data).map(drop).map_err(|e| e.to_string())
+}
+
+/// A catalog must read as one and pass [`CatalogChanged::check`]: a catalog Kairos could not
+/// price or route by is refused at the door, not folded.
+fn reads_as_catalog(data: &Value) -> Result<(), String> {
+    let c = CatalogChanged::deserialize(data).map_err(|e| e.to_string())?;
+    c.check().map_err(|(field, why)| format!("{field} {why}"))
 }
 
 macro_rules! spec {
@@ -57,6 +67,16 @@ pub static CATALOGUE: &[EventSpec] = &[
         payload: Some(reads_as::<BudgetSet>)),
     spec!("kairos.budget.threshold_crossed.v1", money: &["limit", "spent"], identity: false,
         payload: Some(reads_as::<ThresholdCrossed>)),
+    spec!("kairos.budget.reserved.v1", money: &["amount"], identity: false,
+        payload: Some(reads_as::<Reserved>)),
+    spec!("kairos.budget.reservation_settled.v1", money: &["amount", "cost"], identity: false,
+        payload: Some(reads_as::<ReservationClosed>)),
+    spec!("kairos.budget.reservation_expired.v1", money: &["amount"], identity: false,
+        payload: Some(reads_as::<ReservationClosed>)),
+    spec!("kairos.catalog.changed.v1", money: &[], identity: false,
+        payload: Some(reads_as_catalog)),
+    spec!("kairos.router.decision.v1", money: &["estimated_cost", "reserved"], identity: false,
+        payload: None),
     spec!("kairos.member.invited.v1", money: &[], identity: true, payload: None),
     spec!("kairos.member.joined.v1", money: &[], identity: true, payload: None),
     spec!("kairos.member.removed.v1", money: &[], identity: true, payload: None),

@@ -302,6 +302,21 @@ impl Period {
         }
     }
 
+    /// The first instant of the month in time zone `tz` (its local midnight on the 1st; in a
+    /// zone whose clocks skip midnight, the first local time that exists).
+    pub fn start<Tz: TimeZone>(&self, tz: &Tz) -> DateTime<Utc> {
+        let first = NaiveDate::from_ymd_opt(self.year, self.month, 1).unwrap_or_default();
+        (0..24 * 60)
+            .find_map(|m| {
+                let local = first.and_hms_opt(0, 0, 0)? + chrono::TimeDelta::minutes(m);
+                tz.from_local_datetime(&local).earliest()
+            })
+            .map_or_else(
+                || first.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc(),
+                |t| t.with_timezone(&Utc),
+            )
+    }
+
     pub fn parse(s: &str) -> Result<Self, EventError> {
         let bad = || {
             EventError::new(

@@ -618,8 +618,8 @@ mod fast {
         provider: &'a str,
         input_tokens: u64,
         output_tokens: u64,
-        #[serde(borrow)]
-        cost: &'a RawValue,
+        #[serde(default, borrow, deserialize_with = "present")]
+        cost: Option<&'a RawValue>,
         latency_ms: u64,
         status: &'a str,
         #[serde(default, borrow, deserialize_with = "present")]
@@ -633,6 +633,8 @@ mod fast {
         _context_tokens: Option<u64>,
         #[serde(default, borrow, deserialize_with = "present")]
         error: Option<&'a str>,
+        #[serde(default, borrow, deserialize_with = "present")]
+        decision_id: Option<&'a str>,
     }
 
     /// JSON Schema lengths count characters (code points), not bytes.
@@ -655,7 +657,8 @@ mod fast {
                 && optional(self.workflow_id, 1, 200)
                 && optional(self.actor, 1, 200)
                 && optional(self.error, 0, 2000)
-                && money_admitted(self.cost.get())
+                && optional(self.decision_id, 1, 200)
+                && self.cost.is_none_or(|c| money_admitted(c.get()))
         }
     }
 

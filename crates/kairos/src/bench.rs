@@ -49,6 +49,7 @@ use crate::startup::Kairos;
 
 mod commands;
 mod reads;
+mod routes;
 
 /// Bytes of each raw message: about one small CloudEvent.
 const RAW_BYTES: usize = 300;
@@ -91,6 +92,12 @@ pub struct BenchOptions {
     /// Seconds each side of the read figure runs.
     #[arg(long, default_value_t = 10)]
     pub read_seconds: u64,
+    /// Route requests sent at once (0 skips the route figures).
+    #[arg(long, default_value_t = 200)]
+    pub route_concurrency: usize,
+    /// Seconds each side of the route figures runs.
+    #[arg(long, default_value_t = 5)]
+    pub route_seconds: u64,
     /// Admin commands sent at once under an ingest flood (0 skips the figure).
     #[arg(long, default_value_t = 200)]
     pub commands: usize,
@@ -179,6 +186,10 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
     if opts.commands > 0 {
         let figures = commands::figures(settings.clone(), &js, &opts).await?;
         commands::print(&figures, &opts);
+    }
+    if opts.route_concurrency > 0 {
+        let figures = routes::figures(settings.clone(), &js, &opts).await?;
+        routes::print(&figures);
     }
     if opts.history > 0 {
         let history = history_figures(settings, &js, &run_id, &opts).await?;

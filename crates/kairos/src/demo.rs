@@ -7,12 +7,14 @@ use kairos_client::{BudgetSet, LlmCall, Metric, Producer, TaskCompleted, TaskSta
 use kairos_events::{Event, Money};
 use tracing::{info, warn};
 
-/// (model, provider, USD per million input tokens, per million output tokens)
+/// (model, provider, USD per million input tokens, per million output tokens): the shipped
+/// `kairos.toml` catalog's models and prices.
 const MODELS: &[(&str, &str, i64, i64)] = &[
     ("gpt-4o", "openai", 2_500_000, 10_000_000),
+    ("gpt-4o-mini", "openai", 150_000, 600_000),
     ("claude-sonnet-4", "anthropic", 3_000_000, 15_000_000),
     ("gemini-2.5-flash", "google", 300_000, 2_500_000),
-    ("llama3.1:8b", "local", 0, 0),
+    ("llama3.1:8b", "ollama", 0, 0),
 ];
 /// (project, monthly budget): `research` is small enough to cross within minutes.
 const PROJECTS: &[(&str, &str)] = &[
@@ -54,7 +56,9 @@ impl Rng {
     }
 }
 
-/// The demo's LLM call: tokens drawn at random, cost exact from the model's price list.
+/// The demo's LLM call: tokens drawn at random, cost exact from the model's price list. One
+/// call in three comes without a cost, as streamed calls often do: Kairos prices it from the
+/// catalog.
 fn llm_call(rng: &mut Rng, project: &str, session: &str) -> anyhow::Result<Event> {
     let &(model, provider, price_in, price_out) = rng.pick(MODELS);
     let input = 200 + rng.below(6_000);
@@ -62,9 +66,11 @@ fn llm_call(rng: &mut Rng, project: &str, session: &str) -> anyhow::Result<Event
     // price is nano-USD per token × 1000 (USD per million tokens in micro-USD): exact integers.
     let nanos = (input as i64 * price_in + output as i64 * price_out) / 1_000;
     let (who, _) = rng.pick(PEOPLE);
-    let mut call = LlmCall::new(project, model, provider)
-        .tokens(input, output)
-        .cost(&Money::from_nanos(nanos).to_string())
+    let mut call = LlmCall::new(project, model, provider).tokens(input, output);
+    if rng.below(3) != 0 {
+        call = call.cost(&Money::from_nanos(nanos).to_string());
+    }
+    let mut call = call
         .latency_ms(150 + rng.below(3_000))
         .session(session)
         .actor(who)

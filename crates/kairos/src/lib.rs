@@ -7,5 +7,6 @@ pub mod configuration;
 pub mod demo;
 pub mod history;
 pub mod publish;
+pub mod route;
 pub mod startup;
 pub mod telemetry;

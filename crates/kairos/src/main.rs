@@ -70,6 +70,55 @@ enum Command {
     /// Measure ingest, projection and latency against raw JetStream in one run (logs off
     /// unless RUST_LOG is set).
     Bench(kairos::bench::BenchOptions),
+    /// Ask the router for a model, or replay history under another catalog.
+    #[command(subcommand)]
+    Route(RouteCommand),
+}
+
+#[derive(Subcommand)]
+enum RouteCommand {
+    /// Ask a running Kairos which model a call should use (POST /v1/route); prints the answer
+    /// as JSON. Exits 0 when routed, 2 when no model fits (422), 3 when the budget blocks (402).
+    Ask {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        input_tokens: u64,
+        #[arg(long)]
+        expected_output_tokens: u64,
+        #[arg(long)]
+        max_output_tokens: Option<u64>,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long)]
+        min_tier: Option<u8>,
+        /// A tag every candidate must carry (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// The API (default: http://<http.addr>).
+        #[arg(long, env = "KAIROS_URL")]
+        url: Option<String>,
+        /// An API key with the `route` permission.
+        #[arg(long, env = "KAIROS_KEY", hide_env_values = true)]
+        key: String,
+    },
+    /// Replay the recorded decisions and LLM calls of [--from, --to) under another catalog;
+    /// prints one JSON report per project: the cost as it was and as it would have been, the
+    /// calls that would have gone to another model, the days each budget would have entered
+    /// warning or exceeded.
+    Simulate {
+        /// A catalog file: [[catalog.model]] tables as in kairos.toml, or [[model]] tables.
+        #[arg(long)]
+        catalog: PathBuf,
+        /// RFC 3339.
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// RFC 3339.
+        #[arg(long)]
+        to: chrono::DateTime<chrono::Utc>,
+        #[arg(long)]
+        project: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -326,6 +375,54 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay(args) => replay(settings, args).await,
+        Command::Route(RouteCommand::Simulate {
+            catalog,
+            from,
+            to,
+            project,
+        }) => {
+            let k = Kairos::connect(settings).await?;
+            let reports =
+                kairos::route::simulate_file(&k, &catalog, from, to, project.as_deref()).await?;
+            for r in reports {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Route(RouteCommand::Ask {
+            project,
+            input_tokens,
+            expected_output_tokens,
+            max_output_tokens,
+            task,
+            min_tier,
+            tags,
+            url,
+            key,
+        }) => {
+            let url = url.unwrap_or_else(|| format!("http://{}", settings.http.addr));
+            let body = serde_json::json!({
+                "project": project, "input_tokens": input_tokens,
+                "expected_output_tokens": expected_output_tokens,
+                "max_output_tokens": max_output_tokens, "task": task, "min_tier": min_tier,
+                "tags": tags,
+            });
+            let answer = reqwest::Client::new()
+                .post(format!("{}/v1/route", url.trim_end_matches('/')))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach Kairos at {url}"))?;
+            let status = answer.status().as_u16();
+            println!("{}", answer.text().await?);
+            Ok(match status {
+                200 => ExitCode::SUCCESS,
+                422 => ExitCode::from(2),
+                402 => ExitCode::from(3),
+                _ => ExitCode::from(1),
+            })
+        }
         Command::Audit(AuditCommand::Verify) => {
             let k = Kairos::connect(settings).await?;
             let chain = kairos_audit::verify_chain(&k.pool).await?;

@@ -22,9 +22,12 @@ use crate::configuration::{ConfigError, Settings};
 /// The projection modules this build runs, in the order their migrations apply: one line each.
 pub fn registry() -> Registry {
     Registry::new(vec![
+        &kairos_catalog::MODULE,
         &kairos_budgets::MODULE,
+        &kairos_analytics::MODULE,
         &kairos_audit::MODULE,
         &kairos_access::MODULE,
+        &kairos_router::MODULE,
     ])
 }
 
@@ -58,12 +61,13 @@ pub fn configure(
             sections.join(", ")
         )));
     }
+    let peers = Arc::new(settings.modules.clone());
     registry
         .modules()
         .map(|module| {
             let key = module.config_section();
             let section = key.and_then(|k| settings.modules.get(k)).cloned();
-            let config = ModuleConfig::new(key, section, clock.clone());
+            let config = ModuleConfig::new(key, section, clock.clone()).with_peers(peers.clone());
             let configured = module.configure(&config).map_err(|e| {
                 ConfigError::Invalid(e.0.trim_start_matches("configuration: ").to_owned())
             })?;

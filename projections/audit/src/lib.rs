@@ -121,6 +121,19 @@ impl Entry {
                         s("limit").unwrap_or_default()
                     )),
                 ),
+                kairos_events::types::CATALOG_CHANGED => (
+                    t("actor").unwrap_or_else(|| e.source().to_owned()),
+                    t("actor_role"),
+                    "catalog.changed".to_owned(),
+                    "catalog".to_owned(),
+                    "success".to_owned(),
+                    t("ip"),
+                    t("request_id"),
+                    Some(format!(
+                        "{} models",
+                        data["models"].as_array().map_or(0, Vec::len)
+                    )),
+                ),
                 MEMBER_INVITED | MEMBER_JOINED | MEMBER_REMOVED | ROLE_ASSIGNED
                 | API_KEY_ISSUED | API_KEY_REVOKED => {
                     let (action, resource, reason) = identity_entry(e.event_type().as_str(), data);
@@ -237,7 +250,9 @@ impl Projection for Audit {
 
     fn categories(&self) -> Option<&'static [&'static str]> {
         // `member`, `role` and `api_key` hold identity events stored by an earlier layout.
-        Some(&["user", "budget", "access", "member", "role", "api_key"])
+        Some(&[
+            "user", "budget", "catalog", "access", "member", "role", "api_key",
+        ])
     }
 
     fn decode(&self, stored: &StoredEvent) -> Result<Option<Entry>, Rejection> {

@@ -6,16 +6,21 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono_tz::Tz;
 use futures_util::future::BoxFuture;
-use kairos_api::extract::{JsonBody, QueryParams, ReadAt, limit_param, project_param, wait_for};
+use kairos_api::extract::{
+    JsonBody, QueryParams, ReadAt, if_match, limit_param, project_param, wait_for,
+};
 use kairos_api::{
     ApiError, AppState, Caller, Configured, ErrorBody, EventRule, Guard, Host, Module,
     ModuleConfig, ModuleError, Permission, Publish, Recorded, Routes, Started,
 };
-use kairos_events::types::{BUDGET_SET, BUDGET_THRESHOLD_CROSSED};
+use kairos_events::types::{
+    BUDGET_RESERVATION_EXPIRED, BUDGET_RESERVATION_SETTLED, BUDGET_RESERVED, BUDGET_SET,
+    BUDGET_THRESHOLD_CROSSED, BudgetSet, ReservationClosed, Reserved,
+};
 use kairos_events::{Emit, Event, Money, Period, ProjectId};
 use kairos_runtime::{
     Aggregate, AggregateStore, AnyProjection, CommandError, Decision, StoredEvent,
@@ -101,6 +106,18 @@ impl Module for BudgetsModule {
             },
             EventRule {
                 ty: BUDGET_THRESHOLD_CROSSED,
+                publish: Publish::KairosOnly,
+            },
+            EventRule {
+                ty: BUDGET_RESERVED,
+                publish: Publish::KairosOnly,
+            },
+            EventRule {
+                ty: BUDGET_RESERVATION_SETTLED,
+                publish: Publish::KairosOnly,
+            },
+            EventRule {
+                ty: BUDGET_RESERVATION_EXPIRED,
                 publish: Publish::KairosOnly,
             },
         ]
@@ -437,19 +454,75 @@ struct BudgetBody {
     fallback_model: Option<Value>,
 }
 
-/// A project's budget setting as its `kairos.budget.set.v1` events leave it: what a budget set
-/// decides against. Its subject (`<prefix>.events.budget.<project>`) also carries the project's
-/// threshold events, which change nothing here.
+/// A project's budget as the events on its own subject (`<prefix>.events.budget.<project>`)
+/// leave it: the setting in force and the reservations still open. What a budget set and a
+/// route's reservation decide against; the spend comes from the LLM calls, elsewhere. The
+/// subject also carries the project's threshold events, which change nothing here.
 #[derive(Debug, Default)]
 pub struct BudgetSetting {
     /// The stream sequence of the set in force (0: none yet).
     pub version: u64,
+    pub budget: Option<BudgetSet>,
+    /// Open reservations by id.
+    pub open: HashMap<String, Reserved>,
+    /// The latest settlements (call sequence, cost, month), at most [`SETTLED_KEPT`]: a
+    /// settlement is announced once the call's spend is committed, so one whose call is past
+    /// the spend a route read is counted from here instead, never from neither.
+    pub settled: std::collections::VecDeque<(u64, Money, String)>,
+}
+
+/// Settlements a budget aggregate remembers.
+pub const SETTLED_KEPT: usize = 10_000;
+
+impl BudgetSetting {
+    /// The cost of the settled calls of `period` after stream sequence `applied`: spend the
+    /// budgets projection had not applied when it was read at `applied`.
+    pub fn settled_after(&self, period: &str, applied: u64) -> Money {
+        self.settled
+            .iter()
+            .filter(|(seq, _, p)| *seq > applied && p == period)
+            .fold(Money::ZERO, |sum, (_, c, _)| {
+                sum.checked_add(*c).unwrap_or(Money::MAX)
+            })
+    }
+
+    /// What open reservations hold against the month `period` (as 2026-11).
+    pub fn reserved_in(&self, period: &str) -> Money {
+        self.open
+            .values()
+            .filter(|r| r.period == period)
+            .fold(Money::ZERO, |sum, r| {
+                sum.checked_add(r.amount).unwrap_or(Money::MAX)
+            })
+    }
 }
 
 impl Aggregate for BudgetSetting {
     fn fold(&mut self, event: &StoredEvent) {
-        if event.event.event_type().as_str() == BUDGET_SET {
-            self.version = event.seq.0;
+        match event.event.event_type().as_str() {
+            BUDGET_SET => {
+                if let Ok(set) = event.event.data_as::<BudgetSet>() {
+                    self.version = event.seq.0;
+                    self.budget = Some(set);
+                }
+            }
+            BUDGET_RESERVED => {
+                if let Ok(r) = event.event.data_as::<Reserved>() {
+                    self.open.insert(r.reservation_id.clone(), r);
+                }
+            }
+            BUDGET_RESERVATION_SETTLED | BUDGET_RESERVATION_EXPIRED => {
+                if let Ok(c) = event.event.data_as::<ReservationClosed>() {
+                    self.open.remove(&c.reservation_id);
+                    if let (Some(seq), Some(cost)) = (c.call_seq, c.cost) {
+                        if self.settled.len() >= SETTLED_KEPT {
+                            self.settled.pop_front();
+                        }
+                        self.settled.push_back((seq, cost, c.period));
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -463,7 +536,8 @@ pub struct BudgetCommands {
 }
 
 impl BudgetCommands {
-    fn new(bus: kairos_bus::Bus) -> Self {
+    /// No aggregate is read until a command on it.
+    pub fn new(bus: kairos_bus::Bus) -> Self {
         Self {
             bus,
             stores: Arc::default(),
@@ -487,26 +561,6 @@ impl BudgetCommands {
             })
             .clone()
     }
-}
-
-/// The version a write is conditional on: `If-Match: "<version>"` (the `version` a read
-/// answered; `"0"` for a project without a budget yet).
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(raw) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    raw.to_str()
-        .ok()
-        .map(|v| v.trim().trim_matches('"'))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            ApiError::bad(
-                "invalid_header",
-                "If-Match",
-                "If-Match must be the budget's version, as \"123\"",
-            )
-        })
 }
 
 /// `PUT /v1/projects/{project}/budget`: decides a `kairos.budget.set.v1` against the project's
@@ -535,7 +589,7 @@ async fn put_budget(
 ) -> Result<Response, ApiError> {
     let project = project_param(&project)?;
     caller.reach(project.as_str())?;
-    let expected = if_match(&headers)?;
+    let expected = if_match(&headers, "the budget's")?;
     // A limit is a decimal string ("10.00"); a JSON number is read from its text as well.
     let limit = Money::from_json(&b.monthly_limit)
         .map_err(|e| ApiError::bad("invalid_body", "monthly_limit", e.to_string()))?;

@@ -11,12 +11,14 @@
 //! writes them back. [`read`] and [`list`] are the queries the API serves.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use kairos_events::types::{
-    BUDGET_SET, BUDGET_THRESHOLD_CROSSED, BudgetSet, CallStatus, LLM_CALL_COMPLETED,
-    LlmCallCompleted, OnExceeded, Threshold, ThresholdCrossed,
+    BUDGET_RESERVATION_EXPIRED, BUDGET_RESERVATION_SETTLED, BUDGET_RESERVED, BUDGET_SET,
+    BUDGET_THRESHOLD_CROSSED, BudgetSet, CallStatus, LLM_CALL_COMPLETED, LlmCallCompleted,
+    ModelSpec, OnExceeded, ReservationClosed, Reserved, Threshold, ThresholdCrossed,
 };
 use kairos_events::{Emit, Event, Money, Period, ProjectId};
 use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
@@ -43,21 +45,129 @@ pub enum Item {
         period: Period,
         set: BudgetSet,
     },
+    /// A route held a worst-case cost against the month `period`.
+    Reserved {
+        seq: u64,
+        period: Period,
+        reserved: Reserved,
+    },
+    /// A reservation was settled or expired (folding it again changes nothing).
+    Closed {
+        period: Period,
+        closed: ReservationClosed,
+    },
+    /// The model catalog changed: calls without a cost are priced by it from now on, and the
+    /// ones already priced are priced again where a model's prices changed.
+    Catalog {
+        seq: u64,
+        at: DateTime<Utc>,
+        models: Vec<ModelSpec>,
+    },
 }
 
 impl Item {
-    fn project(&self) -> &ProjectId {
+    /// The (project, month) whose rows this item changes; none for a catalog change (it may
+    /// change any: see [`Budgets`]' loading).
+    fn key(&self) -> Option<(ProjectId, Period)> {
+        let (project, period) = match self {
+            Item::Call { call, period, .. } => (&call.project, period),
+            Item::Set { set, period, .. } => (&set.project, period),
+            Item::Reserved {
+                reserved, period, ..
+            } => (&reserved.project, period),
+            Item::Closed { closed, period } => (&closed.project, period),
+            Item::Catalog { .. } => return None,
+        };
+        Some((project.clone(), *period))
+    }
+
+    /// The priced-usage row a call without a cost adds to.
+    fn usage(&self) -> Option<UsageKey> {
         match self {
-            Item::Call { call, .. } => &call.project,
-            Item::Set { set, .. } => &set.project,
+            Item::Call {
+                call, at, period, ..
+            } if call.cost.is_none() => Some(UsageKey {
+                project: call.project.clone(),
+                period: *period,
+                model: call.model.clone(),
+                day: at.date_naive(),
+            }),
+            _ => None,
         }
     }
 
-    fn period(&self) -> Period {
+    /// The reservation this item opens, settles or closes, if any.
+    fn reservation(&self) -> Option<(ProjectId, String)> {
         match self {
-            Item::Call { period, .. } | Item::Set { period, .. } => *period,
+            Item::Call { call, .. } => call
+                .decision_id
+                .as_ref()
+                .map(|d| (call.project.clone(), d.clone())),
+            Item::Reserved { reserved: r, .. } => {
+                Some((r.project.clone(), r.reservation_id.clone()))
+            }
+            Item::Closed { closed: c, .. } => Some((c.project.clone(), c.reservation_id.clone())),
+            Item::Set { .. } | Item::Catalog { .. } => None,
         }
     }
+}
+
+/// The calls Kairos priced of one project, month, model and UTC day.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UsageKey {
+    pub project: ProjectId,
+    pub period: Period,
+    pub model: String,
+    pub day: NaiveDate,
+}
+
+/// Their tokens, and what they cost at the prices in force that day (`None`: unpriced).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost: Option<Money>,
+}
+
+/// What `model` of `models` costs for `input` and `output` tokens on `day`; `None` if the
+/// model is unknown or has no price then.
+pub fn price_of(
+    models: &[ModelSpec],
+    model: &str,
+    day: NaiveDate,
+    input: i64,
+    output: i64,
+) -> Option<Money> {
+    let at = day.and_hms_opt(0, 0, 0)?.and_utc();
+    let tokens = |t: i64| u64::try_from(t).ok();
+    models
+        .iter()
+        .find(|m| m.name == model)?
+        .cost_at(at, tokens(input)?, tokens(output)?)
+}
+
+/// The models whose prices differ between two catalogs (by name: added, removed or changed).
+pub fn repriced(before: &[ModelSpec], after: &[ModelSpec]) -> HashSet<String> {
+    let pricing = |m: &ModelSpec| (m.local, m.prices.clone());
+    let find = |c: &[ModelSpec], n: &str| c.iter().find(|m| m.name == n).map(pricing);
+    before
+        .iter()
+        .chain(after)
+        .map(|m| m.name.as_str())
+        .filter(|n| find(before, n) != find(after, n))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An open reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub period: Period,
+    pub model: String,
+    pub amount: Money,
+    pub expires_at: DateTime<Utc>,
+    pub seq: u64,
 }
 
 /// A project's budget as last set.
@@ -81,6 +191,9 @@ pub struct Spend {
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub last_seq: u64,
+    /// Calls without a cost whose model had no price at their time: never counted as free,
+    /// they keep the budget from admitting paid routes (see the router) until a price comes.
+    pub unpriced_calls: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -151,6 +264,15 @@ pub struct Ledger {
     pub limits: HashMap<ProjectId, Limit>,
     pub spend: HashMap<(ProjectId, Period), Spend>,
     pub crossed: HashSet<(ProjectId, Period, Threshold)>,
+    /// Open reservations, by project and reservation id.
+    pub reservations: HashMap<(ProjectId, String), Reservation>,
+    /// Reservations the calls folded so far settled, to announce once the batch commits.
+    pub settled: Vec<ReservationClosed>,
+    /// The catalog in force, and the sequence of its change (0: none yet).
+    pub catalog: Arc<Vec<ModelSpec>>,
+    pub catalog_seq: u64,
+    /// Priced usage, for the rows loaded.
+    pub usage: HashMap<UsageKey, Usage>,
 }
 
 impl Ledger {
@@ -163,11 +285,54 @@ impl Ledger {
                 call,
                 period,
             } => {
+                // Without a cost, the catalog in force prices it; with no price, it is
+                // unpriced (counted, never free) until a price covers its day.
+                let cost = match call.cost {
+                    Some(c) => Some(c),
+                    None => {
+                        let day = at.date_naive();
+                        let priced = price_of(
+                            &self.catalog,
+                            &call.model,
+                            day,
+                            i64::try_from(call.input_tokens).unwrap_or(i64::MAX),
+                            i64::try_from(call.output_tokens).unwrap_or(i64::MAX),
+                        );
+                        let u = self
+                            .usage
+                            .entry(UsageKey {
+                                project: call.project.clone(),
+                                period: *period,
+                                model: call.model.clone(),
+                                day,
+                            })
+                            .or_default();
+                        u.calls += 1;
+                        u.input_tokens = u
+                            .input_tokens
+                            .saturating_add(i64::try_from(call.input_tokens).unwrap_or(i64::MAX));
+                        u.output_tokens = u
+                            .output_tokens
+                            .saturating_add(i64::try_from(call.output_tokens).unwrap_or(i64::MAX));
+                        u.cost = price_of(
+                            &self.catalog,
+                            &call.model,
+                            day,
+                            u.input_tokens,
+                            u.output_tokens,
+                        );
+                        priced
+                    }
+                };
                 let s = self
                     .spend
                     .entry((call.project.clone(), *period))
                     .or_default();
-                s.spent = s.spent.checked_add(call.cost).ok_or_else(|| {
+                if cost.is_none() {
+                    s.unpriced_calls += 1;
+                }
+                let cost = cost.unwrap_or(Money::ZERO);
+                s.spent = s.spent.checked_add(cost).ok_or_else(|| {
                     format!(
                         "spend of {} in {period} overflows 9.2 billion USD",
                         call.project
@@ -184,8 +349,45 @@ impl Ledger {
                     .output_tokens
                     .saturating_add(i64::try_from(call.output_tokens).unwrap_or(i64::MAX));
                 s.last_seq = *seq;
+                if let Some(id) = &call.decision_id
+                    && let Some(r) = self
+                        .reservations
+                        .remove(&(call.project.clone(), id.clone()))
+                {
+                    self.settled.push(ReservationClosed {
+                        project: call.project.clone(),
+                        reservation_id: id.clone(),
+                        period: r.period.to_string(),
+                        amount: r.amount,
+                        cost: Some(cost),
+                        call_seq: Some(*seq),
+                    });
+                }
                 (*seq, *at)
             }
+            Item::Reserved {
+                seq,
+                period,
+                reserved: r,
+            } => {
+                self.reservations.insert(
+                    (r.project.clone(), r.reservation_id.clone()),
+                    Reservation {
+                        period: *period,
+                        model: r.model.clone(),
+                        amount: r.amount,
+                        expires_at: r.expires_at,
+                        seq: *seq,
+                    },
+                );
+                return Ok(Vec::new());
+            }
+            Item::Closed { closed: c, .. } => {
+                self.reservations
+                    .remove(&(c.project.clone(), c.reservation_id.clone()));
+                return Ok(Vec::new());
+            }
+            Item::Catalog { seq, at, models } => return self.reprice(*seq, *at, models),
             Item::Set { seq, at, set, .. } => {
                 let limit = Limit {
                     monthly_limit: set.monthly_limit,
@@ -200,10 +402,72 @@ impl Ledger {
                 (*seq, *at)
             }
         };
-        let project = item.project();
-        let period = item.period();
-        let Some(limit) = self.limits.get(project) else {
+        let Some((project, period)) = item.key() else {
             return Ok(Vec::new());
+        };
+        Ok(self.crossings(&project, period, seq, at))
+    }
+
+    /// Adopts the catalog `models` (its change at `seq`), pricing again the usage of every
+    /// model whose prices changed (which [`Budgets`] loaded first), and the spend with it.
+    fn reprice(
+        &mut self,
+        seq: u64,
+        at: DateTime<Utc>,
+        models: &[ModelSpec],
+    ) -> Result<Vec<Crossing>, String> {
+        let changed = repriced(&self.catalog, models);
+        self.catalog = Arc::new(models.to_vec());
+        self.catalog_seq = seq;
+        let mut touched = HashSet::new();
+        for (k, u) in self
+            .usage
+            .iter_mut()
+            .filter(|(k, _)| changed.contains(&k.model))
+        {
+            let now = price_of(models, &k.model, k.day, u.input_tokens, u.output_tokens);
+            if now == u.cost {
+                continue;
+            }
+            let s = self.spend.entry((k.project.clone(), k.period)).or_default();
+            let spent = i128::from(s.spent.nanos()) - i128::from(u.cost.map_or(0, Money::nanos))
+                + i128::from(now.map_or(0, Money::nanos));
+            s.spent = i64::try_from(spent)
+                .ok()
+                .filter(|n| (0..=Money::MAX.nanos()).contains(n))
+                .map(Money::from_nanos)
+                .ok_or_else(|| {
+                    format!(
+                        "re-priced spend of {} in {} is out of range",
+                        k.project, k.period
+                    )
+                })?;
+            s.unpriced_calls += match (u.cost, now) {
+                (None, Some(_)) => -u.calls,
+                (Some(_), None) => u.calls,
+                _ => 0,
+            };
+            u.cost = now;
+            touched.insert((k.project.clone(), k.period));
+        }
+        let mut touched: Vec<_> = touched.into_iter().collect();
+        touched.sort();
+        Ok(touched
+            .into_iter()
+            .flat_map(|(p, period)| self.crossings(&p, period, seq, at))
+            .collect())
+    }
+
+    /// The thresholds `project` reached in `period` and had not crossed yet, caused at `seq`.
+    fn crossings(
+        &mut self,
+        project: &ProjectId,
+        period: Period,
+        seq: u64,
+        at: DateTime<Utc>,
+    ) -> Vec<Crossing> {
+        let Some(limit) = self.limits.get(project) else {
+            return Vec::new();
         };
         let spent = self
             .spend
@@ -229,7 +493,7 @@ impl Ledger {
                 });
             }
         }
-        Ok(crossings)
+        crossings
     }
 }
 
@@ -246,6 +510,11 @@ pub struct Budgets {
 pub struct Loaded {
     ledger: Ledger,
     keys: HashSet<(ProjectId, Period)>,
+    reservation_ids: HashSet<(ProjectId, String)>,
+    catalog_loaded: bool,
+    usage_keys: HashSet<UsageKey>,
+    /// Models all of whose usage is loaded.
+    usage_models: HashSet<String>,
 }
 
 impl Projection for Budgets {
@@ -261,7 +530,7 @@ impl Projection for Budgets {
     }
 
     fn categories(&self) -> Option<&'static [&'static str]> {
-        Some(&["llm", "budget"])
+        Some(&["llm", "budget", "catalog"])
     }
 
     fn decode(&self, stored: &StoredEvent) -> Result<Option<Item>, Rejection> {
@@ -281,6 +550,27 @@ impl Projection for Budgets {
                 period,
                 set: stored.event.data_as()?,
             })),
+            kairos_events::types::CATALOG_CHANGED => Ok(kairos_catalog::decode_change(stored)?
+                .map(|c| Item::Catalog {
+                    seq,
+                    at,
+                    models: c.models,
+                })),
+            BUDGET_RESERVED => {
+                let reserved: Reserved = stored.event.data_as()?;
+                Ok(Some(Item::Reserved {
+                    seq,
+                    period: month_of(&reserved.period)?,
+                    reserved,
+                }))
+            }
+            BUDGET_RESERVATION_SETTLED | BUDGET_RESERVATION_EXPIRED => {
+                let closed: ReservationClosed = stored.event.data_as()?;
+                Ok(Some(Item::Closed {
+                    period: month_of(&closed.period)?,
+                    closed,
+                }))
+            }
             _ => Ok(None),
         }
     }
@@ -292,7 +582,10 @@ impl Projection for Budgets {
                  'spend', (SELECT coalesce(json_agg(s), '[]') FROM spend s),
                  'crossings', (SELECT coalesce(json_agg(json_build_object(
                       'project', c.project, 'period', c.period, 'threshold', c.threshold)), '[]')
-                  FROM crossings c))",
+                  FROM crossings c),
+                 'reservations', (SELECT coalesce(json_agg(r), '[]') FROM reservations r),
+                 'priced', (SELECT coalesce(json_agg(u), '[]') FROM priced u),
+                 'catalog', (SELECT row_to_json(c) FROM catalog c))",
         )
     }
 
@@ -302,14 +595,56 @@ impl Projection for Budgets {
         items: Vec<Item>,
         loaded: &mut Loaded,
     ) -> Result<Vec<Event>, ApplyError> {
+        if !loaded.catalog_loaded {
+            load_catalog(tx, &mut loaded.ledger).await?;
+            loaded.catalog_loaded = true;
+        }
+        // A catalog change re-prices the usage of every model whose prices it changes: all
+        // of it is loaded, with the months it counts in.
+        let mut prev = loaded.ledger.catalog.clone();
+        let mut models = HashSet::new();
+        for item in &items {
+            if let Item::Catalog { models: next, .. } = item {
+                models.extend(repriced(&prev, next));
+                prev = Arc::new(next.clone());
+            }
+        }
+        models.retain(|m| !loaded.usage_models.contains(m));
+        let mut months = HashSet::new();
+        if !models.is_empty() {
+            let models: Vec<String> = models.into_iter().collect();
+            months = load_usage(tx, None, Some(&models), &mut loaded.ledger).await?;
+            loaded.usage_models.extend(models);
+        }
+        let usage: Vec<UsageKey> = items
+            .iter()
+            .filter_map(Item::usage)
+            .filter(|k| !loaded.usage_keys.contains(k) && !loaded.usage_models.contains(&k.model))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !usage.is_empty() {
+            load_usage(tx, Some(&usage), None, &mut loaded.ledger).await?;
+            loaded.usage_keys.extend(usage);
+        }
         let missing: HashSet<(ProjectId, Period)> = items
             .iter()
-            .map(|i| (i.project().clone(), i.period()))
+            .filter_map(Item::key)
+            .chain(months)
             .filter(|k| !loaded.keys.contains(k))
             .collect();
         if !missing.is_empty() {
             load(tx, &missing, &mut loaded.ledger).await?;
             loaded.keys.extend(missing);
+        }
+        let ids: HashSet<(ProjectId, String)> = items
+            .iter()
+            .filter_map(Item::reservation)
+            .filter(|k| !loaded.reservation_ids.contains(k))
+            .collect();
+        if !ids.is_empty() {
+            load_reservations(tx, &ids, &mut loaded.ledger).await?;
+            loaded.reservation_ids.extend(ids);
         }
         let ledger = &mut loaded.ledger;
         let before = ledger.clone();
@@ -318,11 +653,22 @@ impl Projection for Budgets {
             crossings.extend(ledger.fold(item).map_err(ApplyError::Data)?);
         }
         save(tx, &before, ledger, &crossings).await?;
-        crossings
+        save_reservations(tx, &before, ledger).await?;
+        save_usage(tx, &before, ledger).await?;
+        let mut events = crossings
             .iter()
             .map(|c| c.to_event().map_err(|e| ApplyError::Data(e.to_string())))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        for closed in ledger.settled.drain(..) {
+            events.push(settled_event(&closed).map_err(|e| ApplyError::Data(e.to_string()))?);
+        }
+        Ok(events)
     }
+}
+
+/// The budget month an event names.
+fn month_of(period: &str) -> Result<Period, Rejection> {
+    Period::parse(period).map_err(Rejection::from)
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -349,7 +695,7 @@ async fn load(
                 l.monthly_limit_nanos, l.warn_at_percent, l.on_exceeded, l.fallback_model,
                 l.set_by, l.set_seq, l.set_at,
                 s.spent_nanos, s.calls, s.failed_calls, s.input_tokens, s.output_tokens,
-                s.last_seq,
+                s.last_seq, s.unpriced_calls,
                 ARRAY(SELECT c.threshold FROM crossings c
                       WHERE c.project = k.project AND c.period = k.period) AS crossed
          FROM unnest($1::text[], $2::text[]) AS k(project, period)
@@ -389,6 +735,7 @@ async fn load(
                     input_tokens: r.try_get("input_tokens")?,
                     output_tokens: r.try_get("output_tokens")?,
                     last_seq: u64::try_from(r.try_get::<i64, _>("last_seq")?).unwrap_or(0),
+                    unpriced_calls: r.try_get("unpriced_calls")?,
                 },
             );
         }
@@ -400,6 +747,205 @@ async fn load(
             ledger.crossed.insert((project.clone(), period, threshold));
         }
     }
+    Ok(())
+}
+
+/// The `kairos.budget.reservation_settled.v1` announcing `closed`: its id is the reservation's,
+/// so announcing it again (redelivery, replay) is a duplicate.
+pub fn settled_event(closed: &ReservationClosed) -> Result<Event, kairos_events::EventError> {
+    let data = serde_json::to_value(closed)
+        .map_err(|e| kairos_events::EventError::new("invalid_data", e.to_string()))?;
+    Emit::new(BUDGET_RESERVATION_SETTLED, SOURCE, data)
+        .id(format!("settled/{}", closed.reservation_id))
+        .subject(closed.project.as_str())
+        .build()
+}
+
+/// Loads the catalog budgets priced by, as last folded.
+async fn load_catalog(tx: &mut PgConnection, ledger: &mut Ledger) -> Result<(), sqlx::Error> {
+    let row: Option<(i64, serde_json::Value)> = sqlx::query_as("SELECT seq, models FROM catalog")
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some((seq, models)) = row {
+        ledger.catalog =
+            Arc::new(serde_json::from_value(models).map_err(|e| sqlx::Error::Decode(Box::new(e)))?);
+        ledger.catalog_seq = u64::try_from(seq).unwrap_or(0);
+    }
+    Ok(())
+}
+
+/// Loads priced usage: the rows `keys` name, or every row of `models`; the (project, month)
+/// keys of the rows loaded.
+async fn load_usage(
+    tx: &mut PgConnection,
+    keys: Option<&[UsageKey]>,
+    models: Option<&[String]>,
+    ledger: &mut Ledger,
+) -> Result<HashSet<(ProjectId, Period)>, sqlx::Error> {
+    let keys = keys.unwrap_or(&[]);
+    let rows = sqlx::query(
+        "SELECT u.project, u.period, u.model, u.day, u.calls, u.input_tokens, u.output_tokens,
+                u.cost_nanos
+         FROM priced u
+         WHERE u.model = ANY($5::text[])
+            OR (u.project, u.period, u.model, u.day) IN
+               (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::date[]))",
+    )
+    .bind(column(keys, |k| k.project.to_string()))
+    .bind(column(keys, |k| k.period.to_string()))
+    .bind(column(keys, |k| k.model.clone()))
+    .bind(column(keys, |k| k.day))
+    .bind(models.unwrap_or(&[]))
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut months = HashSet::new();
+    for r in rows {
+        let key = UsageKey {
+            project: parse_project(r.try_get("project")?)?,
+            period: parse_period(r.try_get("period")?)?,
+            model: r.try_get("model")?,
+            day: r.try_get("day")?,
+        };
+        months.insert((key.project.clone(), key.period));
+        ledger.usage.insert(
+            key,
+            Usage {
+                calls: r.try_get("calls")?,
+                input_tokens: r.try_get("input_tokens")?,
+                output_tokens: r.try_get("output_tokens")?,
+                cost: r.try_get::<Option<i64>, _>("cost_nanos")?.map(money),
+            },
+        );
+    }
+    Ok(months)
+}
+
+/// Writes back the priced usage that changed, and the catalog if it changed.
+async fn save_usage(
+    tx: &mut PgConnection,
+    before: &Ledger,
+    after: &Ledger,
+) -> Result<(), sqlx::Error> {
+    if after.catalog_seq != before.catalog_seq {
+        let models =
+            serde_json::to_value(&*after.catalog).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(
+            "INSERT INTO catalog (singleton, seq, models) VALUES (true, $1, $2)
+             ON CONFLICT (singleton) DO UPDATE SET seq = EXCLUDED.seq, models = EXCLUDED.models",
+        )
+        .bind(to_i64(after.catalog_seq))
+        .bind(models)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let rows: Vec<(&UsageKey, &Usage)> = after
+        .usage
+        .iter()
+        .filter(|(k, u)| before.usage.get(*k) != Some(*u))
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO priced (project, period, model, day, calls, input_tokens, output_tokens,
+                             cost_nanos)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::date[], $5::int8[],
+                              $6::int8[], $7::int8[], $8::int8[])
+         ON CONFLICT (project, period, model, day) DO UPDATE SET
+           calls = EXCLUDED.calls, input_tokens = EXCLUDED.input_tokens,
+           output_tokens = EXCLUDED.output_tokens, cost_nanos = EXCLUDED.cost_nanos",
+    )
+    .bind(column(&rows, |(k, _)| k.project.to_string()))
+    .bind(column(&rows, |(k, _)| k.period.to_string()))
+    .bind(column(&rows, |(k, _)| k.model.clone()))
+    .bind(column(&rows, |(k, _)| k.day))
+    .bind(column(&rows, |(_, u)| u.calls))
+    .bind(column(&rows, |(_, u)| u.input_tokens))
+    .bind(column(&rows, |(_, u)| u.output_tokens))
+    .bind(column(&rows, |(_, u)| u.cost.map(Money::nanos)))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Loads the open reservations among `ids` into `ledger`.
+async fn load_reservations(
+    tx: &mut PgConnection,
+    ids: &HashSet<(ProjectId, String)>,
+    ledger: &mut Ledger,
+) -> Result<(), sqlx::Error> {
+    let (kp, kid): (Vec<String>, Vec<String>) = ids
+        .iter()
+        .map(|(p, id)| (p.to_string(), id.clone()))
+        .unzip();
+    let rows = sqlx::query(
+        "SELECT r.project, r.reservation_id, r.period, r.model, r.amount_nanos, r.expires_at, r.seq
+         FROM unnest($1::text[], $2::text[]) AS k(project, id)
+         JOIN reservations r ON r.project = k.project AND r.reservation_id = k.id",
+    )
+    .bind(&kp)
+    .bind(&kid)
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in rows {
+        ledger.reservations.insert(
+            (
+                parse_project(r.try_get("project")?)?,
+                r.try_get("reservation_id")?,
+            ),
+            Reservation {
+                period: parse_period(r.try_get("period")?)?,
+                model: r.try_get("model")?,
+                amount: money(r.try_get("amount_nanos")?),
+                expires_at: r.try_get("expires_at")?,
+                seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// Writes the reservations opened in this batch and deletes the ones closed.
+async fn save_reservations(
+    tx: &mut PgConnection,
+    before: &Ledger,
+    after: &Ledger,
+) -> Result<(), sqlx::Error> {
+    let opened: Vec<(&(ProjectId, String), &Reservation)> = after
+        .reservations
+        .iter()
+        .filter(|(k, r)| before.reservations.get(*k) != Some(*r))
+        .collect();
+    let closed: Vec<&(ProjectId, String)> = before
+        .reservations
+        .keys()
+        .filter(|k| !after.reservations.contains_key(*k))
+        .collect();
+    if opened.is_empty() && closed.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH d AS (
+           DELETE FROM reservations r USING unnest($8::text[], $9::text[]) AS k(project, id)
+           WHERE r.project = k.project AND r.reservation_id = k.id
+         )
+         INSERT INTO reservations (project, reservation_id, period, model, amount_nanos,
+                                   expires_at, seq)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[],
+                              $6::timestamptz[], $7::int8[])
+         ON CONFLICT (project, reservation_id) DO NOTHING",
+    )
+    .bind(column(&opened, |((p, _), _)| p.to_string()))
+    .bind(column(&opened, |((_, id), _)| id.clone()))
+    .bind(column(&opened, |(_, r)| r.period.to_string()))
+    .bind(column(&opened, |(_, r)| r.model.clone()))
+    .bind(column(&opened, |(_, r)| r.amount.nanos()))
+    .bind(column(&opened, |(_, r)| r.expires_at))
+    .bind(column(&opened, |(_, r)| to_i64(r.seq)))
+    .bind(column(&closed, |(p, _)| p.to_string()))
+    .bind(column(&closed, |(_, id)| id.clone()))
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
@@ -450,13 +996,14 @@ async fn save(
              set_seq = EXCLUDED.set_seq, set_at = EXCLUDED.set_at
          ), s AS (
            INSERT INTO spend (project, period, spent_nanos, calls, failed_calls, input_tokens,
-                              output_tokens, last_seq)
+                              output_tokens, last_seq, unpriced_calls)
            SELECT * FROM unnest($9::text[], $10::text[], $11::int8[], $12::int8[], $13::int8[],
-                                $14::int8[], $15::int8[], $16::int8[])
+                                $14::int8[], $15::int8[], $16::int8[], $24::int8[])
            ON CONFLICT (project, period) DO UPDATE SET
              spent_nanos = EXCLUDED.spent_nanos, calls = EXCLUDED.calls,
              failed_calls = EXCLUDED.failed_calls, input_tokens = EXCLUDED.input_tokens,
-             output_tokens = EXCLUDED.output_tokens, last_seq = EXCLUDED.last_seq
+             output_tokens = EXCLUDED.output_tokens, last_seq = EXCLUDED.last_seq,
+             unpriced_calls = EXCLUDED.unpriced_calls
          )
          INSERT INTO crossings (project, period, threshold, limit_nanos, spent_nanos, seq,
                                 crossed_at)
@@ -486,6 +1033,7 @@ async fn save(
     .bind(column(crossings, |c| c.spent.nanos()))
     .bind(column(crossings, |c| to_i64(c.seq)))
     .bind(column(crossings, |c| c.at))
+    .bind(column(&spend, |(_, s)| s.unpriced_calls))
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -504,6 +1052,12 @@ pub struct BudgetView {
     pub spent: Money,
     #[schema(value_type = Option<String>)]
     pub remaining: Option<Money>,
+    /// Held by open route reservations (worst-case costs of admitted calls not yet settled).
+    #[schema(value_type = String)]
+    pub reserved: Money,
+    /// What new reservations may still take: the limit less what is spent and reserved.
+    #[schema(value_type = Option<String>)]
+    pub available: Option<Money>,
     /// `ok` when no limit is set.
     pub status: Status,
     pub warn_at_percent: Option<u8>,
@@ -518,6 +1072,9 @@ pub struct BudgetView {
     pub failed_calls: i64,
     pub input_tokens: i64,
     pub output_tokens: i64,
+    /// Calls without a cost whose model had no price at their time: counted, never free; the
+    /// router admits no paid call for the month while there are any.
+    pub unpriced_calls: i64,
     /// The budgets projection had applied the stream up to this sequence when this was read.
     pub as_of_seq: u64,
 }
@@ -526,11 +1083,15 @@ const VIEW_SQL: &str = "
     WITH p AS (
         SELECT project FROM budgets.limits
         UNION SELECT project FROM budgets.spend WHERE period = $2
+        UNION SELECT project FROM budgets.reservations WHERE period = $2
     )
     SELECT p.project, l.monthly_limit_nanos, l.warn_at_percent, l.on_exceeded, l.fallback_model, l.set_seq,
            coalesce(s.spent_nanos, 0) AS spent_nanos, coalesce(s.calls, 0) AS calls,
            coalesce(s.failed_calls, 0) AS failed_calls, coalesce(s.input_tokens, 0) AS input_tokens,
            coalesce(s.output_tokens, 0) AS output_tokens,
+           coalesce(s.unpriced_calls, 0) AS unpriced_calls,
+           coalesce((SELECT sum(r.amount_nanos) FROM budgets.reservations r
+                     WHERE r.project = p.project AND r.period = $2), 0)::int8 AS reserved_nanos,
            coalesce((SELECT last_seq FROM kairos.checkpoints WHERE projection = 'budgets'), 0) AS as_of_seq
     FROM p
     LEFT JOIN budgets.limits l ON l.project = p.project
@@ -546,16 +1107,24 @@ impl BudgetView {
         period: Period,
         limit: Option<&Limit>,
         spend: &Spend,
+        reserved: Money,
         as_of_seq: u64,
     ) -> Self {
         let spent = spend.spent;
         let amount = limit.map(|l| l.monthly_limit);
+        let available = amount.map(|l| {
+            l.checked_sub(spent)
+                .and_then(|r| r.checked_sub(reserved))
+                .unwrap_or(Money::ZERO)
+        });
         BudgetView {
             project,
             period: period.to_string(),
             limit: amount,
             spent,
             remaining: amount.and_then(|l| l.checked_sub(spent)),
+            reserved,
+            available,
             status: limit.map_or(Status::Ok, |l| {
                 status(l.monthly_limit, l.warn_at_percent, spent)
             }),
@@ -567,6 +1136,7 @@ impl BudgetView {
             failed_calls: spend.failed_calls,
             input_tokens: spend.input_tokens,
             output_tokens: spend.output_tokens,
+            unpriced_calls: spend.unpriced_calls,
             as_of_seq,
         }
     }
@@ -601,6 +1171,7 @@ fn view(r: &sqlx::postgres::PgRow, period: Period) -> Result<BudgetView, sqlx::E
         input_tokens: r.try_get("input_tokens")?,
         output_tokens: r.try_get("output_tokens")?,
         last_seq: 0,
+        unpriced_calls: r.try_get("unpriced_calls")?,
     };
     let as_of_seq = u64::try_from(r.try_get::<i64, _>("as_of_seq")?).unwrap_or(0);
     Ok(BudgetView::assemble(
@@ -608,6 +1179,7 @@ fn view(r: &sqlx::postgres::PgRow, period: Period) -> Result<BudgetView, sqlx::E
         period,
         limit.as_ref(),
         &spend,
+        money(r.try_get("reserved_nanos")?),
         as_of_seq,
     ))
 }
@@ -651,6 +1223,60 @@ pub async fn list(
         .collect()
 }
 
+/// What a project spent in a month, as a route's admission reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spent {
+    pub spent: Money,
+    /// Calls without a cost the catalog could not price.
+    pub unpriced_calls: i64,
+    /// The stream sequence the budgets projection had applied when this was read.
+    pub applied: u64,
+}
+
+/// What `project` spent in `period` and the stream sequence the budgets projection had applied
+/// then, read together (one statement, one snapshot): what a route's admission adds the
+/// budget aggregate's reservations and later settlements to.
+pub async fn spent(
+    pool: &PgPool,
+    project: &ProjectId,
+    period: Period,
+) -> Result<Spent, sqlx::Error> {
+    let (spent, unpriced, applied): (i64, i64, i64) = sqlx::query_as(
+        "SELECT coalesce(s.spent_nanos, 0), coalesce(s.unpriced_calls, 0),
+                coalesce((SELECT last_seq FROM kairos.checkpoints WHERE projection = 'budgets'), 0)
+         FROM (SELECT 1) one
+         LEFT JOIN budgets.spend s ON s.project = $1 AND s.period = $2",
+    )
+    .bind(project.as_str())
+    .bind(period.to_string())
+    .fetch_one(pool)
+    .await?;
+    Ok(Spent {
+        spent: money(spent),
+        unpriced_calls: unpriced,
+        applied: u64::try_from(applied).unwrap_or(0),
+    })
+}
+
+/// The open reservations that expired at `now`, oldest first, at most `limit`.
+pub async fn expired_reservations(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(ProjectId, String)>, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT project, reservation_id FROM budgets.reservations WHERE expires_at <= $1
+         ORDER BY expires_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(p, id)| Ok((parse_project(p)?, id)))
+        .collect()
+}
+
 /// The thresholds a project crossed in `period`, in the order it crossed them.
 pub async fn crossings(
     pool: &PgPool,
@@ -689,6 +1315,24 @@ struct SnapshotRows {
     limits: Vec<LimitRow>,
     spend: Vec<SpendRow>,
     crossings: Vec<CrossingRow>,
+    /// Snapshots taken before reservations existed have none.
+    #[serde(default)]
+    reservations: Vec<ReservationRow>,
+    #[serde(default)]
+    priced: Vec<PricedRow>,
+    #[serde(default)]
+    catalog: Option<CatalogRow>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReservationRow {
+    project: ProjectId,
+    reservation_id: String,
+    period: String,
+    model: String,
+    amount_nanos: i64,
+    expires_at: DateTime<Utc>,
+    seq: u64,
 }
 
 #[derive(serde::Deserialize)]
@@ -713,6 +1357,26 @@ struct SpendRow {
     input_tokens: i64,
     output_tokens: i64,
     last_seq: u64,
+    #[serde(default)]
+    unpriced_calls: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct PricedRow {
+    project: ProjectId,
+    period: String,
+    model: String,
+    day: NaiveDate,
+    calls: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_nanos: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+struct CatalogRow {
+    seq: u64,
+    models: Vec<ModelSpec>,
 }
 
 #[derive(serde::Deserialize)]
@@ -753,12 +1417,45 @@ impl Ledger {
                     input_tokens: s.input_tokens,
                     output_tokens: s.output_tokens,
                     last_seq: s.last_seq,
+                    unpriced_calls: s.unpriced_calls,
                 },
             );
         }
         for c in rows.crossings {
             let period = Period::parse(&c.period).map_err(|e| bad(&e))?;
             ledger.crossed.insert((c.project, period, c.threshold));
+        }
+        for u in rows.priced {
+            ledger.usage.insert(
+                UsageKey {
+                    project: u.project,
+                    period: Period::parse(&u.period).map_err(|e| bad(&e))?,
+                    model: u.model,
+                    day: u.day,
+                },
+                Usage {
+                    calls: u.calls,
+                    input_tokens: u.input_tokens,
+                    output_tokens: u.output_tokens,
+                    cost: u.cost_nanos.map(money),
+                },
+            );
+        }
+        if let Some(c) = rows.catalog {
+            ledger.catalog = Arc::new(c.models);
+            ledger.catalog_seq = c.seq;
+        }
+        for r in rows.reservations {
+            ledger.reservations.insert(
+                (r.project, r.reservation_id),
+                Reservation {
+                    period: Period::parse(&r.period).map_err(|e| bad(&e))?,
+                    model: r.model,
+                    amount: money(r.amount_nanos),
+                    expires_at: r.expires_at,
+                    seq: r.seq,
+                },
+            );
         }
         Ok(ledger)
     }
@@ -829,7 +1526,8 @@ impl Ledger {
     pub fn view(&self, project: &ProjectId, period: Period, seq: u64) -> Option<BudgetView> {
         let limit = self.limits.get(project);
         let spend = self.spend.get(&(project.clone(), period));
-        if limit.is_none() && spend.is_none() {
+        let reserved = self.reserved(project, period);
+        if limit.is_none() && spend.is_none() && reserved == Money::ZERO {
             return None;
         }
         let spend = spend.cloned().unwrap_or_default();
@@ -838,8 +1536,19 @@ impl Ledger {
             period,
             limit,
             &spend,
+            reserved,
             seq,
         ))
+    }
+
+    /// What open reservations hold against `project` in `period`.
+    pub fn reserved(&self, project: &ProjectId, period: Period) -> Money {
+        self.reservations
+            .iter()
+            .filter(|((p, _), r)| p == project && r.period == period)
+            .fold(Money::ZERO, |sum, (_, r)| {
+                sum.checked_add(r.amount).unwrap_or(Money::MAX)
+            })
     }
 
     /// Every project with a limit or with spend in `period`, by project id.

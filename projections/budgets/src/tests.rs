@@ -21,7 +21,7 @@ fn call(seq: u64, project: &str, cost: &str, when: &str) -> Item {
             provider: "x".into(),
             input_tokens: 10,
             output_tokens: 5,
-            cost: Money::parse(cost).unwrap(),
+            cost: Some(Money::parse(cost).unwrap()),
             latency_ms: 1,
             status: CallStatus::Ok,
             session_id: None,
@@ -29,6 +29,7 @@ fn call(seq: u64, project: &str, cost: &str, when: &str) -> Item {
             actor: None,
             context_tokens: None,
             error: None,
+            decision_id: None,
         },
     }
 }
@@ -173,17 +174,17 @@ mod properties {
             // Load: only the touched rows, as `load` does.
             let mut ledger = Ledger::default();
             for i in batch {
-                let p = i.project().clone();
+                let (p, period) = i.key().unwrap();
                 if let Some(l) = stored.limits.get(&p) {
                     ledger.limits.insert(p.clone(), l.clone());
                 }
                 for ((sp, per), s) in &stored.spend {
-                    if *sp == p && *per == i.period() {
+                    if *sp == p && *per == period {
                         ledger.spend.insert((sp.clone(), *per), s.clone());
                     }
                 }
                 for c in &stored.crossed {
-                    if c.0 == p && c.1 == i.period() {
+                    if c.0 == p && c.1 == period {
                         ledger.crossed.insert(c.clone());
                     }
                 }
@@ -330,4 +331,149 @@ fn spend_on_either_side_of_new_year_lands_in_its_own_month() {
     };
     assert_eq!(spent(dec).as_deref(), Some("1.25"));
     assert_eq!(spent(jan).as_deref(), Some("2.50"));
+}
+
+mod pricing {
+    use super::*;
+    use chrono::TimeZone;
+    use kairos_events::types::{ModelSpec, PriceSpec};
+
+    fn day(d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, d, 0, 0, 0).unwrap()
+    }
+
+    fn model(name: &str, prices: &[(u32, &str, &str)]) -> ModelSpec {
+        ModelSpec {
+            name: name.into(),
+            provider: "x".into(),
+            context_window: 100_000,
+            max_output_tokens: 1_000,
+            local: false,
+            tier: 3,
+            tags: vec![],
+            prices: prices
+                .iter()
+                .map(|(d, i, o)| PriceSpec {
+                    valid_from: day(*d),
+                    input_per_mtok: Money::parse(i).unwrap(),
+                    output_per_mtok: Money::parse(o).unwrap(),
+                })
+                .collect(),
+        }
+    }
+
+    fn unpriced_call(
+        seq: u64,
+        at: DateTime<Utc>,
+        project: &str,
+        model: &str,
+        i: u64,
+        o: u64,
+    ) -> Item {
+        let Item::Call { call, .. } = call(seq, project, "0", "2026-11-01T00:00:00Z") else {
+            unreachable!()
+        };
+        Item::Call {
+            seq,
+            at,
+            period: Period::containing(at, &Utc),
+            call: LlmCallCompleted {
+                model: model.into(),
+                input_tokens: i,
+                output_tokens: o,
+                cost: None,
+                ..call
+            },
+        }
+    }
+
+    /// Spend per project, computed call by call from the final catalog.
+    fn brute_force(
+        calls: &[(String, DateTime<Utc>, String, u64, u64)],
+        models: &[ModelSpec],
+    ) -> HashMap<String, (i64, i64)> {
+        let mut out: HashMap<String, (i64, i64)> = HashMap::new();
+        for (p, at, m, i, o) in calls {
+            let e = out.entry(p.clone()).or_default();
+            match models
+                .iter()
+                .find(|x| &x.name == m)
+                .and_then(|x| x.price_at(*at))
+            {
+                Some(price) => {
+                    // Independent arithmetic: nano-dollars per token times tokens.
+                    let per = |v: Money| v.nanos() / 1_000_000;
+                    e.0 += per(price.input_per_mtok) * *i as i64
+                        + per(price.output_per_mtok) * *o as i64;
+                }
+                None => e.1 += 1,
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn calls_without_cost_are_priced_and_repriced_to_the_brute_force_total() {
+        let v1 = vec![
+            model("a", &[(1, "2.50", "10.00")]),
+            model("b", &[(1, "0.15", "0.60"), (15, "0.20", "0.80")]),
+        ];
+        // The correction: a's price was wrong from the 10th; c gets a price from the 5th.
+        let v2 = vec![
+            model("a", &[(1, "2.50", "10.00"), (10, "3.00", "12.00")]),
+            model("b", &[(1, "0.15", "0.60"), (15, "0.20", "0.80")]),
+            model("c", &[(5, "1.00", "1.00")]),
+        ];
+        let mut ledger = Ledger::default();
+        let mut seq = 1;
+        ledger
+            .fold(&Item::Catalog {
+                seq,
+                at: day(1),
+                models: v1,
+            })
+            .unwrap();
+        let mut calls = Vec::new();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..3_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let at = day(1) + chrono::Duration::minutes((x % (28 * 24 * 60)) as i64);
+            let project = ["p1", "p2"][(x % 2) as usize];
+            let m = ["a", "b", "c"][((x >> 8) % 3) as usize];
+            let (i, o) = (x % 5_000, (x >> 16) % 800);
+            seq += 1;
+            ledger
+                .fold(&unpriced_call(seq, at, project, m, i, o))
+                .unwrap();
+            calls.push((project.to_owned(), at, m.to_owned(), i, o));
+        }
+        let spend = |l: &Ledger, p: &str| {
+            let s = &l.spend[&(
+                ProjectId::parse(p).unwrap(),
+                Period::containing(day(1), &Utc),
+            )];
+            (s.spent.nanos(), s.unpriced_calls)
+        };
+        // Before the correction: c is unpriced, never free.
+        let before = brute_force(&calls, &ledger.catalog.clone());
+        for p in ["p1", "p2"] {
+            assert_eq!(spend(&ledger, p), before[p], "{p} before");
+            assert!(before[p].1 > 0);
+        }
+        seq += 1;
+        ledger
+            .fold(&Item::Catalog {
+                seq,
+                at: day(28),
+                models: v2.clone(),
+            })
+            .unwrap();
+        let after = brute_force(&calls, &v2);
+        for p in ["p1", "p2"] {
+            assert_eq!(spend(&ledger, p), after[p], "{p} after the correction");
+        }
+        assert_ne!(before, after);
+    }
 }

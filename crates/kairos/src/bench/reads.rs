@@ -23,15 +23,15 @@ pub(super) struct ReadFigures {
     pool_size: u32,
 }
 
-struct Load {
-    per_second: f64,
+pub(super) struct Load {
+    pub(super) per_second: f64,
     /// One per request, sorted.
-    latencies: Vec<Duration>,
-    errors: usize,
+    pub(super) latencies: Vec<Duration>,
+    pub(super) errors: usize,
 }
 
 impl Load {
-    fn percentile(&self, p: f64) -> Duration {
+    pub(super) fn percentile(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
@@ -57,7 +57,7 @@ pub(super) async fn figures(
 }
 
 /// Runs `work` on `tasks` concurrent tasks for `seconds`, each task timing its calls.
-async fn load<F, Fut>(tasks: usize, seconds: u64, work: F) -> Load
+pub(super) async fn load<F, Fut>(tasks: usize, seconds: u64, work: F) -> Load
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,

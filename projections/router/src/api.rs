@@ -1,0 +1,819 @@
+//! The router module: its `[router]` section, the reservation sweeper and its routes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, TimeDelta, Utc};
+use futures_util::future::BoxFuture;
+use kairos_analytics::Health;
+use kairos_api::extract::{
+    JsonBody, QueryParams, ReadAt, limit_param, project_param, seq_param, text_param, time_param,
+    wait_for,
+};
+use kairos_api::{
+    ApiError, AppState, Caller, Configured, ErrorBody, EventRule, Guard, Host, Module,
+    ModuleConfig, ModuleError, Permission, Publish, Recorded, Routes, Started,
+};
+use kairos_budgets::{BudgetCommands, BudgetSetting, Spent};
+use kairos_catalog::CatalogState;
+use kairos_events::types::{
+    BUDGET_RESERVATION_EXPIRED, BUDGET_RESERVED, ROUTER_DECISION, ReservationClosed, Reserved,
+};
+use kairos_events::{Emit, Event, Money, Period, ProjectId};
+use kairos_runtime::{AggregateStore, AnyProjection, CommandError, Decision};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use utoipa_axum::routes;
+
+use crate::rules::{BudgetState, Outcome, RouteRequest, decide};
+use crate::{DecisionRecord, Decisions, NAME, SOURCE};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The router module, registered by the binary.
+pub struct RouterModule;
+
+/// The value the binary registers.
+pub static MODULE: RouterModule = RouterModule;
+
+/// The `[router]` section of `kairos.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSettings {
+    /// How long a reservation holds budget unless the call settles it.
+    #[serde(default = "default_ttl")]
+    pub reservation_ttl_secs: u64,
+    /// How often expired reservations are looked for.
+    #[serde(default = "default_sweep")]
+    pub expiry_sweep_ms: u64,
+    /// The window of the health figures that break ties.
+    #[serde(default = "default_health_window")]
+    pub health_window_minutes: u32,
+    /// How old the health figures may be before a route reads them again.
+    #[serde(default = "default_health_refresh")]
+    pub health_refresh_ms: u64,
+    /// The budgets' time zone (months), as `[budgets] timezone`.
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+}
+
+fn default_ttl() -> u64 {
+    600
+}
+fn default_sweep() -> u64 {
+    1000
+}
+fn default_health_window() -> u32 {
+    60
+}
+fn default_health_refresh() -> u64 {
+    1000
+}
+fn default_tz() -> String {
+    "UTC".into()
+}
+
+impl Module for RouterModule {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn migrations(&self) -> &'static Migrator {
+        &MIGRATOR
+    }
+
+    fn config_section(&self) -> Option<&'static str> {
+        Some("router")
+    }
+
+    fn events(&self) -> &'static [EventRule] {
+        &[EventRule {
+            ty: ROUTER_DECISION,
+            publish: Publish::KairosOnly,
+        }]
+    }
+
+    fn configure(&self, config: &ModuleConfig) -> Result<Box<dyn Configured>, ModuleError> {
+        let mut settings: RouterSettings = config.get()?;
+        if settings.reservation_ttl_secs == 0 || settings.reservation_ttl_secs > 86_400 * 31 {
+            return Err(config.invalid("reservation_ttl_secs", "must be 1 s to 31 days"));
+        }
+        if settings.expiry_sweep_ms < 10 {
+            return Err(config.invalid("expiry_sweep_ms", "must be at least 10"));
+        }
+        if !(1..=1440).contains(&settings.health_window_minutes) {
+            return Err(config.invalid("health_window_minutes", "must be 1 to 1440"));
+        }
+        // Months are the budgets' months: their time zone is read from [budgets].
+        if let Some(tz) = config
+            .peer("budgets")
+            .and_then(|b| serde_json::to_value(b).ok())
+            .and_then(|b| b.get("timezone").and_then(Value::as_str).map(str::to_owned))
+        {
+            settings.timezone = tz;
+        }
+        let tz: chrono_tz::Tz = settings
+            .timezone
+            .parse()
+            .map_err(|_| config.invalid("timezone", "is not an IANA time zone"))?;
+        Ok(Box::new(RouterConfigured { settings, tz }))
+    }
+}
+
+struct RouterConfigured {
+    settings: RouterSettings,
+    tz: chrono_tz::Tz,
+}
+
+/// What the router's handlers share.
+#[derive(Clone)]
+pub struct Router {
+    settings: Arc<RouterSettings>,
+    tz: chrono_tz::Tz,
+    catalog: Arc<AggregateStore<CatalogState>>,
+    budgets: BudgetCommands,
+    health: Arc<Mutex<HealthCache>>,
+}
+
+#[derive(Default)]
+struct HealthCache {
+    read_at: Option<Instant>,
+    /// The analytics checkpoint when read.
+    seq: u64,
+    figures: Arc<HashMap<String, Health>>,
+}
+
+impl Configured for RouterConfigured {
+    fn projection(&self) -> Arc<dyn AnyProjection> {
+        Arc::new(Decisions)
+    }
+
+    fn routes(&self) -> Routes {
+        use Guard::Key;
+        use Permission::{ManageCatalog, ReadProjections, Route};
+        Routes::new()
+            .route(routes!(post_route), Key(Route), "route.decide")
+            .route(
+                routes!(list_decisions),
+                Key(ReadProjections),
+                "route.decisions",
+            )
+            .route(
+                routes!(get_decision),
+                Key(ReadProjections),
+                "route.decision",
+            )
+            .route(routes!(post_simulate), Key(ManageCatalog), "route.simulate")
+    }
+
+    fn start<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, Result<Started, ModuleError>> {
+        Box::pin(async move {
+            let catalog = kairos_catalog::store(&host.bus);
+            catalog
+                .catch_up()
+                .await
+                .map_err(|e| ModuleError(format!("reading the model catalog: {e}")))?;
+            tokio::spawn(catalog.clone().follow());
+            let router = Router {
+                settings: Arc::new(self.settings.clone()),
+                tz: self.tz,
+                catalog,
+                budgets: BudgetCommands::new(host.bus.clone()),
+                health: Arc::default(),
+            };
+            tokio::spawn(sweep(router.clone(), host.pool.clone(), host.clock.clone()));
+            Ok(Started::default()
+                .with_extension(router)
+                .with_banner(format!(
+                    "router: reservations held {} s",
+                    self.settings.reservation_ttl_secs
+                )))
+        })
+    }
+}
+
+/// Expires the reservations past their time, every `expiry_sweep_ms`, each through the
+/// budget's command path (one that was settled meanwhile is left alone).
+async fn sweep(router: Router, pool: PgPool, clock: kairos_events::Clock) {
+    let every = Duration::from_millis(router.settings.expiry_sweep_ms);
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = expire_due(&router.budgets, &pool, clock.now()).await {
+            tracing::warn!(error = %e, "expiring reservations failed; retrying");
+        }
+    }
+}
+
+/// Appends a `kairos.budget.reservation_expired.v1` for each open reservation due at `now`;
+/// how many.
+pub async fn expire_due(
+    budgets: &BudgetCommands,
+    pool: &PgPool,
+    now: DateTime<Utc>,
+) -> Result<usize, String> {
+    let due = kairos_budgets::expired_reservations(pool, now, 1000)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut expired = 0;
+    for (project, id) in due {
+        let done = budgets
+            .of(&project)
+            .execute(|b: &BudgetSetting| {
+                let Some(r) = b.open.get(&id).filter(|r| r.expires_at <= now) else {
+                    return Ok::<_, String>(Decision::nothing(()));
+                };
+                let closed = ReservationClosed {
+                    project: project.clone(),
+                    reservation_id: id.clone(),
+                    period: r.period.clone(),
+                    amount: r.amount,
+                    cost: None,
+                    call_seq: None,
+                };
+                let event = serde_json::to_value(&closed)
+                    .map_err(|e| e.to_string())
+                    .and_then(|data| {
+                        Emit::new(BUDGET_RESERVATION_EXPIRED, SOURCE, data)
+                            .id(format!("expired/{id}"))
+                            .subject(project.as_str())
+                            .time(now)
+                            .build()
+                            .map_err(|e| e.to_string())
+                    })?;
+                Ok(Decision::append(event, ()))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        expired += usize::from(done.seq.is_some());
+    }
+    Ok(expired)
+}
+
+impl Router {
+    /// The last-hour health figures, read again when older than `health_refresh_ms` or when
+    /// the caller needs the analytics of a newer sequence.
+    async fn health(
+        &self,
+        st: &AppState,
+        now: DateTime<Utc>,
+        min_seq: u64,
+    ) -> Result<Arc<HashMap<String, Health>>, ApiError> {
+        let refresh = Duration::from_millis(self.settings.health_refresh_ms);
+        let announced = st
+            .checkpoints
+            .announced(kairos_analytics::NAME)
+            .unwrap_or(0);
+        {
+            let c = self
+                .health
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let young = c.read_at.is_some_and(|t| t.elapsed() < refresh);
+            if young && c.seq >= min_seq {
+                return Ok(c.figures.clone());
+            }
+        }
+        let window = TimeDelta::minutes(i64::from(self.settings.health_window_minutes));
+        let figures = Arc::new(kairos_analytics::health(&st.pool, now - window, now).await?);
+        let mut c = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *c = HealthCache {
+            read_at: Some(Instant::now()),
+            seq: announced.max(min_seq),
+            figures: figures.clone(),
+        };
+        Ok(figures)
+    }
+}
+
+/// What `POST /v1/route` takes.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RouteBody {
+    /// The project the call is billed to.
+    project: String,
+    /// Tokens of the prompt (0 to 10,000,000).
+    input_tokens: u64,
+    /// Output tokens the task is expected to need.
+    expected_output_tokens: u64,
+    /// The `max_tokens` the call will be sent with: the worst case a reservation holds (default:
+    /// the model's maximum output).
+    max_output_tokens: Option<u64>,
+    /// What the call is for (recorded with the decision).
+    task: Option<String>,
+    /// The lowest quality tier acceptable, 1 to 5.
+    min_tier: Option<u8>,
+    /// Tags every candidate model must carry.
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+const MAX_TOKENS: u64 = kairos_events::types::MAX_CONTEXT_WINDOW;
+
+impl RouteBody {
+    fn check(self) -> Result<RouteRequest, ApiError> {
+        let project = project_param(&self.project).map_err(|_| {
+            ApiError::bad("invalid_body", "project", "project must be a project id")
+        })?;
+        for (field, v) in [
+            ("input_tokens", Some(self.input_tokens)),
+            ("expected_output_tokens", Some(self.expected_output_tokens)),
+            ("max_output_tokens", self.max_output_tokens),
+        ] {
+            if v.is_some_and(|v| v > MAX_TOKENS) {
+                return Err(ApiError::bad(
+                    "invalid_body",
+                    field,
+                    format!("{field} must be at most {MAX_TOKENS}"),
+                ));
+            }
+        }
+        if self
+            .max_output_tokens
+            .is_some_and(|m| m < self.expected_output_tokens)
+        {
+            return Err(ApiError::bad(
+                "invalid_body",
+                "max_output_tokens",
+                "max_output_tokens must be at least expected_output_tokens",
+            ));
+        }
+        if self.min_tier.is_some_and(|t| !(1..=5).contains(&t)) {
+            return Err(ApiError::bad(
+                "invalid_body",
+                "min_tier",
+                "min_tier must be 1 to 5",
+            ));
+        }
+        if let Some(task) = &self.task {
+            text_param(task, "task", 200)?;
+        }
+        if self.tags.len() > 20 {
+            return Err(ApiError::bad("invalid_body", "tags", "at most 20 tags"));
+        }
+        for tag in &self.tags {
+            text_param(tag, "tags", 64)?;
+        }
+        Ok(RouteRequest {
+            project: project.to_string(),
+            input_tokens: self.input_tokens,
+            expected_output_tokens: self.expected_output_tokens,
+            max_output_tokens: self.max_output_tokens,
+            task: self.task,
+            min_tier: self.min_tier,
+            tags: self.tags,
+        })
+    }
+}
+
+/// The budget a decision sees: the setting and open reservations of the budget's own subject,
+/// the spend the budgets projection applied, and the settlements it announced after that.
+fn budget_state(b: &BudgetSetting, period: &str, spent: Spent) -> Option<BudgetState> {
+    let set = b.budget.as_ref()?;
+    let reserved = b
+        .reserved_in(period)
+        .checked_add(b.settled_after(period, spent.applied))
+        .unwrap_or(Money::MAX);
+    Some(BudgetState {
+        period: period.to_owned(),
+        limit: set.monthly_limit,
+        spent: spent.spent,
+        unpriced_calls: spent.unpriced_calls,
+        reserved,
+        warn_at_percent: set.warn_at_percent,
+        on_exceeded: set.on_exceeded,
+        fallback_model: set.fallback_model.clone(),
+    })
+}
+
+/// `POST /v1/route?min_seq=`: which model the next call should use.
+#[utoipa::path(post, path = "/v1/route", tag = "router",
+    params(
+        ("min_seq" = Option<u64>, Query, description = "Decide only once budgets and analytics applied this stream sequence"),
+    ),
+    request_body(content = RouteBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The model, the rule that decided, the alternatives and the decision's id and seq", body = Object),
+        (status = 400, description = "The body is malformed", body = ErrorBody),
+        (status = 402, description = "The budget admits no call (exceeded under block, or nothing fits what is left)", body = ErrorBody),
+        (status = 403, description = "The key's role does not reach the project", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "No model fits the task (the largest window is named)", body = ErrorBody),
+        (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
+    ))]
+async fn post_route(
+    State(st): State<AppState>,
+    Extension(router): Extension<Router>,
+    Extension(caller): Extension<Caller>,
+    read: ReadAt,
+    JsonBody(body): JsonBody<RouteBody>,
+) -> Result<Response, ApiError> {
+    let req = body.check()?;
+    caller.reach(&req.project)?;
+    let project = project_param(&req.project)?;
+    if let Some(seq) = read.min_seq {
+        wait_for(&st, kairos_budgets::NAME, seq).await?;
+        wait_for(&st, kairos_analytics::NAME, seq).await?;
+    }
+    let now = st.clock.now();
+    let period = Period::containing(now, &router.tz).to_string();
+    let health = router.health(&st, now, read.min_seq.unwrap_or(0)).await?;
+    let (catalog_version, models) = router.catalog.read(|c| (c.version, c.models.clone()));
+    let decision_id = uuid::Uuid::now_v7().to_string();
+    let store = router.budgets.of(&project);
+    store
+        .catch_up()
+        .await
+        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    let has_budget = store.read(|b| b.budget.is_some());
+    // The spend is read only for a budget, and before the decision: settlements announced
+    // after it are counted from the aggregate (see `budget_state`).
+    let spent = match has_budget {
+        true => Some(
+            kairos_budgets::spent(
+                &st.pool,
+                &project,
+                Period::parse(&period).map_err(|e| ApiError::bad(e.code, "period", e.message))?,
+            )
+            .await?,
+        ),
+        false => None,
+    };
+    let ttl =
+        TimeDelta::seconds(i64::try_from(router.settings.reservation_ttl_secs).unwrap_or(600));
+    let expires_at = now + ttl;
+    let done = store
+        .execute(|b: &BudgetSetting| {
+            let budget = spent.and_then(|s| budget_state(b, &period, s));
+            let plan = decide(&req, &models, now, budget.as_ref(), &health);
+            let reservation = match (&plan.outcome, &plan.chosen) {
+                (Outcome::Reserved, Some(c)) => {
+                    let data = serde_json::to_value(Reserved {
+                        project: project.clone(),
+                        reservation_id: decision_id.clone(),
+                        period: period.clone(),
+                        model: c.model.clone(),
+                        amount: c.worst_case_cost,
+                        expires_at,
+                    })
+                    .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+                    Some(
+                        Emit::new(BUDGET_RESERVED, SOURCE, data)
+                            .id(format!("reserved/{decision_id}"))
+                            .subject(project.as_str())
+                            .time(now)
+                            .build()
+                            .map_err(ApiError::InvalidEvent)?,
+                    )
+                }
+                _ => None,
+            };
+            Ok::<_, ApiError>(match reservation {
+                Some(e) => Decision::append(e, (plan, budget)),
+                None => Decision::nothing((plan, budget)),
+            })
+        })
+        .await
+        .map_err(|e| match e {
+            CommandError::Rejected(e) => e,
+            e @ CommandError::Conflict { .. } => ApiError::Conflict(e.to_string()),
+            CommandError::Bus(e) => ApiError::StreamUnavailable(e.to_string()),
+        })?;
+    let (plan, budget) = done.value;
+    let reserved = done.seq.map(|s| s.0);
+    let qualified: serde_json::Map<String, Value> = plan
+        .chosen
+        .iter()
+        .map(|c| c.model.as_str())
+        .chain(
+            plan.alternatives
+                .iter()
+                .filter(|a| a.rank.is_some())
+                .map(|a| a.model.as_str()),
+        )
+        .filter_map(|m| Some((m.to_owned(), serde_json::to_value(health.get(m)?).ok()?)))
+        .collect();
+    let record = DecisionRecord {
+        project: req.project.clone(),
+        request: req.clone(),
+        outcome: plan.outcome,
+        rule: plan.rule.clone(),
+        model: plan.chosen.as_ref().map(|c| c.model.clone()),
+        provider: plan.chosen.as_ref().map(|c| c.provider.clone()),
+        estimated_cost: plan.chosen.as_ref().map(|c| c.estimated_cost),
+        reserved: reserved
+            .and(plan.chosen.as_ref())
+            .map(|c| c.worst_case_cost),
+        reservation_expires_at: reserved.map(|_| expires_at),
+        catalog_version,
+        budget: budget.clone(),
+        health: Value::Object(qualified),
+        alternatives: plan.alternatives.clone(),
+        reason: plan.reason.clone(),
+        actor: caller.principal.as_ref().map(|p| p.email.clone()),
+    };
+    let event = decision_event(&decision_id, &record, now)?;
+    let receipt = st
+        .bus
+        .publish_event(&event)
+        .await
+        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    let seq = receipt.seq.0;
+    let mut answer = json!({
+        "decision_id": decision_id,
+        "seq": seq,
+        "outcome": record.outcome,
+        "rule": record.rule,
+        "model": record.model,
+        "provider": record.provider,
+        "estimated_cost": record.estimated_cost,
+        "reserved": record.reserved,
+        "reservation_seq": reserved,
+        "reservation_expires_at": record.reservation_expires_at,
+        "catalog_version": catalog_version,
+        "budget": budget.as_ref().map(budget_json),
+        "alternatives": record.alternatives,
+        "reason": record.reason,
+        "explain": format!("/v1/route/decisions/{decision_id}?min_seq={seq}"),
+    });
+    let status = match plan.outcome {
+        Outcome::Routed | Outcome::Reserved => StatusCode::OK,
+        Outcome::NoModelFits => StatusCode::UNPROCESSABLE_ENTITY,
+        Outcome::BudgetBlocked => StatusCode::PAYMENT_REQUIRED,
+    };
+    if status != StatusCode::OK {
+        let code = match plan.outcome {
+            Outcome::NoModelFits => "no_model_fits",
+            _ => "budget_exceeded",
+        };
+        answer["error"] = json!({"code": code, "message": record.reason});
+    }
+    let mut response = (status, Json(answer)).into_response();
+    // The decision (with its actor) is this request's record.
+    response.extensions_mut().insert(Recorded);
+    Ok(response)
+}
+
+fn budget_json(b: &BudgetState) -> Value {
+    json!({
+        "period": b.period, "limit": b.limit, "spent": b.spent, "reserved": b.reserved,
+        "unpriced_calls": b.unpriced_calls,
+        "available": b.available(), "status": b.status(), "on_exceeded": b.on_exceeded,
+        "warn_at_percent": b.warn_at_percent, "fallback_model": b.fallback_model,
+    })
+}
+
+/// The decision event: its id is the decision's.
+fn decision_event(id: &str, record: &DecisionRecord, at: DateTime<Utc>) -> Result<Event, ApiError> {
+    let data =
+        serde_json::to_value(record).map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    Emit::new(ROUTER_DECISION, SOURCE, data)
+        .id(id)
+        .subject(record.project.as_str())
+        .time(at)
+        .build()
+        .map_err(ApiError::InvalidEvent)
+}
+
+#[derive(Debug, Deserialize)]
+struct DecisionQuery {
+    project: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// `GET /v1/route/decisions?project=&from=&to=&limit=&after=&min_seq=`
+#[utoipa::path(get, path = "/v1/route/decisions", tag = "router",
+    params(
+        ("project" = Option<String>, Query, description = "Only this project's decisions"),
+        ("from" = Option<String>, Query, description = "RFC 3339: decided at or after"),
+        ("to" = Option<String>, Query, description = "RFC 3339: decided before"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000 (100)"),
+        ("after" = Option<u64>, Query, description = "The previous page's next_after (a decision's seq)"),
+        ("min_seq" = Option<u64>, Query, description = "Wait until the router projection applied this stream sequence"),
+    ),
+    responses(
+        (status = 200, description = "A page of decisions, in stream order", body = Object),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
+    ))]
+async fn list_decisions(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    read: ReadAt,
+    QueryParams(q): QueryParams<DecisionQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller.principal()?;
+    let project = q.project.as_deref().map(project_param).transpose()?;
+    if let Some(p) = &project {
+        caller.reach(p.as_str())?;
+    }
+    let from = time_param(q.from.as_deref(), "from")?;
+    let to = time_param(q.to.as_deref(), "to")?;
+    if let (Some(f), Some(t)) = (from, to)
+        && f >= t
+    {
+        return Err(ApiError::bad(
+            "invalid_query",
+            "from",
+            "from must be before to",
+        ));
+    }
+    let limit = limit_param(q.limit.as_deref())?;
+    let after = seq_param(q.after.as_deref(), "after")?;
+    read.wait(&st, NAME).await?;
+    let only = principal.projects.as_deref();
+    let rows: Vec<(String, i64, DateTime<Utc>, Value)> = sqlx::query_as(
+        "SELECT id, seq, decided_at, record FROM router.decisions
+         WHERE ($1::text IS NULL OR project = $1)
+           AND ($2::timestamptz IS NULL OR decided_at >= $2)
+           AND ($3::timestamptz IS NULL OR decided_at < $3)
+           AND ($4::int8 IS NULL OR seq > $4)
+           AND ($5::text[] IS NULL OR project = ANY($5))
+         ORDER BY seq LIMIT $6",
+    )
+    .bind(project.as_ref().map(ProjectId::as_str))
+    .bind(from)
+    .bind(to)
+    .bind(after.map(|a| i64::try_from(a).unwrap_or(i64::MAX)))
+    .bind(only)
+    .bind(limit as i64)
+    .fetch_all(&st.pool)
+    .await?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.1))
+        .flatten();
+    let items: Vec<Value> = rows
+        .into_iter()
+        .map(|(id, seq, at, record)| summary(&id, seq, at, &record))
+        .collect();
+    Ok(Json(json!({"decisions": items, "next_after": next})))
+}
+
+/// A decision in a list: what was chosen, by which rule.
+fn summary(id: &str, seq: i64, at: DateTime<Utc>, r: &Value) -> Value {
+    json!({
+        "decision_id": id, "seq": seq, "decided_at": at, "project": r["project"],
+        "outcome": r["outcome"], "rule": r["rule"],
+        "model": r["model"], "estimated_cost": r["estimated_cost"], "reserved": r["reserved"],
+    })
+}
+
+/// `GET /v1/route/decisions/{id}?min_seq=`: one decision, explained.
+#[utoipa::path(get, path = "/v1/route/decisions/{id}", tag = "router",
+    params(
+        ("id" = String, Path, description = "The decision id"),
+        ("min_seq" = Option<u64>, Query, description = "Wait until the router projection applied this stream sequence"),
+    ),
+    responses(
+        (status = 200, description = "The decision with everything it was decided on", body = Object),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No such decision (or not in the caller's projects)", body = ErrorBody),
+        (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
+    ))]
+async fn get_decision(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    read: ReadAt,
+) -> Result<Json<Value>, ApiError> {
+    text_param(&id, "id", 200)?;
+    read.wait(&st, NAME).await?;
+    let row: Option<(i64, DateTime<Utc>, String, Value)> = sqlx::query_as(
+        "SELECT seq, decided_at, project, record FROM router.decisions WHERE id = $1",
+    )
+    .bind(&id)
+    .fetch_optional(&st.pool)
+    .await?;
+    let not_found = || ApiError::NotFound(format!("no decision {id:?}"));
+    let (seq, at, project, record) = row.ok_or_else(not_found)?;
+    if caller.reach(&project).is_err() {
+        return Err(not_found());
+    }
+    let mut answer = record;
+    answer["decision_id"] = json!(id);
+    answer["seq"] = json!(seq);
+    answer["decided_at"] = json!(at);
+    Ok(Json(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_state_counts_settlements_the_spend_has_not_applied() {
+        let mut b = BudgetSetting::default();
+        let spent = |s: &str, applied| Spent {
+            spent: Money::parse(s).unwrap(),
+            unpriced_calls: 0,
+            applied,
+        };
+        assert_eq!(budget_state(&b, "2026-11", spent("0", 0)), None);
+        b.budget = Some(kairos_events::types::BudgetSet {
+            project: ProjectId::parse("p").unwrap(),
+            monthly_limit: Money::parse("1").unwrap(),
+            warn_at_percent: 80,
+            on_exceeded: kairos_events::types::OnExceeded::Block,
+            fallback_model: None,
+            actor: None,
+        });
+        b.settled
+            .push_back((10, Money::parse("0.2").unwrap(), "2026-11".into()));
+        b.settled
+            .push_back((20, Money::parse("0.3").unwrap(), "2026-11".into()));
+        b.settled
+            .push_back((21, Money::parse("0.4").unwrap(), "2026-10".into()));
+        let s = budget_state(&b, "2026-11", spent("0.2", 15)).unwrap();
+        // The settlement at 10 is in the spend read at 15; the one at 20 is not yet.
+        assert_eq!(s.reserved, Money::parse("0.3").unwrap());
+        assert_eq!(s.available(), Money::parse("0.5").unwrap());
+    }
+}
+
+/// What `POST /v1/route/simulate` takes.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SimulateBody {
+    /// The other catalog: models as `GET /v1/catalog` lists them.
+    #[schema(value_type = Vec<Object>)]
+    models: Value,
+    /// RFC 3339: the range's start.
+    from: String,
+    /// RFC 3339: its end (at most 31 days after `from`).
+    to: String,
+    /// Only this project.
+    project: Option<String>,
+}
+
+/// The longest range one simulation over HTTP replays (the CLI has no bound).
+const MAX_SIMULATED_DAYS: i64 = 31;
+
+/// `POST /v1/route/simulate`: the recorded decisions and calls of a range under another
+/// catalog (see `kairos route simulate`).
+#[utoipa::path(post, path = "/v1/route/simulate", tag = "router",
+    request_body(content = SimulateBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One report per project", body = Object),
+        (status = 400, description = "The body is malformed, the catalog invalid (the field is named), or the range longer than 31 days", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 503, description = "A store is unavailable", body = ErrorBody),
+    ))]
+async fn post_simulate(
+    State(st): State<AppState>,
+    Extension(router): Extension<Router>,
+    JsonBody(b): JsonBody<SimulateBody>,
+) -> Result<Json<Value>, ApiError> {
+    let change = kairos_events::types::CatalogChanged {
+        models: serde_json::from_value(b.models)
+            .map_err(|e| ApiError::bad("invalid_body", "models", e.to_string()))?,
+        actor: None,
+    };
+    change.check().map_err(|(field, why)| {
+        ApiError::bad("invalid_catalog", &field, format!("{field} {why}"))
+    })?;
+    let from = time_param(Some(&b.from), "from")?.unwrap_or_default();
+    let to = time_param(Some(&b.to), "to")?.unwrap_or_default();
+    if from >= to {
+        return Err(ApiError::bad(
+            "invalid_body",
+            "from",
+            "from must be before to",
+        ));
+    }
+    if to - from > TimeDelta::days(MAX_SIMULATED_DAYS) {
+        return Err(ApiError::bad(
+            "invalid_body",
+            "to",
+            format!(
+                "a simulation over HTTP covers at most {MAX_SIMULATED_DAYS} days; use kairos route simulate for more"
+            ),
+        ));
+    }
+    let project = b.project.as_deref().map(project_param).transpose()?;
+    let events = crate::simulate::load_history(&st.bus, &st.pool, &router.tz, from, to)
+        .await
+        .map_err(ApiError::StreamUnavailable)?;
+    let reports = crate::simulate::simulate(
+        &events,
+        &change.models,
+        &router.tz,
+        from,
+        to,
+        project.as_ref(),
+    );
+    Ok(Json(json!({"from": from, "to": to, "projects": reports})))
+}

@@ -253,6 +253,15 @@ async fn every_endpoint_answers_as_the_matrix_says(pool: PgPool) {
         .await;
     assert_eq!(status, 200, "{r}");
     let revoked = spare["api_key"].as_str().unwrap().to_owned();
+    // The budget the GET samples read exists before them (they do not wait for the projection).
+    let (status, r) = app
+        .put_json(
+            "/v1/projects/alpha/budget",
+            &json!({"monthly_limit": "100"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{r}");
+    app.wait_for("budgets", r["seq"].as_u64().unwrap()).await;
 
     let callers: [(&str, Option<&str>, Option<Role>); 5] = [
         ("no key", None, None),

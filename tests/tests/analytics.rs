@@ -550,18 +550,13 @@ async fn a_catalog_correction_dated_in_the_past_reprices_to_the_brute_force(pool
 
     // The correction, through the API as an admin changes it: gpt-4o gets an entry dated the
     // 18th and its price of the 19th on is corrected; fresh-model was priced from the 17th;
-    // mystery gets a price from the 18th; claude-sonnet-4 leaves the catalog (its calls without
-    // a cost become unpriced).
+    // mystery gets a price from the 18th; claude-sonnet-4 is retired (no longer routed to; its
+    // prices still price its calls: a change cannot unprice them).
     let (_, served) = app.get("/v1/catalog").await;
-    let mut models: Vec<Value> = served["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["name"] != "claude-sonnet-4")
-        .cloned()
-        .collect();
+    let mut models: Vec<Value> = served["models"].as_array().unwrap().to_vec();
     for m in &mut models {
         match m["name"].as_str().unwrap() {
+            "claude-sonnet-4" => m["retired"] = json!(true),
             "gpt-4o" => {
                 m["prices"] = json!([
                     {"valid_from": "2026-01-01T00:00:00Z", "input_per_mtok": "2.50", "output_per_mtok": "10.00"},
@@ -589,7 +584,7 @@ async fn a_catalog_correction_dated_in_the_past_reprices_to_the_brute_force(pool
     let seq = r["seq"].as_u64().unwrap();
     app.wait_for(NAME, seq).await;
     let after = catalog(&app).await;
-    assert_eq!(after.len(), 4);
+    assert_eq!(after.len(), 5);
 
     // The correction changes the totals (else this test would show nothing), and the
     // projection follows it to the call.

@@ -223,5 +223,43 @@ async fn a_bad_catalog_is_refused_naming_the_field(pool: PgPool) {
     assert_eq!(r.status(), 409);
     let (_, after) = app.get("/v1/catalog").await;
     assert_eq!(after["version"], version);
+
+    // A change never unprices what was priced: a model stays (retired, if need be), local or
+    // remote as it was, priced from its first valid_from on.
+    for (body, field) in [
+        (json!({"models": [base[1].clone()]}), "model"),
+        (
+            {
+                let mut m = base.clone();
+                m[0]["local"] = json!(true);
+                m[0]["prices"] = json!([]);
+                json!({"models": m})
+            },
+            "model[0].local",
+        ),
+        (
+            with(
+                0,
+                "prices",
+                json!([{"valid_from": "2026-11-05T00:00:00Z", "input_per_mtok": "2", "output_per_mtok": "8"}]),
+            ),
+            "model[0].prices",
+        ),
+    ] {
+        let (status, r) = app.put_json("/v1/catalog", &body).await;
+        assert_eq!(status, 400, "{body}: {r}");
+        assert_eq!(r["error"]["field"], field, "{r}");
+    }
+    let (status, r) = app
+        .put_json("/v1/catalog", &with(0, "retired", json!(true)))
+        .await;
+    assert_eq!(status, 202, "retiring is how a model leaves: {r}");
+    let (_, r) = app
+        .post_json(
+            &format!("/v1/route?min_seq={}", r["seq"]),
+            &json!({"project": "x", "input_tokens": 10, "expected_output_tokens": 10}),
+        )
+        .await;
+    assert_eq!(r["model"], "local", "a retired model is not routed to: {r}");
     app.cleanup().await;
 }

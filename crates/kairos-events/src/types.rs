@@ -174,6 +174,10 @@ pub struct ModelSpec {
     pub tier: u8,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// No longer routed to; its prices still price its calls. A model leaves the catalog this
+    /// way: removing it would unprice the calls it priced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retired: bool,
     /// Price history, by `valid_from`; none for a local model.
     #[serde(default)]
     pub prices: Vec<PriceSpec>,
@@ -305,6 +309,53 @@ impl CatalogChanged {
     /// The model called `name`.
     pub fn model(&self, name: &str) -> Option<&ModelSpec> {
         self.models.iter().find(|m| m.name == name)
+    }
+
+    /// Whether this catalog may follow `before`: every model of `before` stays, as local or
+    /// remote as it was, and a remote one keeps a price from its first `valid_from` on. A change
+    /// corrects and adds prices; it never unprices a call that was priced (retire a model with
+    /// `retired = true` instead).
+    pub fn may_follow(&self, before: &[ModelSpec]) -> Result<(), (String, String)> {
+        for old in before {
+            let Some((i, new)) = self
+                .models
+                .iter()
+                .enumerate()
+                .find(|(_, m)| m.name == old.name)
+            else {
+                return Err((
+                    "model".into(),
+                    format!(
+                        "leaves out {:?}, which the catalog in force has: its calls are priced by it; \
+                         set retired = true to stop routing to it",
+                        old.name
+                    ),
+                ));
+            };
+            if new.local != old.local {
+                return Err((
+                    format!("model[{i}].local"),
+                    format!(
+                        "cannot change for {:?}: its past calls were priced as {}",
+                        old.name,
+                        if old.local { "local" } else { "remote" }
+                    ),
+                ));
+            }
+            let first = |m: &ModelSpec| m.prices.iter().map(|p| p.valid_from).min();
+            if let (Some(was), Some(now)) = (first(old), first(new))
+                && now > was
+            {
+                return Err((
+                    format!("model[{i}].prices"),
+                    format!(
+                        "would leave {:?} unpriced before {now}: the catalog in force prices it from {was}",
+                        old.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -141,6 +141,7 @@ struct Figures {
     ingest: f64,
     event_bytes: usize,
     apply: f64,
+    analytics_apply: f64,
     latency: Latency,
 }
 
@@ -472,6 +473,26 @@ async fn measure_kairos(
     verify(&http, &base, &k.pool, period, sent, opts.events).await?;
     println!("  apply: {apply:.0} events/s, spend verified");
 
+    // Model analytics over the same events, alone (budgets is caught up and idle).
+    let started = Instant::now();
+    let analytics = AbortOnDrop(k.spawn_projection(kairos_analytics::NAME)?);
+    kairos_runtime::CheckpointWatch::start(k.pool.clone())
+        .await?
+        .wait_for(kairos_analytics::NAME, last, Duration::from_secs(600))
+        .await?;
+    let analytics_apply = per_second(opts.events, started.elapsed());
+    drop(analytics);
+    let (calls,): (i64,) =
+        sqlx::query_as("SELECT coalesce(sum(calls), 0)::int8 FROM analytics.days")
+            .fetch_one(&k.pool)
+            .await?;
+    ensure!(
+        calls == opts.events as i64,
+        "analytics counted {calls} calls, not {}",
+        opts.events
+    );
+    println!("  analytics apply: {analytics_apply:.0} events/s, calls verified");
+
     let latency = latency(k, &mut projection, run_id, opts, at, &mut sent).await?;
     let total = opts.events + latency.events;
     verify(&http, &base, &k.pool, period, sent, total).await?;
@@ -481,6 +502,7 @@ async fn measure_kairos(
         ingest,
         event_bytes,
         apply,
+        analytics_apply,
         latency,
     })
 }
@@ -846,6 +868,9 @@ fn print_table(raw: &Raw, f: &Figures, opts: &BenchOptions) {
             .target(">= 0.50", apply_ack >= 0.5),
         row("budgets apply", f.apply, "ev/s")
             .ratio(f.apply / raw.consume_no_ack, "consume, no ack"),
+        row("analytics apply", f.analytics_apply, "ev/s")
+            .ratio(f.analytics_apply / raw.consume_ack, "consume, ack each")
+            .target(">= 0.50", f.analytics_apply / raw.consume_ack >= 0.5),
         row("latency: publish rate achieved", lat.achieved_rate, "ev/s")
             .ratio(lat.achieved_rate / f64::from(opts.rate), "requested rate"),
         row(

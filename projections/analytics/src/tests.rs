@@ -28,6 +28,7 @@ fn spec(name: &str, local: bool, prices: &[(&str, &str, &str)]) -> ModelSpec {
         local,
         tier: 3,
         tags: Vec::new(),
+        retired: false,
         prices: prices
             .iter()
             .map(|(from, i, o)| PriceSpec {

@@ -357,7 +357,9 @@ impl Ledger {
                     self.settled.push(ReservationClosed {
                         project: call.project.clone(),
                         reservation_id: id.clone(),
-                        period: r.period.to_string(),
+                        // The month the call's cost counts in (a reservation made just before
+                        // midnight on the last day is settled in the next month).
+                        period: period.to_string(),
                         amount: r.amount,
                         cost: Some(cost),
                         call_seq: Some(*seq),
@@ -432,9 +434,10 @@ impl Ledger {
             let s = self.spend.entry((k.project.clone(), k.period)).or_default();
             let spent = i128::from(s.spent.nanos()) - i128::from(u.cost.map_or(0, Money::nanos))
                 + i128::from(now.map_or(0, Money::nanos));
+            // The same bound as folding a call: what an i64 of nano-dollars holds.
             s.spent = i64::try_from(spent)
                 .ok()
-                .filter(|n| (0..=Money::MAX.nanos()).contains(n))
+                .filter(|n| *n >= 0)
                 .map(Money::from_nanos)
                 .ok_or_else(|| {
                     format!(
@@ -1465,8 +1468,8 @@ impl Budgets {
     /// The whole ledger as it stood once the stream held exactly the events up to `seq` (at most
     /// the projection's checkpoint): the nearest snapshot plus the events after it, folded in
     /// memory.
-    /// The ledger as it stood at `seq`. With `project`, only that project's part is brought
-    /// forward from the snapshot (projects fold independently), reading only its subjects.
+    /// The ledger as it stood at `seq` (`project` is kept for callers; every subject is read,
+    /// since catalog changes price every project's calls).
     pub async fn ledger_as_of(
         &self,
         bus: &kairos_bus::Bus,
@@ -1478,7 +1481,10 @@ impl Budgets {
             Some((at, state)) => (at, Ledger::from_snapshot(state)?),
             None => (kairos_events::StreamSeq(0), Ledger::default()),
         };
-        let filter = project.map(|p| format!("{}.events.*.{p}", bus.config().subject_prefix));
+        // Every subject: a catalog change (on its own subject) prices this project's calls
+        // too. A snapshot is at most `snapshot_every` sequences back.
+        let _ = project;
+        let filter = None;
         for item in kairos_runtime::items_between(self, bus, pool, from, seq, filter).await? {
             // The live projection applied exactly these items; a fold error was dead-lettered
             // there and changed nothing, here too.
@@ -1504,7 +1510,10 @@ impl Budgets {
         F: FnOnce(kairos_events::StreamSeq) -> Fut,
         Fut: std::future::Future<Output = Result<(), AsOfError>>,
     {
-        let filter = project.map(|p| format!("{}.events.*.{p}", bus.config().subject_prefix));
+        // Every subject: a catalog change (on its own subject) prices this project's calls
+        // too. A snapshot is at most `snapshot_every` sequences back.
+        let _ = project;
+        let filter = None;
         let Some(span) = kairos_runtime::as_of_span(self, bus, pool, NAME, at, filter).await?
         else {
             let seq = kairos_runtime::seq_at_time(bus, pool, at).await?;

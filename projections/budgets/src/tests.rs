@@ -351,6 +351,7 @@ mod pricing {
             local: false,
             tier: 3,
             tags: vec![],
+            retired: false,
             prices: prices
                 .iter()
                 .map(|(d, i, o)| PriceSpec {

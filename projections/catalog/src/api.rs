@@ -142,7 +142,8 @@ impl Configured for CatalogConfigured {
 }
 
 /// Appends the `kairos.toml` catalog unless it is empty, already in force, or was appended
-/// before (then a later change through the API stands); whether it appended.
+/// before (then a later change through the API stands); whether it appended. A catalog that
+/// may not follow the one in force ([`CatalogChanged::may_follow`]) is an error.
 pub async fn publish_configured(
     catalog: &AggregateStore<CatalogState>,
     models: &[ModelSpec],
@@ -155,11 +156,20 @@ pub async fn publish_configured(
     let event = change_event(models, "kairos/config", None, at).map_err(|e| e.to_string())?;
     let done = catalog
         .execute(|current: &CatalogState| {
-            let unchanged = current.has(event.id()) || *current.models == models;
-            Ok::<_, String>(match unchanged {
-                true => Decision::nothing(()),
-                false => Decision::append(event.clone(), ()),
-            })
+            if current.has(event.id()) || *current.models == models {
+                return Ok(Decision::nothing(()));
+            }
+            let change = CatalogChanged {
+                models: models.to_vec(),
+                actor: None,
+            };
+            change.may_follow(&current.models).map_err(|(field, why)| {
+                format!(
+                    "catalog.{field} {why} (the catalog in force is version {})",
+                    current.version
+                )
+            })?;
+            Ok::<_, String>(Decision::append(event.clone(), ()))
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -250,7 +260,12 @@ async fn put_catalog(
                 "the catalog is at version {}, not {v}: read it again",
                 current.version
             ))),
-            _ => Ok(Decision::append(event.clone(), ())),
+            _ => {
+                change.may_follow(&current.models).map_err(|(field, why)| {
+                    ApiError::bad("invalid_catalog", &field, format!("{field} {why}"))
+                })?;
+                Ok(Decision::append(event.clone(), ()))
+            }
         })
         .await
         .map_err(|e| match e {

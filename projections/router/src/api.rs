@@ -59,9 +59,6 @@ pub struct RouterSettings {
     /// How old the health figures may be before a route reads them again.
     #[serde(default = "default_health_refresh")]
     pub health_refresh_ms: u64,
-    /// The budgets' time zone (months), as `[budgets] timezone`.
-    #[serde(default = "default_tz")]
-    pub timezone: String,
 }
 
 fn default_ttl() -> u64 {
@@ -75,9 +72,6 @@ fn default_health_window() -> u32 {
 }
 fn default_health_refresh() -> u64 {
     1000
-}
-fn default_tz() -> String {
-    "UTC".into()
 }
 
 impl Module for RouterModule {
@@ -101,7 +95,7 @@ impl Module for RouterModule {
     }
 
     fn configure(&self, config: &ModuleConfig) -> Result<Box<dyn Configured>, ModuleError> {
-        let mut settings: RouterSettings = config.get()?;
+        let settings: RouterSettings = config.get()?;
         if settings.reservation_ttl_secs == 0 || settings.reservation_ttl_secs > 86_400 * 31 {
             return Err(config.invalid("reservation_ttl_secs", "must be 1 s to 31 days"));
         }
@@ -111,18 +105,16 @@ impl Module for RouterModule {
         if !(1..=1440).contains(&settings.health_window_minutes) {
             return Err(config.invalid("health_window_minutes", "must be 1 to 1440"));
         }
-        // Months are the budgets' months: their time zone is read from [budgets].
-        if let Some(tz) = config
+        // Months are the budgets' months: their time zone is `[budgets] timezone` (UTC by
+        // default), which the budgets module checks.
+        let timezone = config
             .peer("budgets")
             .and_then(|b| serde_json::to_value(b).ok())
             .and_then(|b| b.get("timezone").and_then(Value::as_str).map(str::to_owned))
-        {
-            settings.timezone = tz;
-        }
-        let tz: chrono_tz::Tz = settings
-            .timezone
-            .parse()
-            .map_err(|_| config.invalid("timezone", "is not an IANA time zone"))?;
+            .unwrap_or_else(|| "UTC".into());
+        let tz: chrono_tz::Tz = timezone.parse().map_err(|_| {
+            config.invalid("timezone", "([budgets] timezone) is not an IANA time zone")
+        })?;
         Ok(Box::new(RouterConfigured { settings, tz }))
     }
 }
@@ -211,6 +203,47 @@ async fn sweep(router: Router, pool: PgPool, clock: kairos_events::Clock) {
     }
 }
 
+/// Releases the reservation `id` of `project` now, if it is still open (best effort: what
+/// fails here the sweeper releases when it expires).
+async fn release(budgets: &BudgetCommands, project: &ProjectId, id: &str, now: DateTime<Utc>) {
+    let done = budgets
+        .of(project)
+        .execute(|b: &BudgetSetting| {
+            let Some(r) = b.open.get(id) else {
+                return Ok::<_, String>(Decision::nothing(()));
+            };
+            Ok(Decision::append(expiry_event(project, id, r, now)?, ()))
+        })
+        .await;
+    if let Err(e) = done {
+        tracing::warn!(%project, reservation = %id, error = %e, "releasing a reservation failed; it expires later");
+    }
+}
+
+/// The `kairos.budget.reservation_expired.v1` releasing `r`.
+fn expiry_event(
+    project: &ProjectId,
+    id: &str,
+    r: &Reserved,
+    now: DateTime<Utc>,
+) -> Result<Event, String> {
+    let closed = ReservationClosed {
+        project: project.clone(),
+        reservation_id: id.to_owned(),
+        period: r.period.clone(),
+        amount: r.amount,
+        cost: None,
+        call_seq: None,
+    };
+    let data = serde_json::to_value(&closed).map_err(|e| e.to_string())?;
+    Emit::new(BUDGET_RESERVATION_EXPIRED, SOURCE, data)
+        .id(format!("expired/{id}"))
+        .subject(project.as_str())
+        .time(now)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 /// Appends a `kairos.budget.reservation_expired.v1` for each open reservation due at `now`;
 /// how many.
 pub async fn expire_due(
@@ -229,29 +262,17 @@ pub async fn expire_due(
                 let Some(r) = b.open.get(&id).filter(|r| r.expires_at <= now) else {
                     return Ok::<_, String>(Decision::nothing(()));
                 };
-                let closed = ReservationClosed {
-                    project: project.clone(),
-                    reservation_id: id.clone(),
-                    period: r.period.clone(),
-                    amount: r.amount,
-                    cost: None,
-                    call_seq: None,
-                };
-                let event = serde_json::to_value(&closed)
-                    .map_err(|e| e.to_string())
-                    .and_then(|data| {
-                        Emit::new(BUDGET_RESERVATION_EXPIRED, SOURCE, data)
-                            .id(format!("expired/{id}"))
-                            .subject(project.as_str())
-                            .time(now)
-                            .build()
-                            .map_err(|e| e.to_string())
-                    })?;
+                let event = expiry_event(&project, &id, r, now)?;
                 Ok(Decision::append(event, ()))
             })
-            .await
-            .map_err(|e| e.to_string())?;
-        expired += usize::from(done.seq.is_some());
+            .await;
+        // One aggregate that keeps conflicting must not hold the others' expiries back.
+        match done {
+            Ok(done) => expired += usize::from(done.seq.is_some()),
+            Err(e) => {
+                tracing::warn!(%project, reservation = %id, error = %e, "expiring a reservation failed; next sweep")
+            }
+        }
     }
     Ok(expired)
 }
@@ -424,6 +445,13 @@ async fn post_route(
     if let Some(seq) = read.min_seq {
         wait_for(&st, kairos_budgets::NAME, seq).await?;
         wait_for(&st, kairos_analytics::NAME, seq).await?;
+        // The catalog is followed; a caller naming a sequence (say, a catalog change's) gets
+        // the catalog as of at least it.
+        router
+            .catalog
+            .catch_up()
+            .await
+            .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
     }
     let now = st.clock.now();
     let period = Period::containing(now, &router.tz).to_string();
@@ -523,11 +551,25 @@ async fn post_route(
         actor: caller.principal.as_ref().map(|p| p.email.clone()),
     };
     let event = decision_event(&decision_id, &record, now)?;
-    let receipt = st
-        .bus
-        .publish_event(&event)
-        .await
-        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    // On a task of its own, so that a client hanging up cannot cut it short between the
+    // reservation and its decision: a reservation whose decision could not be stored is
+    // released at once rather than held until it expires.
+    let (bus, budgets) = (st.bus.clone(), router.budgets.clone());
+    let (id, holder) = (decision_id.clone(), project.clone());
+    let stored = tokio::spawn(async move {
+        let published = bus.publish_event(&event).await;
+        if published.is_err() && reserved.is_some() {
+            release(&budgets, &holder, &id, now).await;
+        }
+        published
+    })
+    .await
+    .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+    let receipt = stored.map_err(|e| {
+        ApiError::StreamUnavailable(format!(
+            "decision {decision_id} could not be stored ({e}); its reservation, if any, was released"
+        ))
+    })?;
     let seq = receipt.seq.0;
     let mut answer = json!({
         "decision_id": decision_id,

@@ -265,6 +265,10 @@ pub fn decide(
             );
             continue;
         }
+        if m.retired {
+            ruled_out(&mut out, m, "retired: no longer routed to".into());
+            continue;
+        }
         if let Some(tag) = req.tags.iter().find(|t| !m.tags.contains(t)) {
             ruled_out(&mut out, m, format!("lacks the tag {tag:?}"));
             continue;

@@ -303,6 +303,8 @@ pub async fn load_history(
     let start = kairos_runtime::seq_at_time(bus, pool, month)
         .await
         .map_err(|e| e.to_string())?;
+    // To the stream's head: events are selected by their own `time`, which a producer sets and
+    // which need not follow the order they were stored in, so no stored sequence bounds them.
     let last = bus.last_seq().await.map_err(|e| e.to_string())?;
     let mut read: Vec<(StreamSeq, SimEvent)> = Vec::new();
     let mut seen: HashSet<[u8; 32]> = HashSet::new();
@@ -322,11 +324,22 @@ pub async fn load_history(
         if reader.pending_at_start() == 0 {
             continue;
         }
-        while let Some(m) = reader
-            .next(Duration::from_secs(10))
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        if from_seq > last {
+            continue;
+        }
+        loop {
+            let Some(m) = reader
+                .next(Duration::from_secs(10))
+                .await
+                .map_err(|e| e.to_string())?
+            else {
+                return Err(format!(
+                    "the stream stopped answering while {category} events were read; the simulation would be partial"
+                ));
+            };
+            if m.seq > last {
+                break;
+            }
             let done = m.pending == 0 || m.seq >= last;
             if let Ok(e) = Event::from_slice(&m.payload) {
                 let at = e.time().unwrap_or(m.stored_at);

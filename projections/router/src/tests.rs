@@ -33,6 +33,7 @@ fn model(
         local: price.is_none(),
         tier,
         tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        retired: false,
         prices: price
             .map(|(i, o)| PriceSpec {
                 valid_from: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),

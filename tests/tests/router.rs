@@ -552,3 +552,86 @@ async fn simulate_reroutes_recorded_decisions_under_another_catalog(pool: PgPool
     std::fs::remove_dir_all(&dir).unwrap();
     app.cleanup().await;
 }
+
+/// Two Kairos processes (one stream, one database, each its own router and budget aggregates)
+/// take routes for one budget at once: only the stream's expected-last-sequence check keeps
+/// them apart, and it must never let them admit more than is left together.
+#[sqlx::test(migrations = false)]
+async fn two_processes_never_reserve_more_than_is_left_together(pool: PgPool) {
+    let settings = test_settings_with(CATALOG);
+    let one = spawn_app_with(pool.clone(), settings.clone(), true).await;
+    let two = spawn_app_with(pool, settings, false).await;
+    let ask = |p: &str| {
+        json!({"project": p, "input_tokens": 100000, "expected_output_tokens": 50000,
+               "max_output_tokens": 50000, "min_tier": 3})
+    };
+    for round in 0..5 {
+        let project = format!("twin-{round}");
+        set_budget(&one, &project, "1.00", "block").await;
+        let seq = one
+            .ingest(&[call_now(
+                &one,
+                &format!("twin-spent-{round}"),
+                &project,
+                "0.55",
+            )])
+            .await;
+        // Both have seen the setting and the spend before the race starts.
+        route(&one, json!({"project": project, "input_tokens": 1, "expected_output_tokens": 1, "min_tier": 5}), seq).await;
+        route(&two, json!({"project": project, "input_tokens": 1, "expected_output_tokens": 1, "min_tier": 5}), seq).await;
+        let answers = futures_util::future::join_all((0..40).map(|i| {
+            let app = if i % 2 == 0 { &one } else { &two };
+            route(app, ask(&project), seq)
+        }))
+        .await;
+        let mut paid = 0;
+        for (status, r) in &answers {
+            match (status, r["outcome"].as_str()) {
+                (200, Some("reserved")) => paid += 1,
+                (402, Some("budget_blocked")) => {}
+                // Past its retries against the other process, a route answers 409.
+                (409, _) => assert_eq!(r["error"]["code"], "conflict", "{r}"),
+                other => panic!("round {round}: unexpected {other:?}: {r}"),
+            }
+        }
+        assert!(
+            paid <= 3,
+            "round {round}: {paid} admitted to paid models by two processes"
+        );
+        assert!(paid >= 1, "round {round}: the budget admits calls at all");
+        let last = answers
+            .iter()
+            .filter_map(|(_, r)| r["reservation_seq"].as_u64())
+            .max()
+            .unwrap();
+        let (_, b) = one
+            .get(&format!("/v1/projects/{project}/budget?min_seq={last}"))
+            .await;
+        let reserved = kairos_events::Money::parse(b["reserved"].as_str().unwrap()).unwrap();
+        assert_eq!(reserved.nanos(), paid * 150_000_000, "{b}");
+    }
+    // The two did conflict (this process' metrics are both instances'): the check was
+    // exercised, not dodged.
+    let metrics = one
+        .http
+        .get(format!("{}/metrics", one.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let conflicts: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("kairos_command_conflicts_total{") && l.contains("aggregate=\"budget\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        conflicts > 0.0,
+        "no conflict between the two processes: {metrics}"
+    );
+    two.cleanup().await;
+    one.cleanup().await;
+}

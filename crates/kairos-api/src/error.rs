@@ -158,6 +158,18 @@ pub(crate) struct ErrorInfo {
     pub message: String,
 }
 
+/// A command's outcome as an answer: its own refusal as it is, a conflict past the retries as
+/// `409`, the stream failing as `503`.
+impl From<kairos_runtime::CommandError<ApiError>> for ApiError {
+    fn from(e: kairos_runtime::CommandError<ApiError>) -> Self {
+        match e {
+            kairos_runtime::CommandError::Rejected(e) => e,
+            e @ kairos_runtime::CommandError::Conflict { .. } => Self::Conflict(e.to_string()),
+            kairos_runtime::CommandError::Bus(e) => Self::StreamUnavailable(e.to_string()),
+        }
+    }
+}
+
 impl From<EventError> for ApiError {
     fn from(e: EventError) -> Self {
         Self::InvalidEvent(e)

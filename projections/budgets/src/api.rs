@@ -22,9 +22,7 @@ use kairos_events::types::{
     BUDGET_THRESHOLD_CROSSED, BudgetSet, ReservationClosed, Reserved,
 };
 use kairos_events::{Emit, Event, Money, Period, ProjectId};
-use kairos_runtime::{
-    Aggregate, AggregateStore, AnyProjection, CommandError, Decision, StoredEvent,
-};
+use kairos_runtime::{Aggregate, AggregateStore, AnyProjection, Decision, StoredEvent};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -627,12 +625,7 @@ async fn put_budget(
             ))),
             _ => Ok(Decision::append(event.clone(), ())),
         })
-        .await
-        .map_err(|e| match e {
-            CommandError::Rejected(e) => e,
-            e @ CommandError::Conflict { .. } => ApiError::Conflict(e.to_string()),
-            CommandError::Bus(e) => ApiError::StreamUnavailable(e.to_string()),
-        })?;
+        .await?;
     let seq = done.seq.map_or(0, |s| s.0);
     let body = json!({
         "project": project.as_str(),

@@ -13,7 +13,7 @@ use kairos_api::{
     ModuleConfig, ModuleError, Permission, Publish, Recorded, Routes, Started,
 };
 use kairos_events::types::{CATALOG_CHANGED, CatalogChanged, ModelSpec};
-use kairos_runtime::{AggregateStore, AnyProjection, CommandError, Decision};
+use kairos_runtime::{AggregateStore, AnyProjection, Decision};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::migrate::Migrator;
@@ -267,12 +267,7 @@ async fn put_catalog(
                 Ok(Decision::append(event.clone(), ()))
             }
         })
-        .await
-        .map_err(|e| match e {
-            CommandError::Rejected(e) => e,
-            e @ CommandError::Conflict { .. } => ApiError::Conflict(e.to_string()),
-            CommandError::Bus(e) => ApiError::StreamUnavailable(e.to_string()),
-        })?;
+        .await?;
     let seq = done.seq.map_or(0, |s| s.0);
     let mut response = (
         StatusCode::ACCEPTED,

@@ -25,7 +25,7 @@ use kairos_events::types::{
     BUDGET_RESERVATION_EXPIRED, BUDGET_RESERVED, ROUTER_DECISION, ReservationClosed, Reserved,
 };
 use kairos_events::{Emit, Event, Money, Period, ProjectId};
-use kairos_runtime::{AggregateStore, AnyProjection, CommandError, Decision};
+use kairos_runtime::{AggregateStore, AnyProjection, Decision};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -511,12 +511,7 @@ async fn post_route(
                 None => Decision::nothing((plan, budget)),
             })
         })
-        .await
-        .map_err(|e| match e {
-            CommandError::Rejected(e) => e,
-            e @ CommandError::Conflict { .. } => ApiError::Conflict(e.to_string()),
-            CommandError::Bus(e) => ApiError::StreamUnavailable(e.to_string()),
-        })?;
+        .await?;
     let (plan, budget) = done.value;
     let reserved = done.seq.map(|s| s.0);
     let qualified: serde_json::Map<String, Value> = plan

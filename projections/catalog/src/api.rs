@@ -176,6 +176,23 @@ pub async fn publish_configured(
     Ok(done.seq.is_some())
 }
 
+/// A catalog as a request body gives it (`models`), checked as every door checks one: `400`
+/// naming `models` when it does not read, or the member at fault when it is invalid.
+pub fn catalog_from_body(models: Value) -> Result<CatalogChanged, ApiError> {
+    let change = CatalogChanged {
+        models: serde_json::from_value(models)
+            .map_err(|e| ApiError::bad("invalid_body", "models", e.to_string()))?,
+        actor: None,
+    };
+    change.check().map_err(refused)?;
+    Ok(change)
+}
+
+/// The `400 invalid_catalog` of a check's finding.
+fn refused((field, why): (String, String)) -> ApiError {
+    ApiError::bad("invalid_catalog", &field, format!("{field} {why}"))
+}
+
 /// The catalog in force, as `GET /v1/catalog` answers it.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct CatalogView {
@@ -241,14 +258,7 @@ async fn put_catalog(
     JsonBody(b): JsonBody<CatalogBody>,
 ) -> Result<Response, ApiError> {
     let expected = if_match(&headers, "the catalog's")?;
-    let change = CatalogChanged {
-        models: serde_json::from_value(b.models)
-            .map_err(|e| ApiError::bad("invalid_body", "models", e.to_string()))?,
-        actor: None,
-    };
-    change.check().map_err(|(field, why)| {
-        ApiError::bad("invalid_catalog", &field, format!("{field} {why}"))
-    })?;
+    let change = catalog_from_body(b.models)?;
     let mut origin = json!({});
     caller.origin().stamp(&mut origin);
     let event = change_event(&change.models, "kairos/api", Some(origin), st.clock.now())
@@ -261,9 +271,7 @@ async fn put_catalog(
                 current.version
             ))),
             _ => {
-                change.may_follow(&current.models).map_err(|(field, why)| {
-                    ApiError::bad("invalid_catalog", &field, format!("{field} {why}"))
-                })?;
+                change.may_follow(&current.models).map_err(refused)?;
                 Ok(Decision::append(event.clone(), ()))
             }
         })

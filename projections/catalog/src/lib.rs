@@ -21,7 +21,7 @@ use sqlx::PgConnection;
 
 mod api;
 
-pub use api::{CatalogModule, CatalogSettings, MODULE};
+pub use api::{CatalogModule, CatalogSettings, MODULE, catalog_from_body};
 
 /// The name of the projection: consumer, checkpoint and dead-letter subject.
 pub const NAME: &str = "catalog";

@@ -814,14 +814,7 @@ async fn post_simulate(
     Extension(router): Extension<Router>,
     JsonBody(b): JsonBody<SimulateBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let change = kairos_events::types::CatalogChanged {
-        models: serde_json::from_value(b.models)
-            .map_err(|e| ApiError::bad("invalid_body", "models", e.to_string()))?,
-        actor: None,
-    };
-    change.check().map_err(|(field, why)| {
-        ApiError::bad("invalid_catalog", &field, format!("{field} {why}"))
-    })?;
+    let change = kairos_catalog::catalog_from_body(b.models)?;
     let from = time_param(Some(&b.from), "from")?.unwrap_or_default();
     let to = time_param(Some(&b.to), "to")?.unwrap_or_default();
     if from >= to {

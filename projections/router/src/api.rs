@@ -454,7 +454,8 @@ async fn post_route(
             .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
     }
     let now = st.clock.now();
-    let period = Period::containing(now, &router.tz).to_string();
+    let month = Period::containing(now, &router.tz);
+    let period = month.to_string();
     let health = router.health(&st, now, read.min_seq.unwrap_or(0)).await?;
     let (catalog_version, models) = router.catalog.read(|c| (c.version, c.models.clone()));
     let decision_id = uuid::Uuid::now_v7().to_string();
@@ -467,14 +468,7 @@ async fn post_route(
     // The spend is read only for a budget, and before the decision: settlements announced
     // after it are counted from the aggregate (see `budget_state`).
     let spent = match has_budget {
-        true => Some(
-            kairos_budgets::spent(
-                &st.pool,
-                &project,
-                Period::parse(&period).map_err(|e| ApiError::bad(e.code, "period", e.message))?,
-            )
-            .await?,
-        ),
+        true => Some(kairos_budgets::spent(&st.pool, &project, month).await?),
         false => None,
     };
     let ttl =

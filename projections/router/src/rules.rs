@@ -61,16 +61,17 @@ impl BudgetState {
     }
 
     /// `ok`, `warning` or `exceeded`, on what is spent and reserved.
+    /// The budgets' own status ([`kairos_budgets::status`]) of what is spent and reserved;
+    /// `exceeded` while any call is unpriced.
     pub fn status(&self) -> &'static str {
-        let committed = self.committed();
-        if committed >= self.limit || self.unpriced_calls > 0 {
-            "exceeded"
-        } else if i128::from(committed.nanos()) * 100
-            >= i128::from(self.limit.nanos()) * i128::from(self.warn_at_percent)
-        {
-            "warning"
-        } else {
-            "ok"
+        use kairos_budgets::Status;
+        if self.unpriced_calls > 0 {
+            return "exceeded";
+        }
+        match kairos_budgets::status(self.limit, self.warn_at_percent, self.committed()) {
+            Status::Ok => "ok",
+            Status::Warning => "warning",
+            Status::Exceeded => "exceeded",
         }
     }
 }

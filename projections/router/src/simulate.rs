@@ -229,25 +229,15 @@ pub fn simulate(
                     let m = r.budgets.entry(period.to_string()).or_default();
                     m.limit = Some(set.monthly_limit);
                     let status = |spent: Money| {
-                        crate::rules::BudgetState {
-                            period: String::new(),
-                            limit: set.monthly_limit,
-                            spent,
-                            unpriced_calls: 0,
-                            reserved: Money::ZERO,
-                            warn_at_percent: set.warn_at_percent,
-                            on_exceeded: set.on_exceeded,
-                            fallback_model: None,
-                        }
-                        .status()
+                        kairos_budgets::status(set.monthly_limit, set.warn_at_percent, spent)
                     };
                     for (spent, crossed) in [(after.0, &mut m.actual), (after.1, &mut m.simulated)]
                     {
                         let now = status(spent);
-                        if now != "ok" && crossed.warning.is_none() {
+                        if now != kairos_budgets::Status::Ok && crossed.warning.is_none() {
                             crossed.warning = Some(day);
                         }
-                        if now == "exceeded" && crossed.exceeded.is_none() {
+                        if now == kairos_budgets::Status::Exceeded && crossed.exceeded.is_none() {
                             crossed.exceeded = Some(day);
                         }
                     }

@@ -165,7 +165,7 @@ async fn the_shipped_nats_conf_keeps_each_user_to_its_subjects(pool: PgPool) {
     reader.flush().await.unwrap();
     let seq = app.ingest(&[llm_call("followed", "acme", "3")]).await;
     // Kairos' own events (the catalog it appends at start-up, say) may come first.
-    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let m = futures_util::StreamExt::next(&mut follow).await.unwrap();
             if m.subject.as_str().starts_with("kairos.events.llm.") {

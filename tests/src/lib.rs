@@ -444,3 +444,56 @@ pub fn instants(
         })
         .collect()
 }
+
+/// md5 of every row of every table in `schema`, by table: two digests are equal when the tables
+/// hold the same rows (a replay against the live build, say).
+pub async fn schema_digest(
+    pool: &PgPool,
+    schema: &str,
+) -> std::collections::BTreeMap<String, (i64, String)> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .expect("the schema's tables");
+    let mut out = std::collections::BTreeMap::new();
+    for t in tables {
+        let sql = format!(
+            "SELECT count(*), coalesce(md5(string_agg(r::text, '|' ORDER BY r::text)), '') FROM \"{schema}\".\"{t}\" r"
+        );
+        let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+            .expect("the table's digest");
+        out.insert(t, row);
+    }
+    out
+}
+
+impl TestApp {
+    /// Runs `examples/<script>` against this instance (as the admin, at [`FIXTURE_NOW`]);
+    /// panics with its output unless it succeeds, else returns its standard output.
+    pub async fn run_example(&self, script: &str) -> String {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        let out = tokio::process::Command::new("bash")
+            .arg(format!("{root}/examples/{script}"))
+            .env("KAIROS_URL", &self.url)
+            .env("KEY", &self.admin_key)
+            .env("NOW", FIXTURE_NOW)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env_remove("KAIROS_BOOTSTRAP_ADMIN_KEY")
+            .current_dir(root)
+            .output()
+            .await
+            .expect("bash runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}

@@ -210,6 +210,34 @@ fn samples(n: usize) -> Vec<Sample> {
             None,
             200,
         ),
+        s(
+            "GET",
+            "/v1/workflows/sessions/{session}/suggestions",
+            "/v1/workflows/sessions/nobody/suggestions",
+            None,
+            404,
+        ),
+        s(
+            "GET",
+            "/v1/workflows/patterns",
+            "/v1/workflows/patterns?project=alpha",
+            None,
+            200,
+        ),
+        s(
+            "GET",
+            "/v1/workflows/families",
+            "/v1/workflows/families?project=alpha",
+            None,
+            200,
+        ),
+        s(
+            "GET",
+            "/v1/workflows/actors",
+            "/v1/workflows/actors?project=alpha",
+            None,
+            200,
+        ),
     ]
 }
 

@@ -12,7 +12,9 @@ use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use kairos_events::types::ModelSpec;
 use kairos_events::{Event, Money};
 use kairos_runtime::ReplayOptions;
-use kairos_tests::{FIXTURE_NOW, TestApp, client, send, spawn_app_with, test_settings_with};
+use kairos_tests::{
+    FIXTURE_NOW, TestApp, client, schema_digest, send, spawn_app_with, test_settings_with,
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -417,32 +419,9 @@ async fn check_all(
     compared
 }
 
-/// md5 of every row of every table of the analytics schema, by table.
-async fn digest(pool: &PgPool) -> BTreeMap<String, (i64, String)> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
-    )
-    .bind(NAME)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let mut out = BTreeMap::new();
-    for t in tables {
-        let sql = format!(
-            "SELECT count(*), coalesce(md5(string_agg(r::text, '|' ORDER BY r::text)), '') FROM \"{NAME}\".\"{t}\" r"
-        );
-        let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        out.insert(t, row);
-    }
-    out
-}
-
 /// Rebuilds the projection from the stream and checks it wrote exactly the live tables.
 async fn replay_is_identical(app: &TestApp, pool: &PgPool, seq: u64) {
-    let live = digest(pool).await;
+    let live = schema_digest(pool, NAME).await;
     assert!(live["minutes"].0 > 0, "{live:?}");
     let started = Instant::now();
     let report = app
@@ -457,7 +436,11 @@ async fn replay_is_identical(app: &TestApp, pool: &PgPool, seq: u64) {
     );
     assert!(report.switched, "{report:?}");
     assert!(report.reached.0 >= seq, "{report:?}");
-    assert_eq!(digest(pool).await, live, "the replay rebuilt other rows");
+    assert_eq!(
+        schema_digest(pool, NAME).await,
+        live,
+        "the replay rebuilt other rows"
+    );
 }
 
 /// Starts Kairos with the test catalog, running the analytics projection only.

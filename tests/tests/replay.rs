@@ -5,32 +5,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kairos_runtime::ReplayOptions;
-use kairos_tests::{TestApp, budget_set, llm_call, spawn_app, spawn_app_with, test_settings};
+use kairos_tests::{
+    TestApp, budget_set, llm_call, schema_digest, spawn_app, spawn_app_with, test_settings,
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-
-/// md5 of every row of every table in `schema`, by table.
-async fn digest(pool: &PgPool, schema: &str) -> BTreeMap<String, (i64, String)> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
-    )
-    .bind(schema)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let mut out = BTreeMap::new();
-    for t in tables {
-        let sql = format!(
-            "SELECT count(*), coalesce(md5(string_agg(r::text, '|' ORDER BY r::text)), '') FROM \"{schema}\".\"{t}\" r"
-        );
-        let row: (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        out.insert(t, row);
-    }
-    out
-}
 
 /// Where the checkpoint `key` stands (it must exist).
 async fn checkpoint(pool: &PgPool, key: &str) -> kairos_runtime::Checkpoint {
@@ -166,7 +145,7 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
     for name in names.iter().copied() {
         app.wait_for(name, last).await;
         let cp = checkpoint(&pool, name).await;
-        live.insert(name, (digest(&pool, name).await, cp));
+        live.insert(name, (schema_digest(&pool, name).await, cp));
     }
     let (budgets, budgets_cp) = &live["budgets"];
     assert!(
@@ -203,7 +182,7 @@ async fn every_replayed_projection_is_identical_to_the_live_one(pool: PgPool) {
         assert!(report.switched);
         assert_eq!(report.reached.0, last, "{name}");
         let (tables, cp) = &live[name];
-        assert_eq!(&digest(&pool, name).await, tables, "{name}");
+        assert_eq!(&schema_digest(&pool, name).await, tables, "{name}");
         let after = checkpoint(&pool, name).await;
         assert_eq!(
             (
@@ -321,7 +300,7 @@ async fn an_interrupted_replay_resumes_and_until_keeps_the_live_tables(pool: PgP
     let app = spawn_app(pool.clone()).await;
     let last = history(&app, 2_000).await;
     app.wait_for("budgets", last).await;
-    let live = digest(&pool, "budgets").await;
+    let live = schema_digest(&pool, "budgets").await;
 
     // Built up to a point and left beside the live tables.
     let half = kairos_events::StreamSeq(last / 2);
@@ -341,7 +320,7 @@ async fn an_interrupted_replay_resumes_and_until_keeps_the_live_tables(pool: PgP
     assert!(!r.switched);
     assert_eq!((r.reached, r.schema.as_str()), (half, "budgets_next"));
     assert_eq!(
-        digest(&pool, "budgets").await,
+        schema_digest(&pool, "budgets").await,
         live,
         "the live tables are untouched"
     );
@@ -378,10 +357,10 @@ async fn an_interrupted_replay_resumes_and_until_keeps_the_live_tables(pool: PgP
         r.reached.0 - half.0,
         "resumed after the half already built"
     );
-    assert_eq!(digest(&pool, "budgets").await, live);
+    assert_eq!(schema_digest(&pool, "budgets").await, live);
     assert!(identities_keyed(&pool, "budgets").await);
     let old = r.kept_old.expect("kept");
-    assert_eq!(digest(&pool, &old).await, live);
+    assert_eq!(schema_digest(&pool, &old).await, live);
     app.cleanup().await;
 }
 
@@ -521,7 +500,7 @@ async fn replay_keeping_at_most(pool: PgPool, in_memory: usize) {
     // The copies come after the point where the replay turns to the table.
     let last = history_with_late_copies(&app, 1_200, 40).await;
     app.wait_for("budgets", last).await;
-    let live = digest(&pool, "budgets").await;
+    let live = schema_digest(&pool, "budgets").await;
     let cp = checkpoint(&pool, "budgets").await;
     assert!(cp.duplicates >= 30, "{cp:?}");
     let opts = ReplayOptions {
@@ -534,7 +513,7 @@ async fn replay_keeping_at_most(pool: PgPool, in_memory: usize) {
         .await
         .unwrap();
     assert!(r.switched);
-    assert_eq!(digest(&pool, "budgets").await, live);
+    assert_eq!(schema_digest(&pool, "budgets").await, live);
     let after = checkpoint(&pool, "budgets").await;
     assert_eq!(
         (after.events_applied, after.duplicates),

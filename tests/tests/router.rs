@@ -417,24 +417,7 @@ async fn bad_route_requests_get_a_clear_400(pool: PgPool) {
 async fn the_router_example_runs(pool: PgPool) {
     // "[catalog]" keeps the built-in catalog of kairos.toml.
     let app = spawn_app_with(pool, test_settings_with("[catalog]\n"), true).await;
-    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
-    let out = tokio::process::Command::new("bash")
-        .arg(format!("{root}/examples/router.sh"))
-        .env("KAIROS_URL", &app.url)
-        .env("KEY", &app.admin_key)
-        .env("NOW", kairos_tests::FIXTURE_NOW)
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env_remove("KAIROS_BOOTSTRAP_ADMIN_KEY")
-        .current_dir(root)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = app.run_example("router.sh").await;
     // The best tier of the shipped catalog, then the window that holds 302,000 tokens.
     assert!(
         stdout.contains(": claude-sonnet-4 (anthropic), reserved 0.021"),

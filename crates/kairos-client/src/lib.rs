@@ -242,6 +242,10 @@ impl TaskStarted {
             json!({"project": project, "workflow_id": workflow_id, "task_id": task_id, "task_type": task_type}),
         ))
     }
+    /// Who or what started the task.
+    pub fn actor(self, actor: &str) -> Self {
+        self.field("actor", actor)
+    }
 }
 
 impl TaskCompleted {
@@ -262,6 +266,10 @@ impl TaskCompleted {
     }
     pub fn duration_ms(self, ms: u64) -> Self {
         self.field("duration_ms", ms)
+    }
+    /// Who or what completed (or cancelled) the task.
+    pub fn actor(self, actor: &str) -> Self {
+        self.field("actor", actor)
     }
 }
 

@@ -61,6 +61,41 @@ pub struct LlmCallCompleted {
     pub decision_id: Option<String>,
 }
 
+/// How a task ended (`kairos.task.completed.v1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Ok,
+    Error,
+    Cancelled,
+}
+
+/// `kairos.task.started.v1`, and the common part of `kairos.task.completed.v1`: a task of a
+/// workflow run (a session).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStarted {
+    pub project: ProjectId,
+    pub workflow_id: String,
+    pub task_id: String,
+    pub task_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+/// `kairos.task.completed.v1`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskCompleted {
+    pub project: ProjectId,
+    pub workflow_id: String,
+    pub task_id: String,
+    pub task_type: String,
+    pub status: TaskStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
 /// What happens to calls once a project's monthly budget is spent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

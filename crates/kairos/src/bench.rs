@@ -50,6 +50,7 @@ use crate::startup::Kairos;
 mod commands;
 mod reads;
 mod routes;
+mod workflows;
 
 /// Bytes of each raw message: about one small CloudEvent.
 const RAW_BYTES: usize = 300;
@@ -107,6 +108,9 @@ pub struct BenchOptions {
     /// Events published before the projections start, so that they are behind.
     #[arg(long, default_value_t = 1_000_000)]
     pub backlog: usize,
+    /// Task events (started and completed) the workflows projection applies (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    pub workflow_events: usize,
 }
 
 /// The raw ceilings, in messages per second.
@@ -191,6 +195,10 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
     if opts.route_concurrency > 0 {
         let figures = routes::figures(settings.clone(), &js, &opts).await?;
         routes::print(&figures);
+    }
+    if opts.workflow_events > 0 {
+        let figures = workflows::figures(settings.clone(), &js, &opts).await?;
+        workflows::print(&figures);
     }
     if opts.history > 0 {
         let history = history_figures(settings, &js, &run_id, &opts).await?;

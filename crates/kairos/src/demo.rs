@@ -29,14 +29,81 @@ const PEOPLE: &[(&str, &str)] = &[
     ("carol", "developer"),
     ("dave", "viewer"),
 ];
-const TASKS: &[&str] = &[
-    "retrieve",
-    "plan",
-    "draft",
-    "review",
-    "tool_call",
-    "summarise",
+/// The agents' workflows: each demo run follows one, with a noise task now and then, so the
+/// workflows projection has patterns to find and next tasks to suggest.
+const WORKFLOWS: &[&[&str]] = &[
+    &["retrieve", "rerank", "draft", "review"],
+    &["plan", "write_code", "test", "build", "deploy"],
+    &["classify", "retrieve", "draft", "summarise"],
+    &["plan", "web_search", "web_search", "summarise", "review"],
 ];
+const NOISE_TASKS: &[&str] = &["tool_call", "lookup", "notify"];
+
+/// A workflow run in progress.
+struct Run {
+    project: &'static str,
+    session: String,
+    actor: &'static str,
+    workflow: &'static [&'static str],
+    next: usize,
+}
+
+/// The workflow runs in flight: each call advances one of them by a task (started, then
+/// completed), starting a new run where one finished.
+struct Runs {
+    live: Vec<Run>,
+    started: u64,
+    tag: u32,
+}
+
+impl Runs {
+    fn new() -> Self {
+        Self {
+            live: Vec::new(),
+            started: 0,
+            tag: std::process::id(),
+        }
+    }
+
+    fn step(&mut self, rng: &mut Rng) -> anyhow::Result<Vec<Event>> {
+        if self.live.len() < 12 {
+            self.started += 1;
+            self.live.push(Run {
+                project: rng.pick(PROJECTS).0,
+                session: format!("run-{}-{}", self.tag, self.started),
+                actor: rng.pick(PEOPLE).0,
+                workflow: WORKFLOWS[rng.below(WORKFLOWS.len() as u64) as usize],
+                next: 0,
+            });
+        }
+        let i = rng.below(self.live.len() as u64) as usize;
+        let run = &mut self.live[i];
+        let task = match rng.below(8) {
+            0 => *rng.pick(NOISE_TASKS),
+            _ => {
+                run.next += 1;
+                run.workflow[run.next - 1]
+            }
+        };
+        let task_id = format!("t-{}", rng.next());
+        let status = if rng.below(25) == 0 { "error" } else { "ok" };
+        let events = vec![
+            TaskStarted::new(run.project, &run.session, &task_id, task)
+                .actor(run.actor)
+                .source("demo/agents")
+                .build()?,
+            TaskCompleted::new(run.project, &run.session, &task_id, task, status)
+                .duration_ms(rng.below(20_000))
+                .actor(run.actor)
+                .source("demo/agents")
+                .build()?,
+        ];
+        if run.next == run.workflow.len() {
+            self.live.swap_remove(i);
+        }
+        Ok(events)
+    }
+}
 
 /// A small deterministic generator: the demo needs variety, not cryptographic randomness.
 struct Rng(u64);
@@ -108,6 +175,7 @@ pub async fn run(bus: Bus, per_second: u32) -> anyhow::Result<()> {
     let per_tick = (per_second as usize).div_ceil(10).max(1);
     let mut interval = tokio::time::interval(tick);
     let mut sent: u64 = 0;
+    let mut runs = Runs::new();
     info!(per_second, "demo traffic flowing");
     loop {
         interval.tick().await;
@@ -133,24 +201,10 @@ pub async fn run(bus: Bus, per_second: u32) -> anyhow::Result<()> {
                     .unit("tasks")
                     .source("demo/metrics")
                     .build()?,
-                2 => TaskStarted::new(
-                    project,
-                    &session,
-                    &format!("t-{}", rng.next()),
-                    rng.pick::<&str>(TASKS),
-                )
-                .source("demo/agents")
-                .build()?,
-                3 => TaskCompleted::new(
-                    project,
-                    &session,
-                    &format!("t-{}", rng.next()),
-                    rng.pick::<&str>(TASKS),
-                    "ok",
-                )
-                .duration_ms(rng.below(20_000))
-                .source("demo/agents")
-                .build()?,
+                2 | 3 => {
+                    batch.extend(runs.step(&mut rng)?);
+                    continue;
+                }
                 _ => llm_call(&mut rng, project, &session)?,
             };
             batch.push(event);

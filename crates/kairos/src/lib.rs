@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod configuration;
 pub mod demo;
+pub mod eval;
 pub mod history;
 pub mod publish;
 pub mod route;

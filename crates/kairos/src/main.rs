@@ -73,6 +73,9 @@ enum Command {
     /// Ask the router for a model, or replay history under another catalog.
     #[command(subcommand)]
     Route(RouteCommand),
+    /// Measure a model offline on a log file (no NATS or database needed).
+    #[command(subcommand)]
+    Eval(kairos::eval::EvalCommand),
 }
 
 #[derive(Subcommand)]
@@ -461,6 +464,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_projections,
         } => serve(settings, demo, !no_projections).await,
         Command::Admin(cmd) => admin(settings, cmd).await,
+        Command::Eval(cmd) => {
+            kairos::eval::run(cmd, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub fn registry() -> Registry {
         &kairos_audit::MODULE,
         &kairos_access::MODULE,
         &kairos_router::MODULE,
+        &kairos_workflows::MODULE,
     ])
 }
 

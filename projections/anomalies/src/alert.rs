@@ -1,0 +1,345 @@
+//! Turning a stream of anomaly scores into alerts a person can act on: hysteresis, cool-down,
+//! deduplication and gaps in time.
+//!
+//! * **Raise**: the score is at or above [`AlertConfig::raise_above`] for
+//!   [`AlertConfig::raise_points`] consecutive points.
+//! * **Resolve**: the score is below [`AlertConfig::resolve_below`] for
+//!   [`AlertConfig::resolve_points`] consecutive points (scores between the two thresholds keep a
+//!   firing alert firing and a quiet one quiet: that band is what stops flapping).
+//! * **Cool-down**: after a resolve, no alert is raised for [`AlertConfig::cooldown`].
+//! * **Deduplication**: one alert per episode; scores while firing only update its peak.
+//! * **Gaps**: when two points are more than [`AlertConfig::max_gap`] apart, nothing before the
+//!   gap counts for what comes after: pending raise and resolve counts restart, a cool-down
+//!   in progress ends, and a firing alert is resolved at the last point before the gap (it can
+//!   no longer be confirmed).
+//! * **Constant series**: the detector scores a constant series `0`, and nothing here divides,
+//!   so it never alerts.
+
+use chrono::{NaiveDateTime, TimeDelta};
+
+/// Alerting thresholds and timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertConfig {
+    pub raise_above: f64,
+    pub raise_points: usize,
+    pub resolve_below: f64,
+    pub resolve_points: usize,
+    pub cooldown: TimeDelta,
+    pub max_gap: TimeDelta,
+}
+
+impl Default for AlertConfig {
+    /// Raise at the detector's confident level ([`crate::detector::ALERT_LEVEL`]) at once;
+    /// resolve after 12 points below `0.2`; an hour of cool-down; a six-hour gap resets.
+    fn default() -> Self {
+        Self {
+            raise_above: crate::detector::ALERT_LEVEL,
+            raise_points: 1,
+            resolve_below: 0.2,
+            resolve_points: 12,
+            cooldown: TimeDelta::hours(1),
+            max_gap: TimeDelta::hours(6),
+        }
+    }
+}
+
+/// What an observation changed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AlertEvent {
+    /// An alert started at `at` with this score.
+    Raised { at: NaiveDateTime, score: f64 },
+    /// The alert raised at `raised_at` ended at `at`; `peak` is its highest score.
+    Resolved {
+        raised_at: NaiveDateTime,
+        at: NaiveDateTime,
+        peak: f64,
+        reason: ResolveReason,
+    },
+}
+
+/// Why an alert ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResolveReason {
+    /// The score stayed low long enough.
+    Recovered,
+    /// The series went quiet for longer than the maximum gap.
+    Gap,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Quiet {
+        high_run: usize,
+    },
+    Firing {
+        since: NaiveDateTime,
+        peak: f64,
+        low_run: usize,
+    },
+    Cooling {
+        until: NaiveDateTime,
+    },
+}
+
+/// The alert state of one series.
+#[derive(Debug, Clone)]
+pub struct Alerting {
+    config: AlertConfig,
+    state: State,
+    last: Option<NaiveDateTime>,
+}
+
+impl Alerting {
+    pub fn new(config: AlertConfig) -> Self {
+        Self {
+            config,
+            state: State::Quiet { high_run: 0 },
+            last: None,
+        }
+    }
+
+    /// Whether an alert is firing.
+    pub fn is_firing(&self) -> bool {
+        matches!(self.state, State::Firing { .. })
+    }
+
+    /// Takes the next score; returns the events it caused (at most a gap's resolve and a raise).
+    /// Points out of order (not after the last one) are ignored.
+    pub fn observe(&mut self, at: NaiveDateTime, score: f64) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        if let Some(last) = self.last {
+            if at <= last {
+                return events;
+            }
+            if at - last > self.config.max_gap {
+                if let State::Firing { since, peak, .. } = self.state {
+                    events.push(AlertEvent::Resolved {
+                        raised_at: since,
+                        at: last,
+                        peak,
+                        reason: ResolveReason::Gap,
+                    });
+                }
+                self.state = State::Quiet { high_run: 0 };
+            }
+        }
+        self.last = Some(at);
+        let score = if score.is_finite() { score } else { 0.0 };
+        let c = &self.config;
+        if let State::Cooling { until } = self.state
+            && at >= until
+        {
+            self.state = State::Quiet { high_run: 0 };
+        }
+        self.state = match self.state {
+            State::Cooling { until } => State::Cooling { until },
+            State::Quiet { high_run } => {
+                let high_run = if score >= c.raise_above {
+                    high_run + 1
+                } else {
+                    0
+                };
+                if high_run >= c.raise_points.max(1) {
+                    events.push(AlertEvent::Raised { at, score });
+                    State::Firing {
+                        since: at,
+                        peak: score,
+                        low_run: 0,
+                    }
+                } else {
+                    State::Quiet { high_run }
+                }
+            }
+            State::Firing {
+                since,
+                peak,
+                low_run,
+            } => {
+                let low_run = if score < c.resolve_below {
+                    low_run + 1
+                } else {
+                    0
+                };
+                let peak = peak.max(score);
+                if low_run >= c.resolve_points.max(1) {
+                    events.push(AlertEvent::Resolved {
+                        raised_at: since,
+                        at,
+                        peak,
+                        reason: ResolveReason::Recovered,
+                    });
+                    State::Cooling {
+                        until: at + c.cooldown,
+                    }
+                } else {
+                    State::Firing {
+                        since,
+                        peak,
+                        low_run,
+                    }
+                }
+            }
+        };
+        events
+    }
+}
+
+impl Default for Alerting {
+    fn default() -> Self {
+        Self::new(AlertConfig::default())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::detector::Detector;
+
+    fn t(i: usize) -> NaiveDateTime {
+        crate::nab::parse_timestamp("2024-01-01 00:00:00").unwrap()
+            + TimeDelta::minutes(5 * i as i64)
+    }
+
+    fn noise(seed: u64, n: usize) -> Vec<f64> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// A daily cycle (5-minute points) with noise, changed by `change`.
+    fn series(n: usize, change: impl Fn(usize) -> f64) -> Vec<f64> {
+        let e = noise(11, n);
+        (0..n)
+            .map(|i| {
+                20.0 + 4.0 * (i as f64 * std::f64::consts::TAU / 288.0).sin()
+                    + 0.4 * e[i]
+                    + change(i)
+            })
+            .collect()
+    }
+
+    /// Runs the detector and the alerting over a series, returning the raise indices.
+    fn raises(values: &[f64]) -> Vec<usize> {
+        let mut detector = Detector::default();
+        let mut alerting = Alerting::default();
+        let mut out = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let s = detector.update(*v);
+            for e in alerting.observe(t(i), s) {
+                if matches!(e, AlertEvent::Raised { .. }) {
+                    out.push(i);
+                }
+            }
+        }
+        out
+    }
+
+    fn raised_within(raises: &[usize], from: usize, to: usize) -> usize {
+        raises.iter().filter(|i| (from..to).contains(*i)).count()
+    }
+
+    #[test]
+    fn step_change_raises_one_alert_at_the_step() {
+        let r = raises(&series(5000, |i| if i >= 3000 { 10.0 } else { 0.0 }));
+        assert_eq!(raised_within(&r, 3000, 3010), 1, "{r:?}");
+        assert_eq!(raised_within(&r, 600, 3000), 0, "{r:?}");
+    }
+
+    #[test]
+    fn spike_raises_one_alert() {
+        let r = raises(&series(5000, |i| if i == 3000 { 25.0 } else { 0.0 }));
+        assert_eq!(raised_within(&r, 3000, 3003), 1, "{r:?}");
+        assert_eq!(raised_within(&r, 600, 5000), 1, "{r:?}");
+    }
+
+    #[test]
+    fn slow_drift_is_eventually_raised() {
+        // From point 3000 the level climbs by one noise amplitude every 20 points.
+        let r = raises(&series(5000, |i| {
+            if i >= 3000 {
+                (i - 3000) as f64 * 0.02
+            } else {
+                0.0
+            }
+        }));
+        assert_eq!(raised_within(&r, 600, 3000), 0, "{r:?}");
+        assert!(raised_within(&r, 3000, 5000) >= 1, "{r:?}");
+    }
+
+    #[test]
+    fn constant_series_never_alerts() {
+        assert!(raises(&vec![3.25; 4000]).is_empty());
+    }
+
+    #[test]
+    fn flapping_score_gives_one_alert() {
+        let mut a = Alerting::default();
+        let mut events = Vec::new();
+        // Fifty swings between 0.9 and 0.4 (inside the hysteresis band), then calm.
+        for i in 0..100 {
+            events.extend(a.observe(t(i), if i % 2 == 0 { 0.9 } else { 0.4 }));
+        }
+        for i in 100..120 {
+            events.extend(a.observe(t(i), 0.0));
+        }
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(matches!(events[0], AlertEvent::Raised { at, .. } if at == t(0)));
+        assert!(matches!(
+            events[1],
+            AlertEvent::Resolved { reason: ResolveReason::Recovered, peak, .. } if peak == 0.9
+        ));
+    }
+
+    #[test]
+    fn cooldown_suppresses_a_quick_relapse() {
+        let mut a = Alerting::default();
+        let mut raised = 0;
+        let scores = [0.9].into_iter().chain([0.0; 12]).chain([0.9, 0.9]);
+        for (i, s) in scores.enumerate() {
+            raised += a
+                .observe(t(i), s)
+                .iter()
+                .filter(|e| matches!(e, AlertEvent::Raised { .. }))
+                .count();
+        }
+        assert_eq!(raised, 1);
+        // After the hour of cool-down, a new episode raises again.
+        let events = a.observe(t(14) + TimeDelta::hours(1), 0.9);
+        assert!(matches!(events[..], [AlertEvent::Raised { .. }]));
+    }
+
+    #[test]
+    fn gap_resolves_a_firing_alert_and_resets_counts() {
+        let config = AlertConfig {
+            raise_points: 3,
+            ..AlertConfig::default()
+        };
+        let mut a = Alerting::new(config.clone());
+        a.observe(t(0), 0.9);
+        a.observe(t(1), 0.9);
+        // A day's gap: the two high points before it no longer count.
+        let later = t(1) + TimeDelta::days(1);
+        assert!(a.observe(later, 0.9).is_empty());
+        let events = a.observe(later + TimeDelta::minutes(5), 0.9);
+        assert!(events.is_empty());
+        let events = a.observe(later + TimeDelta::minutes(10), 0.9);
+        assert!(matches!(events[..], [AlertEvent::Raised { .. }]));
+        // A firing alert is resolved by a gap, at the last point before it.
+        let last = later + TimeDelta::minutes(10);
+        let events = a.observe(last + TimeDelta::days(1), 0.0);
+        assert!(matches!(
+            events[..],
+            [AlertEvent::Resolved { reason: ResolveReason::Gap, at, .. }] if at == last
+        ));
+        assert!(!a.is_firing());
+        // Out-of-order points are ignored.
+        assert!(a.observe(t(0), 0.9).is_empty());
+    }
+}

@@ -1,0 +1,667 @@
+//! One streaming anomaly detector per series: [`Detector::update`] takes the next point and
+//! returns an anomaly score in `[0, 1]` computed from the points up to it, never after.
+//!
+//! # Method
+//!
+//! Three stages, each a known idea from the anomaly-detection literature:
+//!
+//! 1. **Pattern novelty (k-means, as Netdata's ML detector does).** Every point gets a feature
+//!    vector describing the recent shape of the series at two resolutions: the last
+//!    [`DetectorConfig::fine_lags`] values, and the means of the last
+//!    [`DetectorConfig::coarse_lags`] blocks of [`DetectorConfig::coarse_block`] values, all
+//!    centred on the median and divided by a robust scale (MAD) of the training history. Every
+//!    [`DetectorConfig::retrain_every`] points, k-means (linfa, k-means++ with a fixed seed) is
+//!    fitted on a subsample of the last [`DetectorConfig::history`] points' vectors. A point's raw
+//!    score is its distance to the nearest centroid relative to the 99th percentile of the
+//!    training vectors' distances, squashed into `[0, 1)`: `1 - exp(-(d / d99)² / 2)`.
+//! 2. **Anomaly likelihood (Numenta's HTM post-processing).** The raw score's short moving average
+//!    (the last [`DetectorConfig::short_window`] points) is compared with the distribution of that
+//!    average over the last [`DetectorConfig::history`] points, estimated robustly (median and
+//!    MAD, re-estimated every 100 points, spread at least
+//!    [`DetectorConfig::min_average_spread`]): the Gaussian tail probability `q` of an average at
+//!    least that high becomes the score
+//!    `ln(q + 1e-10) / ln(1e-10)` (HTM's log-likelihood; `0.5` at `q = 1e-5`). As in HTM, only the
+//!    first point of a run of very unlikely averages keeps its value; the rest of the run is
+//!    reported as merely unusual (`q = 1e-3`).
+//! 3. **Range novelty (Numenta's "spatial anomaly").** A value beyond the range seen so far by more
+//!    than [`DetectorConfig::spatial_tolerance`] of that range scores `1`.
+//!
+//! The score is the larger of 2 and 3. After a score of at least [`ALERT_LEVEL`], the detector
+//! reports scores damped by [`DetectorConfig::refractory_damping`] for
+//! [`DetectorConfig::refractory`] points: one anomaly, one confident detection.
+//!
+//! # Bounds
+//!
+//! Memory per detector is fixed at construction ([`Detector::state_bytes`]): a ring of
+//! `history + context` values, `history` averages (and as much scratch space to take their
+//! median), `short_window` raw scores, `clusters × dims` centroids and a few dozen scalars —
+//! about 49 KiB with the default configuration, whatever the series length.
+//! A point costs a nearest-centroid search (`clusters × dims` multiply-adds); a retraining
+//! (`subsample × clusters × dims × iterations`) is amortised over `retrain_every` points.
+//! The detector counts points, not time: a gap in timestamps is just the next point.
+
+use std::io::Write;
+
+use linfa::DatasetBase;
+use linfa::prelude::Fit;
+use linfa_clustering::{KMeans, KMeansInit};
+use ndarray::Array2;
+
+/// Scores at or above this are confident detections: they start the refractory period.
+pub const ALERT_LEVEL: f64 = 0.5;
+
+/// The detector's parameters. [`Default`] is the one parameter set used everywhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorConfig {
+    /// Points before the first non-zero score.
+    pub warmup: usize,
+    /// Points of history the k-means model is trained on.
+    pub history: usize,
+    /// Points between retrainings once the history is full (earlier, at doubling counts).
+    pub retrain_every: usize,
+    /// At most this many feature vectors are used per training (evenly spaced).
+    pub train_sample: usize,
+    /// Number of k-means clusters.
+    pub clusters: usize,
+    /// k-means iterations per training.
+    pub kmeans_iterations: u64,
+    /// Raw values in the feature vector.
+    pub fine_lags: usize,
+    /// Block means in the feature vector.
+    pub coarse_lags: usize,
+    /// Values per block.
+    pub coarse_block: usize,
+    /// Points averaged before the likelihood.
+    pub short_window: usize,
+    /// The least spread of the averages' distribution: raw scores of normal points span about
+    /// `0..0.4`, so an average must stand out by more than this to be unlikely.
+    pub min_average_spread: f64,
+    /// Averages observed before the likelihood is trusted.
+    pub likelihood_warmup: usize,
+    /// Fraction of the range seen so far a value must exceed it by to be range-novel.
+    pub spatial_tolerance: f64,
+    /// Points after a confident detection during which scores are damped.
+    pub refractory: usize,
+    /// Factor applied to scores during the refractory period.
+    pub refractory_damping: f64,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            warmup: 150,
+            history: 2000,
+            retrain_every: 500,
+            train_sample: 500,
+            clusters: 12,
+            kmeans_iterations: 25,
+            fine_lags: 4,
+            coarse_lags: 4,
+            coarse_block: 8,
+            short_window: 10,
+            min_average_spread: 0.1,
+            likelihood_warmup: 50,
+            spatial_tolerance: 0.05,
+            refractory: 200,
+            refractory_damping: 0.25,
+        }
+    }
+}
+
+impl DetectorConfig {
+    fn dims(&self) -> usize {
+        self.fine_lags + self.coarse_lags
+    }
+
+    fn context(&self) -> usize {
+        self.fine_lags.max(self.coarse_lags * self.coarse_block)
+    }
+}
+
+/// A fixed-capacity ring of `f64`.
+#[derive(Debug, Clone)]
+struct Ring {
+    data: Vec<f64>,
+    head: usize,
+    len: usize,
+}
+
+impl Ring {
+    fn new(capacity: usize) -> Self {
+        Self {
+            data: vec![0.0; capacity.max(1)],
+            head: 0,
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, v: f64) {
+        self.data[self.head] = v;
+        self.head = (self.head + 1) % self.data.len();
+        self.len = (self.len + 1).min(self.data.len());
+    }
+
+    /// The value `back` points before the newest (`0` = newest).
+    fn back(&self, back: usize) -> f64 {
+        let cap = self.data.len();
+        self.data[(self.head + cap - 1 - back % cap) % cap]
+    }
+
+    fn bytes(&self) -> usize {
+        self.data.capacity() * std::mem::size_of::<f64>()
+    }
+}
+
+/// The trained pattern model: normalisation, centroids and the distance scale.
+#[derive(Debug, Clone)]
+struct Model {
+    centre: f64,
+    scale: f64,
+    /// `clusters × dims`, row-major; fewer rows if training found fewer distinct centroids.
+    centroids: Vec<f64>,
+    rows: usize,
+    d_ref: f64,
+}
+
+/// How the last score was reached, to explain a detection.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ScoreParts {
+    /// The pattern-novelty score of the point, in `[0, 1)`.
+    pub raw: f64,
+    /// The short moving average of `raw` the likelihood judged.
+    pub average: f64,
+    /// The log-likelihood score of that average.
+    pub likelihood: f64,
+    /// Whether the value was outside the range seen before.
+    pub range_novel: bool,
+    /// Whether the score was damped by the refractory period.
+    pub damped: bool,
+}
+
+/// The streaming detector of one series.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    last: ScoreParts,
+    config: DetectorConfig,
+    values: Ring,
+    raw: Ring,
+    raw_sum: f64,
+    seen: usize,
+    model: Option<Model>,
+    next_training: usize,
+    min: f64,
+    max: f64,
+    averages: Ring,
+    scratch: Vec<f64>,
+    centre_avg: f64,
+    spread_avg: f64,
+    was_red: bool,
+    refractory_left: usize,
+    features: Vec<f64>,
+}
+
+impl Default for Detector {
+    fn default() -> Self {
+        Self::new(DetectorConfig::default())
+    }
+}
+
+/// Sub-distance below which no pattern is novel, in robust-scale units.
+const MIN_DISTANCE_SCALE: f64 = 0.1;
+/// Points between re-estimations of the averages' distribution (HTM's period).
+const LIKELIHOOD_REESTIMATION: usize = 100;
+/// HTM's red and yellow tail probabilities.
+const RED_TAIL: f64 = 1e-5;
+const YELLOW_TAIL: f64 = 1e-3;
+
+impl Detector {
+    pub fn new(config: DetectorConfig) -> Self {
+        let dims = config.dims();
+        Self {
+            values: Ring::new(config.history + config.context()),
+            raw: Ring::new(config.short_window),
+            raw_sum: 0.0,
+            seen: 0,
+            model: None,
+            next_training: config.warmup.max(config.context() + 2),
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            averages: Ring::new(config.history),
+            scratch: Vec::with_capacity(config.history),
+            centre_avg: f64::NAN,
+            spread_avg: 0.0,
+            was_red: false,
+            refractory_left: 0,
+            features: vec![0.0; dims],
+            last: ScoreParts::default(),
+            config,
+        }
+    }
+
+    /// The parts of the last score.
+    pub fn last_parts(&self) -> ScoreParts {
+        self.last
+    }
+
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// Points seen so far.
+    pub fn points(&self) -> usize {
+        self.seen
+    }
+
+    /// Bytes held by this detector (its struct and every buffer), fixed at construction.
+    pub fn state_bytes(&self) -> usize {
+        let c = &self.config;
+        std::mem::size_of::<Self>()
+            + self.values.bytes()
+            + self.raw.bytes()
+            + self.averages.bytes()
+            + self.scratch.capacity() * std::mem::size_of::<f64>()
+            + self.features.capacity() * std::mem::size_of::<f64>()
+            // The model's centroids are allocated at most `clusters × dims` at a time.
+            + std::mem::size_of::<Model>()
+            + c.clusters * c.dims() * std::mem::size_of::<f64>()
+    }
+
+    /// Takes the next value (timestamps only order the points, so none is needed) and returns
+    /// its anomaly score in `[0, 1]`. Non-finite values score `0` and are not learned.
+    pub fn update(&mut self, value: f64) -> f64 {
+        if !value.is_finite() {
+            return 0.0;
+        }
+        // Range novelty is judged against the range before this point.
+        let spatial = self.seen >= self.config.warmup && self.is_range_novel(value);
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+        self.values.push(value);
+        self.seen += 1;
+
+        if self.seen >= self.next_training {
+            self.train();
+            self.next_training = if self.seen < self.config.history {
+                (self.seen * 2).min(self.config.history)
+            } else {
+                self.seen + self.config.retrain_every
+            };
+        }
+
+        let raw = self.raw_score();
+        if self.raw.len == self.raw.data.len() {
+            self.raw_sum -= self.raw.back(self.raw.data.len() - 1);
+        }
+        self.raw.push(raw);
+        self.raw_sum += raw;
+
+        let average = self.raw_sum / self.raw.len as f64;
+        let likelihood = if self.model.is_some() && self.raw.len == self.raw.data.len() {
+            self.likelihood_score(average)
+        } else {
+            0.0
+        };
+        let score = if spatial { 1.0 } else { likelihood };
+        self.last = ScoreParts {
+            raw,
+            average,
+            likelihood,
+            range_novel: spatial,
+            damped: self.refractory_left > 0,
+        };
+        self.refract(score)
+    }
+
+    fn is_range_novel(&self, value: f64) -> bool {
+        let range = self.max - self.min;
+        if range.is_nan() || range <= 0.0 {
+            return false;
+        }
+        let tolerance = range * self.config.spatial_tolerance;
+        value > self.max + tolerance || value < self.min - tolerance
+    }
+
+    /// One anomaly, one confident detection: scores after one are damped for a while.
+    fn refract(&mut self, score: f64) -> f64 {
+        if self.refractory_left > 0 {
+            self.refractory_left -= 1;
+            return score * self.config.refractory_damping;
+        }
+        if score >= ALERT_LEVEL {
+            self.refractory_left = self.config.refractory;
+        }
+        score
+    }
+
+    /// Fills `self.features` for the point `back` points before the newest.
+    fn fill_features(&mut self, back: usize, centre: f64, scale: f64) {
+        let c = &self.config;
+        for lag in 0..c.fine_lags {
+            self.features[lag] = (self.values.back(back + lag) - centre) / scale;
+        }
+        for block in 0..c.coarse_lags {
+            let start = back + block * c.coarse_block;
+            let sum: f64 = (0..c.coarse_block)
+                .map(|j| self.values.back(start + j))
+                .sum();
+            self.features[c.fine_lags + block] = (sum / c.coarse_block as f64 - centre) / scale;
+        }
+    }
+
+    fn raw_score(&mut self) -> f64 {
+        let Some(model) = self.model.take() else {
+            return 0.0;
+        };
+        self.fill_features(0, model.centre, model.scale);
+        let d = nearest_distance(&model.centroids, model.rows, &self.features);
+        self.model = Some(model);
+        let ratio = d / self.model.as_ref().map_or(1.0, |m| m.d_ref);
+        1.0 - (-0.5 * ratio * ratio).exp()
+    }
+
+    fn likelihood_score(&mut self, average: f64) -> f64 {
+        let samples = self.averages.len;
+        if samples >= self.config.likelihood_warmup
+            && (self.centre_avg.is_nan() || self.seen.is_multiple_of(LIKELIHOOD_REESTIMATION))
+        {
+            self.estimate_average_distribution();
+        }
+        // Learn the average after judging it.
+        self.averages.push(average);
+        if samples < self.config.likelihood_warmup || self.centre_avg.is_nan() {
+            return 0.0;
+        }
+        let std = self.spread_avg.max(self.config.min_average_spread);
+        let tail = if average > self.centre_avg {
+            0.5 * erfc((average - self.centre_avg) / (std * std::f64::consts::SQRT_2))
+        } else {
+            0.5
+        };
+        // HTM's filter: only the first of a run of very unlikely averages keeps its value.
+        let red = tail <= RED_TAIL;
+        let reported = if red && self.was_red {
+            YELLOW_TAIL
+        } else {
+            tail
+        };
+        self.was_red = red;
+        ((reported + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0)
+    }
+
+    /// Median and MAD (as a standard deviation) of the recent averages: robust, so past
+    /// anomalies in the history do not widen what counts as normal.
+    fn estimate_average_distribution(&mut self) {
+        self.scratch.clear();
+        self.scratch
+            .extend((0..self.averages.len).map(|b| self.averages.back(b)));
+        let centre = median(&mut self.scratch);
+        for v in self.scratch.iter_mut() {
+            *v = (*v - centre).abs();
+        }
+        self.spread_avg = median(&mut self.scratch) * 1.4826;
+        self.centre_avg = centre;
+    }
+
+    fn train(&mut self) {
+        let c = self.config.clone();
+        let context = c.context();
+        let available = self.values.len.saturating_sub(context);
+        if available < c.clusters * 2 {
+            return;
+        }
+        // Robust centre and scale of the history.
+        let mut recent: Vec<f64> = (0..self.values.len).map(|b| self.values.back(b)).collect();
+        let centre = median(&mut recent);
+        for v in recent.iter_mut() {
+            *v = (*v - centre).abs();
+        }
+        let mad = median(&mut recent) * 1.4826;
+        let spread = self.max - self.min;
+        let scale = if mad > 0.0 {
+            mad
+        } else if spread > 0.0 {
+            spread / 4.0
+        } else {
+            return;
+        };
+        let samples = available.min(c.train_sample);
+        let step = available as f64 / samples as f64;
+        let dims = c.dims();
+        let mut records = Array2::<f64>::zeros((samples, dims));
+        for s in 0..samples {
+            let back = (s as f64 * step) as usize;
+            self.fill_features(back, centre, scale);
+            for (d, f) in self.features.iter().enumerate() {
+                records[[s, d]] = *f;
+            }
+        }
+        let params = KMeans::params(c.clusters)
+            .n_runs(1)
+            .max_n_iterations(c.kmeans_iterations)
+            .tolerance(1e-4)
+            .init_method(KMeansInit::KMeansPlusPlus);
+        let Ok(fitted) = params.fit(&DatasetBase::from(records.clone())) else {
+            return;
+        };
+        let mut centroids = Vec::with_capacity(c.clusters * dims);
+        for row in fitted.centroids().rows() {
+            if row.iter().all(|v| v.is_finite()) {
+                centroids.extend(row.iter().copied());
+            }
+        }
+        let rows = centroids.len() / dims;
+        if rows == 0 {
+            return;
+        }
+        let mut distances: Vec<f64> = records
+            .rows()
+            .into_iter()
+            .map(|r| {
+                let r: Vec<f64> = r.iter().copied().collect();
+                nearest_distance(&centroids, rows, &r)
+            })
+            .collect();
+        distances.sort_by(f64::total_cmp);
+        let q99 = distances[((distances.len() - 1) as f64 * 0.99).round() as usize];
+        self.model = Some(Model {
+            centre,
+            scale,
+            centroids,
+            rows,
+            d_ref: q99.max(MIN_DISTANCE_SCALE),
+        });
+    }
+}
+
+fn nearest_distance(centroids: &[f64], rows: usize, x: &[f64]) -> f64 {
+    let dims = x.len();
+    let mut best = f64::INFINITY;
+    for r in 0..rows {
+        let c = &centroids[r * dims..(r + 1) * dims];
+        let d: f64 = c.iter().zip(x).map(|(a, b)| (a - b) * (a - b)).sum();
+        best = best.min(d);
+    }
+    best.sqrt()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mid = values.len() / 2;
+    let (_, m, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
+    *m
+}
+
+/// The complementary error function, with fractional error below 1.2e-7 everywhere
+/// (Numerical Recipes' Chebyshev fit), enough for tail probabilities down to `1e-10`.
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+/// Scores a whole series with a fresh default detector, one score per value.
+pub fn score_series(values: &[f64]) -> Vec<f64> {
+    let mut detector = Detector::default();
+    values.iter().map(|v| detector.update(*v)).collect()
+}
+
+/// Writes `timestamp,value,anomaly_score` rows (NAB's results layout, with its timestamp
+/// format and enough digits that distinct scores stay distinct).
+pub fn write_scores_csv<W: Write>(
+    out: &mut W,
+    rows: &[(chrono::NaiveDateTime, f64)],
+    scores: &[f64],
+) -> std::io::Result<()> {
+    writeln!(out, "timestamp,value,anomaly_score")?;
+    for ((t, v), s) in rows.iter().zip(scores) {
+        writeln!(out, "{},{v},{s:.17}", t.format("%Y-%m-%d %H:%M:%S"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random sequence in [-1, 1] (SplitMix64).
+    pub(crate) fn noise(seed: u64, n: usize) -> Vec<f64> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn daily(n: usize, seed: u64) -> Vec<f64> {
+        let e = noise(seed, n);
+        (0..n)
+            .map(|i| 10.0 + 3.0 * (i as f64 * std::f64::consts::TAU / 288.0).sin() + 0.3 * e[i])
+            .collect()
+    }
+
+    #[test]
+    fn erfc_matches_known_values() {
+        assert!((erfc(0.0) - 1.0).abs() < 1e-7);
+        assert!((erfc(1.0) - 0.157_299_207).abs() < 1e-7);
+        assert!((erfc(-1.0) - 1.842_700_793).abs() < 1e-7);
+        assert!((erfc(4.0) / 1.541_725_790e-8 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn scores_are_in_unit_interval_and_deterministic() {
+        let mut series = daily(5000, 1);
+        series[3000] += 30.0;
+        let a = score_series(&series);
+        let b = score_series(&series);
+        assert_eq!(a, b);
+        assert!(a.iter().all(|s| (0.0..=1.0).contains(s)));
+    }
+
+    #[test]
+    fn no_look_ahead_truncated_series_score_the_same() {
+        let mut series = daily(4000, 2);
+        for v in &mut series[2500..2600] {
+            *v += 5.0;
+        }
+        let full = score_series(&series);
+        for cut in [1, 149, 150, 151, 999, 1000, 2001, 2550, 3999] {
+            let part = score_series(&series[..cut]);
+            assert_eq!(part[..], full[..cut], "differs when truncated at {cut}");
+        }
+    }
+
+    #[test]
+    fn state_size_is_bounded() {
+        let mut d = Detector::default();
+        let series = daily(200_000, 3);
+        for v in &series[..10_000] {
+            d.update(*v);
+        }
+        let at_10k = d.state_bytes();
+        for v in &series[10_000..] {
+            d.update(*v);
+        }
+        assert_eq!(d.state_bytes(), at_10k);
+        assert_eq!(d.points(), 200_000);
+        assert!(at_10k < 64 * 1024, "state is {at_10k} bytes");
+    }
+
+    #[test]
+    fn constant_series_never_scores() {
+        let scores = score_series(&vec![7.0; 5000]);
+        assert!(scores.iter().all(|s| *s == 0.0));
+    }
+
+    #[test]
+    fn spike_and_level_shift_are_detected_once() {
+        for (name, change) in [
+            (
+                "spike",
+                Box::new(|i: usize| if i == 3000 { 15.0 } else { 0.0 })
+                    as Box<dyn Fn(usize) -> f64>,
+            ),
+            (
+                "level shift",
+                Box::new(|i: usize| if i >= 3000 { 8.0 } else { 0.0 }),
+            ),
+        ] {
+            let series: Vec<f64> = daily(6000, 4)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + change(i))
+                .collect();
+            let scores = score_series(&series);
+            let before = scores[600..3000].iter().cloned().fold(0.0, f64::max);
+            let at = scores[3000..3020].iter().cloned().fold(0.0, f64::max);
+            assert!(at >= ALERT_LEVEL, "{name}: max score at the change {at}");
+            assert!(before < at, "{name}: {before} before the change");
+            let confident = scores[3000..].iter().filter(|s| **s >= ALERT_LEVEL).count();
+            assert!(confident <= 3, "{name}: {confident} confident detections");
+        }
+    }
+
+    #[test]
+    fn stationary_noise_rarely_scores_high() {
+        let e = noise(5, 20_000);
+        let scores = score_series(&e);
+        let confident = scores[1000..].iter().filter(|s| **s >= ALERT_LEVEL).count();
+        assert!(
+            confident <= 4,
+            "{confident} confident detections on pure noise"
+        );
+    }
+
+    #[test]
+    fn non_finite_values_are_ignored() {
+        let mut d = Detector::default();
+        assert_eq!(d.update(f64::NAN), 0.0);
+        assert_eq!(d.points(), 0);
+    }
+
+    #[test]
+    fn writes_nab_results_csv() {
+        let t = crate::nab::parse_timestamp("2020-01-01 00:00:00").unwrap();
+        let mut out = Vec::new();
+        write_scores_csv(&mut out, &[(t, 1.5)], &[0.25]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("timestamp,value,anomaly_score\n2020-01-01 00:00:00,1.5,0.25"));
+    }
+}

@@ -336,3 +336,103 @@ fn helpdesk_reaches_the_accuracy_target() {
     .unwrap();
     println!("helpdesk online: {online}");
 }
+
+/// `eval` + `args` in process: the whole output, or the error as one line.
+fn eval_text(args: &[&str]) -> Result<String, String> {
+    let mut out = Vec::new();
+    kairos::eval::run_from(args, &mut out).map_err(|e| format!("{e:#}"))?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+/// `kairos eval anomalies`: one `timestamp,value,anomaly_score` row per point, scores in [0, 1],
+/// the spike of a flat noisy series scored highest; a malformed series is refused.
+#[test]
+fn anomalies_scores_every_point_and_the_spike_most() {
+    let dir = temp_dir();
+    let mut csv = String::from("timestamp,value\n");
+    for i in 0..2000u32 {
+        let noise = f64::from((i * 7919) % 13) / 13.0;
+        let value = if i == 1500 { 80.0 } else { 10.0 + noise };
+        csv.push_str(&format!(
+            "2026-01-{:02} {:02}:{:02}:00,{value}\n",
+            1 + i / 1440,
+            (i / 60) % 24,
+            i % 60
+        ));
+    }
+    let path = dir.join("series.csv");
+    std::fs::write(&path, csv).unwrap();
+    let out = eval_text(&["anomalies", "--csv", path.to_str().unwrap()]).unwrap();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("timestamp,value,anomaly_score"));
+    let scores: Vec<f64> = lines
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(scores.len(), 2000);
+    assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)), "{scores:?}");
+    let top = scores
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert_eq!(top, 1500, "the spike scores highest");
+
+    std::fs::write(&path, "timestamp,value\n2026-01-01 00:00:00,abc\n").unwrap();
+    let err = eval_text(&["anomalies", "--csv", path.to_str().unwrap()]).unwrap_err();
+    assert!(
+        err.contains("line 2") && err.contains("not a number"),
+        "{err}"
+    );
+    std::fs::write(&path, "time,value\n").unwrap();
+    let err = eval_text(&["anomalies", "--csv", path.to_str().unwrap()]).unwrap_err();
+    assert!(err.contains("timestamp"), "{err}");
+}
+
+/// `kairos eval nab` on two of the shared NAB series (when ../shared is there): the three
+/// profiles, the standard one last, each a normalised score.
+#[test]
+fn nab_prints_the_three_profiles_standard_last() {
+    let nab = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/nab");
+    if !nab.join("combined_windows.json").is_file() {
+        eprintln!("note: {} is absent; skipped", nab.display());
+        return;
+    }
+    let dir = temp_dir();
+    for key in [
+        "artificialWithAnomaly/art_daily_jumpsup.csv",
+        "artificialNoAnomaly/art_daily_small_noise.csv",
+    ] {
+        std::fs::create_dir_all(dir.join(key).parent().unwrap()).unwrap();
+        std::fs::copy(nab.join(key), dir.join(key)).unwrap();
+    }
+    let out = eval_text(&[
+        "nab",
+        "--data",
+        dir.to_str().unwrap(),
+        "--windows",
+        nab.join("combined_windows.json").to_str().unwrap(),
+        "--profiles",
+        nab.join("profiles.json").to_str().unwrap(),
+    ])
+    .unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "2 files scored", "{out}");
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[3].starts_with("standard: "), "{out}");
+    for l in &lines[1..] {
+        let score: f64 = l
+            .split(": ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(score.is_finite() && score <= 100.0, "{l}");
+    }
+    // The jump in art_daily_jumpsup is found: the standard score beats the null detector's 0.
+    let standard: f64 = lines[3][10..].split(' ').next().unwrap().parse().unwrap();
+    assert!(standard > 0.0, "{out}");
+}

@@ -53,6 +53,40 @@ pub const MAX_FIELD_BYTES: usize = 1024;
 pub enum EvalCommand {
     /// Predict the next activity of every case prefix of a process log (CSV) and score it.
     NextTask(NextTaskArgs),
+    /// Score every point of a `timestamp,value` series with the streaming anomaly detector;
+    /// writes `timestamp,value,anomaly_score` rows (NAB's detector-result format).
+    Anomalies(AnomaliesArgs),
+    /// Score the detector on a NAB data directory with NAB's method; prints the
+    /// reward-low-FN, reward-low-FP and standard scores, the standard one last.
+    Nab(NabArgs),
+}
+
+/// `kairos eval anomalies` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AnomaliesArgs {
+    /// A CSV with a header naming `timestamp` and `value` columns.
+    #[arg(long)]
+    pub csv: PathBuf,
+    /// Write the scores here instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `kairos eval nab` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NabArgs {
+    /// The data directory: `<category>/<file>.csv`, as the windows file names them.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// NAB's `combined_windows.json`.
+    #[arg(long)]
+    pub windows: PathBuf,
+    /// NAB's `profiles.json`.
+    #[arg(long)]
+    pub profiles: PathBuf,
+    /// Also write each file's scores under this directory (`<category>/<file>.csv`).
+    #[arg(long)]
+    pub results: Option<PathBuf>,
 }
 
 /// `kairos eval next-task` options.
@@ -112,7 +146,7 @@ struct EvalCli {
 
 /// Runs `kairos eval` from its arguments after `eval` (e.g. `["next-task", "--csv", "log.csv"]`),
 /// as the binary does: predictions (without `--out`) and the summary go to `stdout`.
-pub fn run_from<I, S>(args: I, stdout: &mut dyn Write) -> anyhow::Result<Summary>
+pub fn run_from<I, S>(args: I, stdout: &mut dyn Write) -> anyhow::Result<()>
 where
     I: IntoIterator<Item = S>,
     S: Into<std::ffi::OsString> + Clone,
@@ -124,10 +158,86 @@ where
 }
 
 /// Runs one `kairos eval` command; see the module documentation.
-pub fn run(command: EvalCommand, stdout: &mut dyn Write) -> anyhow::Result<Summary> {
+pub fn run(command: EvalCommand, stdout: &mut dyn Write) -> anyhow::Result<()> {
     match command {
-        EvalCommand::NextTask(args) => next_task(&args, stdout),
+        EvalCommand::NextTask(args) => next_task(&args, stdout).map(|_| ()),
+        EvalCommand::Anomalies(args) => anomalies(&args, stdout),
+        EvalCommand::Nab(args) => nab(&args, stdout),
     }
+}
+
+/// `kairos eval anomalies`: the detector the anomalies projection runs, over one series.
+pub fn anomalies(args: &AnomaliesArgs, stdout: &mut dyn Write) -> anyhow::Result<()> {
+    let rows = kairos_anomalies::nab::read_data_file(&args.csv)?;
+    let values: Vec<f64> = rows.iter().map(|(_, v)| *v).collect();
+    let scores = kairos_anomalies::detector::score_series(&values);
+    match &args.out {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            kairos_anomalies::detector::write_scores_csv(&mut w, &rows, &scores)?;
+            w.flush()
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        None => {
+            let mut w = std::io::BufWriter::new(stdout);
+            kairos_anomalies::detector::write_scores_csv(&mut w, &rows, &scores)?;
+            w.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// `kairos eval nab`: every series the windows name, scored by the detector, then NAB's scoring
+/// (windows, probation, scaled sigmoid, the threshold swept per profile, normalised between the
+/// null and perfect detectors).
+pub fn nab(args: &NabArgs, stdout: &mut dyn Write) -> anyhow::Result<()> {
+    use kairos_anomalies::{detector, nab};
+    let windows = nab::read_windows(&args.windows)?;
+    let profiles = nab::read_profiles(&args.profiles)?;
+    let corpus = nab::read_corpus(&args.data, &windows)?;
+    if corpus.is_empty() {
+        bail!(
+            "no data file of {} is under {}",
+            args.windows.display(),
+            args.data.display()
+        );
+    }
+    let mut results = nab::Results::new();
+    for (key, rows) in &corpus {
+        let values: Vec<f64> = rows.iter().map(|(_, v)| *v).collect();
+        let scores = detector::score_series(&values);
+        if let Some(dir) = &args.results {
+            let path = dir.join(key);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let mut w = std::io::BufWriter::new(
+                std::fs::File::create(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            );
+            detector::write_scores_csv(&mut w, rows, &scores)?;
+            w.flush()?;
+        }
+        results.insert(
+            key.clone(),
+            rows.iter().map(|(t, _)| *t).zip(scores).collect(),
+        );
+    }
+    let mut scored = nab::score_corpus(&results, &windows, &profiles)?;
+    // The standard profile last, the others by name.
+    scored.sort_by_key(|p| (p.profile == "standard", p.profile.clone()));
+    writeln!(stdout, "{} files scored", results.len())?;
+    for p in &scored {
+        writeln!(
+            stdout,
+            "{}: {:.1} (threshold {:.4})",
+            p.profile, p.normalised_score, p.threshold
+        )?;
+    }
+    Ok(())
 }
 
 /// `kairos eval next-task`.

@@ -29,9 +29,10 @@ fn main() {
     let total = series * points;
     println!(
         "{series} series x {points} points = {total} points in {elapsed:.2} s: {:.0} points/s \
-         ({:.2} us/point), {} bytes of state per series (checksum {checksum:.1})",
+         ({:.2} us/point), {} bytes of state per series, {} bytes saved (checksum {checksum:.1})",
         total as f64 / elapsed,
         elapsed * 1e6 / total as f64,
-        detectors[0].state_bytes()
+        detectors[0].state_bytes(),
+        detectors[0].to_bytes().len()
     );
 }

@@ -16,9 +16,10 @@
 //!   so it never alerts.
 
 use chrono::{NaiveDateTime, TimeDelta};
+use serde::{Deserialize, Serialize};
 
 /// Alerting thresholds and timings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertConfig {
     pub raise_above: f64,
     pub raise_points: usize,
@@ -66,7 +67,7 @@ pub enum ResolveReason {
     Gap,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 enum State {
     Quiet {
         high_run: usize,
@@ -81,8 +82,9 @@ enum State {
     },
 }
 
-/// The alert state of one series.
-#[derive(Debug, Clone)]
+/// The alert state of one series: plain data, saved and restored with
+/// [`Alerting::to_bytes`] and [`Alerting::from_bytes`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alerting {
     config: AlertConfig,
     state: State,
@@ -96,6 +98,16 @@ impl Alerting {
             state: State::Quiet { high_run: 0 },
             last: None,
         }
+    }
+
+    /// The whole state (JSON), to restore with [`Alerting::from_bytes`].
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Restores an alerting state saved by [`Alerting::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 
     /// Whether an alert is firing.
@@ -341,5 +353,31 @@ mod tests {
         assert!(!a.is_firing());
         // Out-of-order points are ignored.
         assert!(a.observe(t(0), 0.9).is_empty());
+    }
+
+    #[test]
+    fn restored_alerting_behaves_as_the_uninterrupted_one() {
+        let scores: Vec<f64> = (0..200)
+            .map(|i| match i % 50 {
+                0..=2 => 0.9,
+                3..=8 => 0.3,
+                _ => 0.05,
+            })
+            .collect();
+        let mut whole = Alerting::default();
+        let expected: Vec<Vec<AlertEvent>> = scores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| whole.observe(t(i), *s))
+            .collect();
+        // Saved and restored after every point: raising, firing, cooling and quiet states.
+        let mut a = Alerting::default();
+        for (i, s) in scores.iter().enumerate() {
+            let bytes = a.to_bytes();
+            a = Alerting::from_bytes(&bytes).unwrap();
+            assert_eq!(a.observe(t(i), *s), expected[i], "at {i}");
+        }
+        assert_eq!(a, whole);
+        assert!(a.to_bytes().len() < 512, "{} bytes", a.to_bytes().len());
     }
 }

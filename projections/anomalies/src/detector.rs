@@ -26,16 +26,22 @@
 //! 3. **Range novelty (Numenta's "spatial anomaly").** A value beyond the range seen so far by more
 //!    than [`DetectorConfig::spatial_tolerance`] of that range scores `1`.
 //!
+//! Stages 1 and 2 run at every time scale of [`DetectorConfig::scales`] (by default the raw
+//! points and block means of 8 points): the coarse scale's features span `8 × 32 = 256` points,
+//! so it sees changes of shape over hours to a day (a flattened or shifted cycle, a slow drift)
+//! that windows of 32 raw points cannot. The scales' tail probabilities are combined by
+//! Bonferroni's correction (`min q × scales`), so adding a scale does not add false alarms.
 //! The score is the larger of 2 and 3. After a score of at least [`ALERT_LEVEL`], the detector
 //! reports scores damped by [`DetectorConfig::refractory_damping`] for
 //! [`DetectorConfig::refractory`] points: one anomaly, one confident detection.
 //!
 //! # Bounds
 //!
-//! Memory per detector is fixed at construction ([`Detector::state_bytes`]): a ring of
-//! `history + context` values, `history` averages (and as much scratch space to take their
-//! median), `short_window` raw scores, `clusters × dims` centroids and a few dozen scalars —
-//! about 49 KiB with the default configuration, whatever the series length.
+//! Memory per detector is fixed at construction ([`Detector::state_bytes`]): per scale, a ring
+//! of `history + context` values, `history` averages, `short_window` raw scores,
+//! `clusters × dims` centroids and a few dozen scalars, plus shared scratch space — about
+//! 82 KiB with the default configuration, whatever the series length. The saved form
+//! ([`Detector::to_bytes`], JSON with every float as the hex of its bits) is about 130 KB.
 //! A point costs a nearest-centroid search (`clusters × dims` multiply-adds); a retraining
 //! (`subsample × clusters × dims × iterations`) is amortised over `retrain_every` points.
 //! The detector counts points, not time: a gap in timestamps is just the next point.
@@ -46,14 +52,17 @@ use linfa::DatasetBase;
 use linfa::prelude::Fit;
 use linfa_clustering::{KMeans, KMeansInit};
 use ndarray::Array2;
+use serde::{Deserialize, Serialize};
 
 /// Scores at or above this are confident detections: they start the refractory period.
 pub const ALERT_LEVEL: f64 = 0.5;
 
 /// The detector's parameters. [`Default`] is the one parameter set used everywhere.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectorConfig {
-    /// Points before the first non-zero score.
+    /// Aggregation factors of the time scales: each scale sees block means of this many points.
+    pub scales: Vec<usize>,
+    /// Points (of a scale) before its first non-zero score.
     pub warmup: usize,
     /// Points of history the k-means model is trained on.
     pub history: usize,
@@ -75,20 +84,26 @@ pub struct DetectorConfig {
     pub short_window: usize,
     /// The least spread of the averages' distribution: raw scores of normal points span about
     /// `0..0.4`, so an average must stand out by more than this to be unlikely.
+    #[serde(with = "bits")]
     pub min_average_spread: f64,
     /// Averages observed before the likelihood is trusted.
     pub likelihood_warmup: usize,
+    /// Raw points before range novelty is judged.
+    pub spatial_warmup: usize,
     /// Fraction of the range seen so far a value must exceed it by to be range-novel.
+    #[serde(with = "bits")]
     pub spatial_tolerance: f64,
     /// Points after a confident detection during which scores are damped.
     pub refractory: usize,
     /// Factor applied to scores during the refractory period.
+    #[serde(with = "bits")]
     pub refractory_damping: f64,
 }
 
 impl Default for DetectorConfig {
     fn default() -> Self {
         Self {
+            scales: vec![1, 8],
             warmup: 150,
             history: 2000,
             retrain_every: 500,
@@ -101,6 +116,7 @@ impl Default for DetectorConfig {
             short_window: 10,
             min_average_spread: 0.1,
             likelihood_warmup: 50,
+            spatial_warmup: 150,
             spatial_tolerance: 0.05,
             refractory: 200,
             refractory_damping: 0.25,
@@ -118,9 +134,52 @@ impl DetectorConfig {
     }
 }
 
+/// Serialises `f64`s by their bits, so every value (NaN and infinities too) round-trips exactly.
+mod bits {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        v.to_bits().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(f64::from_bits(u64::deserialize(d)?))
+    }
+
+    /// A `Vec<f64>` as one hex string of its values' bits (16 characters a value).
+    pub mod vec {
+        use serde::de::Error;
+        use serde::{Deserialize, Deserializer, Serializer};
+        use std::fmt::Write;
+
+        pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+            let mut text = String::with_capacity(v.len() * 16);
+            for x in v {
+                let _ = write!(text, "{:016x}", x.to_bits());
+            }
+            s.serialize_str(&text)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+            let text = String::deserialize(d)?;
+            if !text.len().is_multiple_of(16) || !text.is_ascii() {
+                return Err(D::Error::custom("not a hex string of f64 bits"));
+            }
+            (0..text.len() / 16)
+                .map(|i| {
+                    u64::from_str_radix(&text[i * 16..(i + 1) * 16], 16)
+                        .map(f64::from_bits)
+                        .map_err(D::Error::custom)
+                })
+                .collect()
+        }
+    }
+}
+
 /// A fixed-capacity ring of `f64`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Ring {
+    #[serde(with = "bits::vec")]
     data: Vec<f64>,
     head: usize,
     len: usize,
@@ -141,6 +200,10 @@ impl Ring {
         self.len = (self.len + 1).min(self.data.len());
     }
 
+    fn is_full(&self) -> bool {
+        self.len == self.data.len()
+    }
+
     /// The value `back` points before the newest (`0` = newest).
     fn back(&self, back: usize) -> f64 {
         let cap = self.data.len();
@@ -148,29 +211,36 @@ impl Ring {
     }
 
     fn bytes(&self) -> usize {
-        self.data.capacity() * std::mem::size_of::<f64>()
+        self.data.len() * std::mem::size_of::<f64>()
     }
 }
 
 /// The trained pattern model: normalisation, centroids and the distance scale.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Model {
+    #[serde(with = "bits")]
     centre: f64,
+    #[serde(with = "bits")]
     scale: f64,
     /// `clusters × dims`, row-major; fewer rows if training found fewer distinct centroids.
+    #[serde(with = "bits::vec")]
     centroids: Vec<f64>,
     rows: usize,
+    #[serde(with = "bits")]
     d_ref: f64,
 }
 
 /// How the last score was reached, to explain a detection.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScoreParts {
-    /// The pattern-novelty score of the point, in `[0, 1)`.
+    /// The pattern-novelty score of the point at the finest scale, in `[0, 1)`.
+    #[serde(with = "bits")]
     pub raw: f64,
     /// The short moving average of `raw` the likelihood judged.
+    #[serde(with = "bits")]
     pub average: f64,
-    /// The log-likelihood score of that average.
+    /// The log-likelihood score combined over the scales.
+    #[serde(with = "bits")]
     pub likelihood: f64,
     /// Whether the value was outside the range seen before.
     pub range_novel: bool,
@@ -178,26 +248,66 @@ pub struct ScoreParts {
     pub damped: bool,
 }
 
-/// The streaming detector of one series.
-#[derive(Debug, Clone)]
-pub struct Detector {
-    last: ScoreParts,
-    config: DetectorConfig,
+/// One time scale: pattern novelty and its likelihood on block means of `factor` points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Scale {
+    factor: usize,
+    #[serde(with = "bits")]
+    block_sum: f64,
+    block_len: usize,
     values: Ring,
     raw: Ring,
+    #[serde(with = "bits")]
     raw_sum: f64,
     seen: usize,
     model: Option<Model>,
     next_training: usize,
-    min: f64,
-    max: f64,
     averages: Ring,
-    scratch: Vec<f64>,
+    #[serde(with = "bits")]
     centre_avg: f64,
+    #[serde(with = "bits")]
     spread_avg: f64,
     was_red: bool,
+    #[serde(with = "bits")]
+    last_raw: f64,
+    #[serde(with = "bits")]
+    last_average: f64,
+}
+
+/// What a scale reported for its latest completed block.
+struct Report {
+    /// The tail probability of the short average, after HTM's red filter.
+    tail: f64,
+}
+
+/// The streaming detector of one series. Its whole state is plain data: [`Detector::to_bytes`]
+/// and [`Detector::from_bytes`] save and restore it exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Detector {
+    last: ScoreParts,
+    config: DetectorConfig,
+    scales: Vec<Scale>,
+    seen: usize,
+    #[serde(with = "bits")]
+    min: f64,
+    #[serde(with = "bits")]
+    max: f64,
     refractory_left: usize,
+    /// Scratch space (feature vectors, medians): not state.
+    #[serde(skip)]
+    scratch: Scratch,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Scratch {
     features: Vec<f64>,
+    values: Vec<f64>,
+}
+
+impl PartialEq for Scratch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Default for Detector {
@@ -216,23 +326,18 @@ const YELLOW_TAIL: f64 = 1e-3;
 
 impl Detector {
     pub fn new(config: DetectorConfig) -> Self {
-        let dims = config.dims();
+        let scales = config
+            .scales
+            .iter()
+            .map(|f| Scale::new(*f, &config))
+            .collect();
         Self {
-            values: Ring::new(config.history + config.context()),
-            raw: Ring::new(config.short_window),
-            raw_sum: 0.0,
+            scales,
             seen: 0,
-            model: None,
-            next_training: config.warmup.max(config.context() + 2),
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
-            averages: Ring::new(config.history),
-            scratch: Vec::with_capacity(config.history),
-            centre_avg: f64::NAN,
-            spread_avg: 0.0,
-            was_red: false,
             refractory_left: 0,
-            features: vec![0.0; dims],
+            scratch: Scratch::default(),
             last: ScoreParts::default(),
             config,
         }
@@ -252,18 +357,40 @@ impl Detector {
         self.seen
     }
 
+    /// The detector's whole state, to restore with [`Detector::from_bytes`] (JSON, every float
+    /// as the hex of its bits so it round-trips exactly).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Restores a detector saved by [`Detector::to_bytes`]: it scores the next points exactly
+    /// as the saved one would have.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
     /// Bytes held by this detector (its struct and every buffer), fixed at construction.
     pub fn state_bytes(&self) -> usize {
         let c = &self.config;
+        let f64s = std::mem::size_of::<f64>();
+        let per_scale: usize = self
+            .scales
+            .iter()
+            .map(|s| {
+                std::mem::size_of::<Scale>()
+                    + s.values.bytes()
+                    + s.raw.bytes()
+                    + s.averages.bytes()
+                    // The model's centroids are allocated at most `clusters × dims` at a time.
+                    + std::mem::size_of::<Model>()
+                    + c.clusters * c.dims() * f64s
+            })
+            .sum();
+        // Scratch: a feature vector and the values of a history (medians, training).
         std::mem::size_of::<Self>()
-            + self.values.bytes()
-            + self.raw.bytes()
-            + self.averages.bytes()
-            + self.scratch.capacity() * std::mem::size_of::<f64>()
-            + self.features.capacity() * std::mem::size_of::<f64>()
-            // The model's centroids are allocated at most `clusters × dims` at a time.
-            + std::mem::size_of::<Model>()
-            + c.clusters * c.dims() * std::mem::size_of::<f64>()
+            + c.scales.capacity() * std::mem::size_of::<usize>()
+            + per_scale
+            + (c.dims() + c.history + c.context()) * f64s
     }
 
     /// Takes the next value (timestamps only order the points, so none is needed) and returns
@@ -273,35 +400,29 @@ impl Detector {
             return 0.0;
         }
         // Range novelty is judged against the range before this point.
-        let spatial = self.seen >= self.config.warmup && self.is_range_novel(value);
+        let spatial = self.seen >= self.config.spatial_warmup && self.is_range_novel(value);
         self.min = self.min.min(value);
         self.max = self.max.max(value);
-        self.values.push(value);
         self.seen += 1;
 
-        if self.seen >= self.next_training {
-            self.train();
-            self.next_training = if self.seen < self.config.history {
-                (self.seen * 2).min(self.config.history)
-            } else {
-                self.seen + self.config.retrain_every
-            };
+        // Šidák/Bonferroni: the least tail over the scales, times the number of scales.
+        let mut least = 1.0f64;
+        for scale in &mut self.scales {
+            if let Some(r) = scale.update(value, &self.config, &mut self.scratch) {
+                least = least.min(r.tail);
+            }
         }
-
-        let raw = self.raw_score();
-        if self.raw.len == self.raw.data.len() {
-            self.raw_sum -= self.raw.back(self.raw.data.len() - 1);
-        }
-        self.raw.push(raw);
-        self.raw_sum += raw;
-
-        let average = self.raw_sum / self.raw.len as f64;
-        let likelihood = if self.model.is_some() && self.raw.len == self.raw.data.len() {
-            self.likelihood_score(average)
+        let tail = (least * self.scales.len() as f64).min(1.0);
+        let likelihood = if least < 1.0 {
+            ((tail + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0)
         } else {
             0.0
         };
         let score = if spatial { 1.0 } else { likelihood };
+        let (raw, average) = self
+            .scales
+            .first()
+            .map_or((0.0, 0.0), |s| (s.last_raw, s.last_average));
         self.last = ScoreParts {
             raw,
             average,
@@ -332,46 +453,115 @@ impl Detector {
         }
         score
     }
+}
 
-    /// Fills `self.features` for the point `back` points before the newest.
-    fn fill_features(&mut self, back: usize, centre: f64, scale: f64) {
-        let c = &self.config;
+impl Scale {
+    fn new(factor: usize, c: &DetectorConfig) -> Self {
+        Self {
+            factor: factor.max(1),
+            block_sum: 0.0,
+            block_len: 0,
+            values: Ring::new(c.history + c.context()),
+            raw: Ring::new(c.short_window),
+            raw_sum: 0.0,
+            seen: 0,
+            model: None,
+            next_training: c.warmup.max(c.context() + 2),
+            averages: Ring::new(c.history),
+            centre_avg: f64::NAN,
+            spread_avg: 0.0,
+            was_red: false,
+            last_raw: 0.0,
+            last_average: 0.0,
+        }
+    }
+
+    /// Takes the next raw value; reports when it completes a block.
+    fn update(&mut self, value: f64, c: &DetectorConfig, scratch: &mut Scratch) -> Option<Report> {
+        self.block_sum += value;
+        self.block_len += 1;
+        if self.block_len < self.factor {
+            return None;
+        }
+        let value = self.block_sum / self.factor as f64;
+        self.block_sum = 0.0;
+        self.block_len = 0;
+        self.values.push(value);
+        self.seen += 1;
+
+        if self.seen >= self.next_training {
+            self.train(c, scratch);
+            self.next_training = if self.seen < c.history {
+                (self.seen * 2).min(c.history)
+            } else {
+                self.seen + c.retrain_every
+            };
+        }
+
+        let raw = self.raw_score(c, scratch);
+        if self.raw.is_full() {
+            self.raw_sum -= self.raw.back(self.raw.data.len() - 1);
+        }
+        self.raw.push(raw);
+        self.raw_sum += raw;
+
+        let average = self.raw_sum / self.raw.len as f64;
+        self.last_raw = raw;
+        self.last_average = average;
+        let tail = if self.model.is_some() && self.raw.is_full() {
+            self.likelihood_tail(average, c, scratch)
+        } else {
+            1.0
+        };
+        Some(Report { tail })
+    }
+
+    /// Fills `features` for the point `back` points before the newest.
+    fn fill_features(
+        &self,
+        features: &mut Vec<f64>,
+        back: usize,
+        c: &DetectorConfig,
+        m: (f64, f64),
+    ) {
+        let (centre, scale) = m;
+        features.clear();
         for lag in 0..c.fine_lags {
-            self.features[lag] = (self.values.back(back + lag) - centre) / scale;
+            features.push((self.values.back(back + lag) - centre) / scale);
         }
         for block in 0..c.coarse_lags {
             let start = back + block * c.coarse_block;
             let sum: f64 = (0..c.coarse_block)
                 .map(|j| self.values.back(start + j))
                 .sum();
-            self.features[c.fine_lags + block] = (sum / c.coarse_block as f64 - centre) / scale;
+            features.push((sum / c.coarse_block as f64 - centre) / scale);
         }
     }
 
-    fn raw_score(&mut self) -> f64 {
-        let Some(model) = self.model.take() else {
+    fn raw_score(&self, c: &DetectorConfig, scratch: &mut Scratch) -> f64 {
+        let Some(model) = &self.model else {
             return 0.0;
         };
-        self.fill_features(0, model.centre, model.scale);
-        let d = nearest_distance(&model.centroids, model.rows, &self.features);
-        self.model = Some(model);
-        let ratio = d / self.model.as_ref().map_or(1.0, |m| m.d_ref);
+        self.fill_features(&mut scratch.features, 0, c, (model.centre, model.scale));
+        let d = nearest_distance(&model.centroids, model.rows, &scratch.features);
+        let ratio = d / model.d_ref;
         1.0 - (-0.5 * ratio * ratio).exp()
     }
 
-    fn likelihood_score(&mut self, average: f64) -> f64 {
+    /// The tail probability of the average, `1` while not judged.
+    fn likelihood_tail(&mut self, average: f64, c: &DetectorConfig, scratch: &mut Scratch) -> f64 {
         let samples = self.averages.len;
-        if samples >= self.config.likelihood_warmup
+        if samples >= c.likelihood_warmup
             && (self.centre_avg.is_nan() || self.seen.is_multiple_of(LIKELIHOOD_REESTIMATION))
         {
-            self.estimate_average_distribution();
+            self.estimate_average_distribution(&mut scratch.values);
         }
         // Learn the average after judging it.
         self.averages.push(average);
-        if samples < self.config.likelihood_warmup || self.centre_avg.is_nan() {
-            return 0.0;
+        if samples < c.likelihood_warmup || self.centre_avg.is_nan() {
+            return 1.0;
         }
-        let std = self.spread_avg.max(self.config.min_average_spread);
+        let std = self.spread_avg.max(c.min_average_spread);
         let tail = if average > self.centre_avg {
             0.5 * erfc((average - self.centre_avg) / (std * std::f64::consts::SQRT_2))
         } else {
@@ -385,38 +575,43 @@ impl Detector {
             tail
         };
         self.was_red = red;
-        ((reported + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0)
+        reported
     }
 
     /// Median and MAD (as a standard deviation) of the recent averages: robust, so past
     /// anomalies in the history do not widen what counts as normal.
-    fn estimate_average_distribution(&mut self) {
-        self.scratch.clear();
-        self.scratch
-            .extend((0..self.averages.len).map(|b| self.averages.back(b)));
-        let centre = median(&mut self.scratch);
-        for v in self.scratch.iter_mut() {
+    fn estimate_average_distribution(&mut self, buf: &mut Vec<f64>) {
+        buf.clear();
+        buf.extend((0..self.averages.len).map(|b| self.averages.back(b)));
+        let centre = median(buf);
+        for v in buf.iter_mut() {
             *v = (*v - centre).abs();
         }
-        self.spread_avg = median(&mut self.scratch) * 1.4826;
+        self.spread_avg = median(buf) * 1.4826;
         self.centre_avg = centre;
     }
 
-    fn train(&mut self) {
-        let c = self.config.clone();
+    fn train(&mut self, c: &DetectorConfig, scratch: &mut Scratch) {
         let context = c.context();
         let available = self.values.len.saturating_sub(context);
         if available < c.clusters * 2 {
             return;
         }
         // Robust centre and scale of the history.
-        let mut recent: Vec<f64> = (0..self.values.len).map(|b| self.values.back(b)).collect();
-        let centre = median(&mut recent);
+        let recent = &mut scratch.values;
+        recent.clear();
+        recent.extend((0..self.values.len).map(|b| self.values.back(b)));
+        let (lo, hi) = recent
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(*v), hi.max(*v))
+            });
+        let centre = median(recent);
         for v in recent.iter_mut() {
             *v = (*v - centre).abs();
         }
-        let mad = median(&mut recent) * 1.4826;
-        let spread = self.max - self.min;
+        let mad = median(recent) * 1.4826;
+        let spread = hi - lo;
         let scale = if mad > 0.0 {
             mad
         } else if spread > 0.0 {
@@ -430,8 +625,8 @@ impl Detector {
         let mut records = Array2::<f64>::zeros((samples, dims));
         for s in 0..samples {
             let back = (s as f64 * step) as usize;
-            self.fill_features(back, centre, scale);
-            for (d, f) in self.features.iter().enumerate() {
+            self.fill_features(&mut scratch.features, back, c, (centre, scale));
+            for (d, f) in scratch.features.iter().enumerate() {
                 records[[s, d]] = *f;
             }
         }
@@ -590,18 +785,76 @@ mod tests {
 
     #[test]
     fn state_size_is_bounded() {
+        // Every buffer is allocated at full size at construction; past 8 × (history + context)
+        // points (here, with a short history) every ring of every scale has wrapped.
+        let small = DetectorConfig {
+            history: 300,
+            ..DetectorConfig::default()
+        };
+        let mut d = Detector::new(small);
+        let series = daily(6_000, 3);
+        for v in &series {
+            d.update(*v);
+        }
+        assert!(
+            d.scales
+                .iter()
+                .all(|s| s.values.is_full() && s.averages.is_full())
+        );
         let mut d = Detector::default();
-        let series = daily(200_000, 3);
-        for v in &series[..10_000] {
+        for v in &series[..1_000] {
             d.update(*v);
         }
-        let at_10k = d.state_bytes();
-        for v in &series[10_000..] {
+        let early = d.state_bytes();
+        let early_saved = d.to_bytes().len();
+        for v in &series[1_000..] {
             d.update(*v);
         }
-        assert_eq!(d.state_bytes(), at_10k);
-        assert_eq!(d.points(), 200_000);
-        assert!(at_10k < 64 * 1024, "state is {at_10k} bytes");
+        assert_eq!(d.state_bytes(), early);
+        assert!(d.scales.iter().all(|s| s.model.is_some()));
+        assert_eq!(d.points(), 6_000);
+        assert!(early < 96 * 1024, "state is {early} bytes");
+        // The saved form holds every ring at full size from the start: it does not grow either.
+        let saved = d.to_bytes().len();
+        assert!(
+            saved <= early_saved + 2_000,
+            "{early_saved} then {saved} bytes"
+        );
+        assert!(saved < 160 * 1024, "saved state is {saved} bytes");
+    }
+
+    #[test]
+    fn restored_detector_scores_as_the_uninterrupted_one() {
+        // A short history, so that every phase (warm-up, early trainings, full and wrapped
+        // rings, periodic retraining, the likelihood's re-estimation) is reached quickly.
+        let config = DetectorConfig {
+            history: 300,
+            retrain_every: 100,
+            ..DetectorConfig::default()
+        };
+        let mut series = daily(4_000, 6);
+        for v in &mut series[3_000..3_100] {
+            *v += 4.0;
+        }
+        series[3_500] += 20.0;
+        let mut d = Detector::new(config.clone());
+        let full: Vec<f64> = series.iter().map(|v| d.update(*v)).collect();
+        assert!(full[3_000..].iter().any(|s| *s >= ALERT_LEVEL));
+        // One pass, the detector saved and restored at every cut (warm-up, early trainings,
+        // after the rings wrap, inside the anomaly).
+        let cuts = [100, 1_237, 2_990, 3_050];
+        let mut d = Detector::new(config);
+        let mut resumed = Vec::with_capacity(series.len());
+        for (i, v) in series.iter().enumerate() {
+            if cuts.contains(&i) {
+                let bytes = d.to_bytes();
+                d = Detector::from_bytes(&bytes).unwrap();
+                assert_eq!(d.to_bytes(), bytes);
+            }
+            resumed.push(d.update(*v));
+        }
+        assert_eq!(resumed, full);
+        assert!(Detector::from_bytes(b"{}").is_err());
     }
 
     #[test]

@@ -186,6 +186,13 @@ pub fn project_param(raw: &str) -> Result<ProjectId, ApiError> {
     ProjectId::parse(raw).map_err(|e| ApiError::bad(e.code, "project", e.message))
 }
 
+/// A project id from the query: at most 200 characters without control characters (named as
+/// such), then a project id.
+pub fn project_query(raw: &str) -> Result<ProjectId, ApiError> {
+    text_param(raw, "project", 200)?;
+    project_param(raw)
+}
+
 /// `limit=`: 1 to 1000, 100 by default.
 pub fn limit_param(raw: Option<&str>) -> Result<usize, ApiError> {
     match raw {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Extension, Path, State};
 use chrono::{DateTime, TimeDelta, Utc};
-use kairos_api::extract::{QueryParams, ReadAt, project_param, text_param, time_param};
+use kairos_api::extract::{QueryParams, ReadAt, project_query, text_param, time_param};
 use kairos_api::{
     ApiError, AppState, Caller, Configured, ErrorBody, Guard, Module, ModuleConfig, ModuleError,
     Permission, Routes,
@@ -137,12 +137,6 @@ fn range(
     Ok((from, to))
 }
 
-/// A project id from the query or the path.
-fn project_of(raw: &str) -> Result<kairos_events::ProjectId, ApiError> {
-    text_param(raw, "project", 200)?;
-    project_param(raw)
-}
-
 /// What `GET /v1/analytics/models` answers.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ModelsAnswer {
@@ -187,7 +181,7 @@ async fn get_models(
 ) -> Result<Json<ModelsAnswer>, ApiError> {
     no_history(&read)?;
     let principal = caller.principal()?;
-    let project = q.project.as_deref().map(project_of).transpose()?;
+    let project = q.project.as_deref().map(project_query).transpose()?;
     if let Some(model) = &q.model {
         text_param(model, "model", 200)?;
     }
@@ -266,7 +260,7 @@ async fn get_project(
     QueryParams(q): QueryParams<RangeParams>,
 ) -> Result<Json<ProjectTotals>, ApiError> {
     no_history(&read)?;
-    let project = project_of(&project)?;
+    let project = project_query(&project)?;
     let (from, to) = range(q.from.as_deref(), q.to.as_deref(), st.clock.now())?;
     caller.reach(project.as_str())?;
     read.wait(&st, NAME).await?;

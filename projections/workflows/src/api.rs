@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Extension, Path, State};
 use chrono::TimeDelta;
 use futures_util::future::BoxFuture;
-use kairos_api::extract::{QueryParams, ReadAt, project_param, text_param};
+use kairos_api::extract::{QueryParams, ReadAt, project_query, text_param};
 use kairos_api::{
     ApiError, AppState, Caller, Configured, ErrorBody, Guard, Host, Module, ModuleConfig,
     ModuleError, Permission, Routes, Started,
@@ -172,12 +172,6 @@ impl Configured for WorkflowsConfigured {
     }
 }
 
-/// A project id from the query.
-fn project_of(raw: &str) -> Result<kairos_events::ProjectId, ApiError> {
-    text_param(raw, "project", 200)?;
-    project_param(raw)
-}
-
 /// A bounded integer query parameter.
 fn int_param(
     raw: Option<&str>,
@@ -250,7 +244,7 @@ async fn get_suggestions(
     no_history(&read)?;
     text_param(&session, "session", 200)?;
     let k = int_param(q.k.as_deref(), "k", 1, 20, 3)?;
-    let project = q.project.as_deref().map(project_of).transpose()?;
+    let project = q.project.as_deref().map(project_query).transpose()?;
     if let Some(p) = &project {
         caller.reach(p.as_str())?;
     }
@@ -300,7 +294,7 @@ async fn get_patterns(
     QueryParams(q): QueryParams<PatternsParams>,
 ) -> Result<Json<PatternsAnswer>, ApiError> {
     no_history(&read)?;
-    let project = project_of(&q.project)?;
+    let project = project_query(&q.project)?;
     if let Some(actor) = &q.actor {
         text_param(actor, "actor", 200)?;
     }
@@ -350,7 +344,7 @@ async fn get_families(
     QueryParams(q): QueryParams<ProjectParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     no_history(&read)?;
-    let project = project_of(&q.project)?;
+    let project = project_query(&q.project)?;
     caller.reach(project.as_str())?;
     read.wait(&st, NAME).await?;
     let answer =
@@ -378,7 +372,7 @@ async fn get_actors(
     QueryParams(q): QueryParams<ProjectParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     no_history(&read)?;
-    let project = project_of(&q.project)?;
+    let project = project_query(&q.project)?;
     caller.reach(project.as_str())?;
     read.wait(&st, NAME).await?;
     let answer = read::actors(&st.pool, project.as_str(), settings.mine_sessions as usize).await?;

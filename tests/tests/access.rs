@@ -238,6 +238,28 @@ fn samples(n: usize) -> Vec<Sample> {
             None,
             200,
         ),
+        s(
+            "GET",
+            "/v1/anomalies",
+            "/v1/anomalies?status=open",
+            None,
+            200,
+        ),
+        s(
+            "POST",
+            "/v1/anomalies/{id}/acknowledge",
+            "/v1/anomalies/alert-nope/acknowledge",
+            Some(json!({})),
+            404,
+        ),
+        s("GET", "/v1/series", "/v1/series", None, 200),
+        s(
+            "GET",
+            "/v1/series/{series}/scores",
+            "/v1/series/nope/scores",
+            None,
+            404,
+        ),
     ]
 }
 

@@ -60,10 +60,12 @@ pub enum Permission {
     Route,
     /// Change the model catalog at run time.
     ManageCatalog,
+    /// Acknowledge anomaly alerts (which lifts a cost alert's lowered limit).
+    ManageAlerts,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 10] = [
         Permission::PublishEvents,
         Permission::ReadProjections,
         Permission::ManageBudgets,
@@ -73,6 +75,7 @@ impl Permission {
         Permission::Replay,
         Permission::Route,
         Permission::ManageCatalog,
+        Permission::ManageAlerts,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +89,7 @@ impl Permission {
             Self::Replay => "replay",
             Self::Route => "route",
             Self::ManageCatalog => "manage_catalog",
+            Self::ManageAlerts => "manage_alerts",
         }
     }
 }

@@ -24,6 +24,10 @@ pub const ROUTER_DECISION: &str = "kairos.router.decision.v1";
 pub const BUDGET_RESERVED: &str = "kairos.budget.reserved.v1";
 pub const BUDGET_RESERVATION_SETTLED: &str = "kairos.budget.reservation_settled.v1";
 pub const BUDGET_RESERVATION_EXPIRED: &str = "kairos.budget.reservation_expired.v1";
+pub const ALERT_RAISED: &str = "kairos.alert.raised.v1";
+pub const ALERT_RESOLVED: &str = "kairos.alert.resolved.v1";
+pub const ALERT_ACKNOWLEDGED: &str = "kairos.alert.acknowledged.v1";
+pub const BREAKER_CHANGED: &str = "kairos.alert.breaker_changed.v1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

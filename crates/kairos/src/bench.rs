@@ -50,6 +50,7 @@ use crate::startup::Kairos;
 mod commands;
 mod reads;
 mod routes;
+mod anomalies;
 mod workflows;
 
 /// Bytes of each raw message: about one small CloudEvent.
@@ -111,6 +112,12 @@ pub struct BenchOptions {
     /// Task events (started and completed) the workflows projection applies (0 skips it).
     #[arg(long, default_value_t = 100_000)]
     pub workflow_events: usize,
+    /// Metric samples the anomalies projection scores (0 skips it).
+    #[arg(long, default_value_t = 200_000)]
+    pub metric_points: usize,
+    /// The series those samples are spread over.
+    #[arg(long, default_value_t = 1000)]
+    pub metric_series: usize,
 }
 
 /// The raw ceilings, in messages per second.
@@ -199,6 +206,10 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
     if opts.workflow_events > 0 {
         let figures = workflows::figures(settings.clone(), &js, &opts).await?;
         workflows::print(&figures);
+    }
+    if opts.metric_points > 0 {
+        let figures = anomalies::figures(settings.clone(), &js, &opts).await?;
+        anomalies::print(&figures);
     }
     if opts.history > 0 {
         let history = history_figures(settings, &js, &run_id, &opts).await?;

@@ -29,6 +29,7 @@ pub fn registry() -> Registry {
         &kairos_access::MODULE,
         &kairos_router::MODULE,
         &kairos_workflows::MODULE,
+        &kairos_anomalies::MODULE,
     ])
 }
 

@@ -14,6 +14,12 @@
 //!   no longer be confirmed).
 //! * **Constant series**: the detector scores a constant series `0`, and nothing here divides,
 //!   so it never alerts.
+//! * **Expected range** (with [`Alerting::observe_value`]): the alert carries the range the
+//!   series' last [`RECENT`] values spanned before it (their 2nd to 98th percentile, widened by
+//!   half its width). A low score resolves it only while the value is back in that range, so a
+//!   detector that has grown used to a broken state does not end the alert; after
+//!   [`AlertConfig::new_normal_points`] low scores in a row the new level is accepted anyway
+//!   (reason `new_normal`; `0` never accepts it, as for the series a circuit breaker follows).
 
 use chrono::{NaiveDateTime, TimeDelta};
 use serde::{Deserialize, Serialize};
@@ -27,7 +33,14 @@ pub struct AlertConfig {
     pub resolve_points: usize,
     pub cooldown: TimeDelta,
     pub max_gap: TimeDelta,
+    /// Low scores in a row after which a firing alert resolves even though its value stays
+    /// outside the expected range (`0`: never).
+    #[serde(default)]
+    pub new_normal_points: usize,
 }
+
+/// How many recent values the expected range is taken from.
+pub const RECENT: usize = 120;
 
 impl Default for AlertConfig {
     /// Raise at the detector's confident level ([`crate::detector::ALERT_LEVEL`]) at once;
@@ -40,6 +53,7 @@ impl Default for AlertConfig {
             resolve_points: 12,
             cooldown: TimeDelta::hours(1),
             max_gap: TimeDelta::hours(6),
+            new_normal_points: 0,
         }
     }
 }
@@ -47,8 +61,13 @@ impl Default for AlertConfig {
 /// What an observation changed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AlertEvent {
-    /// An alert started at `at` with this score.
-    Raised { at: NaiveDateTime, score: f64 },
+    /// An alert started at `at` with this score; `expected` is the range the recent values
+    /// spanned (none: no values were given).
+    Raised {
+        at: NaiveDateTime,
+        score: f64,
+        expected: Option<(f64, f64)>,
+    },
     /// The alert raised at `raised_at` ended at `at`; `peak` is its highest score.
     Resolved {
         raised_at: NaiveDateTime,
@@ -65,6 +84,19 @@ pub enum ResolveReason {
     Recovered,
     /// The series went quiet for longer than the maximum gap.
     Gap,
+    /// The score stayed low while the value stayed outside the expected range: the new level
+    /// is accepted.
+    NewNormal,
+}
+
+impl ResolveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Recovered => "recovered",
+            Self::Gap => "gap",
+            Self::NewNormal => "new_normal",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -76,6 +108,10 @@ enum State {
         since: NaiveDateTime,
         peak: f64,
         low_run: usize,
+        #[serde(default)]
+        calm_run: usize,
+        #[serde(default)]
+        expected: Option<(f64, f64)>,
     },
     Cooling {
         until: NaiveDateTime,
@@ -89,6 +125,23 @@ pub struct Alerting {
     config: AlertConfig,
     state: State,
     last: Option<NaiveDateTime>,
+    /// The last [`RECENT`] values given (oldest first), for the expected range.
+    #[serde(default)]
+    recent: std::collections::VecDeque<f64>,
+}
+
+/// The range `values` span: their 2nd to 98th percentile, widened by half its width on each
+/// side (by a hair when they are all equal).
+pub fn expected_range(values: &std::collections::VecDeque<f64>) -> Option<(f64, f64)> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    let (lo, hi) = (at(0.02), at(0.98));
+    let margin = ((hi - lo) * 0.5).max(1e-9 * lo.abs().max(hi.abs()).max(1.0));
+    Some((lo - margin, hi + margin))
 }
 
 impl Alerting {
@@ -97,6 +150,15 @@ impl Alerting {
             config,
             state: State::Quiet { high_run: 0 },
             last: None,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The alert's expected range, while one is firing.
+    pub fn expected(&self) -> Option<(f64, f64)> {
+        match self.state {
+            State::Firing { expected, .. } => expected,
+            _ => None,
         }
     }
 
@@ -118,6 +180,21 @@ impl Alerting {
     /// Takes the next score; returns the events it caused (at most a gap's resolve and a raise).
     /// Points out of order (not after the last one) are ignored.
     pub fn observe(&mut self, at: NaiveDateTime, score: f64) -> Vec<AlertEvent> {
+        self.observe_point(at, score, None)
+    }
+
+    /// [`Alerting::observe`] of a point whose value is known: the alert carries the expected
+    /// range, and resolves only once the value is back in it (see the module's notes).
+    pub fn observe_value(&mut self, at: NaiveDateTime, score: f64, value: f64) -> Vec<AlertEvent> {
+        self.observe_point(at, score, Some(value))
+    }
+
+    fn observe_point(
+        &mut self,
+        at: NaiveDateTime,
+        score: f64,
+        value: Option<f64>,
+    ) -> Vec<AlertEvent> {
         let mut events = Vec::new();
         if let Some(last) = self.last {
             if at <= last {
@@ -137,6 +214,13 @@ impl Alerting {
         }
         self.last = Some(at);
         let score = if score.is_finite() { score } else { 0.0 };
+        let before = value.and_then(|_| expected_range(&self.recent));
+        if let Some(v) = value.filter(|v| v.is_finite()) {
+            if self.recent.len() == RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(v);
+        }
         let c = &self.config;
         if let State::Cooling { until } = self.state
             && at >= until
@@ -152,11 +236,17 @@ impl Alerting {
                     0
                 };
                 if high_run >= c.raise_points.max(1) {
-                    events.push(AlertEvent::Raised { at, score });
+                    events.push(AlertEvent::Raised {
+                        at,
+                        score,
+                        expected: before,
+                    });
                     State::Firing {
                         since: at,
                         peak: score,
                         low_run: 0,
+                        calm_run: 0,
+                        expected: before,
                     }
                 } else {
                     State::Quiet { high_run }
@@ -166,19 +256,30 @@ impl Alerting {
                 since,
                 peak,
                 low_run,
+                calm_run,
+                expected,
             } => {
-                let low_run = if score < c.resolve_below {
-                    low_run + 1
-                } else {
-                    0
+                let calm = score < c.resolve_below;
+                let in_range = match (value, expected) {
+                    (Some(v), Some((lo, hi))) => (lo..=hi).contains(&v),
+                    _ => true,
                 };
+                let low_run = if calm && in_range { low_run + 1 } else { 0 };
+                let calm_run = if calm { calm_run + 1 } else { 0 };
                 let peak = peak.max(score);
-                if low_run >= c.resolve_points.max(1) {
+                let reason = if low_run >= c.resolve_points.max(1) {
+                    Some(ResolveReason::Recovered)
+                } else if c.new_normal_points > 0 && calm_run >= c.new_normal_points {
+                    Some(ResolveReason::NewNormal)
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
                     events.push(AlertEvent::Resolved {
                         raised_at: since,
                         at,
                         peak,
-                        reason: ResolveReason::Recovered,
+                        reason,
                     });
                     State::Cooling {
                         until: at + c.cooldown,
@@ -188,6 +289,8 @@ impl Alerting {
                         since,
                         peak,
                         low_run,
+                        calm_run,
+                        expected,
                     }
                 }
             }
@@ -379,5 +482,75 @@ mod tests {
         }
         assert_eq!(a, whole);
         assert!(a.to_bytes().len() < 512, "{} bytes", a.to_bytes().len());
+    }
+
+    #[test]
+    fn an_alert_resolves_only_once_the_value_is_back_in_its_range() {
+        let mut a = Alerting::new(AlertConfig {
+            resolve_points: 3,
+            new_normal_points: 20,
+            ..AlertConfig::default()
+        });
+        let mut events = Vec::new();
+        // 120 values around 10, then a jump to 50 that scores high once.
+        for i in 0..120 {
+            events.extend(a.observe_value(t(i), 0.0, 10.0 + (i % 5) as f64 * 0.1));
+        }
+        events.extend(a.observe_value(t(120), 0.9, 50.0));
+        let Some(AlertEvent::Raised {
+            expected: Some((lo, hi)),
+            ..
+        }) = events.last().copied()
+        else {
+            panic!("raised with a range: {events:?}");
+        };
+        assert!(lo < 10.0 && hi > 10.4 && hi < 11.0, "{lo} {hi}");
+        // The detector calms down while the value stays at 50: still open…
+        for i in 121..135 {
+            assert!(a.observe_value(t(i), 0.0, 50.0).is_empty(), "at {i}");
+        }
+        assert!(a.is_firing());
+        // …until the value is back: three points in range resolve it.
+        let mut back = Vec::new();
+        for i in 135..138 {
+            back.extend(a.observe_value(t(i), 0.0, 10.2));
+        }
+        assert!(
+            matches!(
+                back[..],
+                [AlertEvent::Resolved {
+                    reason: ResolveReason::Recovered,
+                    ..
+                }]
+            ),
+            "{back:?}"
+        );
+        // A level that stays new is accepted after `new_normal_points` calm points.
+        let mut b = Alerting::new(AlertConfig {
+            new_normal_points: 20,
+            cooldown: TimeDelta::zero(),
+            ..AlertConfig::default()
+        });
+        for i in 0..50 {
+            b.observe_value(t(i), 0.0, 1.0);
+        }
+        b.observe_value(t(50), 0.9, 9.0);
+        let mut later = Vec::new();
+        for i in 51..71 {
+            later.extend(b.observe_value(t(i), 0.0, 9.0));
+        }
+        assert!(
+            matches!(
+                later[..],
+                [AlertEvent::Resolved {
+                    reason: ResolveReason::NewNormal,
+                    ..
+                }]
+            ),
+            "{later:?}"
+        );
+        // Saved and restored mid-alert, the state (with its recent values) is the same.
+        let restored = Alerting::from_bytes(&a.to_bytes()).unwrap();
+        assert_eq!(restored, a);
     }
 }

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeDelta, Utc};
 use futures_util::future::BoxFuture;
 use kairos_analytics::Health;
+use kairos_anomalies::read::Circuit;
 use kairos_api::extract::{
     JsonBody, QueryParams, ReadAt, limit_param, project_param, seq_param, text_param, time_param,
     wait_for,
@@ -132,6 +133,17 @@ pub struct Router {
     catalog: Arc<AggregateStore<CatalogState>>,
     budgets: BudgetCommands,
     health: Arc<Mutex<HealthCache>>,
+    circuit: Arc<Mutex<CircuitCache>>,
+    /// Half-open breakers: the probe calls this process let through, by model: (window
+    /// start in ms of the clock, calls).
+    probes: Arc<Mutex<HashMap<String, (i64, u32)>>>,
+}
+
+#[derive(Default)]
+struct CircuitCache {
+    read_at: Option<Instant>,
+    seq: u64,
+    circuit: Arc<Circuit>,
 }
 
 #[derive(Default)]
@@ -179,6 +191,8 @@ impl Configured for RouterConfigured {
                 catalog,
                 budgets: BudgetCommands::new(host.bus.clone()),
                 health: Arc::default(),
+                circuit: Arc::default(),
+                probes: Arc::default(),
             };
             tokio::spawn(sweep(router.clone(), host.pool.clone(), host.clock.clone()));
             Ok(Started::default()
@@ -316,6 +330,98 @@ impl Router {
     }
 }
 
+impl Router {
+    /// The anomalies projection's breakers and lowered limits, read again when older than
+    /// `health_refresh_ms` or when the caller needs a newer sequence.
+    async fn circuit(&self, st: &AppState, min_seq: u64) -> Result<Arc<Circuit>, ApiError> {
+        let refresh = Duration::from_millis(self.settings.health_refresh_ms);
+        let announced = st
+            .checkpoints
+            .announced(kairos_anomalies::NAME)
+            .unwrap_or(0);
+        {
+            let c = self
+                .circuit
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let young = c.read_at.is_some_and(|t| t.elapsed() < refresh);
+            if young && c.seq >= min_seq.max(announced) {
+                return Ok(c.circuit.clone());
+            }
+        }
+        let circuit = Arc::new(kairos_anomalies::read::circuit(&st.pool).await?);
+        let mut c = self
+            .circuit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *c = CircuitCache {
+            read_at: Some(Instant::now()),
+            seq: announced.max(min_seq),
+            circuit: circuit.clone(),
+        };
+        Ok(circuit)
+    }
+
+    /// The models a breaker keeps out of this decision, with why; and the half-open ones this
+    /// decision may probe (a probe is spent only if the model is chosen: [`Router::spend_probe`]).
+    fn tripped(
+        &self,
+        circuit: &Circuit,
+        now: DateTime<Utc>,
+    ) -> (HashMap<String, String>, Vec<String>) {
+        let mut out = HashMap::new();
+        let mut probing = Vec::new();
+        let probes = self
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (model, b) in &circuit.breakers {
+            if b.state != "half_open" {
+                out.insert(model.clone(), format!("circuit open: {}", b.reason));
+                continue;
+            }
+            let window = b.probe_window_ms.max(1);
+            let start = now.timestamp_millis().div_euclid(window) * window;
+            let used = probes
+                .get(model)
+                .filter(|(s, _)| *s == start)
+                .map_or(0, |(_, n)| *n);
+            if used >= b.probe_calls {
+                out.insert(
+                    model.clone(),
+                    format!(
+                        "circuit half-open: the {} probe calls of this {} s window are taken ({})",
+                        b.probe_calls,
+                        window / 1000,
+                        b.reason
+                    ),
+                );
+            } else {
+                probing.push(model.clone());
+            }
+        }
+        (out, probing)
+    }
+
+    /// Counts a probe call of half-open `model`.
+    fn spend_probe(&self, circuit: &Circuit, model: &str, now: DateTime<Utc>) {
+        let Some(b) = circuit.breakers.get(model) else {
+            return;
+        };
+        let window = b.probe_window_ms.max(1);
+        let start = now.timestamp_millis().div_euclid(window) * window;
+        let mut probes = self
+            .probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = probes.entry(model.to_owned()).or_insert((start, 0));
+        if e.0 != start {
+            *e = (start, 0);
+        }
+        e.1 += 1;
+    }
+}
+
 /// What `POST /v1/route` takes.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -445,6 +551,7 @@ async fn post_route(
     if let Some(seq) = read.min_seq {
         wait_for(&st, kairos_budgets::NAME, seq).await?;
         wait_for(&st, kairos_analytics::NAME, seq).await?;
+        wait_for(&st, kairos_anomalies::NAME, seq).await?;
         // The catalog is followed; a caller naming a sequence (say, a catalog change's) gets
         // the catalog as of at least it.
         router
@@ -457,7 +564,31 @@ async fn post_route(
     let month = Period::containing(now, &router.tz);
     let period = month.to_string();
     let health = router.health(&st, now, read.min_seq.unwrap_or(0)).await?;
+    let circuit = router.circuit(&st, read.min_seq.unwrap_or(0)).await?;
     let (catalog_version, models) = router.catalog.read(|c| (c.version, c.models.clone()));
+    // Models a circuit breaker keeps out are not considered; the decision says why.
+    let (tripped, probing) = router.tripped(&circuit, now);
+    let skipped: Vec<_> = models
+        .iter()
+        .filter_map(|m| {
+            tripped.get(&m.name).map(|why| crate::rules::Alternative {
+                model: m.name.clone(),
+                provider: m.provider.clone(),
+                rank: None,
+                estimated_cost: None,
+                reason: why.clone(),
+            })
+        })
+        .collect();
+    let models: Vec<_> = match tripped.is_empty() {
+        true => models.to_vec(),
+        false => models
+            .iter()
+            .filter(|m| !tripped.contains_key(&m.name))
+            .cloned()
+            .collect(),
+    };
+    let lowered = circuit.limits.get(project.as_str()).cloned();
     let decision_id = uuid::Uuid::now_v7().to_string();
     let store = router.budgets.of(&project);
     store
@@ -476,8 +607,14 @@ async fn post_route(
     let expires_at = now + ttl;
     let done = store
         .execute(|b: &BudgetSetting| {
-            let budget = spent.and_then(|s| budget_state(b, &period, s));
-            let plan = decide(&req, &models, now, budget.as_ref(), &health);
+            let mut budget = spent.and_then(|s| budget_state(b, &period, s));
+            // An open cost alert lowered the limit this decision sees.
+            if let (Some(b), Some(l)) = (budget.as_mut(), &lowered) {
+                let lowered = (b.limit.nanos() as f64 * l.factor).floor() as i64;
+                b.limit = Money::from_nanos(lowered.clamp(0, b.limit.nanos()));
+            }
+            let mut plan = decide(&req, &models, now, budget.as_ref(), &health);
+            plan.alternatives.extend(skipped.iter().cloned());
             let reservation = match (&plan.outcome, &plan.chosen) {
                 (Outcome::Reserved, Some(c)) => {
                     let data = serde_json::to_value(Reserved {
@@ -506,8 +643,26 @@ async fn post_route(
             })
         })
         .await?;
-    let (plan, budget) = done.value;
+    let (mut plan, budget) = done.value;
     let reserved = done.seq.map(|s| s.0);
+    let probe = plan
+        .chosen
+        .as_ref()
+        .map(|c| c.model.clone())
+        .filter(|m| probing.contains(m));
+    if let Some(m) = &probe {
+        router.spend_probe(&circuit, m, now);
+        plan.reason = format!("{} (a half-open circuit's probe call of {m})", plan.reason);
+    }
+    let circuit_note = (!tripped.is_empty() || probe.is_some() || lowered.is_some()).then(|| {
+        json!({
+            "skipped": tripped,
+            "probe": probe,
+            "lowered_limit": lowered.as_ref().map(|l| json!({
+                "alert_id": l.alert_id, "factor": l.factor, "since": l.since,
+            })),
+        })
+    });
     let qualified: serde_json::Map<String, Value> = plan
         .chosen
         .iter()
@@ -538,6 +693,7 @@ async fn post_route(
         alternatives: plan.alternatives.clone(),
         reason: plan.reason.clone(),
         actor: caller.principal.as_ref().map(|p| p.email.clone()),
+        circuit: circuit_note.clone(),
     };
     let event = decision_event(&decision_id, &record, now)?;
     // On a task of its own, so that a client hanging up cannot cut it short between the
@@ -577,6 +733,9 @@ async fn post_route(
         "reason": record.reason,
         "explain": format!("/v1/route/decisions/{decision_id}?min_seq={seq}"),
     });
+    if let Some(c) = circuit_note {
+        answer["circuit"] = c;
+    }
     let status = match plan.outcome {
         Outcome::Routed | Outcome::Reserved => StatusCode::OK,
         Outcome::NoModelFits => StatusCode::UNPROCESSABLE_ENTITY,

@@ -60,6 +60,10 @@ pub struct DecisionRecord {
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// What the anomalies projection's circuit breakers and lowered limits did to this
+    /// decision (absent: nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<Value>,
 }
 
 /// The projection keeping every decision.

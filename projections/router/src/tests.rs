@@ -599,6 +599,7 @@ mod simulation {
                             alternatives: vec![],
                             reason: String::new(),
                             actor: None,
+                            circuit: None,
                         }),
                     ));
                     events.push(SimEvent::Call(

@@ -1,0 +1,1083 @@
+//! The fold: LLM calls and metric samples into scored points, alerts, circuit breakers and
+//! lowered limits.
+//!
+//! **Memory.** One [`Detector`] and one [`Alerting`] per series live in memory between batches
+//! (a detector is ~83 KB; see `docs/anomalies.md` for the bound). Each batch writes its scored
+//! points, the series' figures and the open buckets of the derived series, and marks the
+//! sequence it folded through. A series' detector state is saved every `save_every` points. A
+//! process whose memory does not match the mark it finds (it just started, its last
+//! transaction did not commit, or another process folded meanwhile) reloads it: the saved
+//! states, then the points scored after each was saved, folded in again. The detector is
+//! deterministic, so the reloaded memory is the one an uninterrupted run would have.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use kairos_events::types::{
+    ALERT_ACKNOWLEDGED, ALERT_RAISED, ALERT_RESOLVED, BREAKER_CHANGED, CallStatus,
+    LLM_CALL_COMPLETED, LlmCallCompleted, METRIC_RECORDED,
+};
+use kairos_events::{Emit, Event};
+use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, Row};
+use tokio::sync::Mutex;
+
+use crate::NAME;
+use crate::alert::{AlertConfig, AlertEvent, Alerting};
+use crate::detector::{Detector, DetectorConfig};
+use crate::series::{Buckets, Call, Kind, Point, SeriesKey};
+
+/// The CloudEvent `source` of what the projection emits.
+pub const SOURCE: &str = "kairos/anomalies";
+
+/// What an alert on a project's cost series does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CostAction {
+    /// Raise the alert; nothing else.
+    Warn,
+    /// Lower the project's effective budget limit (in routing) until an admin acknowledges.
+    LowerLimit,
+}
+
+/// The fold's rules, from `[anomalies]`.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub width_ms: i64,
+    pub grace_ms: i64,
+    pub min_calls: u64,
+    pub max_series: usize,
+    pub keep_points: i64,
+    pub save_every: i64,
+    pub detector: DetectorConfig,
+    pub alert: AlertConfig,
+    /// Whether alerts on a model's error-rate and latency series open its circuit breaker.
+    pub breaker: bool,
+    /// How long (series time) a breaker stays open before it lets probe calls through.
+    pub probe_after: TimeDelta,
+    /// Half-open: probe calls each API process lets through per bucket.
+    pub probe_calls: u32,
+    pub cost_action: CostAction,
+    pub limit_factor: f64,
+}
+
+/// The anomalies projection.
+#[derive(Clone)]
+pub struct Anomalies {
+    pub rules: Arc<Rules>,
+    memory: Arc<Mutex<Memory>>,
+}
+
+impl Anomalies {
+    pub fn new(rules: Rules) -> Self {
+        Self {
+            rules: Arc::new(rules),
+            memory: Arc::default(),
+        }
+    }
+}
+
+/// One event, decoded.
+#[derive(Debug, Clone)]
+pub enum Item {
+    Call {
+        seq: i64,
+        call: Call,
+    },
+    Metric {
+        seq: i64,
+        key: SeriesKey,
+        at_ms: i64,
+        value: f64,
+    },
+    Ack {
+        seq: i64,
+        alert_id: String,
+        by: String,
+        at: DateTime<Utc>,
+    },
+}
+
+impl Item {
+    fn seq(&self) -> i64 {
+        match self {
+            Item::Call { seq, .. } | Item::Metric { seq, .. } | Item::Ack { seq, .. } => *seq,
+        }
+    }
+}
+
+/// What a series keeps between points.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SeriesState {
+    detector: Detector,
+    alerting: Alerting,
+}
+
+struct Slot {
+    key: SeriesKey,
+    state: SeriesState,
+    first_at: i64,
+    last_at: Option<i64>,
+    points: i64,
+    saved_points: i64,
+    last_value: f64,
+    last_score: f64,
+    open_alert: Option<String>,
+    dropped: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BreakerState {
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Breaker {
+    state: BreakerState,
+    alerts: BTreeSet<String>,
+    since: i64,
+    changed_at: i64,
+    reason: String,
+}
+
+#[derive(Default)]
+struct Memory {
+    /// The sequence the memory has folded through (`None`: not loaded).
+    mark: Option<i64>,
+    series: HashMap<String, Slot>,
+    buckets: Buckets,
+    breakers: BTreeMap<String, Breaker>,
+    /// Series refused for being past `max_series`.
+    refused: u64,
+}
+
+#[derive(Deserialize)]
+struct MetricData {
+    project: String,
+    name: String,
+    value: f64,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+struct AckData {
+    alert_id: String,
+    by: String,
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// A point's time: the event's, but never after the stream stored it.
+fn point_time(stored: &StoredEvent) -> i64 {
+    millis(stored.occurred_at().min(stored.stored_at))
+}
+
+impl Projection for Anomalies {
+    type Item = Item;
+    type Carry = ();
+
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn schema(&self) -> &'static str {
+        NAME
+    }
+
+    fn categories(&self) -> Option<&'static [&'static str]> {
+        Some(&["llm", "metric", "alert"])
+    }
+
+    fn decode(&self, stored: &StoredEvent) -> Result<Option<Item>, Rejection> {
+        let seq = i64::try_from(stored.seq.0).unwrap_or(i64::MAX);
+        Ok(Some(match stored.event.event_type().as_str() {
+            LLM_CALL_COMPLETED => {
+                let c: LlmCallCompleted = stored.event.data_as()?;
+                Item::Call {
+                    seq,
+                    call: Call {
+                        at_ms: point_time(stored),
+                        model: c.model,
+                        project: c.project.to_string(),
+                        error: c.status == CallStatus::Error,
+                        latency_ms: c.latency_ms as f64,
+                        tokens: u128::from(c.input_tokens) + u128::from(c.output_tokens),
+                        cost_nanos: c.cost.map(kairos_events::Money::nanos),
+                    },
+                }
+            }
+            METRIC_RECORDED => {
+                let m: MetricData = stored.event.data_as()?;
+                if !m.value.is_finite() {
+                    return Err(Rejection {
+                        code: "invalid_data",
+                        reason: "data.value must be a finite number".into(),
+                    });
+                }
+                Item::Metric {
+                    seq,
+                    key: SeriesKey::metric(&m.project, &m.name, m.labels.unwrap_or_default()),
+                    at_ms: point_time(stored),
+                    value: m.value,
+                }
+            }
+            ALERT_ACKNOWLEDGED => {
+                let a: AckData = stored.event.data_as()?;
+                Item::Ack {
+                    seq,
+                    alert_id: a.alert_id,
+                    by: a.by,
+                    at: stored.occurred_at(),
+                }
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        items: Vec<Item>,
+        _carry: &mut (),
+    ) -> Result<Vec<Event>, ApplyError> {
+        let Some(last_seq) = items.last().map(Item::seq) else {
+            return Ok(Vec::new());
+        };
+        let mut memory = self.memory.lock().await;
+        let stored: Option<(i64,)> = sqlx::query_as("SELECT mark FROM memory WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let db_mark = stored.map_or(0, |r| r.0);
+        if memory.mark != Some(db_mark) {
+            *memory = load(tx, &self.rules).await?;
+            memory.mark = Some(db_mark);
+        }
+        let mut fold = Fold {
+            rules: &self.rules,
+            memory: &mut memory,
+            out: Output::default(),
+        };
+        for item in items {
+            match item {
+                Item::Call { seq, call } => {
+                    let r = fold.rules;
+                    let points =
+                        fold.memory
+                            .buckets
+                            .add(&call, r.width_ms, r.grace_ms, r.min_calls);
+                    for p in points {
+                        fold.point(seq, p)?;
+                    }
+                    fold.probe_due(seq)?;
+                }
+                Item::Metric {
+                    seq,
+                    key,
+                    at_ms,
+                    value,
+                } => fold.point(seq, Point { key, at_ms, value })?,
+                Item::Ack {
+                    alert_id, by, at, ..
+                } => fold.out.acks.push((alert_id, by, at)),
+            }
+        }
+        let out = std::mem::take(&mut fold.out);
+        write(tx, &self.rules, &mut memory, out.rows, last_seq).await?;
+        write_alerts(tx, &self.rules, &out.alerts, &out.acks).await?;
+        memory.mark = Some(last_seq);
+        Ok(out.events)
+    }
+}
+
+/// A change to the alerts, the breakers or the limits, in the order they happened.
+enum AlertRow {
+    Raised {
+        id: String,
+        key: SeriesKey,
+        severity: &'static str,
+        at: i64,
+        value: f64,
+        expected: Option<(f64, f64)>,
+        score: f64,
+        action: &'static str,
+        seq: i64,
+    },
+    Resolved {
+        id: String,
+        at: i64,
+        peak: f64,
+        reason: &'static str,
+    },
+    Breaker {
+        model: String,
+        breaker: Option<Breaker>,
+    },
+    Limit {
+        project: String,
+        alert_id: String,
+        factor: f64,
+        at: i64,
+    },
+}
+
+#[derive(Default)]
+struct Rows {
+    /// (series, n, at, value, score)
+    points: Vec<(String, i64, i64, f64, f64)>,
+    touched: BTreeSet<String>,
+    /// (series, cut): delete its points up to `cut`.
+    prune: Vec<(String, i64)>,
+}
+
+#[derive(Default)]
+struct Output {
+    rows: Rows,
+    alerts: Vec<AlertRow>,
+    acks: Vec<(String, String, DateTime<Utc>)>,
+    events: Vec<Event>,
+}
+
+struct Fold<'a> {
+    rules: &'a Rules,
+    memory: &'a mut Memory,
+    out: Output,
+}
+
+fn emit(
+    ty: &'static str,
+    id: String,
+    subject: Option<&str>,
+    at: i64,
+    data: Value,
+) -> Result<Event, ApplyError> {
+    let mut e = Emit::new(ty, SOURCE, data).id(id).time(time(at));
+    if let Some(s) = subject {
+        e = e.subject(s);
+    }
+    e.build()
+        .map_err(|e| ApplyError::Data(format!("an anomalies event would be invalid: {e}")))
+}
+
+fn fresh_state(rules: &Rules, key: &SeriesKey) -> SeriesState {
+    let mut alert = rules.alert.clone();
+    if key.kind.trips_breaker() && rules.breaker {
+        // A breaker's model returns only once its series is back in range.
+        alert.new_normal_points = 0;
+    }
+    SeriesState {
+        detector: Detector::new(rules.detector.clone()),
+        alerting: Alerting::new(alert),
+    }
+}
+
+impl Fold<'_> {
+    /// Scores one point of a series and acts on what its alerting says.
+    fn point(&mut self, seq: i64, p: Point) -> Result<(), ApplyError> {
+        let rules = self.rules;
+        let id = p.key.id.clone();
+        if !self.memory.series.contains_key(&id) {
+            if self.memory.series.len() >= rules.max_series {
+                self.memory.refused += 1;
+                if self.memory.refused.is_power_of_two() {
+                    tracing::warn!(series = %id, refused = self.memory.refused, max = rules.max_series, "anomalies: past max_series; new series are not watched");
+                }
+                return Ok(());
+            }
+            let state = fresh_state(rules, &p.key);
+            self.memory.series.insert(
+                id.clone(),
+                Slot {
+                    key: p.key.clone(),
+                    state,
+                    first_at: p.at_ms,
+                    last_at: None,
+                    points: 0,
+                    saved_points: 0,
+                    last_value: p.value,
+                    last_score: 0.0,
+                    open_alert: None,
+                    dropped: 0,
+                },
+            );
+        }
+        let Some(slot) = self.memory.series.get_mut(&id) else {
+            return Ok(());
+        };
+        self.out.rows.touched.insert(id.clone());
+        if slot.last_at.is_some_and(|l| p.at_ms <= l) {
+            slot.dropped += 1;
+            return Ok(());
+        }
+        let score = slot.state.detector.update(p.value);
+        let at = time(p.at_ms).naive_utc();
+        let changes = slot.state.alerting.observe_value(at, score, p.value);
+        slot.points += 1;
+        slot.last_at = Some(p.at_ms);
+        slot.last_value = p.value;
+        slot.last_score = score;
+        let n = slot.points;
+        self.out
+            .rows
+            .points
+            .push((id.clone(), n, p.at_ms, p.value, score));
+        let step = (rules.keep_points / 10).max(1);
+        if n > rules.keep_points && n % step == 0 {
+            self.out
+                .rows
+                .prune
+                .push((id.clone(), n - rules.keep_points));
+        }
+        let expected_now = slot.state.alerting.expected();
+        let open_before = slot.open_alert.clone();
+        for change in changes {
+            match change {
+                AlertEvent::Raised {
+                    score, expected, ..
+                } => {
+                    let alert_id = format!("alert-{:016x}-{n}", crate::series::fnv(&id));
+                    self.raised(seq, &p, &alert_id, score, expected)?;
+                }
+                AlertEvent::Resolved {
+                    at: when,
+                    peak,
+                    reason,
+                    ..
+                } => {
+                    let when = when.and_utc().timestamp_millis();
+                    if let Some(alert_id) = self
+                        .memory
+                        .series
+                        .get_mut(&id)
+                        .and_then(|s| s.open_alert.take())
+                    {
+                        self.resolved(&p, &alert_id, when, score, peak, reason.as_str())?;
+                    }
+                }
+            }
+        }
+        // A half-open breaker whose series is still off its expected range opens again.
+        if let (Some(model), Some(alert_id)) = (&p.key.model, open_before) {
+            // The value decides, not the score: the detector flags the return to normal as a
+            // change too.
+            let abnormal = match expected_now {
+                Some((lo, hi)) => !(lo..=hi).contains(&p.value),
+                None => score >= rules.alert.raise_above,
+            };
+            if let Some(b) = self.memory.breakers.get_mut(model)
+                && b.state == BreakerState::HalfOpen
+                && b.alerts.contains(&alert_id)
+                && abnormal
+            {
+                b.state = BreakerState::Open;
+                b.since = p.at_ms;
+                b.changed_at = p.at_ms;
+                b.reason = format!(
+                    "probe calls of {model} still abnormal on {id}: {} (score {score:.3})",
+                    p.value
+                );
+                let b = b.clone();
+                self.breaker_changed(model, Some(b), p.at_ms)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn raised(
+        &mut self,
+        seq: i64,
+        p: &Point,
+        alert_id: &str,
+        score: f64,
+        expected: Option<(f64, f64)>,
+    ) -> Result<(), ApplyError> {
+        let rules = self.rules;
+        let kind = p.key.kind;
+        let action = if kind.trips_breaker() && rules.breaker {
+            "circuit_breaker"
+        } else if kind == Kind::CostPerMinute && rules.cost_action == CostAction::LowerLimit {
+            "lower_limit"
+        } else {
+            "warn"
+        };
+        let severity = if action == "warn" {
+            "warning"
+        } else {
+            "critical"
+        };
+        if let Some(s) = self.memory.series.get_mut(&p.key.id) {
+            s.open_alert = Some(alert_id.to_owned());
+        }
+        self.out.alerts.push(AlertRow::Raised {
+            id: alert_id.to_owned(),
+            key: p.key.clone(),
+            severity,
+            at: p.at_ms,
+            value: p.value,
+            expected,
+            score,
+            action,
+            seq,
+        });
+        let mut data = json!({
+            "alert_id": alert_id, "series": p.key.id, "kind": kind.as_str(),
+            "severity": severity, "value": p.value, "score": score.clamp(0.0, 1.0),
+            "started_at": time(p.at_ms), "action": action,
+        });
+        if let Some((lo, hi)) = expected {
+            data["expected_low"] = json!(lo);
+            data["expected_high"] = json!(hi);
+        }
+        if let Some(project) = &p.key.project {
+            data["project"] = json!(project);
+        }
+        if let Some(model) = &p.key.model {
+            data["model"] = json!(model);
+        }
+        if action == "lower_limit" {
+            data["limit_factor"] = json!(rules.limit_factor);
+        }
+        let event = emit(
+            ALERT_RAISED,
+            alert_id.to_owned(),
+            p.key.project.as_deref(),
+            p.at_ms,
+            data,
+        )?;
+        self.out.events.push(event);
+        match (action, &p.key.model, &p.key.project) {
+            ("circuit_breaker", Some(model), _) => {
+                let reason = format!(
+                    "alert {alert_id}: {} of {model} is {} (expected {})",
+                    kind.as_str(),
+                    p.value,
+                    expected.map_or("?".into(), |(lo, hi)| format!("{lo:.4} to {hi:.4}"))
+                );
+                let b = match self.memory.breakers.remove(model) {
+                    Some(mut b) => {
+                        b.alerts.insert(alert_id.to_owned());
+                        b.state = BreakerState::Open;
+                        b.since = p.at_ms;
+                        b.changed_at = p.at_ms;
+                        b.reason = reason;
+                        b
+                    }
+                    None => Breaker {
+                        state: BreakerState::Open,
+                        alerts: BTreeSet::from([alert_id.to_owned()]),
+                        since: p.at_ms,
+                        changed_at: p.at_ms,
+                        reason,
+                    },
+                };
+                self.memory.breakers.insert(model.clone(), b.clone());
+                self.breaker_changed(model, Some(b), p.at_ms)?;
+            }
+            ("lower_limit", _, Some(project)) => self.out.alerts.push(AlertRow::Limit {
+                project: project.clone(),
+                alert_id: alert_id.to_owned(),
+                factor: rules.limit_factor,
+                at: p.at_ms,
+            }),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn resolved(
+        &mut self,
+        p: &Point,
+        alert_id: &str,
+        at: i64,
+        score: f64,
+        peak: f64,
+        reason: &'static str,
+    ) -> Result<(), ApplyError> {
+        self.out.alerts.push(AlertRow::Resolved {
+            id: alert_id.to_owned(),
+            at,
+            peak,
+            reason,
+        });
+        let mut data = json!({
+            "alert_id": alert_id, "series": p.key.id, "kind": p.key.kind.as_str(),
+            "resolved_at": time(at), "value": p.value, "score": score.clamp(0.0, 1.0),
+            "peak": peak.clamp(0.0, 1.0), "reason": reason,
+        });
+        if let Some(project) = &p.key.project {
+            data["project"] = json!(project);
+        }
+        if let Some(model) = &p.key.model {
+            data["model"] = json!(model);
+        }
+        let event = emit(
+            ALERT_RESOLVED,
+            format!("{alert_id}/resolved"),
+            p.key.project.as_deref(),
+            at,
+            data,
+        )?;
+        self.out.events.push(event);
+        if let Some(model) = &p.key.model
+            && let Some(mut b) = self.memory.breakers.remove(model)
+        {
+            b.alerts.remove(alert_id);
+            if b.alerts.is_empty() {
+                self.breaker_changed(model, None, at)?;
+            } else {
+                self.memory.breakers.insert(model.clone(), b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Breakers open for `probe_after` of the calls' time turn half-open.
+    fn probe_due(&mut self, _seq: i64) -> Result<(), ApplyError> {
+        let watermark = self.memory.buckets.watermark;
+        let after = self.rules.probe_after.num_milliseconds();
+        let due: Vec<String> = self
+            .memory
+            .breakers
+            .iter()
+            .filter(|(_, b)| b.state == BreakerState::Open && watermark >= b.since + after)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for model in due {
+            if let Some(b) = self.memory.breakers.get_mut(&model) {
+                b.state = BreakerState::HalfOpen;
+                b.changed_at = watermark;
+                b.reason = format!(
+                    "open for {} s: a few probe calls of {model} go through",
+                    after / 1000
+                );
+                let b = b.clone();
+                self.breaker_changed(&model, Some(b), watermark)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a breaker's new state (`None`: closed) and emits its event.
+    fn breaker_changed(
+        &mut self,
+        model: &str,
+        b: Option<Breaker>,
+        at: i64,
+    ) -> Result<(), ApplyError> {
+        let (state, alerts, reason) = match &b {
+            Some(b) => (
+                b.state.as_str(),
+                b.alerts.iter().cloned().collect::<Vec<_>>(),
+                b.reason.clone(),
+            ),
+            None => (
+                "closed",
+                Vec::new(),
+                format!("the alerts on {model} resolved: it is routed again"),
+            ),
+        };
+        let data = json!({
+            "model": model, "state": state, "alerts": alerts, "at": time(at), "reason": reason,
+        });
+        let event = emit(
+            BREAKER_CHANGED,
+            format!("breaker/{model}/{state}/{at}"),
+            None,
+            at,
+            data,
+        )?;
+        self.out.events.push(event);
+        self.out.alerts.push(AlertRow::Breaker {
+            model: model.to_owned(),
+            breaker: b,
+        });
+        Ok(())
+    }
+}
+
+/// Reads the memory back: saved states, the points after them folded in again, the open
+/// buckets and the breakers.
+async fn load(tx: &mut PgConnection, rules: &Rules) -> Result<Memory, ApplyError> {
+    let mut memory = Memory::default();
+    if let Some(row) = sqlx::query("SELECT groups FROM memory WHERE id = 1")
+        .fetch_optional(&mut *tx)
+        .await?
+    {
+        let bytes: Vec<u8> = row.try_get("groups")?;
+        memory.buckets = Buckets::from_bytes(&bytes)
+            .map_err(|e| ApplyError::Data(format!("anomalies: open buckets unreadable: {e}")))?;
+    }
+    let rows = sqlx::query(
+        "SELECT id, kind, project, model, metric, labels, first_at, last_at, points, last_value,
+                last_score, open_alert, state, state_points, dropped
+         FROM series",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in rows {
+        let kind: String = r.try_get("kind")?;
+        let kind: Kind = serde_json::from_value(Value::String(kind))
+            .map_err(|e| ApplyError::Data(format!("anomalies: series kind: {e}")))?;
+        let labels: Option<Value> = r.try_get("labels")?;
+        let key = SeriesKey {
+            id: r.try_get("id")?,
+            kind,
+            project: r.try_get("project")?,
+            model: r.try_get("model")?,
+            metric: r.try_get("metric")?,
+            labels: labels.and_then(|l| serde_json::from_value(l).ok()),
+        };
+        let state: Option<Vec<u8>> = r.try_get("state")?;
+        let state_points: i64 = r.try_get("state_points")?;
+        let state = match state {
+            Some(bytes) => serde_json::from_slice::<SeriesState>(&bytes)
+                .map_err(|e| ApplyError::Data(format!("anomalies: state of {}: {e}", key.id)))?,
+            None => fresh_state(rules, &key),
+        };
+        let first: DateTime<Utc> = r.try_get("first_at")?;
+        let last: DateTime<Utc> = r.try_get("last_at")?;
+        let slot = Slot {
+            state,
+            first_at: millis(first),
+            last_at: Some(millis(last)),
+            points: r.try_get("points")?,
+            saved_points: state_points,
+            last_value: r.try_get("last_value")?,
+            last_score: r.try_get("last_score")?,
+            open_alert: r.try_get("open_alert")?,
+            dropped: r.try_get("dropped")?,
+            key,
+        };
+        memory.series.insert(slot.key.id.clone(), slot);
+    }
+    // The points scored after each saved state, folded in again (their alerting changes were
+    // acted on when they were first scored).
+    let rows = sqlx::query(
+        "SELECT p.series, p.n, p.at, p.value FROM points p JOIN series s ON s.id = p.series
+         WHERE p.n > s.state_points ORDER BY p.series, p.n",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for r in rows {
+        let id: String = r.try_get("series")?;
+        let at: DateTime<Utc> = r.try_get("at")?;
+        let value: f64 = r.try_get("value")?;
+        if let Some(slot) = memory.series.get_mut(&id) {
+            let score = slot.state.detector.update(value);
+            slot.state
+                .alerting
+                .observe_value(at.naive_utc(), score, value);
+        }
+    }
+    let rows = sqlx::query("SELECT model, state, alerts, since, changed_at, reason FROM breakers")
+        .fetch_all(&mut *tx)
+        .await?;
+    for r in rows {
+        let state: String = r.try_get("state")?;
+        let alerts: Vec<String> = r.try_get("alerts")?;
+        let since: DateTime<Utc> = r.try_get("since")?;
+        let changed: DateTime<Utc> = r.try_get("changed_at")?;
+        memory.breakers.insert(
+            r.try_get("model")?,
+            Breaker {
+                state: if state == "open" {
+                    BreakerState::Open
+                } else {
+                    BreakerState::HalfOpen
+                },
+                alerts: alerts.into_iter().collect(),
+                since: millis(since),
+                changed_at: millis(changed),
+                reason: r.try_get("reason")?,
+            },
+        );
+    }
+    Ok(memory)
+}
+
+/// Writes a batch's points, the touched series (with their state when due), the open buckets
+/// and the mark.
+async fn write(
+    tx: &mut PgConnection,
+    rules: &Rules,
+    memory: &mut Memory,
+    rows: Rows,
+    mark: i64,
+) -> Result<(), ApplyError> {
+    if !rows.points.is_empty() {
+        let mut series = Vec::with_capacity(rows.points.len());
+        let mut n = Vec::with_capacity(rows.points.len());
+        let mut at = Vec::with_capacity(rows.points.len());
+        let mut value = Vec::with_capacity(rows.points.len());
+        let mut score = Vec::with_capacity(rows.points.len());
+        for (s, i, t, v, sc) in rows.points {
+            series.push(s);
+            n.push(i);
+            at.push(time(t));
+            value.push(v);
+            score.push(sc);
+        }
+        // A point folded again after a reload that did not commit is the same point.
+        sqlx::query(
+            "INSERT INTO points (series, n, at, value, score)
+             SELECT * FROM unnest($1::text[], $2::int8[], $3::timestamptz[], $4::float8[], $5::float8[])
+             ON CONFLICT (series, n) DO NOTHING",
+        )
+        .bind(series)
+        .bind(n)
+        .bind(at)
+        .bind(value)
+        .bind(score)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (s, cut) in rows.prune {
+        sqlx::query("DELETE FROM points WHERE series = $1 AND n <= $2")
+            .bind(s)
+            .bind(cut)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if !rows.touched.is_empty() {
+        let mut cols = SeriesCols::default();
+        for id in &rows.touched {
+            let Some(slot) = memory.series.get_mut(id) else {
+                continue;
+            };
+            let Some(last_at) = slot.last_at else {
+                continue;
+            };
+            let save = slot.points - slot.saved_points >= rules.save_every;
+            cols.state.push(if save {
+                slot.saved_points = slot.points;
+                Some(
+                    serde_json::to_vec(&slot.state)
+                        .map_err(|e| ApplyError::Data(format!("anomalies: state of {id}: {e}")))?,
+                )
+            } else {
+                None
+            });
+            cols.id.push(id.clone());
+            cols.kind.push(slot.key.kind.as_str().to_owned());
+            cols.project.push(slot.key.project.clone());
+            cols.model.push(slot.key.model.clone());
+            cols.metric.push(slot.key.metric.clone());
+            cols.labels.push(slot.key.labels.as_ref().map(|l| json!(l)));
+            cols.first_at.push(time(slot.first_at));
+            cols.last_at.push(time(last_at));
+            cols.points.push(slot.points);
+            cols.last_value.push(slot.last_value);
+            cols.last_score.push(slot.last_score);
+            cols.open_alert.push(slot.open_alert.clone());
+            cols.state_points.push(slot.saved_points);
+            cols.dropped.push(slot.dropped);
+        }
+        sqlx::query(
+            "INSERT INTO series (id, kind, project, model, metric, labels, first_at, last_at,
+                                 points, last_value, last_score, open_alert, state, state_points,
+                                 dropped)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::jsonb[], $7::timestamptz[], $8::timestamptz[], $9::int8[],
+                                  $10::float8[], $11::float8[], $12::text[], $13::bytea[],
+                                  $14::int8[], $15::int8[])
+             ON CONFLICT (id) DO UPDATE SET
+                 last_at = EXCLUDED.last_at, points = EXCLUDED.points,
+                 last_value = EXCLUDED.last_value, last_score = EXCLUDED.last_score,
+                 open_alert = EXCLUDED.open_alert,
+                 state = COALESCE(EXCLUDED.state, series.state),
+                 state_points = EXCLUDED.state_points, dropped = EXCLUDED.dropped",
+        )
+        .bind(cols.id)
+        .bind(cols.kind)
+        .bind(cols.project)
+        .bind(cols.model)
+        .bind(cols.metric)
+        .bind(cols.labels)
+        .bind(cols.first_at)
+        .bind(cols.last_at)
+        .bind(cols.points)
+        .bind(cols.last_value)
+        .bind(cols.last_score)
+        .bind(cols.open_alert)
+        .bind(cols.state)
+        .bind(cols.state_points)
+        .bind(cols.dropped)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO memory (id, mark, groups) VALUES (1, $1, $2)
+         ON CONFLICT (id) DO UPDATE SET mark = EXCLUDED.mark, groups = EXCLUDED.groups",
+    )
+    .bind(mark)
+    .bind(memory.buckets.to_bytes())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[derive(Default)]
+struct SeriesCols {
+    id: Vec<String>,
+    kind: Vec<String>,
+    project: Vec<Option<String>>,
+    model: Vec<Option<String>>,
+    metric: Vec<Option<String>>,
+    labels: Vec<Option<Value>>,
+    first_at: Vec<DateTime<Utc>>,
+    last_at: Vec<DateTime<Utc>>,
+    points: Vec<i64>,
+    last_value: Vec<f64>,
+    last_score: Vec<f64>,
+    open_alert: Vec<Option<String>>,
+    state: Vec<Option<Vec<u8>>>,
+    state_points: Vec<i64>,
+    dropped: Vec<i64>,
+}
+
+async fn write_alerts(
+    tx: &mut PgConnection,
+    rules: &Rules,
+    alerts: &[AlertRow],
+    acks: &[(String, String, DateTime<Utc>)],
+) -> Result<(), ApplyError> {
+    for a in alerts {
+        match a {
+            AlertRow::Raised {
+                id,
+                key,
+                severity,
+                at,
+                value,
+                expected,
+                score,
+                action,
+                seq,
+            } => {
+                sqlx::query(
+                    "INSERT INTO alerts (id, series, kind, project, model, severity, status,
+                                         raised_at, value, expected_low, expected_high, score,
+                                         peak, action, raised_seq)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, $9, $10, $11, $11, $12, $13)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(&key.id)
+                .bind(key.kind.as_str())
+                .bind(&key.project)
+                .bind(&key.model)
+                .bind(severity)
+                .bind(time(*at))
+                .bind(value)
+                .bind(expected.map(|e| e.0))
+                .bind(expected.map(|e| e.1))
+                .bind(score)
+                .bind(action)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+            }
+            AlertRow::Resolved {
+                id,
+                at,
+                peak,
+                reason,
+            } => {
+                sqlx::query(
+                    "UPDATE alerts SET status = 'resolved', resolved_at = $2, peak = $3,
+                                       resolve_reason = $4
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(time(*at))
+                .bind(peak)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+            }
+            AlertRow::Breaker { model, breaker } => match breaker {
+                Some(b) => {
+                    sqlx::query(
+                        "INSERT INTO breakers (model, state, alerts, since, changed_at, reason,
+                                               probe_calls, probe_window_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                         ON CONFLICT (model) DO UPDATE SET state = EXCLUDED.state,
+                             alerts = EXCLUDED.alerts, since = EXCLUDED.since,
+                             changed_at = EXCLUDED.changed_at, reason = EXCLUDED.reason,
+                             probe_calls = EXCLUDED.probe_calls,
+                             probe_window_ms = EXCLUDED.probe_window_ms",
+                    )
+                    .bind(model)
+                    .bind(b.state.as_str())
+                    .bind(b.alerts.iter().cloned().collect::<Vec<_>>())
+                    .bind(time(b.since))
+                    .bind(time(b.changed_at))
+                    .bind(&b.reason)
+                    .bind(i32::try_from(rules.probe_calls).unwrap_or(i32::MAX))
+                    .bind(rules.width_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM breakers WHERE model = $1")
+                        .bind(model)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            },
+            AlertRow::Limit {
+                project,
+                alert_id,
+                factor,
+                at,
+            } => {
+                sqlx::query(
+                    "INSERT INTO limits (project, alert_id, factor, since) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (project) DO UPDATE SET alert_id = EXCLUDED.alert_id,
+                         factor = LEAST(limits.factor, EXCLUDED.factor), since = EXCLUDED.since",
+                )
+                .bind(project)
+                .bind(alert_id)
+                .bind(factor)
+                .bind(time(*at))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    for (id, by, at) in acks {
+        sqlx::query(
+            "UPDATE alerts SET acknowledged_by = $2, acknowledged_at = $3
+             WHERE id = $1 AND acknowledged_at IS NULL",
+        )
+        .bind(id)
+        .bind(by)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM limits WHERE alert_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}

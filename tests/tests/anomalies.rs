@@ -431,3 +431,99 @@ async fn bad_queries_and_forged_alerts_are_refused(pool: PgPool) {
     assert_eq!(status, 400, "{r}");
     app.cleanup().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn each_alert_is_posted_signed_to_the_webhook_and_retried_when_refused(pool: PgPool) {
+    use std::sync::{Arc, Mutex};
+    type Seen = Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    // The receiver refuses the first delivery, then takes the rest.
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let seen = seen.clone();
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let mut s = seen.lock().unwrap();
+                    s.push((headers, body.to_vec()));
+                    if s.len() == 1 {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, hook).await });
+    let secret = "a-webhook-secret-of-some-length";
+    let config = format!("{CONFIG}\n",).replace(
+        "[anomalies]\n",
+        &format!(
+            "[anomalies]\nwebhook_url = \"http://{addr}/hook\"\nwebhook_secret = \"{secret}\"\n"
+        ),
+    );
+    let app = spawn_app_with(pool, test_settings_with(&config), true).await;
+    let values: Vec<f64> = (0..400)
+        .map(|i| 20.0 + (i % 7) as f64 * 0.5 + if i == 300 { 60.0 } else { 0.0 })
+        .collect();
+    let events: Vec<Value> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| sample("latency.ms", i, *v))
+        .collect();
+    let seq = app.ingest(&events).await;
+    app.wait_for("anomalies", seq).await;
+    let (_, alerts) = app.get("/v1/anomalies").await;
+    let raised = alerts["alerts"][0]["id"]
+        .as_str()
+        .expect("an alert")
+        .to_owned();
+    // The refused delivery is tried again a second later.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deliveries = loop {
+        let got = seen.lock().unwrap().clone();
+        if got.len() >= 2 || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(deliveries.len() >= 2, "{} deliveries", deliveries.len());
+    for (headers, body) in &deliveries[..2] {
+        let event: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(event["type"], "kairos.alert.raised.v1", "{event}");
+        assert_eq!(event["data"]["alert_id"], json!(raised), "{event}");
+        assert_eq!(headers["content-type"], "application/cloudevents+json");
+        let ts: i64 = headers["x-kairos-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            headers["x-kairos-signature"].to_str().unwrap(),
+            kairos_anomalies::webhook::signature(secret, ts, body),
+            "signed with the secret"
+        );
+        assert_ne!(
+            headers["x-kairos-signature"].to_str().unwrap(),
+            kairos_anomalies::webhook::signature("another-secret-entirely", ts, body)
+        );
+    }
+    assert!(
+        deliveries[0].0["x-kairos-delivery"]
+            .to_str()
+            .unwrap()
+            .ends_with("/1")
+    );
+    assert!(
+        deliveries[1].0["x-kairos-delivery"]
+            .to_str()
+            .unwrap()
+            .ends_with("/2")
+    );
+    server.abort();
+    app.cleanup().await;
+}

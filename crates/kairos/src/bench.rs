@@ -47,10 +47,10 @@ use tokio::task::JoinHandle;
 use crate::configuration::Settings;
 use crate::startup::Kairos;
 
+mod anomalies;
 mod commands;
 mod reads;
 mod routes;
-mod anomalies;
 mod workflows;
 
 /// Bytes of each raw message: about one small CloudEvent.

@@ -319,6 +319,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     *secret = Some("***".into());
                 }
             }
+            // A module's secrets (say, `[anomalies] webhook_secret`) are not printed either.
+            for section in shown.modules.values_mut() {
+                if let figment::value::Value::Dict(_, dict) = section {
+                    for (key, value) in dict.iter_mut() {
+                        if key.contains("secret") || key.contains("password") {
+                            *value = figment::value::Value::from("***");
+                        }
+                    }
+                }
+            }
             println!("{shown:#?}");
             Ok(ExitCode::SUCCESS)
         }

@@ -63,6 +63,20 @@ fn bad_configuration_stops_start_up_naming_the_key() {
             "database.max_connections",
         ),
         ("[unknown_section]\nx = 1\n", "unknown_section"),
+        ("[anomalies]\nsave_every = 6000\n", "anomalies.save_every"),
+        ("[anomalies]\nraise_above = 1.5\n", "anomalies.raise_above"),
+        (
+            "[anomalies]\ncost_action = \"panic\"\n",
+            "anomalies.cost_action",
+        ),
+        (
+            "[anomalies]\nwebhook_url = \"ftp://x\"\nwebhook_secret = \"0123456789abcdef\"\n",
+            "anomalies.webhook_url",
+        ),
+        (
+            "[anomalies]\nwebhook_url = \"https://hooks.example.com/k\"\nwebhook_secret = \"short\"\n",
+            "anomalies.webhook_secret",
+        ),
         ("[http\naddr=", "TOML"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
@@ -124,6 +138,27 @@ fn bad_configuration_stops_start_up_naming_the_key() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("\"tenant-b\""));
     assert!(!shown.contains("hunter2"), "passwords are not printed");
+    let out = kairos(
+        &["check-config"],
+        &[
+            (
+                "KAIROS_ANOMALIES_WEBHOOK_URL",
+                "https://hooks.example.com/k",
+            ),
+            (
+                "KAIROS_ANOMALIES_WEBHOOK_SECRET",
+                "a-webhook-secret-hunter3",
+            ),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("hooks.example.com"), "{shown}");
+    assert!(
+        !shown.contains("hunter3"),
+        "a module's secret is not printed"
+    );
     let out = kairos(
         &["check-config"],
         &[("KAIROS_BOOTSTRAP_ADMIN_KEY", "short")],

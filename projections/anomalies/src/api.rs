@@ -25,6 +25,7 @@ use crate::alert::AlertConfig;
 use crate::detector::DetectorConfig;
 use crate::projection::{Anomalies, CostAction, Rules, SOURCE};
 use crate::read::{self, Alert, AlertFilter, Scored, Series};
+use crate::webhook::Webhook;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -74,6 +75,13 @@ pub struct AnomalySettings {
     pub cost_action: CostAction,
     /// `lower_limit`: the factor the project's effective limit is multiplied by.
     pub limit_factor: f64,
+    /// Where each alert event is POSTed (none: no webhook).
+    pub webhook_url: Option<String>,
+    /// The HMAC-SHA256 key of the webhook's signature (at least 16 characters); set it with
+    /// `KAIROS_ANOMALIES_WEBHOOK_SECRET` rather than in the file.
+    pub webhook_secret: Option<String>,
+    /// Tries per event before it is given up.
+    pub webhook_attempts: u32,
 }
 
 impl Default for AnomalySettings {
@@ -98,6 +106,9 @@ impl Default for AnomalySettings {
             probe_calls: 5,
             cost_action: CostAction::Warn,
             limit_factor: 0.5,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_attempts: 6,
         }
     }
 }
@@ -133,7 +144,35 @@ impl AnomalySettings {
         if !(self.limit_factor > 0.0 && self.limit_factor < 1.0) {
             return Err(config.invalid("limit_factor", "must be above 0 and below 1"));
         }
+        within(self.webhook_attempts, 1, 20, "webhook_attempts")?;
+        self.webhook(config)?;
         Ok(())
+    }
+
+    /// The webhook, if one is configured: an http(s) URL and a secret of 16 characters or more.
+    pub fn webhook(&self, config: &ModuleConfig) -> Result<Option<Webhook>, ModuleError> {
+        let Some(raw) = &self.webhook_url else {
+            return Ok(None);
+        };
+        let url = reqwest::Url::parse(raw)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| config.invalid("webhook_url", "must be an http:// or https:// URL"))?;
+        let secret = self
+            .webhook_secret
+            .clone()
+            .filter(|s| s.chars().count() >= 16)
+            .ok_or_else(|| {
+                config.invalid(
+                    "webhook_secret",
+                    "must be set, 16 characters or more, with webhook_url (KAIROS_ANOMALIES_WEBHOOK_SECRET)",
+                )
+            })?;
+        Ok(Some(Webhook {
+            url,
+            secret,
+            attempts: self.webhook_attempts,
+        }))
     }
 
     /// The fold's rules.
@@ -202,12 +241,14 @@ impl Module for AnomaliesModule {
     fn configure(&self, config: &ModuleConfig) -> Result<Box<dyn Configured>, ModuleError> {
         let settings: AnomalySettings = config.get()?;
         settings.check(config)?;
-        Ok(Box::new(AnomaliesConfigured { settings }))
+        let webhook = settings.webhook(config)?;
+        Ok(Box::new(AnomaliesConfigured { settings, webhook }))
     }
 }
 
 struct AnomaliesConfigured {
     settings: AnomalySettings,
+    webhook: Option<Webhook>,
 }
 
 impl Configured for AnomaliesConfigured {
@@ -233,15 +274,27 @@ impl Configured for AnomaliesConfigured {
             )
     }
 
-    fn start<'a>(&'a self, _host: &'a Host) -> BoxFuture<'a, Result<Started, ModuleError>> {
+    fn start<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, Result<Started, ModuleError>> {
+        if let Some(hook) = &self.webhook {
+            tokio::spawn(crate::webhook::run(
+                host.bus.clone(),
+                hook.clone(),
+                host.clock.clone(),
+            ));
+        }
         let banner = format!(
-            "anomalies: {} s buckets, breaker {}, cost alerts {}",
+            "anomalies: {} s buckets, breaker {}, cost alerts {}, webhook {}",
             self.settings.bucket_seconds,
             if self.settings.breaker { "on" } else { "off" },
             match self.settings.cost_action {
                 CostAction::Warn => "warn",
                 CostAction::LowerLimit => "lower the limit",
-            }
+            },
+            self.webhook.as_ref().map_or("off".into(), |w| w
+                .url
+                .host_str()
+                .unwrap_or("?")
+                .to_owned()),
         );
         Box::pin(async move { Ok(Started::default().with_banner(banner)) })
     }

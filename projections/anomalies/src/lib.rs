@@ -15,6 +15,7 @@ pub mod series;
 mod api;
 pub mod projection;
 pub mod read;
+pub mod webhook;
 
 pub use api::{AnomaliesModule, AnomalySettings, MODULE};
 

@@ -6,7 +6,8 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 use kairos_anomalies::detector::score_series;
-use kairos_tests::{TestApp, spawn_app_with, test_settings_with};
+use kairos_runtime::ReplayOptions;
+use kairos_tests::{TestApp, schema_digest, spawn_app_with, test_settings_with};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -97,7 +98,7 @@ async fn open_alerts(app: &TestApp, seq: u64, series: &str) -> Vec<Value> {
 
 #[sqlx::test(migrations = false)]
 async fn a_failing_model_is_taken_out_of_routing_and_returns_once_its_alert_resolves(pool: PgPool) {
-    let app = spawn_app_with(pool, test_settings_with(CONFIG), true).await;
+    let app = spawn_app_with(pool.clone(), test_settings_with(CONFIG), true).await;
     let series = "model:alpha:error_rate";
     // 220 normal minutes: the detector learns what alpha's error rate looks like.
     let mut events = Vec::new();
@@ -241,6 +242,20 @@ async fn a_failing_model_is_taken_out_of_routing_and_returns_once_its_alert_reso
         .map(|e| e.json()["data"].to_string())
         .collect();
     assert_eq!(got, expected, "{told:#?}");
+
+    // A replay rebuilds the same tables: points, series, alerts, the (closed) breaker.
+    let before = schema_digest(&pool, "anomalies").await;
+    let report = app
+        .kairos
+        .replay("anomalies", &ReplayOptions::default(), None, |_| {})
+        .await
+        .unwrap();
+    assert!(report.switched && report.reached.0 >= seq, "{report:?}");
+    assert_eq!(
+        schema_digest(&pool, "anomalies").await,
+        before,
+        "the replay rebuilt other rows"
+    );
     app.cleanup().await;
 }
 

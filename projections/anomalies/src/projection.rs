@@ -123,6 +123,8 @@ struct Slot {
     last_at: Option<i64>,
     points: i64,
     saved_points: i64,
+    /// The state as of `saved_points`, not yet written.
+    unsaved: Option<Vec<u8>>,
     last_value: f64,
     last_score: f64,
     open_alert: Option<String>,
@@ -302,7 +304,7 @@ impl Projection for Anomalies {
             }
         }
         let out = std::mem::take(&mut fold.out);
-        write(tx, &self.rules, &mut memory, out.rows, last_seq).await?;
+        write(tx, &mut memory, out.rows, last_seq).await?;
         write_alerts(tx, &self.rules, &out.alerts, &out.acks).await?;
         memory.mark = Some(last_seq);
         Ok(out.events)
@@ -413,6 +415,7 @@ impl Fold<'_> {
                     last_at: None,
                     points: 0,
                     saved_points: 0,
+                    unsaved: None,
                     last_value: p.value,
                     last_score: 0.0,
                     open_alert: None,
@@ -440,6 +443,13 @@ impl Fold<'_> {
             .rows
             .points
             .push((id.clone(), n, p.at_ms, p.value, score));
+        // Saved at fixed points of the series, whatever the batches: a replay writes the same.
+        if n % rules.save_every == 0 {
+            let bytes = serde_json::to_vec(&slot.state)
+                .map_err(|e| ApplyError::Data(format!("anomalies: state of {id}: {e}")))?;
+            slot.unsaved = Some(bytes);
+            slot.saved_points = n;
+        }
         let step = (rules.keep_points / 10).max(1);
         if n > rules.keep_points && n % step == 0 {
             self.out
@@ -761,6 +771,7 @@ async fn load(tx: &mut PgConnection, rules: &Rules) -> Result<Memory, ApplyError
             last_at: Some(millis(last)),
             points: r.try_get("points")?,
             saved_points: state_points,
+            unsaved: None,
             last_value: r.try_get("last_value")?,
             last_score: r.try_get("last_score")?,
             open_alert: r.try_get("open_alert")?,
@@ -818,7 +829,6 @@ async fn load(tx: &mut PgConnection, rules: &Rules) -> Result<Memory, ApplyError
 /// and the mark.
 async fn write(
     tx: &mut PgConnection,
-    rules: &Rules,
     memory: &mut Memory,
     rows: Rows,
     mark: i64,
@@ -866,16 +876,7 @@ async fn write(
             let Some(last_at) = slot.last_at else {
                 continue;
             };
-            let save = slot.points - slot.saved_points >= rules.save_every;
-            cols.state.push(if save {
-                slot.saved_points = slot.points;
-                Some(
-                    serde_json::to_vec(&slot.state)
-                        .map_err(|e| ApplyError::Data(format!("anomalies: state of {id}: {e}")))?,
-                )
-            } else {
-                None
-            });
+            cols.state.push(slot.unsaved.take());
             cols.id.push(id.clone());
             cols.kind.push(slot.key.kind.as_str().to_owned());
             cols.project.push(slot.key.project.clone());

@@ -542,3 +542,12 @@ async fn each_alert_is_posted_signed_to_the_webhook_and_retried_when_refused(poo
     server.abort();
     app.cleanup().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_anomalies_example_runs(pool: PgPool) {
+    let app = spawn_app_with(pool, test_settings_with(""), true).await;
+    let stdout = app.run_example("anomalies.sh").await;
+    assert!(stdout.contains("raised at value 400"), "{stdout}");
+    assert!(stdout.contains("acknowledged by admin@kairos.local"), "{stdout}");
+    app.cleanup().await;
+}

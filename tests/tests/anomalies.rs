@@ -548,6 +548,9 @@ async fn the_anomalies_example_runs(pool: PgPool) {
     let app = spawn_app_with(pool, test_settings_with(""), true).await;
     let stdout = app.run_example("anomalies.sh").await;
     assert!(stdout.contains("raised at value 400"), "{stdout}");
-    assert!(stdout.contains("acknowledged by admin@kairos.local"), "{stdout}");
+    assert!(
+        stdout.contains("acknowledged by admin@kairos.local"),
+        "{stdout}"
+    );
     app.cleanup().await;
 }

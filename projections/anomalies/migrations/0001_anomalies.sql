@@ -5,6 +5,8 @@ CREATE SCHEMA IF NOT EXISTS anomalies;
 -- One row per series, discovered from the events (see kairos_anomalies::series).
 CREATE TABLE anomalies.series (
     id           text        PRIMARY KEY,
+    -- A small number the points are kept under, given in the order series appear.
+    sid          integer     NOT NULL UNIQUE,
     kind         text        NOT NULL,
     project      text,
     model        text,
@@ -26,15 +28,15 @@ CREATE TABLE anomalies.series (
 CREATE INDEX series_project ON anomalies.series (project, id);
 
 -- Every scored point (the newest [anomalies] keep_points of each series).
+-- One index only: a batch writes thousands of points, and reads by time scan a series' newest.
 CREATE TABLE anomalies.points (
-    series text             NOT NULL,
+    sid    integer          NOT NULL,
     n      bigint           NOT NULL,
     at     timestamptz      NOT NULL,
     value  double precision NOT NULL,
     score  double precision NOT NULL,
-    PRIMARY KEY (series, n)
+    PRIMARY KEY (sid, n)
 );
-CREATE INDEX points_at ON anomalies.points (series, at);
 
 -- What the fold keeps between batches besides the series: the open buckets of the derived
 -- series, and the sequence it has folded through (a process whose memory was made at another

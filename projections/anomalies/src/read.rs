@@ -222,10 +222,11 @@ pub async fn scores(
 ) -> Result<Vec<Scored>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT n, at, value, score FROM (
-             SELECT n, at, value, score FROM anomalies.points
-             WHERE series = $1 AND ($2::timestamptz IS NULL OR at >= $2)
+             SELECT p.n, p.at, p.value, p.score
+             FROM anomalies.points p JOIN anomalies.series s ON s.sid = p.sid
+             WHERE s.id = $1 AND ($2::timestamptz IS NULL OR at >= $2)
                AND ($3::timestamptz IS NULL OR at < $3)
-             ORDER BY n DESC LIMIT $4) newest
+             ORDER BY p.n DESC LIMIT $4) newest
          ORDER BY n",
     )
     .bind(id)

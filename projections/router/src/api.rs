@@ -332,7 +332,8 @@ impl Router {
 
 impl Router {
     /// The anomalies projection's breakers and lowered limits, read again when older than
-    /// `health_refresh_ms` or when the caller needs a newer sequence.
+    /// `health_refresh_ms` or when the caller needs a newer sequence (so a breaker opens for
+    /// routing at most `health_refresh_ms` after the projection applied its alert).
     async fn circuit(&self, st: &AppState, min_seq: u64) -> Result<Arc<Circuit>, ApiError> {
         let refresh = Duration::from_millis(self.settings.health_refresh_ms);
         let announced = st
@@ -345,7 +346,7 @@ impl Router {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let young = c.read_at.is_some_and(|t| t.elapsed() < refresh);
-            if young && c.seq >= min_seq.max(announced) {
+            if young && c.seq >= min_seq {
                 return Ok(c.circuit.clone());
             }
         }

@@ -61,27 +61,33 @@ async fn measure(
     let mut noise = 0x2545_F491_4F6C_DD1Du64;
     let mut values = Vec::with_capacity(points);
     let mut events: Vec<Event> = Vec::with_capacity(points);
-    for i in 0..per_series {
+    // In blocks of 50 points per series, so that each series' points stay in order although
+    // the HTTP batches (1,000 events, 4 in flight) may be stored out of order: a point older
+    // than its series' last is not scored.
+    const BLOCK: usize = 50;
+    let order = (0..per_series.div_ceil(BLOCK)).flat_map(|b| {
+        (0..series)
+            .flat_map(move |s| (b * BLOCK..((b + 1) * BLOCK).min(per_series)).map(move |i| (s, i)))
+    });
+    for (s, i) in order {
         let at = start + chrono::TimeDelta::minutes(5 * i as i64);
-        for s in 0..series {
-            let v = value(s, i, &mut noise);
-            values.push(v);
-            events.push(
-                Metric::new(&format!("bench-p{}", s % 20), "queue.depth", v)
-                    .label("host", &format!("h{s}"))
-                    .id(format!("{run_id}-{s}-{i}"))
-                    .source("bench/agents")
-                    .time(at)
-                    .build()?,
-            );
-        }
+        let v = value(s, i, &mut noise);
+        values.push((s, v));
+        events.push(
+            Metric::new(&format!("bench-p{}", s % 20), "queue.depth", v)
+                .label("host", &format!("h{s}"))
+                .id(format!("{run_id}-{s}-{i}"))
+                .source("bench/agents")
+                .time(at)
+                .build()?,
+        );
     }
     // The ceiling: the same points through the detectors, no I/O.
     let mut detectors: Vec<Detector> = (0..series).map(|_| Detector::default()).collect();
     let began = Instant::now();
     let mut checksum = 0.0;
-    for (j, v) in values.iter().enumerate() {
-        checksum += detectors[j % series].update(*v);
+    for (s, v) in &values {
+        checksum += detectors[*s].update(*v);
     }
     let detector = per_second(points, began.elapsed());
     std::hint::black_box(checksum);
@@ -126,13 +132,13 @@ pub(super) fn print(f: &AnomalyFigures) {
             f.apply,
             "pt/s",
         )
+        .ratio(f.apply / f.detector.max(1e-9), "of the detectors alone")
         .target(">= 50,000", f.apply >= 50_000.0),
         row(
             "detectors alone, same points, no I/O (ceiling)",
             f.detector,
             "pt/s",
         ),
-        row("  apply / ceiling", f.apply / f.detector.max(1e-9), ""),
         row("detector memory per series", f.state_bytes as f64, "B"),
         row("detector state saved per series", f.saved_bytes as f64, "B"),
     ];

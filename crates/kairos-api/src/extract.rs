@@ -136,6 +136,15 @@ impl FromRequestParts<AppState> for ReadAt {
 }
 
 impl ReadAt {
+    /// Refuses `as_of` for a projection that keeps no point-in-time history; `why` is the
+    /// message (say, "workflows keep no point-in-time history; omit as_of").
+    pub fn no_history(&self, why: &'static str) -> Result<(), ApiError> {
+        match self.as_of {
+            Some(_) => Err(ApiError::bad("invalid_query", "as_of", why)),
+            None => Ok(()),
+        }
+    }
+
     /// Waits until `projection` applied `min_seq`, if given.
     pub async fn wait(&self, st: &AppState, projection: &str) -> Result<(), ApiError> {
         match self.min_seq {
@@ -195,17 +204,28 @@ pub fn project_query(raw: &str) -> Result<ProjectId, ApiError> {
 
 /// `limit=`: 1 to 1000, 100 by default.
 pub fn limit_param(raw: Option<&str>) -> Result<usize, ApiError> {
+    int_param(raw, "limit", 1, 1000, 100).map(|l| l as usize)
+}
+
+/// An integer query parameter `field` from `lo` to `hi`, `default` when absent.
+pub fn int_param(
+    raw: Option<&str>,
+    field: &str,
+    lo: u32,
+    hi: u32,
+    default: u32,
+) -> Result<u32, ApiError> {
     match raw {
-        None => Ok(100),
+        None => Ok(default),
         Some(raw) => raw
-            .parse::<usize>()
+            .parse::<u32>()
             .ok()
-            .filter(|l| (1..=1000).contains(l))
+            .filter(|v| (lo..=hi).contains(v))
             .ok_or_else(|| {
                 ApiError::bad(
                     "invalid_query",
-                    "limit",
-                    "limit must be an integer from 1 to 1000",
+                    field,
+                    format!("{field} must be an integer from {lo} to {hi}"),
                 )
             }),
     }

@@ -20,6 +20,10 @@ use crate::{
     Analytics, BucketView, Grain, MAX_BUCKETS, ModelsQuery, NAME, ProjectTotals, RELATIVE_ERROR,
 };
 
+/// Why `as_of` is refused.
+const NO_HISTORY: &str =
+    "analytics keep no point-in-time history; omit as_of and choose the range with from and to";
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// The analytics module, registered by the binary.
@@ -97,18 +101,6 @@ struct RangeParams {
     as_of: Option<String>,
 }
 
-/// Analytics keep no history of their own rows: `as_of` is refused.
-fn no_history(read: &ReadAt) -> Result<(), ApiError> {
-    match read.as_of {
-        Some(_) => Err(ApiError::bad(
-            "invalid_query",
-            "as_of",
-            "analytics keep no point-in-time history; omit as_of and choose the range with from and to",
-        )),
-        None => Ok(()),
-    }
-}
-
 /// `[from, to)` from the query: RFC 3339 times, by default the 24 hours before `now` (or before
 /// `to`); `from` must come before `to`.
 fn range(
@@ -179,7 +171,7 @@ async fn get_models(
     read: ReadAt,
     QueryParams(q): QueryParams<ModelsParams>,
 ) -> Result<Json<ModelsAnswer>, ApiError> {
-    no_history(&read)?;
+    read.no_history(NO_HISTORY)?;
     let principal = caller.principal()?;
     let project = q.project.as_deref().map(project_query).transpose()?;
     if let Some(model) = &q.model {
@@ -259,7 +251,7 @@ async fn get_project(
     read: ReadAt,
     QueryParams(q): QueryParams<RangeParams>,
 ) -> Result<Json<ProjectTotals>, ApiError> {
-    no_history(&read)?;
+    read.no_history(NO_HISTORY)?;
     let project = project_query(&project)?;
     let (from, to) = range(q.from.as_deref(), q.to.as_deref(), st.clock.now())?;
     caller.reach(project.as_str())?;

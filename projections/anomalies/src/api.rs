@@ -7,7 +7,9 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use chrono::TimeDelta;
 use futures_util::future::BoxFuture;
-use kairos_api::extract::{JsonBody, QueryParams, ReadAt, project_query, text_param, time_param};
+use kairos_api::extract::{
+    JsonBody, QueryParams, ReadAt, int_param, project_query, text_param, time_param,
+};
 use kairos_api::{
     ApiError, AppState, Caller, Configured, ErrorBody, EventRule, Guard, Host, Module,
     ModuleConfig, ModuleError, Permission, Publish, Routes, Started,
@@ -26,6 +28,9 @@ use crate::detector::DetectorConfig;
 use crate::projection::{Anomalies, CostAction, Rules, SOURCE};
 use crate::read::{self, Alert, AlertFilter, Scored, Series};
 use crate::webhook::Webhook;
+
+/// Why `as_of` is refused.
+const NO_HISTORY: &str = "anomalies keep no point-in-time history; omit as_of (use from and to)";
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -300,36 +305,6 @@ impl Configured for AnomaliesConfigured {
     }
 }
 
-/// Anomalies keep no point-in-time history: `as_of` is refused.
-fn no_history(read: &ReadAt) -> Result<(), ApiError> {
-    match read.as_of {
-        Some(_) => Err(ApiError::bad(
-            "invalid_query",
-            "as_of",
-            "anomalies keep no point-in-time history; omit as_of (use from and to)",
-        )),
-        None => Ok(()),
-    }
-}
-
-/// `limit=`: 1 to `max`.
-fn limit(raw: Option<&str>, max: i64, default: i64) -> Result<i64, ApiError> {
-    match raw {
-        None => Ok(default),
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=max).contains(l))
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "invalid_query",
-                    "limit",
-                    format!("limit must be an integer from 1 to {max}"),
-                )
-            }),
-    }
-}
-
 /// The projects a caller reaches, narrowed to `project` if given.
 fn scope(caller: &Caller, project: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
     match project {
@@ -386,7 +361,7 @@ async fn list_alerts(
     read: ReadAt,
     QueryParams(q): QueryParams<AlertParams>,
 ) -> Result<Json<AlertsAnswer>, ApiError> {
-    no_history(&read)?;
+    read.no_history(NO_HISTORY)?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s @ ("open" | "resolved")) => Some(s.to_owned()),
@@ -407,7 +382,7 @@ async fn list_alerts(
         from: time_param(q.from.as_deref(), "from")?,
         to: time_param(q.to.as_deref(), "to")?,
         projects: scope(&caller, q.project.as_deref())?,
-        limit: limit(q.limit.as_deref(), 1000, 100)?,
+        limit: i64::from(int_param(q.limit.as_deref(), "limit", 1, 1000, 100)?),
     };
     read.wait(&st, NAME).await?;
     let alerts = read::alerts(&st.pool, &filter).await?;
@@ -526,7 +501,7 @@ async fn list_series(
     read: ReadAt,
     QueryParams(q): QueryParams<SeriesParams>,
 ) -> Result<Json<SeriesAnswer>, ApiError> {
-    no_history(&read)?;
+    read.no_history(NO_HISTORY)?;
     const KINDS: [&str; 5] = [
         "llm.error_rate",
         "llm.latency_p95_ms",
@@ -544,7 +519,7 @@ async fn list_series(
         ));
     }
     let projects = scope(&caller, q.project.as_deref())?;
-    let limit = limit(q.limit.as_deref(), 10_000, 1000)?;
+    let limit = i64::from(int_param(q.limit.as_deref(), "limit", 1, 10_000, 1000)?);
     read.wait(&st, NAME).await?;
     let series = read::series(&st.pool, projects.as_deref(), q.kind.as_deref(), limit).await?;
     Ok(Json(SeriesAnswer { series }))
@@ -592,11 +567,11 @@ async fn series_scores(
     read: ReadAt,
     QueryParams(q): QueryParams<ScoresParams>,
 ) -> Result<Json<ScoresAnswer>, ApiError> {
-    no_history(&read)?;
+    read.no_history(NO_HISTORY)?;
     text_param(&series, "series", crate::series::MAX_ID)?;
     let from = time_param(q.from.as_deref(), "from")?;
     let to = time_param(q.to.as_deref(), "to")?;
-    let limit = limit(q.limit.as_deref(), 10_000, 1000)?;
+    let limit = i64::from(int_param(q.limit.as_deref(), "limit", 1, 10_000, 1000)?);
     read.wait(&st, NAME).await?;
     match read::series_project(&st.pool, &series).await? {
         None => return Err(ApiError::NotFound(format!("no series {series:?}"))),

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Extension, Path, State};
 use chrono::TimeDelta;
 use futures_util::future::BoxFuture;
-use kairos_api::extract::{QueryParams, ReadAt, project_query, text_param};
+use kairos_api::extract::{QueryParams, ReadAt, int_param, project_query, text_param};
 use kairos_api::{
     ApiError, AppState, Caller, Configured, ErrorBody, Guard, Host, Module, ModuleConfig,
     ModuleError, Permission, Routes, Started,
@@ -19,6 +19,9 @@ use utoipa_axum::routes;
 use crate::projection::{Limits, Workflows};
 use crate::read::{self, SuggestionsAnswer};
 use crate::{NAME, read::PatternsAnswer};
+
+/// Why `as_of` is refused.
+const NO_HISTORY: &str = "workflows keep no point-in-time history; omit as_of";
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -172,42 +175,6 @@ impl Configured for WorkflowsConfigured {
     }
 }
 
-/// A bounded integer query parameter.
-fn int_param(
-    raw: Option<&str>,
-    field: &str,
-    lo: u32,
-    hi: u32,
-    default: u32,
-) -> Result<u32, ApiError> {
-    match raw {
-        None => Ok(default),
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|v| (lo..=hi).contains(v))
-            .ok_or_else(|| {
-                ApiError::bad(
-                    "invalid_query",
-                    field,
-                    format!("{field} must be an integer from {lo} to {hi}"),
-                )
-            }),
-    }
-}
-
-/// Workflows keep no point-in-time history of their own: `as_of` is refused.
-fn no_history(read: &ReadAt) -> Result<(), ApiError> {
-    match read.as_of {
-        Some(_) => Err(ApiError::bad(
-            "invalid_query",
-            "as_of",
-            "workflows keep no point-in-time history; omit as_of",
-        )),
-        None => Ok(()),
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SuggestionsParams {
@@ -241,7 +208,7 @@ async fn get_suggestions(
     read: ReadAt,
     QueryParams(q): QueryParams<SuggestionsParams>,
 ) -> Result<Json<SuggestionsAnswer>, ApiError> {
-    no_history(&read)?;
+    read.no_history(NO_HISTORY)?;
     text_param(&session, "session", 200)?;
     let k = int_param(q.k.as_deref(), "k", 1, 20, 3)?;
     let project = q.project.as_deref().map(project_query).transpose()?;
@@ -293,7 +260,7 @@ async fn get_patterns(
     read: ReadAt,
     QueryParams(q): QueryParams<PatternsParams>,
 ) -> Result<Json<PatternsAnswer>, ApiError> {
-    no_history(&read)?;
+    read.no_history(NO_HISTORY)?;
     let project = project_query(&q.project)?;
     if let Some(actor) = &q.actor {
         text_param(actor, "actor", 200)?;
@@ -343,7 +310,7 @@ async fn get_families(
     read: ReadAt,
     QueryParams(q): QueryParams<ProjectParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    no_history(&read)?;
+    read.no_history(NO_HISTORY)?;
     let project = project_query(&q.project)?;
     caller.reach(project.as_str())?;
     read.wait(&st, NAME).await?;
@@ -371,7 +338,7 @@ async fn get_actors(
     read: ReadAt,
     QueryParams(q): QueryParams<ProjectParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    no_history(&read)?;
+    read.no_history(NO_HISTORY)?;
     let project = project_query(&q.project)?;
     caller.reach(project.as_str())?;
     read.wait(&st, NAME).await?;

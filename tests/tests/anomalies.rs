@@ -554,3 +554,30 @@ async fn the_anomalies_example_runs(pool: PgPool) {
     );
     app.cleanup().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn calls_without_a_cost_are_priced_from_the_catalog_in_the_cost_series(pool: PgPool) {
+    let app = spawn_app_with(pool, test_settings_with(CONFIG), true).await;
+    let mut events = Vec::new();
+    for m in 0..3 {
+        for mut c in calls("beta", "priced", m, 5, 0, "0") {
+            c["data"].as_object_mut().unwrap().remove("cost");
+            events.push(c);
+        }
+    }
+    let seq = app.ingest(&events).await;
+    let (status, r) = app
+        .get(&format!(
+            "/v1/series/project:priced:cost_usd_per_minute/scores?min_seq={seq}"
+        ))
+        .await;
+    assert_eq!(status, 200, "{r}");
+    // beta: $1 per million input and $4 per million output tokens; 5 calls of 100 + 20 a minute.
+    let points = r["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2, "two minutes closed: {r}");
+    for p in points {
+        let v = p["value"].as_f64().unwrap();
+        assert!((v - 5.0 * 0.000_18).abs() < 1e-12, "{p}");
+    }
+    app.cleanup().await;
+}

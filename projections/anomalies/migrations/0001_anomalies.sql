@@ -44,7 +44,9 @@ CREATE TABLE anomalies.points (
 CREATE TABLE anomalies.memory (
     id     integer PRIMARY KEY CHECK (id = 1),
     mark   bigint  NOT NULL,
-    groups bytea   NOT NULL
+    groups bytea   NOT NULL,
+    -- The model catalog last folded: calls without a cost are priced with it.
+    catalog jsonb
 );
 
 CREATE TABLE anomalies.alerts (

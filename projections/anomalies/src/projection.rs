@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use kairos_events::types::{
-    ALERT_ACKNOWLEDGED, ALERT_RAISED, ALERT_RESOLVED, BREAKER_CHANGED, CallStatus,
-    LLM_CALL_COMPLETED, LlmCallCompleted, METRIC_RECORDED,
+    ALERT_ACKNOWLEDGED, ALERT_RAISED, ALERT_RESOLVED, BREAKER_CHANGED, CATALOG_CHANGED, CallStatus,
+    CatalogChanged, LLM_CALL_COMPLETED, LlmCallCompleted, METRIC_RECORDED, ModelSpec,
 };
 use kairos_events::{Emit, Event};
 use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
@@ -99,12 +99,20 @@ pub enum Item {
         by: String,
         at: DateTime<Utc>,
     },
+    /// The model catalog changed: calls without a cost are priced with it from now on.
+    Catalog {
+        seq: i64,
+        models: Vec<ModelSpec>,
+    },
 }
 
 impl Item {
     fn seq(&self) -> i64 {
         match self {
-            Item::Call { seq, .. } | Item::Metric { seq, .. } | Item::Ack { seq, .. } => *seq,
+            Item::Call { seq, .. }
+            | Item::Metric { seq, .. }
+            | Item::Ack { seq, .. }
+            | Item::Catalog { seq, .. } => *seq,
         }
     }
 }
@@ -167,6 +175,9 @@ struct Memory {
     refused: u64,
     /// The `sid` the next new series gets.
     next_sid: i32,
+    /// The model catalog in force, as last folded.
+    catalog: Vec<ModelSpec>,
+    catalog_changed: bool,
 }
 
 #[derive(Deserialize)]
@@ -210,7 +221,7 @@ impl Projection for Anomalies {
     }
 
     fn categories(&self) -> Option<&'static [&'static str]> {
-        Some(&["llm", "metric", "alert"])
+        Some(&["llm", "metric", "alert", "catalog"])
     }
 
     fn decode(&self, stored: &StoredEvent) -> Result<Option<Item>, Rejection> {
@@ -227,6 +238,8 @@ impl Projection for Anomalies {
                         error: c.status == CallStatus::Error,
                         latency_ms: c.latency_ms as f64,
                         tokens: u128::from(c.input_tokens) + u128::from(c.output_tokens),
+                        input_tokens: c.input_tokens,
+                        output_tokens: c.output_tokens,
                         cost_nanos: c.cost.map(kairos_events::Money::nanos),
                     },
                 }
@@ -244,6 +257,13 @@ impl Projection for Anomalies {
                     key: SeriesKey::metric(&m.project, &m.name, m.labels.unwrap_or_default()),
                     at_ms: point_time(stored),
                     value: m.value,
+                }
+            }
+            CATALOG_CHANGED => {
+                let c: CatalogChanged = stored.event.data_as()?;
+                Item::Catalog {
+                    seq,
+                    models: c.models,
                 }
             }
             ALERT_ACKNOWLEDGED => {
@@ -284,7 +304,18 @@ impl Projection for Anomalies {
         };
         for item in items {
             match item {
-                Item::Call { seq, call } => {
+                Item::Call { seq, mut call } => {
+                    if call.cost_nanos.is_none() {
+                        call.cost_nanos = fold
+                            .memory
+                            .catalog
+                            .iter()
+                            .find(|m| m.name == call.model)
+                            .and_then(|m| {
+                                m.cost_at(time(call.at_ms), call.input_tokens, call.output_tokens)
+                            })
+                            .map(kairos_events::Money::nanos);
+                    }
                     let r = fold.rules;
                     let points =
                         fold.memory
@@ -304,6 +335,10 @@ impl Projection for Anomalies {
                 Item::Ack {
                     alert_id, by, at, ..
                 } => fold.out.acks.push((alert_id, by, at)),
+                Item::Catalog { models, .. } => {
+                    fold.memory.catalog = models;
+                    fold.memory.catalog_changed = true;
+                }
             }
         }
         let out = std::mem::take(&mut fold.out);
@@ -733,13 +768,18 @@ impl Fold<'_> {
 /// buckets and the breakers.
 async fn load(tx: &mut PgConnection, rules: &Rules) -> Result<Memory, ApplyError> {
     let mut memory = Memory::default();
-    if let Some(row) = sqlx::query("SELECT groups FROM memory WHERE id = 1")
+    if let Some(row) = sqlx::query("SELECT groups, catalog FROM memory WHERE id = 1")
         .fetch_optional(&mut *tx)
         .await?
     {
         let bytes: Vec<u8> = row.try_get("groups")?;
         memory.buckets = Buckets::from_bytes(&bytes)
             .map_err(|e| ApplyError::Data(format!("anomalies: open buckets unreadable: {e}")))?;
+        let catalog: Option<Value> = row.try_get("catalog")?;
+        if let Some(c) = catalog {
+            memory.catalog = serde_json::from_value(c)
+                .map_err(|e| ApplyError::Data(format!("anomalies: catalog unreadable: {e}")))?;
+        }
     }
     let rows = sqlx::query(
         "SELECT id, sid, kind, project, model, metric, labels, first_at, last_at, points,
@@ -924,12 +964,16 @@ async fn write(
         .execute(&mut *tx)
         .await?;
     }
+    // The catalog is written when it changed (and always with the first row).
+    let catalog = std::mem::take(&mut memory.catalog_changed).then(|| json!(memory.catalog));
     sqlx::query(
-        "INSERT INTO memory (id, mark, groups) VALUES (1, $1, $2)
-         ON CONFLICT (id) DO UPDATE SET mark = EXCLUDED.mark, groups = EXCLUDED.groups",
+        "INSERT INTO memory (id, mark, groups, catalog) VALUES (1, $1, $2, $3)
+         ON CONFLICT (id) DO UPDATE SET mark = EXCLUDED.mark, groups = EXCLUDED.groups,
+             catalog = COALESCE(EXCLUDED.catalog, memory.catalog)",
     )
     .bind(mark)
     .bind(memory.buckets.to_bytes())
+    .bind(catalog)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -161,6 +161,10 @@ pub struct Call {
     pub error: bool,
     pub latency_ms: f64,
     pub tokens: u128,
+    /// Input and output tokens, to price a call that came without a cost.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// The producer's cost, or (once priced from the catalog) the catalog's.
     pub cost_nanos: Option<i64>,
 }
 
@@ -315,6 +319,8 @@ mod tests {
             error,
             latency_ms: latency,
             tokens: 100,
+            input_tokens: 80,
+            output_tokens: 20,
             cost_nanos: Some(1_000_000),
         }
     }

@@ -319,12 +319,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     *secret = Some("***".into());
                 }
             }
-            // A module's secrets (say, `[anomalies] webhook_secret`) are not printed either.
+            // A module's secrets (say, `[anomalies] webhook_secret`) are not printed either, nor the
+            // paths of its URLs.
             for section in shown.modules.values_mut() {
                 if let figment::value::Value::Dict(_, dict) = section {
                     for (key, value) in dict.iter_mut() {
                         if key.contains("secret") || key.contains("password") {
                             *value = figment::value::Value::from("***");
+                        } else if key.ends_with("url")
+                            && let Some(url) =
+                                value.as_str().and_then(|u| reqwest::Url::parse(u).ok())
+                        {
+                            // A webhook's path is often its secret: only where it goes.
+                            let host = url.host_str().unwrap_or("?");
+                            *value = figment::value::Value::from(format!(
+                                "{}://{host}/***",
+                                url.scheme()
+                            ));
                         }
                     }
                 }

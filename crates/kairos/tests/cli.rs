@@ -143,7 +143,7 @@ fn bad_configuration_stops_start_up_naming_the_key() {
         &[
             (
                 "KAIROS_ANOMALIES_WEBHOOK_URL",
-                "https://hooks.example.com/k",
+                "https://hooks.example.com/T0/hunter4",
             ),
             (
                 "KAIROS_ANOMALIES_WEBHOOK_SECRET",
@@ -159,6 +159,7 @@ fn bad_configuration_stops_start_up_naming_the_key() {
         !shown.contains("hunter3"),
         "a module's secret is not printed"
     );
+    assert!(!shown.contains("hunter4"), "nor a webhook URL's path");
     let out = kairos(
         &["check-config"],
         &[("KAIROS_BOOTSTRAP_ADMIN_KEY", "short")],

@@ -140,8 +140,11 @@ pub fn expected_range(values: &std::collections::VecDeque<f64>) -> Option<(f64, 
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     let (lo, hi) = (at(0.02), at(0.98));
-    let margin = ((hi - lo) * 0.5).max(1e-9 * lo.abs().max(hi.abs()).max(1.0));
-    Some((lo - margin, hi + margin))
+    // Halved before the difference, so that values near f64::MAX do not overflow; a range that
+    // is still not finite is no range.
+    let margin = (hi * 0.5 - lo * 0.5).max(1e-9 * lo.abs().max(hi.abs()).max(1.0));
+    let (lo, hi) = (lo - margin, hi + margin);
+    (lo.is_finite() && hi.is_finite()).then_some((lo, hi))
 }
 
 impl Alerting {
@@ -552,5 +555,14 @@ mod tests {
         // Saved and restored mid-alert, the state (with its recent values) is the same.
         let restored = Alerting::from_bytes(&a.to_bytes()).unwrap();
         assert_eq!(restored, a);
+    }
+
+    #[test]
+    fn values_near_the_float_limit_give_no_infinite_range() {
+        let values: std::collections::VecDeque<f64> = [-1e308, 1e308, 0.0].into_iter().collect();
+        assert_eq!(expected_range(&values), None);
+        let values: std::collections::VecDeque<f64> = [1e307, 2e307].into_iter().collect();
+        let (lo, hi) = expected_range(&values).unwrap();
+        assert!(lo.is_finite() && hi.is_finite() && lo < 1e307 && hi > 2e307);
     }
 }

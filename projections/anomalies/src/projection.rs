@@ -166,8 +166,9 @@ struct Breaker {
 
 #[derive(Default)]
 struct Memory {
-    /// The sequence the memory has folded through (`None`: not loaded).
-    mark: Option<i64>,
+    /// The sequence the memory has folded through and the id of the `memory` table it was
+    /// written to (`None`: not loaded, or not written yet).
+    mark: Option<(i64, i64)>,
     series: HashMap<String, Slot>,
     buckets: Buckets,
     breakers: BTreeMap<String, Breaker>,
@@ -289,14 +290,20 @@ impl Projection for Anomalies {
             return Ok(Vec::new());
         };
         let mut memory = self.memory.lock().await;
-        let stored: Option<(i64,)> = sqlx::query_as("SELECT mark FROM memory WHERE id = 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-        let db_mark = stored.map_or(0, |r| r.0);
-        if memory.mark != Some(db_mark) {
+        // The mark and the table's own id: a replay's generation, switched in, has the same
+        // mark but is another table.
+        let (mark, table): (Option<i64>, i64) = sqlx::query_as(
+            "SELECT (SELECT mark FROM memory WHERE id = 1), 'memory'::regclass::oid::int8",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let db_mark = Some((mark.unwrap_or(0), table));
+        if memory.mark.is_none() || memory.mark != db_mark {
             *memory = load(tx, &self.rules).await?;
-            memory.mark = Some(db_mark);
         }
+        // Until this batch is written, the memory is not the database's: a failure on the way
+        // makes the next batch reload it.
+        memory.mark = None;
         let mut fold = Fold {
             rules: &self.rules,
             memory: &mut memory,
@@ -344,7 +351,7 @@ impl Projection for Anomalies {
         let out = std::mem::take(&mut fold.out);
         write(tx, &mut memory, out.rows, last_seq).await?;
         write_alerts(tx, &self.rules, &out.alerts, &out.acks).await?;
-        memory.mark = Some(last_seq);
+        memory.mark = Some((last_seq, table));
         Ok(out.events)
     }
 }
@@ -694,6 +701,11 @@ impl Fold<'_> {
             if b.alerts.is_empty() {
                 self.breaker_changed(model, None, at)?;
             } else {
+                // Still open for the others; the table must forget this one too.
+                self.out.alerts.push(AlertRow::Breaker {
+                    model: model.clone(),
+                    breaker: Some(b.clone()),
+                });
                 self.memory.breakers.insert(model.clone(), b);
             }
         }
@@ -750,7 +762,7 @@ impl Fold<'_> {
         });
         let event = emit(
             BREAKER_CHANGED,
-            format!("breaker/{model}/{state}/{at}"),
+            format!("breaker/{model}/{state}/{at}/{}", alerts.len()),
             None,
             at,
             data,

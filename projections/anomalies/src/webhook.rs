@@ -141,6 +141,8 @@ async fn deliver(http: &reqwest::Client, hook: &Webhook, clock: &Clock, id: &str
                 tracing::warn!(event = id, attempt, status = %r.status(), "anomalies webhook refused")
             }
             Err(e) => {
+                // Without the URL: for many receivers the URL is the secret.
+                let e = e.without_url();
                 tracing::warn!(event = id, attempt, error = %e, "anomalies webhook unreachable")
             }
         }

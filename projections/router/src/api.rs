@@ -364,7 +364,9 @@ impl Router {
     }
 
     /// The models a breaker keeps out of this decision, with why; and the half-open ones this
-    /// decision may probe (a probe is spent only if the model is chosen: [`Router::spend_probe`]).
+    /// decision may probe, each holding one probe call of the current window (taken here,
+    /// under the lock, so that concurrent routes cannot all probe; given back with
+    /// [`Router::give_back`] by a decision that chose another model).
     fn tripped(
         &self,
         circuit: &Circuit,
@@ -372,7 +374,7 @@ impl Router {
     ) -> (HashMap<String, String>, Vec<String>) {
         let mut out = HashMap::new();
         let mut probing = Vec::new();
-        let probes = self
+        let mut probes = self
             .probes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -383,11 +385,11 @@ impl Router {
             }
             let window = b.probe_window_ms.max(1);
             let start = now.timestamp_millis().div_euclid(window) * window;
-            let used = probes
-                .get(model)
-                .filter(|(s, _)| *s == start)
-                .map_or(0, |(_, n)| *n);
-            if used >= b.probe_calls {
+            let e = probes.entry(model.clone()).or_insert((start, 0));
+            if e.0 != start {
+                *e = (start, 0);
+            }
+            if e.1 >= b.probe_calls {
                 out.insert(
                     model.clone(),
                     format!(
@@ -398,28 +400,31 @@ impl Router {
                     ),
                 );
             } else {
+                e.1 += 1;
                 probing.push(model.clone());
             }
         }
         (out, probing)
     }
 
-    /// Counts a probe call of half-open `model`.
-    fn spend_probe(&self, circuit: &Circuit, model: &str, now: DateTime<Utc>) {
-        let Some(b) = circuit.breakers.get(model) else {
-            return;
-        };
-        let window = b.probe_window_ms.max(1);
-        let start = now.timestamp_millis().div_euclid(window) * window;
+    /// Gives back the probe calls [`Router::tripped`] took for `models` (not chosen).
+    fn give_back(&self, models: &[String], now: DateTime<Utc>, circuit: &Circuit) {
         let mut probes = self
             .probes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let e = probes.entry(model.to_owned()).or_insert((start, 0));
-        if e.0 != start {
-            *e = (start, 0);
+        for model in models {
+            let Some(b) = circuit.breakers.get(model) else {
+                continue;
+            };
+            let window = b.probe_window_ms.max(1);
+            let start = now.timestamp_millis().div_euclid(window) * window;
+            if let Some(e) = probes.get_mut(model)
+                && e.0 == start
+            {
+                e.1 = e.1.saturating_sub(1);
+            }
         }
-        e.1 += 1;
     }
 }
 
@@ -651,8 +656,13 @@ async fn post_route(
         .as_ref()
         .map(|c| c.model.clone())
         .filter(|m| probing.contains(m));
+    let unused: Vec<String> = probing
+        .iter()
+        .filter(|m| probe.as_ref() != Some(*m))
+        .cloned()
+        .collect();
+    router.give_back(&unused, now, &circuit);
     if let Some(m) = &probe {
-        router.spend_probe(&circuit, m, now);
         plan.reason = format!("{} (a half-open circuit's probe call of {m})", plan.reason);
     }
     let circuit_note = (!tripped.is_empty() || probe.is_some() || lowered.is_some()).then(|| {

@@ -190,7 +190,15 @@ pub struct Buckets {
     pub watermark: i64,
     /// Calls that came for a closed bucket.
     pub late: u64,
+    /// The watermark's hour when `closed` was last pruned.
+    #[serde(default)]
+    pruned: i64,
 }
+
+/// How long a group's last closed bucket is remembered: a call older than that for a group
+/// without newer calls gives a point its series then drops as out of order, instead of
+/// counting as late.
+const REMEMBER_MS: i64 = 3_600_000;
 
 impl Buckets {
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -241,7 +249,16 @@ impl Buckets {
             self.open.insert((start, gp));
         }
         self.watermark = self.watermark.max(c.at_ms);
-        self.close_due(width_ms, grace_ms, min_calls)
+        let points = self.close_due(width_ms, grace_ms, min_calls);
+        // Once an hour of the calls' time, forget the groups quiet for an hour: `closed` then
+        // holds the groups of the last hour, not every model and project ever seen.
+        let hour = self.watermark.div_euclid(REMEMBER_MS);
+        if hour != self.pruned {
+            self.pruned = hour;
+            let horizon = self.watermark - REMEMBER_MS - width_ms - grace_ms;
+            self.closed.retain(|_, start| *start >= horizon);
+        }
+        points
     }
 
     /// Closes every bucket that ended at least `grace_ms` before the watermark.
@@ -359,6 +376,23 @@ mod tests {
         assert_eq!(b.late, 1);
         let restored = Buckets::from_bytes(&b.to_bytes()).unwrap();
         assert_eq!(restored, b);
+    }
+
+    #[test]
+    fn groups_quiet_for_an_hour_are_forgotten() {
+        let mut b = Buckets::default();
+        for i in 0..5 {
+            b.add(&call(i, "old", false, 1.0), 60_000, 0, 1);
+        }
+        b.add(&call(61, "old", false, 1.0), 60_000, 0, 1);
+        assert!(b.closed.contains_key("m:old"));
+        // Two hours on, another model's calls: "old" is no longer remembered.
+        for i in 0..3 {
+            b.add(&call(7200 + i * 60, "new", false, 1.0), 60_000, 0, 1);
+        }
+        assert!(!b.closed.contains_key("m:old"), "{:?}", b.closed);
+        assert!(b.closed.contains_key("m:new"));
+        assert!(b.closed.len() <= 4, "{:?}", b.closed);
     }
 
     #[test]

@@ -132,26 +132,64 @@ pub struct Router {
     tz: chrono_tz::Tz,
     catalog: Arc<AggregateStore<CatalogState>>,
     budgets: BudgetCommands,
-    health: Arc<Mutex<HealthCache>>,
-    circuit: Arc<Mutex<CircuitCache>>,
+    health: Arc<Mutex<Recent<HashMap<String, Health>>>>,
+    circuit: Arc<Mutex<Recent<Circuit>>>,
     /// Half-open breakers: the probe calls this process let through, by model: (window
     /// start in ms of the clock, calls).
     probes: Arc<Mutex<HashMap<String, (i64, u32)>>>,
 }
 
-#[derive(Default)]
-struct CircuitCache {
+/// A projection's figures as last read, and when: read again once older than
+/// `health_refresh_ms`, or when a caller needs a newer sequence than they were read at.
+struct Recent<T> {
     read_at: Option<Instant>,
+    /// The projection's announced checkpoint when read.
     seq: u64,
-    circuit: Arc<Circuit>,
+    value: Arc<T>,
 }
 
-#[derive(Default)]
-struct HealthCache {
-    read_at: Option<Instant>,
-    /// The analytics checkpoint when read.
-    seq: u64,
-    figures: Arc<HashMap<String, Health>>,
+impl<T: Default> Default for Recent<T> {
+    fn default() -> Self {
+        Self {
+            read_at: None,
+            seq: 0,
+            value: Arc::default(),
+        }
+    }
+}
+
+/// The figures in `cache` if they are young enough and cover `min_seq`, else `read()`'s, which
+/// then replace them. `projection` is the one they come from.
+async fn recent<T, F>(
+    cache: &Mutex<Recent<T>>,
+    st: &AppState,
+    projection: &str,
+    refresh: Duration,
+    min_seq: u64,
+    read: F,
+) -> Result<Arc<T>, ApiError>
+where
+    F: Future<Output = Result<T, ApiError>>,
+{
+    let announced = st.checkpoints.announced(projection).unwrap_or(0);
+    {
+        let c = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let young = c.read_at.is_some_and(|t| t.elapsed() < refresh);
+        if young && c.seq >= min_seq {
+            return Ok(c.value.clone());
+        }
+    }
+    let value = Arc::new(read.await?);
+    *cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Recent {
+        read_at: Some(Instant::now()),
+        seq: announced.max(min_seq),
+        value: value.clone(),
+    };
+    Ok(value)
 }
 
 impl Configured for RouterConfigured {
@@ -300,33 +338,16 @@ impl Router {
         now: DateTime<Utc>,
         min_seq: u64,
     ) -> Result<Arc<HashMap<String, Health>>, ApiError> {
-        let refresh = Duration::from_millis(self.settings.health_refresh_ms);
-        let announced = st
-            .checkpoints
-            .announced(kairos_analytics::NAME)
-            .unwrap_or(0);
-        {
-            let c = self
-                .health
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let young = c.read_at.is_some_and(|t| t.elapsed() < refresh);
-            if young && c.seq >= min_seq {
-                return Ok(c.figures.clone());
-            }
-        }
         let window = TimeDelta::minutes(i64::from(self.settings.health_window_minutes));
-        let figures = Arc::new(kairos_analytics::health(&st.pool, now - window, now).await?);
-        let mut c = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *c = HealthCache {
-            read_at: Some(Instant::now()),
-            seq: announced.max(min_seq),
-            figures: figures.clone(),
-        };
-        Ok(figures)
+        recent(
+            &self.health,
+            st,
+            kairos_analytics::NAME,
+            Duration::from_millis(self.settings.health_refresh_ms),
+            min_seq,
+            async { Ok(kairos_analytics::health(&st.pool, now - window, now).await?) },
+        )
+        .await
     }
 }
 
@@ -335,32 +356,15 @@ impl Router {
     /// `health_refresh_ms` or when the caller needs a newer sequence (so a breaker opens for
     /// routing at most `health_refresh_ms` after the projection applied its alert).
     async fn circuit(&self, st: &AppState, min_seq: u64) -> Result<Arc<Circuit>, ApiError> {
-        let refresh = Duration::from_millis(self.settings.health_refresh_ms);
-        let announced = st
-            .checkpoints
-            .announced(kairos_anomalies::NAME)
-            .unwrap_or(0);
-        {
-            let c = self
-                .circuit
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let young = c.read_at.is_some_and(|t| t.elapsed() < refresh);
-            if young && c.seq >= min_seq {
-                return Ok(c.circuit.clone());
-            }
-        }
-        let circuit = Arc::new(kairos_anomalies::read::circuit(&st.pool).await?);
-        let mut c = self
-            .circuit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *c = CircuitCache {
-            read_at: Some(Instant::now()),
-            seq: announced.max(min_seq),
-            circuit: circuit.clone(),
-        };
-        Ok(circuit)
+        recent(
+            &self.circuit,
+            st,
+            kairos_anomalies::NAME,
+            Duration::from_millis(self.settings.health_refresh_ms),
+            min_seq,
+            async { Ok(kairos_anomalies::read::circuit(&st.pool).await?) },
+        )
+        .await
     }
 
     /// The models a breaker keeps out of this decision, with why; and the half-open ones this
@@ -383,8 +387,7 @@ impl Router {
                 out.insert(model.clone(), format!("circuit open: {}", b.reason));
                 continue;
             }
-            let window = b.probe_window_ms.max(1);
-            let start = now.timestamp_millis().div_euclid(window) * window;
+            let (start, window) = probe_window(b, now);
             let e = probes.entry(model.clone()).or_insert((start, 0));
             if e.0 != start {
                 *e = (start, 0);
@@ -417,8 +420,7 @@ impl Router {
             let Some(b) = circuit.breakers.get(model) else {
                 continue;
             };
-            let window = b.probe_window_ms.max(1);
-            let start = now.timestamp_millis().div_euclid(window) * window;
+            let (start, _) = probe_window(b, now);
             if let Some(e) = probes.get_mut(model)
                 && e.0 == start
             {
@@ -426,6 +428,12 @@ impl Router {
             }
         }
     }
+}
+
+/// The start (ms) and width of the probe window of half-open `b` that `now` is in.
+fn probe_window(b: &kairos_anomalies::read::Breaker, now: DateTime<Utc>) -> (i64, i64) {
+    let window = b.probe_window_ms.max(1);
+    (now.timestamp_millis().div_euclid(window) * window, window)
 }
 
 /// What `POST /v1/route` takes.

@@ -202,6 +202,22 @@ pub fn project_query(raw: &str) -> Result<ProjectId, ApiError> {
     project_param(raw)
 }
 
+/// The projects a read covers: `project=` if given (checked, and within the caller's reach),
+/// else every project the caller reaches (`None`: all of them).
+pub fn project_scope(
+    caller: &crate::Caller,
+    project: Option<&str>,
+) -> Result<Option<Vec<String>>, ApiError> {
+    match project {
+        Some(raw) => {
+            let p = project_query(raw)?;
+            caller.reach(p.as_str())?;
+            Ok(Some(vec![p.as_str().to_owned()]))
+        }
+        None => Ok(caller.principal()?.projects.clone()),
+    }
+}
+
 /// `limit=`: 1 to 1000, 100 by default.
 pub fn limit_param(raw: Option<&str>) -> Result<usize, ApiError> {
     int_param(raw, "limit", 1, 1000, 100).map(|l| l as usize)

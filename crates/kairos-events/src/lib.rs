@@ -25,3 +25,15 @@ pub use emit::Emit;
 pub use envelope::{Event, MAX_EVENT_BYTES, parse_batch, parse_binary, parse_structured};
 pub use error::{EventError, printable};
 pub use schema::{known_type, known_types, schema_source};
+
+/// The 64-bit FNV-1a hash of `text`: a stable, fixed-width key for names that may be long (a
+/// projection's stored keys, ids built from them). Not for anything an attacker may want to
+/// collide on purpose.
+pub fn fnv1a64(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use chrono::TimeDelta;
 use futures_util::future::BoxFuture;
 use kairos_api::extract::{
-    JsonBody, QueryParams, ReadAt, int_param, project_query, text_param, time_param,
+    JsonBody, QueryParams, ReadAt, int_param, project_scope, text_param, time_param,
 };
 use kairos_api::{
     ApiError, AppState, Caller, Configured, ErrorBody, EventRule, Guard, Host, Module,
@@ -27,6 +27,7 @@ use crate::alert::AlertConfig;
 use crate::detector::DetectorConfig;
 use crate::projection::{Anomalies, CostAction, Rules, SOURCE};
 use crate::read::{self, Alert, AlertFilter, Scored, Series};
+use crate::series::Kind;
 use crate::webhook::Webhook;
 
 /// Why `as_of` is refused.
@@ -305,18 +306,6 @@ impl Configured for AnomaliesConfigured {
     }
 }
 
-/// The projects a caller reaches, narrowed to `project` if given.
-fn scope(caller: &Caller, project: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
-    match project {
-        Some(raw) => {
-            let p = project_query(raw)?;
-            caller.reach(p.as_str())?;
-            Ok(Some(vec![p.as_str().to_owned()]))
-        }
-        None => Ok(caller.principal()?.projects.clone()),
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AlertParams {
@@ -381,7 +370,7 @@ async fn list_alerts(
         series: q.series.clone(),
         from: time_param(q.from.as_deref(), "from")?,
         to: time_param(q.to.as_deref(), "to")?,
-        projects: scope(&caller, q.project.as_deref())?,
+        projects: project_scope(&caller, q.project.as_deref())?,
         limit: i64::from(int_param(q.limit.as_deref(), "limit", 1, 1000, 100)?),
     };
     read.wait(&st, NAME).await?;
@@ -502,23 +491,17 @@ async fn list_series(
     QueryParams(q): QueryParams<SeriesParams>,
 ) -> Result<Json<SeriesAnswer>, ApiError> {
     read.no_history(NO_HISTORY)?;
-    const KINDS: [&str; 5] = [
-        "llm.error_rate",
-        "llm.latency_p95_ms",
-        "llm.cost_usd_per_minute",
-        "llm.tokens_per_minute",
-        "metric",
-    ];
     if let Some(k) = &q.kind
-        && !KINDS.contains(&k.as_str())
+        && Kind::parse(k).is_none()
     {
+        let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
         return Err(ApiError::bad(
             "invalid_query",
             "kind",
-            format!("kind must be one of {}", KINDS.join(", ")),
+            format!("kind must be one of {}", kinds.join(", ")),
         ));
     }
-    let projects = scope(&caller, q.project.as_deref())?;
+    let projects = project_scope(&caller, q.project.as_deref())?;
     let limit = i64::from(int_param(q.limit.as_deref(), "limit", 1, 10_000, 1000)?);
     read.wait(&st, NAME).await?;
     let series = read::series(&st.pool, projects.as_deref(), q.kind.as_deref(), limit).await?;

@@ -511,7 +511,7 @@ impl Fold<'_> {
                 AlertEvent::Raised {
                     score, expected, ..
                 } => {
-                    let alert_id = format!("alert-{:016x}-{n}", crate::series::fnv(&id));
+                    let alert_id = format!("alert-{:016x}-{n}", kairos_events::fnv1a64(&id));
                     self.raised(seq, &p, &alert_id, score, expected)?;
                 }
                 AlertEvent::Resolved {
@@ -802,8 +802,8 @@ async fn load(tx: &mut PgConnection, rules: &Rules) -> Result<Memory, ApplyError
     .await?;
     for r in rows {
         let kind: String = r.try_get("kind")?;
-        let kind: Kind = serde_json::from_value(Value::String(kind))
-            .map_err(|e| ApplyError::Data(format!("anomalies: series kind: {e}")))?;
+        let kind = Kind::parse(&kind)
+            .ok_or_else(|| ApplyError::Data(format!("anomalies: series kind {kind:?}")))?;
         let labels: Option<Value> = r.try_get("labels")?;
         let key = SeriesKey {
             id: r.try_get("id")?,

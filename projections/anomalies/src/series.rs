@@ -35,6 +35,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::ErrorRate,
+        Kind::LatencyP95,
+        Kind::CostPerMinute,
+        Kind::TokensPerMinute,
+        Kind::Metric,
+    ];
+
+    /// The kind named `s` (as [`Kind::as_str`] names it).
+    pub fn parse(s: &str) -> Option<Kind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ErrorRate => "llm.error_rate",
@@ -49,16 +62,6 @@ impl Kind {
     pub fn trips_breaker(self) -> bool {
         matches!(self, Self::ErrorRate | Self::LatencyP95)
     }
-}
-
-/// The 64-bit FNV-1a hash of `s`.
-pub fn fnv(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// Longest series id; a metric's label set that would make it longer is named by its hash.
@@ -118,7 +121,10 @@ impl SeriesKey {
             id.push_str(&inner.join(","));
             id.push('}');
             if id.len() > MAX_ID {
-                id = format!("metric:{project}:{name}{{#{:016x}}}", fnv(&id));
+                id = format!(
+                    "metric:{project}:{name}{{#{:016x}}}",
+                    kairos_events::fnv1a64(&id)
+                );
             }
         }
         Self {

@@ -6,7 +6,9 @@ use axum::Json;
 use axum::extract::{Extension, Path, State};
 use chrono::TimeDelta;
 use futures_util::future::BoxFuture;
-use kairos_api::extract::{QueryParams, ReadAt, int_param, project_query, text_param};
+use kairos_api::extract::{
+    QueryParams, ReadAt, int_param, project_query, project_scope, text_param,
+};
 use kairos_api::{
     ApiError, AppState, Caller, Configured, ErrorBody, Guard, Host, Module, ModuleConfig,
     ModuleError, Permission, Routes, Started,
@@ -211,16 +213,8 @@ async fn get_suggestions(
     read.no_history(NO_HISTORY)?;
     text_param(&session, "session", 200)?;
     let k = int_param(q.k.as_deref(), "k", 1, 20, 3)?;
-    let project = q.project.as_deref().map(project_query).transpose()?;
-    if let Some(p) = &project {
-        caller.reach(p.as_str())?;
-    }
-    let principal = caller.principal()?;
+    let only = project_scope(&caller, q.project.as_deref())?;
     read.wait(&st, NAME).await?;
-    let only = match &project {
-        Some(p) => Some(vec![p.as_str().to_owned()]),
-        None => principal.projects.clone(),
-    };
     let answer = read::suggestions(&st.pool, &session, only.as_deref(), k as usize).await?;
     Ok(Json(answer))
 }

@@ -88,12 +88,7 @@ const TASK_IDS_KEPT: usize = 64;
 /// [`next::Context::key`], as a signed integer. Fixed width keeps the index small; with 64 bits,
 /// two contexts of one project share a key with odds of about n²/2⁶⁵ (10⁻⁸ for a million).
 pub fn stored_key(key: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    i64::from_ne_bytes(h.to_ne_bytes())
+    i64::from_ne_bytes(kairos_events::fnv1a64(key).to_ne_bytes())
 }
 
 /// Count increments of one batch: `(project, stored key, next (encoded)) → n`.

@@ -40,7 +40,7 @@ pub struct RunnerConfig {
 impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
-            batch_size: 5000,
+            batch_size: 10_000,
             ack_wait_ms: 30_000,
             idle_wait_ms: 5_000,
             max_attempts: 3,

@@ -495,9 +495,7 @@ impl Fold<'_> {
         // same; staggered by the series' number, so series fed together are not all saved in
         // the same batch.
         if (n + i64::from(slot.sid)) % rules.save_every == 0 {
-            let bytes = serde_json::to_vec(&slot.state)
-                .map_err(|e| ApplyError::Data(format!("anomalies: state of {id}: {e}")))?;
-            slot.unsaved = Some(bytes);
+            slot.unsaved = Some(crate::detector::encode(&slot.state));
             slot.saved_points = n;
         }
         let step = (rules.keep_points / 10).max(1);
@@ -816,7 +814,7 @@ async fn load(tx: &mut PgConnection, rules: &Rules) -> Result<Memory, ApplyError
         let state: Option<Vec<u8>> = r.try_get("state")?;
         let state_points: i64 = r.try_get("state_points")?;
         let state = match state {
-            Some(bytes) => serde_json::from_slice::<SeriesState>(&bytes)
+            Some(bytes) => crate::detector::decode::<SeriesState>(&bytes)
                 .map_err(|e| ApplyError::Data(format!("anomalies: state of {}: {e}", key.id)))?,
             None => fresh_state(rules, &key),
         };

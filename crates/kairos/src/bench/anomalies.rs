@@ -132,7 +132,7 @@ pub(super) fn print(f: &AnomalyFigures) {
             f.apply,
             "pt/s",
         )
-        .ratio(f.apply / f.detector.max(1e-9), "of the detectors alone")
+        .ratio(f.apply / f.detector.max(1e-9), "the detectors alone")
         .target(">= 50,000", f.apply >= 50_000.0),
         row(
             "detectors alone, same points, no I/O (ceiling)",

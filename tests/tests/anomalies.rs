@@ -581,3 +581,87 @@ async fn calls_without_a_cost_are_priced_from_the_catalog_in_the_cost_series(poo
     }
     app.cleanup().await;
 }
+
+/// The series `ops` watches, by id, from `GET /v1/series`.
+async fn watched(app: &TestApp) -> Vec<String> {
+    let (status, listed) = app.get("/v1/series?project=ops").await;
+    assert_eq!(status, 200, "{listed}");
+    let mut ids: Vec<String> = listed["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn series_id(name: &str) -> String {
+    format!("metric:ops:{name}{{host=\"a\"}}")
+}
+
+#[sqlx::test(migrations = false)]
+async fn at_max_series_a_new_series_takes_the_place_of_one_idle_long_enough(pool: PgPool) {
+    let config = "[anomalies]\nmax_series = 3\nevict_idle_hours = 1\nsave_every = 20\n";
+    let mut app = spawn_app_with(pool.clone(), test_settings_with(config), true).await;
+    let mut events = Vec::new();
+    for i in 0..100 {
+        if i < 10 {
+            events.push(sample("a", i, 5.0 + (i % 3) as f64));
+        }
+        events.push(sample("b", i, 7.0 + (i % 4) as f64));
+        events.push(sample("c", i, 9.0 + (i % 5) as f64));
+    }
+    let seq = app.ingest(&events).await;
+    app.wait_for("anomalies", seq).await;
+    let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(series_id);
+    assert_eq!(watched(&app).await, [a.clone(), b.clone(), c.clone()]);
+
+    // `a` has been quiet for 20 minutes (its last point at minute 9), under the hour: `d`, the
+    // fourth series, is not watched.
+    let seq = app.ingest(&[sample("d", 29, 1.0)]).await;
+    app.wait_for("anomalies", seq).await;
+    assert_eq!(watched(&app).await, [a.clone(), b.clone(), c.clone()]);
+
+    // At minute 100 `a` has been quiet for 91 minutes: `d` takes its place, and `a`'s points
+    // go with it.
+    let seq = app.ingest(&[sample("d", 100, 1.0)]).await;
+    app.wait_for("anomalies", seq).await;
+    assert_eq!(watched(&app).await, [b.clone(), c.clone(), d.clone()]);
+    let (status, r) = app
+        .get("/v1/series/metric:ops:a%7Bhost=%22a%22%7D/scores")
+        .await;
+    assert_eq!(status, 404, "{r}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM anomalies.points")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 100 + 100 + 1, "the points of b, c and d only");
+
+    // After a restart (the memory reloaded), the next one goes the same way: `b` and `c` are
+    // equally idle (minute 99), and the smaller id goes.
+    app.stop_projections();
+    app.start_projection("anomalies");
+    let seq = app.ingest(&[sample("e", 200, 3.0)]).await;
+    app.wait_for("anomalies", seq).await;
+    assert_eq!(watched(&app).await, [c.clone(), d.clone(), e.clone()]);
+    // `a` comes back as a new series, in the place of `c` (its last point the oldest).
+    let seq = app.ingest(&[sample("a", 300, 5.0)]).await;
+    app.wait_for("anomalies", seq).await;
+    assert_eq!(watched(&app).await, [a.clone(), d.clone(), e.clone()]);
+    let (_, r) = app
+        .get("/v1/series/metric:ops:a%7Bhost=%22a%22%7D/scores")
+        .await;
+    assert_eq!(r["points"].as_array().map(Vec::len), Some(1), "{r}");
+
+    // A replay forgets the same series and numbers the rest the same.
+    let before = schema_digest(&pool, "anomalies").await;
+    let report = app
+        .kairos
+        .replay("anomalies", &ReplayOptions::default(), None, |_| {})
+        .await
+        .unwrap();
+    assert!(report.switched, "{report:?}");
+    assert_eq!(schema_digest(&pool, "anomalies").await, before);
+    app.cleanup().await;
+}

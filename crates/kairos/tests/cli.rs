@@ -64,6 +64,10 @@ fn bad_configuration_stops_start_up_naming_the_key() {
         ),
         ("[unknown_section]\nx = 1\n", "unknown_section"),
         ("[anomalies]\nsave_every = 6000\n", "anomalies.save_every"),
+        (
+            "[anomalies]\nevict_idle_hours = 0\n",
+            "anomalies.evict_idle_hours",
+        ),
         ("[anomalies]\nraise_above = 1.5\n", "anomalies.raise_above"),
         (
             "[anomalies]\ncost_action = \"panic\"\n",

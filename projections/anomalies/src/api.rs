@@ -51,8 +51,11 @@ pub struct AnomalySettings {
     pub grace_seconds: u32,
     /// Fewest calls in a bucket for a model's error-rate and latency point.
     pub min_calls: u32,
-    /// Most series watched; past it new series are not.
+    /// Most series watched. At the cap, a new series takes the place of the one idle longest,
+    /// if that one has had no point for `evict_idle_hours` (series time) and no open alert;
+    /// otherwise the new series is not watched.
     pub max_series: u32,
+    pub evict_idle_hours: u32,
     /// Scored points kept per series (the newest).
     pub keep_points: u32,
     /// A series' detector state is saved every this many points.
@@ -98,6 +101,7 @@ impl Default for AnomalySettings {
             grace_seconds: 30,
             min_calls: 3,
             max_series: 10_000,
+            evict_idle_hours: 24,
             keep_points: 10_000,
             save_every: 500,
             raise_above: alert.raise_above,
@@ -132,6 +136,7 @@ impl AnomalySettings {
         within(self.grace_seconds, 0, 3600, "grace_seconds")?;
         within(self.min_calls, 1, 100_000, "min_calls")?;
         within(self.max_series, 1, 1_000_000, "max_series")?;
+        within(self.evict_idle_hours, 1, 87_600, "evict_idle_hours")?;
         within(self.keep_points, 100, 10_000_000, "keep_points")?;
         within(self.save_every, 1, self.keep_points / 2, "save_every")?;
         within(self.raise_points, 1, 1000, "raise_points")?;
@@ -188,6 +193,7 @@ impl AnomalySettings {
             grace_ms: i64::from(self.grace_seconds) * 1000,
             min_calls: u64::from(self.min_calls),
             max_series: self.max_series as usize,
+            evict_idle_ms: i64::from(self.evict_idle_hours) * 3_600_000,
             keep_points: i64::from(self.keep_points),
             save_every: i64::from(self.save_every),
             detector: DetectorConfig::default(),

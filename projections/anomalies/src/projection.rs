@@ -50,6 +50,9 @@ pub struct Rules {
     pub grace_ms: i64,
     pub min_calls: u64,
     pub max_series: usize,
+    /// At `max_series`, how long (series time) a series must have been without a point, and
+    /// without an open alert, for a new one to take its place.
+    pub evict_idle_ms: i64,
     pub keep_points: i64,
     pub save_every: i64,
     pub detector: DetectorConfig,
@@ -174,6 +177,8 @@ struct Memory {
     breakers: BTreeMap<String, Breaker>,
     /// Series refused for being past `max_series`.
     refused: u64,
+    /// Series evicted to make room (see [`Rules::evict_idle_ms`]).
+    evicted: u64,
     /// The `sid` the next new series gets.
     next_sid: i32,
     /// The model catalog in force, as last folded.
@@ -394,6 +399,8 @@ struct Rows {
     touched: BTreeSet<String>,
     /// (sid, cut): delete its points up to `cut`.
     prune: Vec<(i32, i64)>,
+    /// (sid, id): series forgotten to make room, with their points.
+    evict: Vec<(i32, String)>,
 }
 
 #[derive(Default)]
@@ -438,12 +445,43 @@ fn fresh_state(rules: &Rules, key: &SeriesKey) -> SeriesState {
 }
 
 impl Fold<'_> {
+    /// At `max_series`, makes room for a new series whose first point is at `at_ms`: forgets
+    /// the series idle longest (its last point the oldest; the smallest id on a tie, so a
+    /// replay forgets the same), if it has had no point for `evict_idle_ms` and has no open
+    /// alert. Its row and points are deleted with this batch; its alerts stay.
+    fn evict_idle(&mut self, at_ms: i64) -> bool {
+        let idle = self
+            .memory
+            .series
+            .iter()
+            .filter(|(_, s)| s.open_alert.is_none())
+            .map(|(id, s)| (s.last_at.unwrap_or(s.first_at), id))
+            .min();
+        let Some((last, id)) = idle else {
+            return false;
+        };
+        if at_ms.saturating_sub(last) < self.rules.evict_idle_ms {
+            return false;
+        }
+        let id = id.clone();
+        let Some(slot) = self.memory.series.remove(&id) else {
+            return false;
+        };
+        self.memory.evicted += 1;
+        if self.memory.evicted.is_power_of_two() {
+            tracing::info!(series = %id, evicted = self.memory.evicted, max = self.rules.max_series, "anomalies: at max_series; the series idle longest is forgotten");
+        }
+        self.out.rows.touched.remove(&id);
+        self.out.rows.evict.push((slot.sid, id));
+        true
+    }
+
     /// Scores one point of a series and acts on what its alerting says.
     fn point(&mut self, seq: i64, p: Point) -> Result<(), ApplyError> {
         let rules = self.rules;
         let id = p.key.id.clone();
         if !self.memory.series.contains_key(&id) {
-            if self.memory.series.len() >= rules.max_series {
+            if self.memory.series.len() >= rules.max_series && !self.evict_idle(p.at_ms) {
                 self.memory.refused += 1;
                 if self.memory.refused.is_power_of_two() {
                     tracing::warn!(series = %id, refused = self.memory.refused, max = rules.max_series, "anomalies: past max_series; new series are not watched");
@@ -778,10 +816,11 @@ impl Fold<'_> {
 /// buckets and the breakers.
 async fn load(tx: &mut PgConnection, rules: &Rules) -> Result<Memory, ApplyError> {
     let mut memory = Memory::default();
-    if let Some(row) = sqlx::query("SELECT groups, catalog FROM memory WHERE id = 1")
+    if let Some(row) = sqlx::query("SELECT groups, catalog, next_sid FROM memory WHERE id = 1")
         .fetch_optional(&mut *tx)
         .await?
     {
+        memory.next_sid = row.try_get("next_sid")?;
         let bytes: Vec<u8> = row.try_get("groups")?;
         memory.buckets = Buckets::from_bytes(&bytes)
             .map_err(|e| ApplyError::Data(format!("anomalies: open buckets unreadable: {e}")))?;
@@ -914,6 +953,19 @@ async fn write(
             .execute(&mut *tx)
             .await?;
     }
+    // Before the series are written: a series forgotten, then seen again in the same batch, is
+    // written again as new (with a new `sid`).
+    for (s, id) in rows.evict {
+        sqlx::query("DELETE FROM points WHERE sid = $1")
+            .bind(s)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM series WHERE id = $1 AND sid = $2")
+            .bind(id)
+            .bind(s)
+            .execute(&mut *tx)
+            .await?;
+    }
     if !rows.touched.is_empty() {
         let mut cols = SeriesCols::default();
         for id in &rows.touched {
@@ -977,13 +1029,14 @@ async fn write(
     // The catalog is written when it changed (and always with the first row).
     let catalog = std::mem::take(&mut memory.catalog_changed).then(|| json!(memory.catalog));
     sqlx::query(
-        "INSERT INTO memory (id, mark, groups, catalog) VALUES (1, $1, $2, $3)
+        "INSERT INTO memory (id, mark, groups, catalog, next_sid) VALUES (1, $1, $2, $3, $4)
          ON CONFLICT (id) DO UPDATE SET mark = EXCLUDED.mark, groups = EXCLUDED.groups,
-             catalog = COALESCE(EXCLUDED.catalog, memory.catalog)",
+             catalog = COALESCE(EXCLUDED.catalog, memory.catalog), next_sid = EXCLUDED.next_sid",
     )
     .bind(mark)
     .bind(memory.buckets.to_bytes())
     .bind(catalog)
+    .bind(memory.next_sid)
     .execute(&mut *tx)
     .await?;
     Ok(())

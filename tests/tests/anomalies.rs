@@ -596,6 +596,13 @@ async fn watched(app: &TestApp) -> Vec<String> {
     ids
 }
 
+/// Posts one sample and answers the series watched once the projection applied it.
+async fn after(app: &TestApp, sample: Value) -> Vec<String> {
+    let seq = app.ingest(&[sample]).await;
+    app.wait_for("anomalies", seq).await;
+    watched(app).await
+}
+
 fn series_id(name: &str) -> String {
     format!("metric:ops:{name}{{host=\"a\"}}")
 }
@@ -619,15 +626,17 @@ async fn at_max_series_a_new_series_takes_the_place_of_one_idle_long_enough(pool
 
     // `a` has been quiet for 20 minutes (its last point at minute 9), under the hour: `d`, the
     // fourth series, is not watched.
-    let seq = app.ingest(&[sample("d", 29, 1.0)]).await;
-    app.wait_for("anomalies", seq).await;
-    assert_eq!(watched(&app).await, [a.clone(), b.clone(), c.clone()]);
+    assert_eq!(
+        after(&app, sample("d", 29, 1.0)).await,
+        [a.clone(), b.clone(), c.clone()]
+    );
 
     // At minute 100 `a` has been quiet for 91 minutes: `d` takes its place, and `a`'s points
     // go with it.
-    let seq = app.ingest(&[sample("d", 100, 1.0)]).await;
-    app.wait_for("anomalies", seq).await;
-    assert_eq!(watched(&app).await, [b.clone(), c.clone(), d.clone()]);
+    assert_eq!(
+        after(&app, sample("d", 100, 1.0)).await,
+        [b.clone(), c.clone(), d.clone()]
+    );
     let (status, r) = app
         .get("/v1/series/metric:ops:a%7Bhost=%22a%22%7D/scores")
         .await;
@@ -642,13 +651,15 @@ async fn at_max_series_a_new_series_takes_the_place_of_one_idle_long_enough(pool
     // equally idle (minute 99), and the smaller id goes.
     app.stop_projections();
     app.start_projection("anomalies");
-    let seq = app.ingest(&[sample("e", 200, 3.0)]).await;
-    app.wait_for("anomalies", seq).await;
-    assert_eq!(watched(&app).await, [c.clone(), d.clone(), e.clone()]);
+    assert_eq!(
+        after(&app, sample("e", 200, 3.0)).await,
+        [c.clone(), d.clone(), e.clone()]
+    );
     // `a` comes back as a new series, in the place of `c` (its last point the oldest).
-    let seq = app.ingest(&[sample("a", 300, 5.0)]).await;
-    app.wait_for("anomalies", seq).await;
-    assert_eq!(watched(&app).await, [a.clone(), d.clone(), e.clone()]);
+    assert_eq!(
+        after(&app, sample("a", 300, 5.0)).await,
+        [a.clone(), d.clone(), e.clone()]
+    );
     let (_, r) = app
         .get("/v1/series/metric:ops:a%7Bhost=%22a%22%7D/scores")
         .await;

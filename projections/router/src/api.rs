@@ -624,8 +624,7 @@ async fn post_route(
             let mut budget = spent.and_then(|s| budget_state(b, &period, s));
             // An open cost alert lowered the limit this decision sees.
             if let (Some(b), Some(l)) = (budget.as_mut(), &lowered) {
-                let lowered = (b.limit.nanos() as f64 * l.factor).floor() as i64;
-                b.limit = Money::from_nanos(lowered.clamp(0, b.limit.nanos()));
+                b.lower_limit(l.factor);
             }
             let mut plan = decide(&req, &models, now, budget.as_ref(), &health);
             plan.alternatives.extend(skipped.iter().cloned());

@@ -48,6 +48,13 @@ pub struct BudgetState {
 }
 
 impl BudgetState {
+    /// The limit an open cost alert lowered to `factor` of itself (rounded down, never above
+    /// the limit nor below zero).
+    pub fn lower_limit(&mut self, factor: f64) {
+        let lowered = (self.limit.nanos() as f64 * factor).floor() as i64;
+        self.limit = Money::from_nanos(lowered.clamp(0, self.limit.nanos()));
+    }
+
     /// Spent and reserved together.
     pub fn committed(&self) -> Money {
         self.spent.checked_add(self.reserved).unwrap_or(Money::MAX)

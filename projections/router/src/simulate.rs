@@ -1,7 +1,9 @@
 //! What if? Replays the recorded route decisions and LLM calls of a range under another
 //! catalog: each decision is decided again with the same request and health figures against the
 //! other catalog and the budget as the simulation has spent it, and each call is costed by the
-//! model it would have gone to, at the other catalog's price, with its real tokens.
+//! model it would have gone to, at the other catalog's price, with its real tokens. The circuit
+//! breakers are taken as the decision recorded them: a model they kept out stays out, and a
+//! limit an open cost alert lowered stays lowered.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -160,7 +162,7 @@ pub fn simulate(
                     continue;
                 }
                 let period = Period::containing(*at, tz);
-                let budget = limits.get(&p).map(|set| {
+                let mut budget = limits.get(&p).map(|set| {
                     let s = spend.get(&(p.clone(), period));
                     BudgetState {
                         period: period.to_string(),
@@ -173,8 +175,35 @@ pub fn simulate(
                         fallback_model: set.fallback_model.clone(),
                     }
                 });
+                // The circuit as it was: the models its breakers kept out stay out, and a
+                // lowered limit stays lowered.
+                let circuit = record.circuit.as_ref();
+                let skipped: HashSet<&str> = circuit
+                    .and_then(|c| c.get("skipped"))
+                    .and_then(Value::as_object)
+                    .map(|m| m.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                let factor = circuit
+                    .and_then(|c| c.get("lowered_limit"))
+                    .and_then(|l| l.get("factor"))
+                    .and_then(Value::as_f64);
+                if let (Some(b), Some(f)) = (budget.as_mut(), factor) {
+                    b.lower_limit(f);
+                }
+                let open: Vec<ModelSpec>;
+                let models = match skipped.is_empty() {
+                    true => alternative,
+                    false => {
+                        open = alternative
+                            .iter()
+                            .filter(|m| !skipped.contains(m.name.as_str()))
+                            .cloned()
+                            .collect();
+                        &open
+                    }
+                };
                 let health = recorded_health(&record.health);
-                let plan = decide(&record.request, alternative, *at, budget.as_ref(), &health);
+                let plan = decide(&record.request, models, *at, budget.as_ref(), &health);
                 let chosen = match plan.outcome {
                     Outcome::Routed | Outcome::Reserved => plan.chosen.map(|c| c.model),
                     Outcome::NoModelFits | Outcome::BudgetBlocked => None,

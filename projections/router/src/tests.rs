@@ -542,6 +542,109 @@ mod simulation {
         }
     }
 
+    /// A decision routed to `x` at `at`, with the circuit it recorded.
+    fn routed(at: DateTime<Utc>, id: &str, circuit: Option<serde_json::Value>) -> SimEvent {
+        SimEvent::Decision(
+            at,
+            id.into(),
+            Box::new(DecisionRecord {
+                project: "p".into(),
+                request: RouteRequest {
+                    project: "p".into(),
+                    input_tokens: 1_000,
+                    expected_output_tokens: 200,
+                    max_output_tokens: Some(200),
+                    task: None,
+                    min_tier: None,
+                    tags: vec![],
+                },
+                outcome: Outcome::Routed,
+                rule: "best_quality".into(),
+                model: Some("x".into()),
+                provider: Some("x-provider".into()),
+                estimated_cost: Some(usd("0.012")),
+                reserved: None,
+                reservation_expires_at: None,
+                catalog_version: 1,
+                budget: None,
+                health: serde_json::json!({}),
+                alternatives: vec![],
+                reason: String::new(),
+                actor: None,
+                circuit,
+            }),
+        )
+    }
+
+    /// What the breakers did is part of the history: a model they kept out is not chosen by
+    /// the simulation either, and a limit an open cost alert lowered stays lowered.
+    #[test]
+    fn simulate_keeps_the_recorded_circuit() {
+        let x = model("x", 100_000, 4, Some(("10", "10")), &[]);
+        let y = model("y", 100_000, 4, Some(("1", "1")), &[]);
+        let local = model("l", 100_000, 1, None, &[]);
+        let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        let tz = chrono_tz::Tz::UTC;
+        let end = start + chrono::Duration::days(1);
+        // Ten decisions for `x`; the breaker of `y` was open for the first four.
+        let mut events = vec![SimEvent::Catalog(start, vec![x.clone(), local.clone()])];
+        for i in 0..10 {
+            let at = start + chrono::Duration::minutes(i + 1);
+            let id = format!("d-{i}");
+            let circuit = (i < 4).then(
+                || serde_json::json!({"skipped": {"y": "circuit open: error rate"}, "probe": null}),
+            );
+            events.push(routed(at, &id, circuit));
+            events.push(SimEvent::Call(
+                at,
+                call("p", "x", Some(id), Some(usd("0.012"))),
+            ));
+        }
+        let r = simulate(
+            &events,
+            &[x.clone(), y, local.clone()],
+            &tz,
+            start,
+            end,
+            None,
+        );
+        assert_eq!((r[0].decisions, r[0].rerouted), (10, 6), "{r:?}");
+
+        // A budget of $0.03 with $0.012 spent: the next $0.012 call to `x` fits, unless the
+        // limit was halved.
+        let budget = SimEvent::Budget(
+            start,
+            BudgetSet {
+                project: ProjectId::parse("p").unwrap(),
+                monthly_limit: usd("0.03"),
+                warn_at_percent: 80,
+                on_exceeded: OnExceeded::FallbackToLocal,
+                fallback_model: None,
+                actor: None,
+            },
+        );
+        let spent = SimEvent::Call(
+            start + chrono::Duration::minutes(1),
+            call("p", "x", None, Some(usd("0.012"))),
+        );
+        let at = start + chrono::Duration::minutes(2);
+        let halved = serde_json::json!({
+            "skipped": {}, "probe": null,
+            "lowered_limit": {"alert_id": "a-1", "factor": 0.5, "since": at},
+        });
+        for (circuit, expected) in [(None, 0), (Some(halved), 1)] {
+            let events = vec![
+                SimEvent::Catalog(start, vec![x.clone(), local.clone()]),
+                budget.clone(),
+                spent.clone(),
+                routed(at, "d", circuit),
+                SimEvent::Call(at, call("p", "x", Some("d".into()), Some(usd("0.012")))),
+            ];
+            let r = simulate(&events, &[x.clone(), local.clone()], &tz, start, end, None);
+            assert_eq!(r[0].rerouted, expected, "{r:?}");
+        }
+    }
+
     /// A generated month: 20 routed calls a day to `x` ($10/M in and out: $0.012 each), and
     /// 5 unrouted calls a day to `x` without a cost. The other catalog adds `y`, of the same
     /// tier at $1/M ($0.0012 a call): every routed call would have gone to it.
@@ -571,37 +674,7 @@ mod simulation {
                     start + chrono::Duration::days(day) + chrono::Duration::minutes(i * 10 + 1);
                 if i < 20 {
                     let id = format!("d-{day}-{i}");
-                    let req = RouteRequest {
-                        project: "p".into(),
-                        input_tokens: 1_000,
-                        expected_output_tokens: 200,
-                        max_output_tokens: Some(200),
-                        task: None,
-                        min_tier: None,
-                        tags: vec![],
-                    };
-                    events.push(SimEvent::Decision(
-                        at,
-                        id.clone(),
-                        Box::new(DecisionRecord {
-                            project: "p".into(),
-                            request: req,
-                            outcome: Outcome::Reserved,
-                            rule: "best_quality".into(),
-                            model: Some("x".into()),
-                            provider: Some("x-provider".into()),
-                            estimated_cost: Some(usd("0.012")),
-                            reserved: Some(usd("0.012")),
-                            reservation_expires_at: None,
-                            catalog_version: 1,
-                            budget: None,
-                            health: serde_json::json!({}),
-                            alternatives: vec![],
-                            reason: String::new(),
-                            actor: None,
-                            circuit: None,
-                        }),
-                    ));
+                    events.push(routed(at, &id, None));
                     events.push(SimEvent::Call(
                         at,
                         call("p", "x", Some(id), Some(usd("0.012"))),

@@ -676,3 +676,41 @@ async fn at_max_series_a_new_series_takes_the_place_of_one_idle_long_enough(pool
     assert_eq!(schema_digest(&pool, "anomalies").await, before);
     app.cleanup().await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn resolved_alerts_are_kept_for_keep_alerts_days_of_series_time(pool: PgPool) {
+    let config = "[anomalies]\nkeep_alerts_days = 1\nresolve_points = 3\n";
+    let app = spawn_app_with(pool, test_settings_with(config), true).await;
+    // A steady cycle with a spike at point 400, which raises an alert that then resolves.
+    let mut events: Vec<Value> = (0..500)
+        .map(|i| {
+            let x = i as f64;
+            let spike = if i == 400 { 60.0 } else { 0.0 };
+            sample("queue.depth", i, 50.0 + 10.0 * (x / 20.0).sin() + spike)
+        })
+        .collect();
+    let seq = app.ingest(&events).await;
+    app.wait_for("anomalies", seq).await;
+    let resolved = |r: &Value| r["alerts"].as_array().map_or(0, Vec::len);
+    let (_, r) = app.get("/v1/anomalies?status=resolved").await;
+    assert_eq!(resolved(&r), 1, "the spike's alert, resolved: {r}");
+    let resolved_at: DateTime<Utc> = r["alerts"][0]["resolved_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // Points up to just under a day after it resolved keep it; the first a day after drops it.
+    let minutes = |t: DateTime<Utc>| (t - base()).num_minutes() as usize;
+    let day = minutes(resolved_at) + 24 * 60;
+    events = vec![sample("queue.depth", day - 1, 50.0)];
+    let seq = app.ingest(&events).await;
+    app.wait_for("anomalies", seq).await;
+    let (_, r) = app.get("/v1/anomalies?status=resolved").await;
+    assert_eq!(resolved(&r), 1, "{r}");
+    let seq = app.ingest(&[sample("queue.depth", day + 1, 50.0)]).await;
+    app.wait_for("anomalies", seq).await;
+    let (_, r) = app.get("/v1/anomalies?status=resolved").await;
+    assert_eq!(resolved(&r), 0, "{r}");
+    app.cleanup().await;
+}

@@ -68,6 +68,10 @@ fn bad_configuration_stops_start_up_naming_the_key() {
             "[anomalies]\nevict_idle_hours = 0\n",
             "anomalies.evict_idle_hours",
         ),
+        (
+            "[anomalies]\nkeep_alerts_days = 0\n",
+            "anomalies.keep_alerts_days",
+        ),
         ("[anomalies]\nraise_above = 1.5\n", "anomalies.raise_above"),
         (
             "[anomalies]\ncost_action = \"panic\"\n",

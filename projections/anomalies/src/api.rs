@@ -58,6 +58,8 @@ pub struct AnomalySettings {
     pub evict_idle_hours: u32,
     /// Scored points kept per series (the newest).
     pub keep_points: u32,
+    /// Resolved alerts are kept this long (series time: before the newest point folded).
+    pub keep_alerts_days: u32,
     /// A series' detector state is saved every this many points.
     pub save_every: u32,
     /// A score at or above this, for `raise_points` points in a row, raises an alert.
@@ -103,6 +105,7 @@ impl Default for AnomalySettings {
             max_series: 10_000,
             evict_idle_hours: 24,
             keep_points: 10_000,
+            keep_alerts_days: 90,
             save_every: 500,
             raise_above: alert.raise_above,
             raise_points: 1,
@@ -139,6 +142,7 @@ impl AnomalySettings {
         within(self.evict_idle_hours, 1, 87_600, "evict_idle_hours")?;
         within(self.keep_points, 100, 10_000_000, "keep_points")?;
         within(self.save_every, 1, self.keep_points / 2, "save_every")?;
+        within(self.keep_alerts_days, 1, 36_500, "keep_alerts_days")?;
         within(self.raise_points, 1, 1000, "raise_points")?;
         within(self.resolve_points, 1, 10_000, "resolve_points")?;
         within(self.cooldown_minutes, 0, 10_080, "cooldown_minutes")?;
@@ -195,6 +199,7 @@ impl AnomalySettings {
             max_series: self.max_series as usize,
             evict_idle_ms: i64::from(self.evict_idle_hours) * 3_600_000,
             keep_points: i64::from(self.keep_points),
+            keep_alerts_ms: i64::from(self.keep_alerts_days) * 86_400_000,
             save_every: i64::from(self.save_every),
             detector: DetectorConfig::default(),
             alert: AlertConfig {

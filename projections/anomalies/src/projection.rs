@@ -54,6 +54,8 @@ pub struct Rules {
     /// without an open alert, for a new one to take its place.
     pub evict_idle_ms: i64,
     pub keep_points: i64,
+    /// Resolved alerts are deleted once they resolved this long before the newest point.
+    pub keep_alerts_ms: i64,
     pub save_every: i64,
     pub detector: DetectorConfig,
     pub alert: AlertConfig,
@@ -181,6 +183,8 @@ struct Memory {
     evicted: u64,
     /// The `sid` the next new series gets.
     next_sid: i32,
+    /// The time of the newest point folded (series time).
+    newest_ms: i64,
     /// The model catalog in force, as last folded.
     catalog: Vec<ModelSpec>,
     catalog_changed: bool,
@@ -356,6 +360,14 @@ impl Projection for Anomalies {
         let out = std::mem::take(&mut fold.out);
         write(tx, &mut memory, out.rows, last_seq).await?;
         write_alerts(tx, &self.rules, &out.alerts, &out.acks).await?;
+        // Every batch, so that whatever the batches, the alerts left are those resolved within
+        // `keep_alerts_ms` of the newest point.
+        sqlx::query("DELETE FROM alerts WHERE status = 'resolved' AND resolved_at < $1")
+            .bind(time(
+                memory.newest_ms.saturating_sub(self.rules.keep_alerts_ms),
+            ))
+            .execute(&mut *tx)
+            .await?;
         memory.mark = Some((last_seq, table));
         Ok(out.events)
     }
@@ -517,6 +529,7 @@ impl Fold<'_> {
             slot.dropped += 1;
             return Ok(());
         }
+        self.memory.newest_ms = self.memory.newest_ms.max(p.at_ms);
         let score = slot.state.detector.update(p.value);
         let at = time(p.at_ms).naive_utc();
         let changes = slot.state.alerting.observe_value(at, score, p.value);
@@ -861,6 +874,7 @@ async fn load(tx: &mut PgConnection, rules: &Rules) -> Result<Memory, ApplyError
         let last: DateTime<Utc> = r.try_get("last_at")?;
         let sid: i32 = r.try_get("sid")?;
         memory.next_sid = memory.next_sid.max(sid + 1);
+        memory.newest_ms = memory.newest_ms.max(millis(last));
         let slot = Slot {
             sid,
             state,

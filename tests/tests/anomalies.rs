@@ -259,9 +259,9 @@ async fn a_failing_model_is_taken_out_of_routing_and_returns_once_its_alert_reso
     app.cleanup().await;
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_cost_alert_lowers_the_limit_until_an_admin_acknowledges(pool: PgPool) {
-    let app = spawn_app_with(pool, test_settings_with(CONFIG), true).await;
+/// A budget for `shop`, 220 minutes of steady spend, then a runaway loop: the cost alert it
+/// raises (action `lower_limit`), with the sequence it was read at.
+async fn raise_cost_alert(app: &TestApp) -> (String, u64) {
     let (status, r) = app
         .put_json(
             "/v1/projects/shop/budget",
@@ -280,10 +280,16 @@ async fn a_cost_alert_lowers_the_limit_until_an_admin_acknowledges(pool: PgPool)
     }
     events.extend(calls("beta", "shop", 223, 5, 0, "0.0010"));
     let seq = app.ingest(&events).await;
-    let alerts = open_alerts(&app, seq, "project:shop:cost_usd_per_minute").await;
+    let alerts = open_alerts(app, seq, "project:shop:cost_usd_per_minute").await;
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["action"], "lower_limit");
-    let id = alerts[0]["id"].as_str().unwrap().to_owned();
+    (alerts[0]["id"].as_str().unwrap().to_owned(), seq)
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_cost_alert_lowers_the_limit_until_an_admin_acknowledges(pool: PgPool) {
+    let app = spawn_app_with(pool, test_settings_with(CONFIG), true).await;
+    let (id, seq) = raise_cost_alert(&app).await;
     let ask = json!({"project": "shop", "input_tokens": 1000, "expected_output_tokens": 200});
     let (status, r) = app
         .post_json(&format!("/v1/route?min_seq={seq}"), &ask)
@@ -712,5 +718,46 @@ async fn resolved_alerts_are_kept_for_keep_alerts_days_of_series_time(pool: PgPo
     app.wait_for("anomalies", seq).await;
     let (_, r) = app.get("/v1/anomalies?status=resolved").await;
     assert_eq!(resolved(&r), 0, "{r}");
+    app.cleanup().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_resolved_alert_whose_limit_waits_for_an_acknowledgement_is_kept(pool: PgPool) {
+    let config = CONFIG.replacen("[anomalies]\n", "[anomalies]\nkeep_alerts_days = 1\n", 1);
+    let app = spawn_app_with(pool, test_settings_with(&config), true).await;
+    let (id, _) = raise_cost_alert(&app).await;
+    // Three days later: the silence resolved the alert (reason `gap`) more than a day before
+    // the newest point, but its lowered limit waits for an admin, so it stays.
+    let later = 223 + 3 * 24 * 60;
+    let mut events = calls("beta", "shop", later, 5, 0, "0.0010");
+    events.extend(calls("beta", "shop", later + 1, 5, 0, "0.0010"));
+    let seq = app.ingest(&events).await;
+    app.wait_for("anomalies", seq).await;
+    let listed = |r: &Value| -> Vec<Value> {
+        r["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["id"] == json!(id))
+            .cloned()
+            .collect()
+    };
+    let (_, r) = app.get("/v1/anomalies?status=resolved").await;
+    assert_eq!(listed(&r).len(), 1, "{r}");
+    assert_eq!(listed(&r)[0]["resolve_reason"], "gap", "{r}");
+    // The acknowledgement lifts the limit; then the alert is past its retention.
+    let (status, ack) = app
+        .post_json(&format!("/v1/anomalies/{id}/acknowledge"), &json!({}))
+        .await;
+    assert_eq!(status, 202, "{ack}");
+    let seq = ack["seq"].as_u64().unwrap();
+    let ask = json!({"project": "shop", "input_tokens": 1000, "expected_output_tokens": 200});
+    let (status, r) = app
+        .post_json(&format!("/v1/route?min_seq={seq}"), &ask)
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["budget"]["limit"], "100.00", "{r}");
+    let (_, r) = app.get(&format!("/v1/anomalies?min_seq={seq}")).await;
+    assert!(listed(&r).is_empty(), "{r}");
     app.cleanup().await;
 }

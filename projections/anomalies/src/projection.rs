@@ -361,13 +361,17 @@ impl Projection for Anomalies {
         write(tx, &mut memory, out.rows, last_seq).await?;
         write_alerts(tx, &self.rules, &out.alerts, &out.acks).await?;
         // Every batch, so that whatever the batches, the alerts left are those resolved within
-        // `keep_alerts_ms` of the newest point.
-        sqlx::query("DELETE FROM alerts WHERE status = 'resolved' AND resolved_at < $1")
-            .bind(time(
-                memory.newest_ms.saturating_sub(self.rules.keep_alerts_ms),
-            ))
-            .execute(&mut *tx)
-            .await?;
+        // `keep_alerts_ms` of the newest point — and those whose lowered limit still waits for
+        // the acknowledgement that lifts it.
+        sqlx::query(
+            "DELETE FROM alerts WHERE status = 'resolved' AND resolved_at < $1
+             AND NOT EXISTS (SELECT 1 FROM limits l WHERE l.alert_id = alerts.id)",
+        )
+        .bind(time(
+            memory.newest_ms.saturating_sub(self.rules.keep_alerts_ms),
+        ))
+        .execute(&mut *tx)
+        .await?;
         memory.mark = Some((last_seq, table));
         Ok(out.events)
     }

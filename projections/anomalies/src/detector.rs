@@ -278,6 +278,11 @@ impl Ring {
     fn bytes(&self) -> usize {
         self.data.len() * std::mem::size_of::<f64>()
     }
+
+    /// Whether a restored ring is one [`Ring::push`] and [`Ring::back`] can use.
+    fn consistent(&self) -> bool {
+        !self.data.is_empty() && self.head < self.data.len() && self.len <= self.data.len()
+    }
 }
 
 /// The trained pattern model: normalisation, centroids and the distance scale.
@@ -431,7 +436,30 @@ impl Detector {
     /// Restores a detector saved by [`Detector::to_bytes`]: it scores the next points exactly
     /// as the saved one would have.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        decode(bytes)
+        let d: Self = decode(bytes)?;
+        d.check()?;
+        Ok(d)
+    }
+
+    /// Whether a restored detector is one [`Detector::update`] can run: its rings, models and
+    /// scales as a detector of its configuration makes them (a state that was tampered with is
+    /// refused rather than left to panic).
+    pub fn check(&self) -> Result<(), String> {
+        let dims = self.config.dims();
+        let fits = self.scales.len() == self.config.scales.len()
+            && self.scales.iter().all(|s| {
+                s.factor >= 1
+                    && s.values.consistent()
+                    && s.raw.consistent()
+                    && s.averages.consistent()
+                    && s.model
+                        .as_ref()
+                        .is_none_or(|m| m.rows >= 1 && m.centroids.len() == m.rows * dims)
+            });
+        match fits {
+            true => Ok(()),
+            false => Err("the saved detector state is inconsistent".into()),
+        }
     }
 
     /// Bytes held by this detector (its struct and every buffer), fixed at construction.
@@ -923,6 +951,29 @@ mod tests {
         assert!(Detector::from_bytes(b"{}").is_err());
         assert!(Detector::from_bytes(b"").is_err());
         assert!(Detector::from_bytes(&[BINARY_FORM, 7, 7, 7]).is_err());
+    }
+
+    #[test]
+    fn a_tampered_state_is_refused_not_left_to_panic() {
+        let mut d = Detector::default();
+        for v in daily(700, 2) {
+            d.update(v);
+        }
+        assert!(Detector::from_bytes(&d.to_bytes()).is_ok());
+        let mut bad = d.clone();
+        bad.scales[0].values.head = bad.scales[0].values.data.len();
+        assert!(Detector::from_bytes(&encode(&bad)).is_err());
+        let mut bad = d.clone();
+        bad.scales[1].raw.data.clear();
+        assert!(Detector::from_bytes(&encode(&bad)).is_err());
+        let mut bad = d.clone();
+        if let Some(m) = bad.scales[0].model.as_mut() {
+            m.centroids.pop();
+        }
+        assert!(Detector::from_bytes(&encode(&bad)).is_err());
+        let mut bad = d;
+        bad.scales.pop();
+        assert!(Detector::from_bytes(&encode(&bad)).is_err());
     }
 
     #[test]

@@ -181,6 +181,9 @@ struct Memory {
     refused: u64,
     /// Series evicted to make room (see [`Rules::evict_idle_ms`]).
     evicted: u64,
+    /// No series without an open alert had a point before this, at the last scan for one to
+    /// evict (`None`: scan).
+    idle_floor: Option<i64>,
     /// The `sid` the next new series gets.
     next_sid: i32,
     /// The time of the newest point folded (series time).
@@ -466,6 +469,17 @@ impl Fold<'_> {
     /// replay forgets the same), if it has had no point for `evict_idle_ms` and has no open
     /// alert. Its row and points are deleted with this batch; its alerts stay.
     fn evict_idle(&mut self, at_ms: i64) -> bool {
+        // `idle_floor` is at or before the last point of every series without an open alert
+        // (kept so by `point`): while it is not idle long enough, no series is, and a flood of
+        // new series costs no scan each. It only skips scans that would find nothing, so a
+        // process that reloaded (and scans) decides the same.
+        if self
+            .memory
+            .idle_floor
+            .is_some_and(|floor| at_ms.saturating_sub(floor) < self.rules.evict_idle_ms)
+        {
+            return false;
+        }
         let idle = self
             .memory
             .series
@@ -477,8 +491,10 @@ impl Fold<'_> {
             return false;
         };
         if at_ms.saturating_sub(last) < self.rules.evict_idle_ms {
+            self.memory.idle_floor = Some(last);
             return false;
         }
+        self.memory.idle_floor = None;
         let id = id.clone();
         let Some(slot) = self.memory.series.remove(&id) else {
             return false;
@@ -497,7 +513,12 @@ impl Fold<'_> {
         let rules = self.rules;
         let id = p.key.id.clone();
         if !self.memory.series.contains_key(&id) {
-            if self.memory.series.len() >= rules.max_series && !self.evict_idle(p.at_ms) {
+            // A loop: after `max_series` was lowered, each new series brings the count down.
+            let mut full = self.memory.series.len() >= rules.max_series;
+            while full && self.evict_idle(p.at_ms) {
+                full = self.memory.series.len() >= rules.max_series;
+            }
+            if full {
                 self.memory.refused += 1;
                 if self.memory.refused.is_power_of_two() {
                     tracing::warn!(series = %id, refused = self.memory.refused, max = rules.max_series, "anomalies: past max_series; new series are not watched");
@@ -557,6 +578,7 @@ impl Fold<'_> {
         if n > rules.keep_points && n % step == 0 {
             self.out.rows.prune.push((slot.sid, n - rules.keep_points));
         }
+        let sid = slot.sid;
         let expected_now = slot.state.alerting.expected();
         let open_before = slot.open_alert.clone();
         for change in changes {
@@ -564,7 +586,9 @@ impl Fold<'_> {
                 AlertEvent::Raised {
                     score, expected, ..
                 } => {
-                    let alert_id = format!("alert-{:016x}-{n}", kairos_events::fnv1a64(&id));
+                    // The series number too: a series forgotten at `max_series` that comes back
+                    // counts its points from 1 again, under a new number.
+                    let alert_id = format!("alert-{:016x}-{sid}-{n}", kairos_events::fnv1a64(&id));
                     self.raised(seq, &p, &alert_id, score, expected)?;
                 }
                 AlertEvent::Resolved {
@@ -608,6 +632,16 @@ impl Fold<'_> {
                 let b = b.clone();
                 self.breaker_changed(model, Some(b), p.at_ms)?;
             }
+        }
+        // Keep `idle_floor` a floor: a new series, or one whose alert just resolved, may have
+        // its last point before it (series times need not agree across series).
+        let eligible = self
+            .memory
+            .series
+            .get(&id)
+            .is_some_and(|s| s.open_alert.is_none());
+        if eligible && let Some(floor) = self.memory.idle_floor.as_mut() {
+            *floor = (*floor).min(p.at_ms);
         }
         Ok(())
     }
@@ -871,6 +905,7 @@ async fn load(tx: &mut PgConnection, rules: &Rules) -> Result<Memory, ApplyError
         let state_points: i64 = r.try_get("state_points")?;
         let state = match state {
             Some(bytes) => crate::detector::decode::<SeriesState>(&bytes)
+                .and_then(|s| s.detector.check().map(|()| s))
                 .map_err(|e| ApplyError::Data(format!("anomalies: state of {}: {e}", key.id)))?,
             None => fresh_state(rules, &key),
         };

@@ -594,14 +594,7 @@ async fn post_route(
             })
         })
         .collect();
-    let models: Vec<_> = match tripped.is_empty() {
-        true => models.to_vec(),
-        false => models
-            .iter()
-            .filter(|m| !tripped.contains_key(&m.name))
-            .cloned()
-            .collect(),
-    };
+    let models = crate::rules::without_tripped(&models, |m| tripped.contains_key(m));
     let lowered = circuit.limits.get(project.as_str()).cloned();
     let decision_id = uuid::Uuid::now_v7().to_string();
     let store = router.budgets.of(&project);

@@ -1,6 +1,7 @@
 //! The routing rules: a pure function of the request, the catalog, the budget and the models'
 //! health, so a decision can be explained, tested as a table and replayed.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
@@ -245,6 +246,14 @@ fn ruled_out(out: &mut Vec<Alternative>, m: &ModelSpec, reason: String) {
         estimated_cost: None,
         reason,
     });
+}
+
+/// `models` without those a circuit breaker keeps out (`out`): the slice itself when none is.
+pub fn without_tripped(models: &[ModelSpec], out: impl Fn(&str) -> bool) -> Cow<'_, [ModelSpec]> {
+    match models.iter().any(|m| out(&m.name)) {
+        false => Cow::Borrowed(models),
+        true => models.iter().filter(|m| !out(&m.name)).cloned().collect(),
+    }
 }
 
 /// Decides a route for `req` at `at` against `models`, the project's budget (none: no budget

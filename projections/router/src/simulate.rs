@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::DecisionRecord;
-use crate::rules::{BudgetState, Outcome, decide};
+use crate::rules::{BudgetState, Outcome, decide, without_tripped};
 
 /// One event the simulation replays, with when it happened.
 #[derive(Debug, Clone)]
@@ -190,20 +190,9 @@ pub fn simulate(
                 if let (Some(b), Some(f)) = (budget.as_mut(), factor) {
                     b.lower_limit(f);
                 }
-                let open: Vec<ModelSpec>;
-                let models = match skipped.is_empty() {
-                    true => alternative,
-                    false => {
-                        open = alternative
-                            .iter()
-                            .filter(|m| !skipped.contains(m.name.as_str()))
-                            .cloned()
-                            .collect();
-                        &open
-                    }
-                };
+                let models = without_tripped(alternative, |m| skipped.contains(m));
                 let health = recorded_health(&record.health);
-                let plan = decide(&record.request, models, *at, budget.as_ref(), &health);
+                let plan = decide(&record.request, &models, *at, budget.as_ref(), &health);
                 let chosen = match plan.outcome {
                     Outcome::Routed | Outcome::Reserved => plan.chosen.map(|c| c.model),
                     Outcome::NoModelFits | Outcome::BudgetBlocked => None,

@@ -542,6 +542,30 @@ mod simulation {
         }
     }
 
+    /// `x` ($10/M in and out), its cheaper twin `y` of the same tier ($1/M), and a local `l`.
+    fn twins() -> (ModelSpec, ModelSpec, ModelSpec) {
+        (
+            model("x", 100_000, 4, Some(("10", "10")), &[]),
+            model("y", 100_000, 4, Some(("1", "1")), &[]),
+            model("l", 100_000, 1, None, &[]),
+        )
+    }
+
+    /// Project `p`'s budget of `limit` a month, falling back to the local model past it.
+    fn fallback_budget(at: DateTime<Utc>, limit: &str) -> SimEvent {
+        SimEvent::Budget(
+            at,
+            BudgetSet {
+                project: ProjectId::parse("p").unwrap(),
+                monthly_limit: usd(limit),
+                warn_at_percent: 80,
+                on_exceeded: OnExceeded::FallbackToLocal,
+                fallback_model: None,
+                actor: None,
+            },
+        )
+    }
+
     /// A decision routed to `x` at `at`, with the circuit it recorded.
     fn routed(at: DateTime<Utc>, id: &str, circuit: Option<serde_json::Value>) -> SimEvent {
         SimEvent::Decision(
@@ -580,9 +604,7 @@ mod simulation {
     /// the simulation either, and a limit an open cost alert lowered stays lowered.
     #[test]
     fn simulate_keeps_the_recorded_circuit() {
-        let x = model("x", 100_000, 4, Some(("10", "10")), &[]);
-        let y = model("y", 100_000, 4, Some(("1", "1")), &[]);
-        let local = model("l", 100_000, 1, None, &[]);
+        let (x, y, local) = twins();
         let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
         let tz = chrono_tz::Tz::UTC;
         let end = start + chrono::Duration::days(1);
@@ -612,17 +634,7 @@ mod simulation {
 
         // A budget of $0.03 with $0.012 spent: the next $0.012 call to `x` fits, unless the
         // limit was halved.
-        let budget = SimEvent::Budget(
-            start,
-            BudgetSet {
-                project: ProjectId::parse("p").unwrap(),
-                monthly_limit: usd("0.03"),
-                warn_at_percent: 80,
-                on_exceeded: OnExceeded::FallbackToLocal,
-                fallback_model: None,
-                actor: None,
-            },
-        );
+        let budget = fallback_budget(start, "0.03");
         let spent = SimEvent::Call(
             start + chrono::Duration::minutes(1),
             call("p", "x", None, Some(usd("0.012"))),
@@ -650,23 +662,11 @@ mod simulation {
     /// tier at $1/M ($0.0012 a call): every routed call would have gone to it.
     #[test]
     fn a_cheaper_twin_reroutes_every_decision_by_the_known_delta() {
-        let x = model("x", 100_000, 4, Some(("10", "10")), &[]);
-        let y = model("y", 100_000, 4, Some(("1", "1")), &[]);
-        let local = model("l", 100_000, 1, None, &[]);
+        let (x, y, local) = twins();
         let start = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
         let mut events = vec![
             SimEvent::Catalog(start, vec![x.clone(), local.clone()]),
-            SimEvent::Budget(
-                start,
-                BudgetSet {
-                    project: ProjectId::parse("p").unwrap(),
-                    monthly_limit: usd("6"),
-                    warn_at_percent: 80,
-                    on_exceeded: OnExceeded::FallbackToLocal,
-                    fallback_model: None,
-                    actor: None,
-                },
-            ),
+            fallback_budget(start, "6"),
         ];
         for day in 0..30 {
             for i in 0..25 {

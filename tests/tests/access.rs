@@ -98,6 +98,7 @@ fn samples(n: usize) -> Vec<Sample> {
             404,
         ),
         s("GET", "/v1/audit", "/v1/audit?limit=5", None, 200),
+        s("GET", "/v1/audit/verify", "/v1/audit/verify", None, 200),
         s(
             "GET",
             "/v1/audit/export",
@@ -260,6 +261,7 @@ fn samples(n: usize) -> Vec<Sample> {
             None,
             404,
         ),
+        s("GET", "/v1/breakers", "/v1/breakers", None, 200),
     ]
 }
 

@@ -159,6 +159,15 @@ impl Caller {
     }
 }
 
+/// A request made in-process on behalf of a signed-in dashboard session: it carries the id of
+/// the session's key instead of an `Authorization` header. Only code in this process can attach
+/// an extension, so no client can present one; the guard checks the key as it checks a bearer
+/// key (revoked, expired, member removed), then the route's permission, and audits the same way.
+#[derive(Debug, Clone)]
+pub struct Delegated {
+    pub key_id: String,
+}
+
 /// Marks a response whose write recorded its own auditable event (a budget or identity change),
 /// so the middleware does not record a second entry.
 #[derive(Debug, Clone, Copy)]
@@ -266,7 +275,36 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
     {
         return limited.into_response();
     }
-    if endpoint.guard != Public {
+    let delegated = req.extensions().get::<Delegated>().cloned();
+    if let Some(d) = delegated.filter(|_| endpoint.guard != Public) {
+        if let Err(limited) = gate.limiter.check(&Bucket::Key(format!("id:{}", d.key_id))) {
+            return limited.into_response();
+        }
+        match gate
+            .st
+            .authenticator
+            .authenticate_key_id(&d.key_id, gate.st.clock.now())
+            .await
+        {
+            Ok(p) => caller.principal = Some(p),
+            Err(Denied::Database(e)) => return ApiError::Database(e).into_response(),
+            Err(denied) => {
+                let e = ApiError::Unauthorized(
+                    "the session's API key is no longer valid: sign in again".into(),
+                );
+                return refuse(
+                    &gate,
+                    &caller,
+                    endpoint,
+                    &path,
+                    write,
+                    e,
+                    &denied.to_string(),
+                )
+                .await;
+            }
+        }
+    } else if endpoint.guard != Public {
         let token = match bearer(&req) {
             Ok(Some(t)) => t.to_owned(),
             Ok(None) => {
@@ -329,6 +367,8 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
                 .await;
             }
         }
+    }
+    if endpoint.guard != Public {
         let p = caller
             .principal
             .as_ref()

@@ -40,7 +40,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use auth::{AuditNote, Caller, Endpoint, Endpoints, Guard, Recorded, admits, permission_table};
+pub use auth::{
+    AuditNote, Caller, Delegated, Endpoint, Endpoints, Guard, Recorded, admits, permission_table,
+};
 pub use error::ApiError;
 pub use module::{
     Configured, EventRule, Host, Module, ModuleConfig, ModuleError, Publish, Registry, Routes,

@@ -126,7 +126,10 @@ pub(crate) async fn rate_limit(
     req: Request,
     next: Next,
 ) -> Response {
-    if !req.headers().contains_key(header::AUTHORIZATION) {
+    // A dashboard session's request is limited per key too.
+    if !req.headers().contains_key(header::AUTHORIZATION)
+        && req.extensions().get::<crate::Delegated>().is_none()
+    {
         // Without connection info (a router served without it) every caller shares one bucket.
         let ip = req
             .extensions()

@@ -165,6 +165,15 @@ pub trait Authenticator: Send + Sync + 'static {
         key: &'a str,
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Principal, Denied>>;
+
+    /// The member behind the key called `key_id` at `now`, if it is still a valid key of an
+    /// active member: how a dashboard session, which keeps the key's id and never the key,
+    /// is checked on every request.
+    fn authenticate_key_id<'a>(
+        &'a self,
+        key_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Principal, Denied>>;
 }
 
 /// Who asks for a change, and from where: recorded in the event, hence in the audit log.

@@ -73,6 +73,12 @@ impl CheckpointWatch {
         self.seen.borrow().get(projection).copied()
     }
 
+    /// Every projection's last announced checkpoint, changed with each notification (a live
+    /// page waits on it).
+    pub fn changes(&self) -> watch::Receiver<HashMap<String, u64>> {
+        self.seen.clone()
+    }
+
     /// Returns once `projection` has applied stream sequence `seq`, or fails after `timeout`.
     pub async fn wait_for(
         &self,

@@ -24,6 +24,8 @@ pub struct Settings {
     pub projections: RunnerConfig,
     pub log: LogSettings,
     pub demo: DemoSettings,
+    #[serde(default)]
+    pub dashboard: kairos_dashboard::DashboardSettings,
     /// The modules' sections, by key, as written.
     #[serde(flatten)]
     pub modules: BTreeMap<String, figment::value::Value>,
@@ -102,6 +104,7 @@ impl Settings {
         self.auth.validate().map_err(invalid)?;
         self.nats.validate().map_err(|e| invalid(e.to_string()))?;
         self.projections.validate().map_err(invalid)?;
+        self.dashboard.validate().map_err(invalid)?;
         let db = &self.database.url;
         if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
             return Err(invalid(

@@ -529,6 +529,11 @@ async fn serve(
         });
     }
     println!("\nKairos is running at {url}");
+    if k.settings.dashboard.enabled {
+        println!(
+            "  dashboard: {url}/ (sign in with an API key; `make run` keeps the first admin's in .kairos/env)"
+        );
+    }
     let running = if with_projections {
         names.join(", ")
     } else {

@@ -166,6 +166,10 @@ impl Kairos {
         let migrations: Vec<(&str, &sqlx::migrate::Migrator)> = modules
             .iter()
             .map(|m| (m.name, m.module.migrations()))
+            .chain(std::iter::once((
+                "dashboard",
+                &kairos_dashboard::MIGRATIONS,
+            )))
             .collect();
         kairos_runtime::migrate(&pool, &migrations)
             .await
@@ -301,8 +305,8 @@ impl Kairos {
         let router = kairos_api::router(
             AppState {
                 bus: host.bus,
-                pool: host.pool,
-                checkpoints,
+                pool: host.pool.clone(),
+                checkpoints: checkpoints.clone(),
                 http: host.http,
                 auth: host.auth,
                 authenticator,
@@ -312,6 +316,19 @@ impl Kairos {
             },
             routes,
         );
+        // The dashboard's pages sit beside the API's routes and read through them.
+        let router = if self.settings.dashboard.enabled {
+            kairos_dashboard::router(kairos_dashboard::Dashboard {
+                api: router.clone(),
+                pool: host.pool,
+                clock: self.clock.clone(),
+                checkpoints,
+                settings: self.settings.dashboard.clone(),
+            })
+            .merge(router)
+        } else {
+            router
+        };
         Ok(Api { router, banner })
     }
 

@@ -91,17 +91,29 @@ impl Directory {
     ) -> Result<Principal, Denied> {
         let lookup = secret.lookup(key);
         // A 64-bit prefix can collide; the HMAC decides, in constant time.
-        let Some((key_id, k)) = self
+        let Some(key_id) = self
             .by_lookup
             .get(&lookup)
             .into_iter()
             .flatten()
-            .filter_map(|id| self.keys.get(id).map(|k| (id, k)))
-            .find(|(_, k)| secret.verify(key, &k.hash))
+            .find(|id| {
+                self.keys
+                    .get(*id)
+                    .is_some_and(|k| secret.verify(key, &k.hash))
+            })
         else {
             return Err(Denied::Unknown);
         };
-        let key_id = key_id.clone();
+        self.principal(key_id, now)
+    }
+
+    /// The member behind the key called `key_id` at `now`, if it is a valid key of an active
+    /// member (a dashboard session names its key by id).
+    pub fn principal(&self, key_id: &str, now: DateTime<Utc>) -> Result<Principal, Denied> {
+        let Some(k) = self.keys.get(key_id) else {
+            return Err(Denied::Unknown);
+        };
+        let key_id = key_id.to_owned();
         if k.revoked {
             return Err(Denied::Revoked { key_id });
         }

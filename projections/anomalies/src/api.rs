@@ -26,7 +26,7 @@ use crate::NAME;
 use crate::alert::AlertConfig;
 use crate::detector::DetectorConfig;
 use crate::projection::{Anomalies, CostAction, Rules, SOURCE};
-use crate::read::{self, Alert, AlertFilter, Scored, Series};
+use crate::read::{self, Alert, AlertFilter, Breaker, Limit, Scored, Series};
 use crate::series::Kind;
 use crate::webhook::Webhook;
 
@@ -288,6 +288,11 @@ impl Configured for AnomaliesConfigured {
                 routes!(series_scores),
                 Key(ReadProjections),
                 "series.scores",
+            )
+            .route(
+                routes!(list_breakers),
+                Key(ReadProjections),
+                "breakers.list",
             )
     }
 
@@ -574,4 +579,52 @@ async fn series_scores(
     }
     let points = read::scores(&st.pool, &series, from, to, limit).await?;
     Ok(Json(ScoresAnswer { series, points }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakersParams {
+    project: Option<String>,
+    #[allow(dead_code)]
+    min_seq: Option<String>,
+    #[allow(dead_code)]
+    as_of: Option<String>,
+}
+
+/// The models the circuit breaker has taken out, and the limits cost alerts lowered.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct BreakersAnswer {
+    /// Breakers open or half-open (a closed one is not listed), by model.
+    breakers: std::collections::BTreeMap<String, Breaker>,
+    /// Projects the key reaches whose effective limit is lowered until an acknowledgement.
+    lowered_limits: std::collections::BTreeMap<String, Limit>,
+}
+
+/// `GET /v1/breakers?project=&min_seq=`
+#[utoipa::path(get, path = "/v1/breakers", tag = "anomalies",
+    params(
+        ("project" = Option<String>, Query, description = "Only this project's lowered limit (breakers are per model, always all)"),
+        ("min_seq" = Option<u64>, Query, description = "Wait until the anomalies projection applied this stream sequence"),
+    ),
+    responses(
+        (status = 200, description = "The breakers not closed, and the lowered limits", body = BreakersAnswer),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 403, description = "The role does not reach the project", body = ErrorBody),
+        (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
+    ))]
+async fn list_breakers(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    read: ReadAt,
+    QueryParams(q): QueryParams<BreakersParams>,
+) -> Result<Json<BreakersAnswer>, ApiError> {
+    read.no_history(NO_HISTORY)?;
+    let projects = project_scope(&caller, q.project.as_deref())?;
+    read.wait(&st, NAME).await?;
+    let c = read::circuit(&st.pool).await?;
+    let reached = |p: &String| projects.as_ref().is_none_or(|ps| ps.contains(p));
+    Ok(Json(BreakersAnswer {
+        breakers: c.breakers.into_iter().collect(),
+        lowered_limits: c.limits.into_iter().filter(|(p, _)| reached(p)).collect(),
+    }))
 }

@@ -248,7 +248,7 @@ pub async fn scores(
 }
 
 /// A model's circuit breaker as the router sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Breaker {
     /// `open` or `half_open`.
     pub state: String,
@@ -260,7 +260,7 @@ pub struct Breaker {
 }
 
 /// A project's lowered budget limit.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Limit {
     pub alert_id: String,
     pub factor: f64,

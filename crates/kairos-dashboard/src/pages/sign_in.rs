@@ -1,0 +1,173 @@
+//! Sign-in with an API key, and sign-out.
+
+use std::collections::HashMap;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::html;
+use serde::Deserialize;
+
+use super::{Peer, Signed, same_origin};
+use crate::Dashboard;
+use crate::call::{self, As};
+use crate::session::{self, COOKIE, SIGN_IN_COOKIE};
+use crate::view;
+
+/// `GET /sign-in`: the form, with a fresh CSRF token in a short-lived cookie of its own.
+pub async fn form(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Ok(Some(_)) = session::find(&d.pool, &headers, d.clock.now()).await {
+        return Redirect::to("/").into_response();
+    }
+    let note = if q.contains_key("ended") {
+        Some("Your session ended (signed out, expired, or its key is no longer valid).")
+    } else {
+        None
+    };
+    render(&d, StatusCode::OK, note)
+}
+
+fn render(d: &Dashboard, status: StatusCode, error: Option<&str>) -> Response {
+    let token = session::random_token();
+    let page = view::bare(
+        "Sign in",
+        html! {
+            h1 { "Sign in to Kairos" }
+            @if let Some(e) = error { p.notice.error role="alert" { (e) } }
+            form method="post" action="/sign-in" {
+                input type="hidden" name="csrf" value=(token);
+                p {
+                    label for="key" { "API key" }
+                    input id="key" name="key" type="password" autocomplete="off" required
+                        size="70" maxlength="512" aria-describedby="key-help";
+                }
+                p.hint id="key-help" {
+                    "Your key starts with " code { "kairos_" } ". " code { "make run" }
+                    " writes the first admin's key to " code { ".kairos/env" }
+                    " (KAIROS_BOOTSTRAP_ADMIN_KEY). The key is checked once; the browser keeps only a session cookie."
+                }
+                button type="submit" { "Sign in" }
+            }
+        },
+    );
+    let cookie = session::set_cookie(
+        SIGN_IN_COOKIE,
+        &token,
+        "/sign-in",
+        600,
+        d.settings.secure_cookie,
+    );
+    (status, [(header::SET_COOKIE, cookie)], page).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct SignIn {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    key: String,
+}
+
+/// `POST /sign-in`: checks the key with the API (`GET /v1/me`, so its rate limits and the
+/// guessing block apply) and starts a session for it.
+pub async fn submit(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    peer: Peer,
+    Form(f): Form<SignIn>,
+) -> Response {
+    if let Err(r) = same_origin(&headers) {
+        return r;
+    }
+    let expected = session::cookie(&headers, SIGN_IN_COOKIE).unwrap_or("");
+    if expected.is_empty() || !session::same_token(&f.csrf, expected) {
+        return render(
+            &d,
+            StatusCode::FORBIDDEN,
+            Some("The sign-in form expired or came from elsewhere: try again."),
+        );
+    }
+    let key = f.key.trim();
+    if key.is_empty() || key.len() > 512 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return render(
+            &d,
+            StatusCode::BAD_REQUEST,
+            Some("An API key is printable text without spaces, at most 512 characters."),
+        );
+    }
+    let me = match call::api(
+        &d,
+        &As::Key(key.to_owned()),
+        peer.0,
+        Method::GET,
+        "/v1/me",
+        None,
+    )
+    .await
+    {
+        Ok(me) => me,
+        Err(e) => return render(&d, e.status, Some(&e.message)),
+    };
+    let Some(key_id) = me["key_id"].as_str() else {
+        return render(
+            &d,
+            StatusCode::BAD_GATEWAY,
+            Some("the API did not name the key"),
+        );
+    };
+    let now = d.clock.now();
+    let hours = i64::from(d.settings.session_hours);
+    let expires = now + chrono::Duration::hours(hours);
+    match session::create(&d.pool, key_id, now, expires).await {
+        Ok(token) => {
+            let secure = d.settings.secure_cookie;
+            let cookie = session::set_cookie(COOKIE, &token, "/", hours * 3600, secure);
+            let clear = session::set_cookie(SIGN_IN_COOKIE, "", "/sign-in", 0, secure);
+            let mut r = Redirect::to("/").into_response();
+            r.headers_mut().append(header::SET_COOKIE, cookie);
+            r.headers_mut().append(header::SET_COOKIE, clear);
+            r
+        }
+        Err(e) => render(
+            &d,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&format!("sessions: {e}")),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SignOut {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /sign-out`: ends the session and clears its cookie.
+pub async fn sign_out(
+    State(d): State<Dashboard>,
+    headers: HeaderMap,
+    peer: Peer,
+    Form(f): Form<SignOut>,
+) -> Response {
+    let s: Signed = match super::form_session(&d, &headers, peer, &f.csrf).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Err(e) = session::end(&d.pool, &s.session).await {
+        return super::failure(&call::Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ));
+    }
+    let mut r = Redirect::to("/sign-in?ended=1").into_response();
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        session::set_cookie(COOKIE, "", "/", 0, d.settings.secure_cookie),
+    );
+    r
+}

@@ -15,7 +15,7 @@ ENV      := . ./.kairos/env
 
 help:
 	@echo "make run            services up, then kairos serve --demo"
-	@echo "make test           services up, then the workspace tests (nextest if installed)"
+	@echo "make test           services up, chromium, then the workspace tests (nextest if installed)"
 	@echo "make bench          services up, then kairos bench (release build)"
 	@echo "make schemathesis   schemathesis against a live Kairos, authenticated as admin"
 	@echo "make lint           rustfmt --check and clippy -D warnings"
@@ -33,8 +33,9 @@ run:
 	$(SERVICES) up && $(ENV) && $(CARGO) run -p kairos -- serve --demo
 
 test:
-	$(SERVICES) up && $(ENV) && \
+	$(SERVICES) up && $(SERVICES) browser && $(ENV) && \
 	KAIROS_PROMTOOL=$$(scripts/promtool.sh) && export KAIROS_PROMTOOL && \
+	KAIROS_PYTHON=$$(scripts/pyenv.sh) && export KAIROS_PYTHON && \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -7,6 +7,8 @@
 #                              write .kairos/env and print it
 #   scripts/services.sh down   stop the private instances this script started
 #                              (never a server it did not start)
+#   scripts/services.sh browser  install Debian's chromium and chromium-driver
+#                              when missing (the dashboard's browser tests)
 #
 # Configuration (environment):
 #   KAIROS_NATS_URL      default nats://127.0.0.1:4222
@@ -578,9 +580,19 @@ cmd_down() {
     down_postgres
 }
 
+# The dashboard's browser tests drive Debian's Chromium through ChromeDriver.
+cmd_browser() {
+    if [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+        return 0
+    fi
+    lock
+    apt_install chromium chromium-driver
+}
+
 case ${1:-} in
 up) cmd_up ;;
 down) cmd_down ;;
+browser) cmd_browser ;;
 -h | --help | help) usage ;;
 *) usage ;;
 esac

@@ -37,4 +37,6 @@
   es.addEventListener("open", function () { if (status) status.textContent = "Live updates: on"; });
   es.addEventListener("update", refresh);
   es.addEventListener("error", function () { if (status) status.textContent = "Live updates: reconnecting…"; });
+  // Leaving the page frees the connection at once (a browser keeps few open per server).
+  window.addEventListener("pagehide", function () { es.close(); });
 })();

@@ -62,20 +62,10 @@ pub(crate) async fn render(
     notice: Option<Notice>,
 ) -> Markup {
     let period = param(q, "period");
-    let history = if s.can("read_audit") {
-        format!(
-            "/v1/audit{}",
-            query(&[("action", "budget.threshold_crossed"), ("limit", "20")])
-        )
-    } else {
-        format!(
-            "/v1/events{}",
-            query(&[
-                ("type", "kairos.budget.threshold_crossed.v1"),
-                ("limit", "20")
-            ])
-        )
-    };
+    let history_path = format!(
+        "/v1/audit{}",
+        query(&[("action", "budget.threshold_crossed"), ("limit", "20")])
+    );
     let (budgets, history) = tokio::join!(
         s.get(
             d,
@@ -84,7 +74,14 @@ pub(crate) async fn render(
                 query(&[("period", period), ("limit", "1000")])
             )
         ),
-        s.get(d, &history),
+        async {
+            // Threshold crossings are audit entries; a role without read_audit is not shown them.
+            if s.can("read_audit") {
+                Some(s.get(d, history_path).await)
+            } else {
+                None
+            }
+        },
     );
     let can_set = s.can("manage_budgets");
     let content = html! {
@@ -128,9 +125,10 @@ pub(crate) async fn render(
         section aria-labelledby="hist-h" {
             h2 id="hist-h" { "Threshold history" }
             div id="threshold-history" data-live {
-                @match or_reason(&history) {
-                    Ok(h) => {
-                        @let rows: Vec<&Value> = h["entries"].as_array().or(h["events"].as_array()).into_iter().flatten().collect();
+                @match history.as_ref().map(or_reason) {
+                    None => p.hint { "The threshold history comes from the audit log: your role (" (s.role) ") lacks " code { "read_audit" } "." },
+                    Some(Ok(h)) => {
+                        @let rows: Vec<&Value> = h["entries"].as_array().into_iter().flatten().collect();
                         @if rows.is_empty() { p { "No threshold was crossed yet." } }
                         @else {
                             table {
@@ -138,23 +136,23 @@ pub(crate) async fn render(
                                 tbody {
                                     @for r in rows {
                                         tr {
-                                            td { (when(if r["occurred_at"].is_null() { &r["time"] } else { &r["occurred_at"] })) }
-                                            td { (text(if r["resource"].is_null() { &r["data"]["project"] } else { &r["resource"] })) }
-                                            td { (text(if r["reason"].is_null() { &r["data"]["threshold"] } else { &r["reason"] })) }
+                                            td { (when(&r["occurred_at"])) }
+                                            td { (text(&r["resource"])) }
+                                            td { (text(&r["reason"])) }
                                         }
                                     }
                                 }
                             }
                         }
                     }
-                    Err(m) => (m),
+                    Some(Err(m)) => (m),
                 }
             }
         }
         section aria-labelledby="set-h" {
             h2 id="set-h" { "Set a budget" }
             (needs(s, "manage_budgets"))
-            form.row method="post" action="/budgets" {
+            form.row id="set-budget" method="post" action="/budgets" {
                 (csrf(s))
                 label { "Project" input name="project" required maxlength="128" disabled[!can_set]; }
                 label { "Monthly limit (USD)" input name="monthly_limit" required inputmode="decimal" placeholder="100.00" disabled[!can_set]; }

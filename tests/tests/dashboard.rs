@@ -3,7 +3,7 @@
 //!
 //! `make test` installs `chromium` and `chromium-driver`. The screenshots the user guide shows
 //! are taken here: into `target/screenshots/`, and into `docs/img/` when
-//! `KAIROS_UPDATE_SCREENSHOTS=1`.
+//! `KAIROS_SCREENSHOTS=1`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -93,7 +93,7 @@ async fn screenshot(b: &Client, name: &str) {
     let dir = root.join("target/screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot dir");
     std::fs::write(dir.join(format!("{name}.png")), &png).expect("screenshot written");
-    if std::env::var("KAIROS_UPDATE_SCREENSHOTS").as_deref() == Ok("1") {
+    if std::env::var("KAIROS_SCREENSHOTS").as_deref() == Ok("1") {
         let docs = root.join("docs/img");
         std::fs::create_dir_all(&docs).expect("docs/img");
         std::fs::write(docs.join(format!("{name}.png")), &png).expect("screenshot written");

@@ -1,7 +1,8 @@
 // Kairos dashboard: live updates without a reload. The server says on /live (EventSource)
 // when a projection moved on; this script fetches the same page again and swaps in each
-// element marked data-live, by id. Forms are outside those elements, so what a user is typing
-// stays. No third-party code; the page works without this script (it is only not live).
+// element marked data-live, by id. A part holding the keyboard focus (a form being filled in)
+// is left as it is until an update finds it without focus. No third-party code; the page works
+// without this script (it is only not live).
 "use strict";
 (function () {
   const status = document.getElementById("live-status");
@@ -22,6 +23,8 @@
       const doc = new DOMParser().parseFromString(await r.text(), "text/html");
       document.querySelectorAll("[data-live]").forEach(function (el) {
         const fresh = el.id && doc.getElementById(el.id);
+        // A part the user is working in (focus inside it) waits for the next update.
+        if (el.contains(document.activeElement) && document.activeElement !== document.body) return;
         if (fresh && fresh.innerHTML !== el.innerHTML) el.innerHTML = fresh.innerHTML;
       });
       document.body.dataset.liveUpdated = String(Date.now());

@@ -127,6 +127,19 @@ pub async fn find(
     }))
 }
 
+/// Whether `session` is still in the table and unexpired at `now` (a database error counts as
+/// no: the stream that asks ends, and the browser opens it again).
+pub async fn live(pool: &PgPool, session: &Session, now: DateTime<Utc>) -> bool {
+    sqlx::query_scalar::<_, i32>(
+        "SELECT 1 FROM dashboard.sessions WHERE token_sha256 = $1 AND expires_at > $2",
+    )
+    .bind(&session.digest)
+    .bind(now)
+    .fetch_optional(pool)
+    .await
+    .is_ok_and(|r| r.is_some())
+}
+
 /// Ends `session`.
 pub async fn end(pool: &PgPool, session: &Session) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM dashboard.sessions WHERE token_sha256 = $1")

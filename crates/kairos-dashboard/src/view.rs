@@ -195,11 +195,12 @@ pub fn usd(v: &Value) -> String {
 
 /// A number given as a JSON number or a decimal string.
 pub fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.to_string().parse().ok(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
+    let x: f64 = match v {
+        Value::Number(n) => n.to_string().parse().ok()?,
+        Value::String(s) => s.parse().ok()?,
+        _ => return None,
+    };
+    x.is_finite().then_some(x)
 }
 
 /// An RFC 3339 time as `2026-11-20 12:00:00` (UTC), or as given if it is not one.

@@ -136,7 +136,10 @@ pub async fn page(
     let latency: Vec<Line> = lat
         .into_iter()
         .take(6)
-        .map(|(name, points)| Line { name, points })
+        .map(|(name, mut points)| {
+            points.sort_by_key(|p| p.0);
+            Line { name, points }
+        })
         .collect();
     let charts = [
         chart::lines("Cost per bucket", "USD", &cost),

@@ -47,7 +47,8 @@ pub async fn page(
     let mut pairs = filters(&q);
     pairs.push(("cursor", param(&q, "cursor")));
     pairs.push(("limit", "50"));
-    let verify = !param(&q, "verify").is_empty();
+    // A live refresh fetches the page again: it does not walk the chain again each time.
+    let verify = !param(&q, "verify").is_empty() && !headers.contains_key("x-kairos-live");
     let (entries, verified) =
         tokio::join!(s.get(&d, format!("/v1/audit{}", query(&pairs))), async {
             if verify {
@@ -138,6 +139,17 @@ pub async fn export(
     let path = format!("/v1/audit/export{}", query(&filters(&q)));
     let who = As::Session(s.session.key_id.clone());
     match call::raw(&d, &who, s.peer, Method::GET, &path, None).await {
+        Ok(r) if !r.status().is_success() => {
+            let status = r.status();
+            let body = axum::body::to_bytes(r.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let message = v["error"]["message"]
+                .as_str()
+                .unwrap_or("the export failed");
+            super::failure(&call::Failure::new(status, message))
+        }
         Ok(mut r) => {
             r.headers_mut().insert(
                 axum::http::header::CONTENT_DISPOSITION,

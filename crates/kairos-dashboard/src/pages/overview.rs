@@ -70,7 +70,7 @@ pub async fn page(State(d): State<Dashboard>, headers: HeaderMap, peer: Peer) ->
                 div.card { div.label { "Spend this month (" (period) ")" } div.value id="spend-month" { (usd(&Value::from(month))) } }
                 div.card {
                     div.label { "Open alerts" }
-                    div.value id="open-alerts" { (open.map_or("–".to_owned(), |n| n.to_string())) }
+                    div.value id="open-alerts" { (open.map_or("–".to_owned(), |n| if n >= 1000 { "1000+".to_owned() } else { n.to_string() })) }
                     a href="/anomalies" { "See alerts" }
                 }
             }

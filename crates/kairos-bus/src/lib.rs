@@ -227,12 +227,15 @@ impl BusConfig {
 pub enum BusError {
     #[error("invalid NATS configuration: {0}")]
     Config(String),
-    #[error("cannot connect to NATS at {url}: {source}")]
+    /// The cause is in the message, not also in `source()`: a chain printed whole (`{:#}`) would
+    /// say it twice.
+    #[error("cannot connect to NATS at {url}: {cause}")]
     Connect {
         url: String,
-        #[source]
-        source: async_nats::ConnectError,
+        cause: async_nats::ConnectError,
     },
+    #[error("no NATS server answered at {url} within 15 s ({reason})")]
+    Unreachable { url: String, reason: String },
     #[error("JetStream stream {stream}: {message}")]
     Stream { stream: String, message: String },
     #[error("publish to {subject} was not acknowledged: {message}")]
@@ -491,34 +494,66 @@ impl Bus {
         config.validate()?;
         // Every connection after the first is a reconnect.
         let connected_before = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Why the first connection has not come up yet, for the error if it never does.
+        let last_error = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let seen = last_error.clone();
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .event_callback(move |event| {
                 let connected_before = connected_before.clone();
+                let seen = seen.clone();
                 async move {
-                    if matches!(event, async_nats::Event::Connected)
-                        && connected_before.swap(true, std::sync::atomic::Ordering::Relaxed)
-                    {
-                        metrics::counter!("kairos_nats_reconnects_total").increment(1);
+                    match &event {
+                        async_nats::Event::Connected
+                            if connected_before
+                                .swap(true, std::sync::atomic::Ordering::Relaxed) =>
+                        {
+                            metrics::counter!("kairos_nats_reconnects_total").increment(1);
+                        }
+                        async_nats::Event::ClientError(e) => {
+                            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        }
+                        async_nats::Event::ServerError(e) => {
+                            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        }
+                        _ => {}
                     }
                 }
             })
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None);
-        let client = config.authenticate(client).await?.connect(&config.url);
-        let client = tokio::time::timeout(Duration::from_secs(15), client)
+        let client = config
+            .authenticate(client)
+            .await?
+            .connect(&config.url)
             .await
-            .map_err(|_| {
-                BusError::Config(format!(
-                    "no NATS server answered at {} within 15 s",
-                    config.url
-                ))
-            })?
-            .map_err(|source| BusError::Connect {
+            .map_err(|cause| BusError::Connect {
                 url: config.url.clone(),
-                source,
+                cause,
             })?;
+        // `retry_on_initial_connect` returns at once and connects in the background: wait for
+        // it here, so that an unreachable server or refused credentials are said as such, not
+        // as the first JetStream request's timeout.
+        let up = async {
+            while client.connection_state() != async_nats::connection::State::Connected {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(15), up)
+            .await
+            .is_err()
+        {
+            let reason = last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "no answer".to_owned());
+            return Err(BusError::Unreachable {
+                url: config.url.clone(),
+                reason,
+            });
+        }
         // Shown from the start, at 0, rather than after the first loss.
         metrics::counter!("kairos_nats_reconnects_total").increment(0);
         let js = jetstream::ContextBuilder::new()

@@ -25,12 +25,10 @@ const LEGACY_MODULES: &[&str] = &["budgets", "audit", "access"];
 /// Why migrating failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
-    #[error("migrations of {set}: {source}")]
-    Migrate {
-        set: String,
-        #[source]
-        source: MigrateError,
-    },
+    /// The cause is in the message, not also in `source()`: a chain printed whole (`{:#}`) would
+    /// say it twice.
+    #[error("migrations of {set}: {cause}")]
+    Migrate { set: String, cause: MigrateError },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error(
@@ -61,7 +59,7 @@ pub async fn migrate(pool: &PgPool, modules: &[(&str, &Migrator)]) -> Result<(),
         async move {
             m.run(pool)
                 .await
-                .map_err(|source| MigrationError::Migrate { set, source })
+                .map_err(|cause| MigrationError::Migrate { set, cause })
         }
     };
     run(
@@ -103,9 +101,9 @@ async fn adopt_legacy(pool: &PgPool, modules: &[(&str, &Migrator)]) -> Result<()
             .map(|(n, m)| (module_table(n), *m)),
     );
     for (table, migrations) in sets {
-        let err = |source| MigrationError::Migrate {
+        let err = |cause| MigrationError::Migrate {
             set: table.clone(),
-            source,
+            cause,
         };
         tx.ensure_migrations_table(&table).await.map_err(err)?;
         for m in migrations.iter() {

@@ -59,7 +59,7 @@ pub fn configure(
     {
         return Err(ConfigError::Invalid(format!(
             "unknown section [{unknown}]; the sections are http, auth, nats, database, \
-             projections, log, demo and the modules' ({})",
+             projections, log, demo, dashboard and the modules' ({})",
             sections.join(", ")
         )));
     }
@@ -391,6 +391,13 @@ impl Kairos {
         let joined =
             kairos_access::commands::bootstrap(ctx, key, &self.settings.auth.bootstrap_admin_email)
                 .await?;
+        if joined.is_none() && !kairos_access::commands::bootstrap_key_known(ctx, key) {
+            tracing::warn!(
+                "the bootstrap admin key is ignored: an admin exists already, and this key is not \
+                 theirs (it will be refused). Use an admin's key, or `kairos admin add-member \
+                 --role admin`; the bootstrap key only makes the first admin"
+            );
+        }
         Ok(joined.map(|j| {
             tracing::info!(member = %j.member_id, email = %j.email, "bootstrap admin created");
             j.member_id

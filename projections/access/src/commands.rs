@@ -388,12 +388,7 @@ pub async fn bootstrap(
     key: &str,
     email: &str,
 ) -> Result<Option<Joined>, CommandError> {
-    let derive = |domain: &str| {
-        let d = Sha256::digest([domain.as_bytes(), &ctx.secret.hash(key)].concat());
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&d[..16]);
-        uuid::Builder::from_random_bytes(b).into_uuid().to_string()
-    };
+    let derive = |domain: &str| bootstrap_id(ctx, key, domain);
     let member_id = derive("member");
     let key_id = derive("key");
     let event_id = format!("bootstrap-{}", derive("event"));
@@ -422,6 +417,20 @@ pub async fn bootstrap(
     })
     .await?;
     Ok(joined.map(|j| Joined { recorded, ..j }))
+}
+
+/// An id derived from the bootstrap key (`domain`: `member`, `key`, `event`).
+fn bootstrap_id(ctx: Ctx<'_>, key: &str, domain: &str) -> String {
+    let d = Sha256::digest([domain.as_bytes(), &ctx.secret.hash(key)].concat());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    uuid::Builder::from_random_bytes(b).into_uuid().to_string()
+}
+
+/// Whether the bootstrap key `key` is the key of a bootstrap admin recorded earlier (false when
+/// an admin exists that it did not make: the key is then ignored, and refused).
+pub fn bootstrap_key_known(ctx: Ctx<'_>, key: &str) -> bool {
+    key_holder(ctx, &bootstrap_id(ctx, key, "key")).is_some()
 }
 
 fn active<'d>(d: &'d Directory, member_id: &str) -> Result<&'d Member, CommandError> {

@@ -49,6 +49,7 @@ use crate::startup::Kairos;
 
 mod anomalies;
 mod commands;
+mod pages;
 mod reads;
 mod routes;
 mod workflows;
@@ -88,6 +89,9 @@ pub struct BenchOptions {
     /// Point-in-time (`as_of`) reads to time over that history.
     #[arg(long, default_value_t = 200)]
     pub as_of_reads: usize,
+    /// Times each dashboard page is fetched over that history (0 skips the page figures).
+    #[arg(long, default_value_t = 100)]
+    pub page_reads: usize,
     /// Keep-alive connections reading a budget at once (0 skips the read figure).
     #[arg(long, default_value_t = 1_000)]
     pub read_connections: usize,
@@ -923,17 +927,22 @@ struct History {
     /// `kairos replay` of every projection, one after the other: history events / total time.
     replay: f64,
     as_of: Vec<Duration>,
+    /// Each dashboard page's times over the history, sorted.
+    pages: Vec<(&'static str, Vec<Duration>)>,
 }
 
 /// Publishes `opts.history` events (LLM calls, user actions, budget changes) straight to a fresh
 /// stream, lets every projection build from them, replays every projection, then times `as_of`
 /// budget reads at random instants of that history.
 async fn history_figures(
-    settings: Settings,
+    mut settings: Settings,
     js: &jetstream::Context,
     run_id: &str,
     opts: &BenchOptions,
 ) -> anyhow::Result<History> {
+    // A page reads through the API several times (Routing about twelve): the per-key limit would
+    // time the limiter, not the page.
+    settings.http.rate_limit_per_second = 0;
     let run_id = format!("h{}", &run_id[..31]);
     let instance = Instance::start(settings, &run_id).await?;
     let measured = measure_history(&instance, &run_id, opts).await;
@@ -1047,10 +1056,16 @@ async fn measure_history(
         );
     }
     samples.sort();
+    let pages = if opts.page_reads > 0 {
+        pages::measure(&base, &instance.key, opts.page_reads).await?
+    } else {
+        Vec::new()
+    };
     Ok(History {
         live,
         replay,
         as_of: samples,
+        pages,
     })
 }
 
@@ -1129,6 +1144,21 @@ fn print_history(raw: &Raw, h: &History, opts: &BenchOptions) {
     ];
     println!();
     print_rows(rows);
+    let at = |times: &[Duration], p: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    print_rows(h.pages.iter().map(|(page, times)| {
+        let p99 = ms(at(times, 0.99));
+        row(
+            format!("dashboard {page} p99 (p50 {:.1} ms)", ms(at(times, 0.5))),
+            p99,
+            "ms",
+        )
+        .target("< 50 ms", p99 < 50.0)
+    }));
 }
 
 fn print_rows(rows: impl IntoIterator<Item = Row>) {

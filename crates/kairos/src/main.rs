@@ -52,6 +52,19 @@ enum Command {
     },
     /// Apply database migrations and create the streams, then exit.
     Migrate,
+    /// Write the events stream and the key secret into a new folder (see docs/backup.md).
+    Backup {
+        /// The folder to write `manifest.json` and `stream.jsonl` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Put a backup back onto an events stream that never held a message and a new database;
+    /// the projections then rebuild from it on start.
+    Restore {
+        /// The folder `kairos backup` wrote.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Publish demo traffic only.
     Demo,
     /// Validate the configuration and print it.
@@ -349,6 +362,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 modules = k.projection_names().join(", "),
                 stream = k.bus.stream_name(),
                 "database migrated, streams ready"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { out } => {
+            let k = Kairos::connect(settings).await?;
+            let m = kairos::backup::backup(&k, &out, chrono::Utc::now()).await?;
+            eprintln!(
+                "kairos backup: {} messages (sequences {}..={}) of {} into {}{}",
+                m.messages,
+                m.first_seq,
+                m.last_seq,
+                m.stream,
+                out.display(),
+                if m.key_secret.is_some() {
+                    "; manifest.json holds the key secret: keep it as you keep passwords"
+                } else {
+                    ""
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { from } => {
+            let k = Kairos::connect(settings).await?;
+            let r = kairos::backup::restore(&k, &from).await?;
+            eprintln!(
+                "kairos restore: {} messages put back at sequences {}..={} of {}{}; the \
+                 projections rebuild when Kairos starts (kairos serve, or kairos replay --all)",
+                r.messages,
+                r.first_seq,
+                r.last_seq,
+                k.bus.stream_name(),
+                if r.key_secret {
+                    ", and the key secret"
+                } else {
+                    ""
+                }
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -21,7 +21,7 @@ mod views;
 pub use api::{AccessApi, AccessModule, MODULE, directory_store};
 pub use directory::{Directory, Invite, Key, Member};
 pub use kairos_api::{Denied, Permission, Principal, Role, allows};
-pub use keys::{KeySecret, generate_key, generate_token};
+pub use keys::{KeySecret, generate_key, generate_token, hex, unhex};
 pub use projection::{Access, Change};
 pub use views::{
     InvitationView, KeyView, MemberView, active_admins, invitations, keys, member, members,

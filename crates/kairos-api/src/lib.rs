@@ -96,6 +96,14 @@ pub struct HttpSettings {
     /// in milliseconds.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_ms: u64,
+    /// `/health/ready` answers `503` while a projection running in this process is more than
+    /// this many events behind the stream (0: lag is not checked).
+    #[serde(default = "default_ready_max_lag")]
+    pub ready_max_lag: u64,
+}
+
+fn default_ready_max_lag() -> u64 {
+    10_000
 }
 
 fn default_header_read_timeout() -> u64 {
@@ -319,6 +327,50 @@ pub struct AppState {
     pub clock: kairos_events::Clock,
     /// Starts a projection rebuild; `None` where this process cannot (the endpoint answers 503).
     pub replayer: Option<Replayer>,
+    /// The projections running in this process, for `/health/ready`'s lag check.
+    pub local: LocalProjections,
+}
+
+/// The names of the projections whose runners are alive in this process.
+#[derive(Clone, Default, Debug)]
+pub struct LocalProjections(Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>>>);
+
+impl LocalProjections {
+    /// Counts `name` as running until the guard is dropped (with the runner's task).
+    pub fn running(&self, name: &'static str) -> LocalGuard {
+        *self.lock().entry(name).or_default() += 1;
+        LocalGuard {
+            set: self.clone(),
+            name,
+        }
+    }
+
+    /// The names running now.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.lock().keys().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<&'static str, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Keeps a projection counted as running in [`LocalProjections`] while it lives.
+pub struct LocalGuard {
+    set: LocalProjections,
+    name: &'static str,
+}
+
+impl Drop for LocalGuard {
+    fn drop(&mut self) {
+        let mut map = self.set.lock();
+        if let Some(n) = map.get_mut(self.name) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(self.name);
+            }
+        }
+    }
 }
 
 /// `GET /openapi.json`: the document of every other route, public like the health checks.

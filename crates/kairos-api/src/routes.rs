@@ -56,7 +56,8 @@ async fn live() -> &'static str {
     "ok"
 }
 
-/// NATS and PostgreSQL answer (the reason when they do not goes to the log, not the caller).
+/// NATS and PostgreSQL answer, and no projection of this process is more than
+/// `http.ready_max_lag` events behind (the reason when not goes to the log, not the caller).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Object),
@@ -68,9 +69,38 @@ async fn ready(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
         tracing::warn!(error = %e, "not ready: PostgreSQL");
         return Err(ApiError::NotReady);
     }
-    if let Err(e) = st.bus.last_seq().await {
-        tracing::warn!(error = %e, "not ready: NATS");
-        return Err(ApiError::NotReady);
+    let last = match st.bus.last_seq().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: NATS");
+            return Err(ApiError::NotReady);
+        }
+    };
+    let local = st.local.names();
+    if st.http.ready_max_lag > 0 && !local.is_empty() {
+        let checkpoints = match kairos_runtime::checkpoints(&st.pool).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "not ready: PostgreSQL");
+                return Err(ApiError::NotReady);
+            }
+        };
+        for name in local {
+            let applied = checkpoints
+                .iter()
+                .find(|c| c.projection == name)
+                .map_or(0, |c| c.last_seq);
+            let lag = last.0.saturating_sub(applied);
+            if lag > st.http.ready_max_lag {
+                tracing::warn!(
+                    projection = name,
+                    lag,
+                    max = st.http.ready_max_lag,
+                    "not ready: a projection of this process is behind"
+                );
+                return Err(ApiError::NotReady);
+            }
+        }
     }
     Ok(Json(json!({"status": "ready"})))
 }

@@ -112,6 +112,8 @@ pub struct Kairos {
     pub clock: Clock,
     pub registry: Registry,
     pub modules: Arc<Vec<Loaded>>,
+    /// The projections this process runs (for `/health/ready`).
+    pub local: kairos_api::LocalProjections,
 }
 
 /// The API router and the lines its modules add to the start-up banner.
@@ -184,6 +186,7 @@ impl Kairos {
             clock,
             registry,
             modules: Arc::new(modules),
+            local: kairos_api::LocalProjections::default(),
         })
     }
 
@@ -213,8 +216,14 @@ impl Kairos {
     ) -> anyhow::Result<JoinHandle<Result<(), RunnerError>>> {
         let config = self.settings.projections.clone();
         let (bus, pool) = (self.bus.clone(), self.pool.clone());
-        let projection = self.loaded(name)?.configured.projection();
-        Ok(tokio::spawn(projection.run(bus, pool, config)))
+        let loaded = self.loaded(name)?;
+        let projection = loaded.configured.projection();
+        // Counted as running here while its task lives (aborted or ended, it is not).
+        let running = self.local.running(loaded.name);
+        Ok(tokio::spawn(async move {
+            let _running = running;
+            projection.run(bus, pool, config).await
+        }))
     }
 
     /// Rebuilds the projection called `name` from the stream (see `kairos_runtime::replay`).
@@ -313,6 +322,7 @@ impl Kairos {
                 registry: self.registry.clone(),
                 replayer: Some(self.replayer()),
                 clock: host.clock,
+                local: self.local.clone(),
             },
             routes,
         );

@@ -497,3 +497,69 @@ impl TestApp {
         stdout
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The repository's files and the programs the docs' examples run.
+
+/// The workspace root (the repository).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+/// The repository's file at `relative`; panics naming it when it cannot be read.
+pub fn read_repo(relative: &str) -> String {
+    let path = repo_root().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A finished program's exit code and both outputs, for a failure message.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The Python of the examples' virtualenv: `KAIROS_PYTHON`, else what `scripts/pyenv.sh` prints
+/// (it makes the virtualenv and installs the examples' requirements the first time).
+pub async fn examples_python() -> String {
+    if let Ok(p) = std::env::var("KAIROS_PYTHON")
+        && !p.is_empty()
+    {
+        return p;
+    }
+    let root = repo_root();
+    let out = tokio::process::Command::new("bash")
+        .arg(root.join("scripts/pyenv.sh"))
+        .current_dir(&root)
+        .output()
+        .await
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "scripts/pyenv.sh failed:\n{}",
+        output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// GitHub's anchor of a Markdown heading: trimmed, lower case; letters, digits, `-` and `_`
+/// kept, spaces made `-`, everything else (backticks, `/`, `{}`, `:`) dropped.
+pub fn heading_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            '-' | '_' => Some(c),
+            c if c.is_alphanumeric() => Some(c),
+            _ => None,
+        })
+        .collect()
+}

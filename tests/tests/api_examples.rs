@@ -8,7 +8,9 @@
 use std::collections::BTreeSet;
 use std::process::Output;
 
-use kairos_tests::{FIXTURE_NOW, TestApp, spawn_app_with, test_settings_with};
+use kairos_tests::{
+    FIXTURE_NOW, TestApp, examples_python, output_text, spawn_app_with, test_settings_with,
+};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -53,15 +55,6 @@ fn command(app: &TestApp, program: &str) -> tokio::process::Command {
     c
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Runs `docs/api_examples/curl/<script>` with bash; panics with its output unless it succeeds.
 async fn run_curl(app: &TestApp, script: &str) -> String {
     let out = command(app, "bash")
@@ -69,7 +62,11 @@ async fn run_curl(app: &TestApp, script: &str) -> String {
         .output()
         .await
         .expect("bash runs");
-    assert!(out.status.success(), "{script} failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        output_text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -133,7 +130,7 @@ async fn a_curl_example_that_gets_another_status_fails(pool: PgPool) {
         .output()
         .await
         .unwrap();
-    let said = text(&out);
+    let said = output_text(&out);
     assert!(!out.status.success(), "{said}");
     assert!(
         said.contains("broken: expected HTTP 200, got 401"),
@@ -150,7 +147,7 @@ async fn a_curl_example_that_gets_another_status_fails(pool: PgPool) {
         .output()
         .await
         .unwrap();
-    let said = text(&out);
+    let said = output_text(&out);
     assert!(!out.status.success(), "{said}");
     assert!(
         said.contains("broken: expected HTTP 201, got 200"),
@@ -169,7 +166,7 @@ async fn a_curl_example_that_gets_another_status_fails(pool: PgPool) {
         .output()
         .await
         .unwrap();
-    let said = text(&out);
+    let said = output_text(&out);
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("role is admin, expected viewer"), "{said}");
     app.cleanup().await;
@@ -315,31 +312,9 @@ async fn every_operation_has_a_curl_example(pool: PgPool) {
 // ---------------------------------------------------------------------------------------------
 // The Python examples.
 
-/// The virtualenv's Python: `KAIROS_PYTHON`, else what `scripts/pyenv.sh` prints (it makes the
-/// virtualenv and installs the examples' requirements the first time).
-async fn python() -> String {
-    if let Ok(p) = std::env::var("KAIROS_PYTHON")
-        && !p.is_empty()
-    {
-        return p;
-    }
-    let out = tokio::process::Command::new("bash")
-        .arg(format!("{ROOT}/scripts/pyenv.sh"))
-        .current_dir(ROOT)
-        .output()
-        .await
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "scripts/pyenv.sh failed:\n{}",
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// Runs `docs/api_examples/python/<script> args` with the virtualenv's Python and `env`.
 async fn run_python(app: &TestApp, script: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let python = python().await;
+    let python = examples_python().await;
     let mut c = command(app, &python);
     c.arg(format!("{PYTHON_DIR}/{script}")).args(args);
     for (k, v) in env {
@@ -351,7 +326,11 @@ async fn run_python(app: &TestApp, script: &str, args: &[&str], env: &[(&str, &s
 /// As [`run_python`]; panics unless it succeeds; its standard output.
 async fn run_python_ok(app: &TestApp, script: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let out = run_python(app, script, args, env).await;
-    assert!(out.status.success(), "{script} failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}",
+        output_text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -411,8 +390,12 @@ async fn python_publishes_over_http_with_the_cloudevents_sdk(pool: PgPool) {
 
     // A key Kairos does not know: the example says so and fails.
     let out = run_python(&app, "publish_http.py", &[], &[("KEY", "not-a-key")]).await;
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("answered 401"), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("answered 401"),
+        "{}",
+        output_text(&out)
+    );
     app.cleanup().await;
 }
 
@@ -474,11 +457,11 @@ async fn python_publishes_straight_to_nats_with_nats_py(pool: PgPool) {
         env[3],
     ];
     let out = run_python(&app, "publish_nats.py", &[], &wrong).await;
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     assert!(
-        text(&out).contains("JetStream did not store"),
+        output_text(&out).contains("JetStream did not store"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     app.cleanup().await;
 }
@@ -534,8 +517,12 @@ async fn python_reads_budgets(pool: PgPool) {
 
     // An error answer makes it fail.
     let out = run_python(&app, "read_budgets.py", &["--period", "2026-13"], &[]).await;
-    assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("invalid_period"), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("invalid_period"),
+        "{}",
+        output_text(&out)
+    );
     app.cleanup().await;
 }
 
@@ -601,7 +588,7 @@ async fn python_reads_analytics(pool: PgPool) {
         &[],
     )
     .await;
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     app.cleanup().await;
 }
 
@@ -633,7 +620,7 @@ async fn the_postman_collection_is_generated_from_the_live_document(pool: PgPool
     assert!(
         out.status.success(),
         "scripts/postman.py failed:\n{}",
-        text(&out)
+        output_text(&out)
     );
     let generated = String::from_utf8(out.stdout).unwrap();
     let committed = std::fs::read_to_string(format!("{ROOT}/{COLLECTION}")).unwrap();

@@ -5,9 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 
-use kairos_tests::spawn_app;
+use kairos_tests::{heading_anchor, repo_root, spawn_app};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -60,17 +59,13 @@ fn prose_anchors_follow_githubs_heading_ids() {
     );
     assert_eq!(anchors["GET /v1/api-keys"], "get-v1api-keys");
     assert_eq!(anchors.len(), 2, "{anchors:?}");
-    assert_eq!(slug("`as_of`: a past instant"), "as_of-a-past-instant");
+    assert_eq!(
+        heading_anchor("`as_of`: a past instant"),
+        "as_of-a-past-instant"
+    );
     let mut seen = BTreeMap::new();
     assert_eq!(unique_slug("Errors", &mut seen), "errors");
     assert_eq!(unique_slug("Errors", &mut seen), "errors-1");
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
 }
 
 /// The first line (1-based) where `a` and `b` differ, with both versions of it.
@@ -92,25 +87,9 @@ fn first_difference(a: &str, b: &str) -> Option<(usize, String, String)> {
     None
 }
 
-/// GitHub's id for a heading: lower case, letters, digits, `-` and `_` kept, spaces made `-`,
-/// everything else (backticks, `/`, `{}`, `:`) dropped.
-fn slug(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            '-' | '_' => Some(c),
-            c if c.is_alphanumeric() => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
 /// [`slug`], with `-1`, `-2`, … after a slug already given, as GitHub numbers repeated headings.
 fn unique_slug(heading: &str, seen: &mut BTreeMap<String, usize>) -> String {
-    let base = slug(heading);
+    let base = heading_anchor(heading);
     let count = seen.entry(base.clone()).or_insert(0);
     let id = if *count == 0 {
         base.clone()
@@ -234,9 +213,20 @@ fn render(doc: &Value, prose: &BTreeMap<String, String>) -> String {
     for (tag, ops) in &groups {
         let links: Vec<String> = ops
             .iter()
-            .map(|o| format!("[`{}`](#{})", o.key(), slug(&format!("`{}`", o.key()))))
+            .map(|o| {
+                format!(
+                    "[`{}`](#{})",
+                    o.key(),
+                    heading_anchor(&format!("`{}`", o.key()))
+                )
+            })
             .collect();
-        let _ = writeln!(out, "- [{tag}](#{}): {}", slug(tag), links.join(", "));
+        let _ = writeln!(
+            out,
+            "- [{tag}](#{}): {}",
+            heading_anchor(tag),
+            links.join(", ")
+        );
     }
     out.push_str("- [Schemas](#schemas)\n\n");
 
@@ -466,7 +456,7 @@ fn fields_block(schema: &Value) -> String {
 /// A schema in a few words: `nullable integer (int64; ≥ 0)`, ``array of [`Alert`](#alert)``.
 fn type_of(schema: &Value) -> String {
     if let Some(name) = ref_name(schema) {
-        return format!("[`{name}`](#{})", slug(&format!("`{name}`")));
+        return format!("[`{name}`](#{})", heading_anchor(&format!("`{name}`")));
     }
     for (key, word) in [
         ("allOf", "all of"),
@@ -637,9 +627,9 @@ fn assert_unique_headings(page: &str) {
     let mut seen = BTreeSet::new();
     for text in page.lines().filter_map(heading_text) {
         assert!(
-            seen.insert(slug(text)),
+            seen.insert(heading_anchor(text)),
             "two headings of docs/reference/api.md have the id {:?}",
-            slug(text)
+            heading_anchor(text)
         );
     }
 }

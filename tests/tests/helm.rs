@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use kairos_tests::output_text;
 use serde_json::Value;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -37,15 +38,6 @@ const NAMESPACE: &str = "kairos-test";
 
 // ---------------------------------------------------------------------------------------------
 // Tools.
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `$var` when set, else the path `script args` prints.
 fn tool(var: &str, script: &[&str]) -> String {
@@ -63,7 +55,7 @@ fn tool(var: &str, script: &[&str]) -> String {
         out.status.success(),
         "{} failed (or set {var}):\n{}",
         script.join(" "),
-        text(&out)
+        output_text(&out)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
@@ -143,7 +135,7 @@ fn yaml_to_json(yaml: &[u8], versions: &[&str]) -> Vec<Value> {
     assert!(
         out.status.success(),
         "the YAML driver failed:\n{}",
-        text(&out)
+        output_text(&out)
     );
     serde_json::from_slice::<Value>(&out.stdout)
         .unwrap()
@@ -257,7 +249,7 @@ fn template(chart: &Path, extra: &[String]) -> Result<Vec<u8>, String> {
     if out.status.success() {
         Ok(out.stdout)
     } else {
-        Err(text(&out))
+        Err(output_text(&out))
     }
 }
 
@@ -369,7 +361,7 @@ fn lint_passes_strictly_with_both_values_files() {
                 out.status.success(),
                 "helm {}:\n{}",
                 all.join(" "),
-                text(&out)
+                output_text(&out)
             );
         }
     }
@@ -1352,7 +1344,7 @@ for dep in ("nats", "postgresql"):
         .arg(chart_dir())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 
     // On the defaults the placeholders render nothing (the lint test passes); enabled, each
     // stops the render and says what to run.

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use kairos_tests::{read_repo, repo_root};
 use serde_json::{Value, json};
 
 const COMPOSE: &str = "docker-compose.prod.yml";
@@ -33,21 +34,9 @@ const ENV_EXAMPLE: &str = ".env.example";
 /// The Kairos commands a compose service may run.
 const KAIROS_COMMANDS: &[&str] = &["serve", "consume", "migrate"];
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root")
-        .to_path_buf()
-}
-
-fn read(relative: &str) -> String {
-    let path = root().join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn run(command: &mut Command) -> Output {
     command
-        .current_dir(root())
+        .current_dir(repo_root())
         .output()
         .unwrap_or_else(|e| panic!("{command:?}: {e}"))
 }
@@ -75,7 +64,8 @@ fn ops_python() -> &'static Path {
             return PathBuf::from(python);
         }
         let out =
-            run(Command::new(root().join("scripts/pyenv.sh")).arg("scripts/ops-requirements.txt"));
+            run(Command::new(repo_root().join("scripts/pyenv.sh"))
+                .arg("scripts/ops-requirements.txt"));
         assert!(
             out.status.success(),
             "scripts/pyenv.sh scripts/ops-requirements.txt failed:\n{}",
@@ -94,7 +84,7 @@ fn hadolint(dockerfile: &Path) -> Output {
 
 #[test]
 fn the_dockerfile_passes_hadolint() {
-    let out = hadolint(&root().join("Dockerfile"));
+    let out = hadolint(&repo_root().join("Dockerfile"));
     assert!(out.status.success(), "hadolint Dockerfile:\n{}", said(&out));
 }
 
@@ -102,7 +92,7 @@ fn the_dockerfile_passes_hadolint() {
 /// and exposes the port of kairos.toml's `http.addr`.
 #[test]
 fn the_image_runs_kairos_unprivileged_on_the_configured_port() {
-    let dockerfile = read("Dockerfile");
+    let dockerfile = read_repo("Dockerfile");
     let last = |instruction: &str| {
         dockerfile
             .lines()
@@ -155,12 +145,12 @@ fn hadolint_fails_on_a_warning() {
 
 fn actionlint(files: &[PathBuf]) -> Output {
     let script = std::env::var_os("KAIROS_ACTIONLINT")
-        .map_or_else(|| root().join("scripts/actionlint.sh"), PathBuf::from);
+        .map_or_else(|| repo_root().join("scripts/actionlint.sh"), PathBuf::from);
     run(Command::new(script).args(files))
 }
 
 fn workflow_files() -> Vec<PathBuf> {
-    let dir = root().join(".github/workflows");
+    let dir = repo_root().join(".github/workflows");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -533,7 +523,7 @@ fn compose_problems(
         }
         for volume in words(s.get("volumes")) {
             let source = volume.split(':').next().unwrap_or("");
-            if source.starts_with("./") && !root().join(source).exists() {
+            if source.starts_with("./") && !repo_root().join(source).exists() {
                 problem(format!(
                     "service {name}: mounts {source}, which does not exist"
                 ));
@@ -713,10 +703,10 @@ struct ComposeFixture {
 impl ComposeFixture {
     fn load() -> Self {
         Self {
-            value: yaml(&root().join(COMPOSE)),
-            env_example: read(ENV_EXAMPLE),
+            value: yaml(&repo_root().join(COMPOSE)),
+            env_example: read_repo(ENV_EXAMPLE),
             projections: kairos::startup::registry().names(),
-            port: exposed_port(&read("Dockerfile")),
+            port: exposed_port(&read_repo("Dockerfile")),
         }
     }
 
@@ -898,7 +888,7 @@ fn prometheus_accepts_its_configuration() {
     let promtool = match std::env::var("KAIROS_PROMTOOL") {
         Ok(p) if !p.is_empty() => p,
         _ => {
-            let out = run(Command::new("bash").arg(root().join("scripts/promtool.sh")));
+            let out = run(Command::new("bash").arg(repo_root().join("scripts/promtool.sh")));
             assert!(out.status.success(), "scripts/promtool.sh:\n{}", said(&out));
             String::from_utf8_lossy(&out.stdout).trim().to_owned()
         }
@@ -917,6 +907,6 @@ fn prometheus_accepts_its_configuration() {
         );
     }
     // The file the compose service mounts the rules as is the one the configuration names.
-    let config = yaml(&root().join("deploy/prometheus.yml"));
+    let config = yaml(&repo_root().join("deploy/prometheus.yml"));
     assert_eq!(config["rule_files"], json!(["kairos-alerts.yml"]));
 }

@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use kairos_tests::{heading_anchor, read_repo, repo_root};
+
 const TROUBLESHOOTING: &str = "docs/troubleshooting.md";
 const ARCHITECTURE: &str = "docs/architecture.md";
 /// Where the quoted messages must come from.
@@ -27,18 +29,6 @@ const SOURCE_EXTENSIONS: &[&str] = &["rs", "sh", "py", "js"];
 const PATH_EXTENSIONS: &[&str] = &[
     "rs", "md", "toml", "sql", "json", "sh", "conf", "py", "js", "css", "lock",
 ];
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root")
-        .to_path_buf()
-}
-
-fn read(relative: &str) -> String {
-    let path = root().join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// The lines of a Markdown text outside fenced code blocks, with their 1-based numbers.
 fn prose_lines(text: &str) -> Vec<(usize, &str)> {
@@ -137,7 +127,7 @@ fn sources() -> Vec<(PathBuf, String)> {
     }
     let mut files = Vec::new();
     for r in SOURCE_ROOTS {
-        let path = root().join(r);
+        let path = repo_root().join(r);
         if path.is_dir() {
             walk(&path, &mut files);
         } else {
@@ -224,7 +214,7 @@ fn found_in<'a>(quote: &str, sources: &'a [(PathBuf, String)]) -> Option<&'a Pat
 
 /// The `You see:` quotes of the troubleshooting page, with their line numbers.
 fn quotes() -> Vec<(usize, String)> {
-    let page = read(TROUBLESHOOTING);
+    let page = read_repo(TROUBLESHOOTING);
     prose_lines(&page)
         .into_iter()
         .filter(|(_, line)| line.trim_start().starts_with("You see:"))
@@ -283,21 +273,6 @@ fn a_reworded_message_is_caught() {
     assert_eq!(found_in(stitched, &sources), None);
 }
 
-/// GitHub's anchor of a heading: lower case; letters, digits, `-` and `_` kept, spaces made
-/// `-`, everything else dropped.
-fn slug(heading: &str) -> String {
-    heading
-        .chars()
-        .filter_map(|c| match c {
-            ' ' => Some('-'),
-            '-' | '_' => Some(c),
-            c if c.is_alphanumeric() => Some(c),
-            _ => None,
-        })
-        .flat_map(char::to_lowercase)
-        .collect()
-}
-
 /// The anchors of a Markdown page's headings (repeated ones numbered as GitHub does).
 fn anchors(text: &str) -> Vec<String> {
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -310,7 +285,7 @@ fn anchors(text: &str) -> Vec<String> {
         if !heading.starts_with(' ') {
             continue;
         }
-        let base = slug(heading.trim());
+        let base = heading_anchor(heading.trim());
         let n = seen.entry(base.clone()).or_default();
         out.push(if *n == 0 {
             base.clone()
@@ -346,7 +321,7 @@ fn every_relative_link_leads_somewhere() {
     let mut broken = Vec::new();
     let mut checked = 0;
     for page in [TROUBLESHOOTING, ARCHITECTURE] {
-        let text = read(page);
+        let text = read_repo(page);
         let dir = Path::new(page).parent().expect("docs/");
         for (line, target) in links(&text) {
             if target.contains("://") || target.starts_with("mailto:") {
@@ -362,7 +337,7 @@ fn every_relative_link_leads_somewhere() {
             } else {
                 dir.join(file)
             };
-            let path = root().join(&relative);
+            let path = repo_root().join(&relative);
             if !path.exists() {
                 broken.push(format!(
                     "{page}:{line}: {target}: no {}",
@@ -407,14 +382,14 @@ fn is_repo_path(span: &str) -> bool {
 
 #[test]
 fn every_path_the_architecture_page_names_exists() {
-    let text = read(ARCHITECTURE);
+    let text = read_repo(ARCHITECTURE);
     let mut missing = Vec::new();
     let mut checked = 0;
     for (line, content) in prose_lines(&text) {
         for span in code_spans(content).0 {
             if is_repo_path(&span) {
                 checked += 1;
-                if !root().join(&span).exists() {
+                if !repo_root().join(&span).exists() {
                     missing.push(format!("{ARCHITECTURE}:{line}: `{span}`"));
                 }
             }

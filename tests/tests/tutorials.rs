@@ -11,11 +11,9 @@
 //! exactly so; its `curl` commands run against a live Kairos serving that registry, and answer
 //! what the page shows.
 
-use std::process::Output;
-
 use kairos_tests::{
-    FIXTURE_NOW, TestApp, fixture_clock, spawn_app_registered, spawn_app_with, test_settings,
-    test_settings_with,
+    FIXTURE_NOW, TestApp, examples_python, fixture_clock, output_text, read_repo,
+    spawn_app_registered, spawn_app_with, test_settings, test_settings_with,
 };
 use serde_json::Value;
 use sqlx::PgPool;
@@ -41,40 +39,6 @@ async fn app(pool: PgPool) -> TestApp {
     spawn_app_with(pool, test_settings_with("[catalog]\n"), true).await
 }
 
-fn read(path: &str) -> String {
-    std::fs::read_to_string(format!("{ROOT}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The virtualenv's Python: `KAIROS_PYTHON`, else what `scripts/pyenv.sh` prints.
-async fn python() -> String {
-    if let Ok(p) = std::env::var("KAIROS_PYTHON")
-        && !p.is_empty()
-    {
-        return p;
-    }
-    let out = tokio::process::Command::new("bash")
-        .arg(format!("{ROOT}/scripts/pyenv.sh"))
-        .current_dir(ROOT)
-        .output()
-        .await
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "scripts/pyenv.sh failed:\n{}",
-        text(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// `line` run by bash from the repository's root against `app`, as the tutorial's reader runs
 /// it after sourcing `.kairos/env`: this instance's URL, stream and subject prefix, its admin's
 /// key, the test clock's instant. Panics unless it succeeds; its standard output.
@@ -95,7 +59,11 @@ async fn follow(app: &TestApp, line: &str, env: &[(&str, &str)]) -> String {
         c.env(k, v);
     }
     let out = c.output().await.expect("bash runs");
-    assert!(out.status.success(), "{line} failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "{line} failed:\n{}",
+        output_text(&out)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -205,7 +173,7 @@ async fn check_effects(app: &TestApp, project: &str, session: &str, stdout: &str
 async fn the_python_hello_agent_runs_as_the_tutorial_says(pool: PgPool) {
     let app = app(pool).await;
     let (project, session) = (fresh("hello-py"), fresh("s"));
-    let python = python().await;
+    let python = examples_python().await;
     let stdout = follow(
         &app,
         PY_RUN,
@@ -265,7 +233,7 @@ fn blocks<'a>(doc: &'a str, lang: &str) -> Vec<&'a str> {
 /// change to either that the other does not follow fails here.
 #[test]
 fn the_tutorial_shows_what_the_tests_run() {
-    let doc = read(TUTORIAL);
+    let doc = read_repo(TUTORIAL);
     for line in [ENV_LINE, PY_SETUP, PY_RUN, RS_RUN, "make run"] {
         assert!(
             doc.lines().any(|l| l.trim() == line
@@ -275,7 +243,7 @@ fn the_tutorial_shows_what_the_tests_run() {
         );
     }
     for (lang, file) in [("python", PY_FILE), ("rust", RS_FILE)] {
-        let code = read(file);
+        let code = read_repo(file);
         let quoted = blocks(&doc, lang);
         assert!(
             quoted.len() >= 3,
@@ -334,7 +302,7 @@ fn with_task_stats() -> kairos_api::Registry {
 /// the tests carry it).
 #[test]
 fn the_hello_projection_tutorial_builds_the_crate_it_shows() {
-    let doc = read(PROJECTION_TUTORIAL);
+    let doc = read_repo(PROJECTION_TUTORIAL);
     let mut files: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
     for lang in ["toml", "sql", "rust"] {
         for block in blocks(&doc, lang) {
@@ -354,7 +322,7 @@ fn the_hello_projection_tutorial_builds_the_crate_it_shows() {
             .get(file)
             .unwrap_or_else(|| panic!("{PROJECTION_TUTORIAL} does not show {file}"))
             .join("\n");
-        let code = read(file);
+        let code = read_repo(file);
         if shown.trim_end() != code.trim_end() {
             let at = shown
                 .lines()
@@ -407,7 +375,7 @@ fn the_hello_projection_tutorial_builds_the_crate_it_shows() {
         .map(|l| format!("{l}\n"))
         .collect();
     assert!(
-        read("crates/kairos/src/startup.rs").contains(&without),
+        read_repo("crates/kairos/src/startup.rs").contains(&without),
         "{PROJECTION_TUTORIAL}'s registry() is not the binary's:\n{without}"
     );
     // The dependency lines: the workspace's is in the root manifest; the binary's is the line
@@ -417,7 +385,7 @@ fn the_hello_projection_tutorial_builds_the_crate_it_shows() {
         ("crates/kairos/Cargo.toml", "tests/Cargo.toml"),
     ] {
         let dep = files[shown_in].join("\n");
-        let manifest = read(really_in);
+        let manifest = read_repo(really_in);
         for l in dep.lines().filter(|l| !l.trim().is_empty()) {
             assert!(
                 manifest.lines().any(|m| m == l),
@@ -448,7 +416,7 @@ fn the_hello_projection_tutorial_builds_the_crate_it_shows() {
 /// changes nothing.
 #[sqlx::test(migrations = false)]
 async fn the_hello_projection_answers_as_the_tutorial_says(pool: PgPool) {
-    let doc = read(PROJECTION_TUTORIAL);
+    let doc = read_repo(PROJECTION_TUTORIAL);
     let run = &doc[doc.find("## 9. Run it").expect("step 9")..];
     let commands: Vec<&str> = blocks(run, "sh")
         .into_iter()

@@ -28,26 +28,56 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A new, empty database beside the test's; its URL and a pool on it.
+/// The URL of database `name` on the server of `DATABASE_URL` (the one sqlx::test uses).
+fn database_url(name: &str) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL, as sqlx::test needs");
+    match base.rfind('/') {
+        Some(i) if base[..i].contains("://") && base[i..].len() > 1 => {
+            format!("{}/{name}", &base[..i])
+        }
+        _ => format!("{}/{name}", base.trim_end_matches('/')),
+    }
+}
+
+/// A new, empty database beside the test's; its name, URL and a pool on it.
 async fn new_database(pool: &PgPool) -> (String, String, PgPool) {
     let name = format!("kairos_restore_{}", uuid::Uuid::new_v4().simple());
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(pool)
         .await
         .expect("CREATE DATABASE");
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL, as sqlx::test needs");
-    let url = match base.rfind('/') {
-        Some(i) if base[..i].contains("://") && base[i..].len() > 1 => {
-            format!("{}/{name}", &base[..i])
-        }
-        _ => format!("{}/{name}", base.trim_end_matches('/')),
-    };
+    let url = database_url(&name);
     let p = PgPoolOptions::new()
         .max_connections(10)
         .connect(&url)
         .await
         .expect("the new database");
     (name, url, p)
+}
+
+/// Drops database `name` (best effort: a test that failed before leaves it to be dropped by
+/// hand).
+async fn drop_database(pool: &PgPool, name: &str) {
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(pool)
+    .await;
+}
+
+/// The disaster: `app`'s runners stop and its streams are deleted. Its settings, to restore
+/// under the same names.
+async fn lose_stream(app: &mut TestApp) -> kairos::configuration::Settings {
+    app.stop_projections();
+    app.stop_access();
+    let js = app.kairos.bus.jetstream().clone();
+    for stream in [
+        app.kairos.bus.stream_name().to_owned(),
+        app.kairos.bus.dlq_stream_name(),
+    ] {
+        js.delete_stream(&stream).await.expect("deleted");
+    }
+    app.kairos.settings.clone()
 }
 
 /// Every projection's tables, by projection.
@@ -210,16 +240,7 @@ async fn a_restored_backup_rebuilds_every_projection_as_it_was(pool: PgPool) {
     );
 
     // The stream is lost.
-    app.stop_projections();
-    app.stop_access();
-    let settings = app.kairos.settings.clone();
-    let js = app.kairos.bus.jetstream().clone();
-    js.delete_stream(app.kairos.bus.stream_name())
-        .await
-        .expect("deleted");
-    js.delete_stream(app.kairos.bus.dlq_stream_name())
-        .await
-        .expect("deleted");
+    let settings = lose_stream(&mut app).await;
 
     // Restored under the same names into a new database, then started as on a first start.
     let (db, url, fresh) = new_database(&pool).await;
@@ -281,11 +302,7 @@ async fn a_restored_backup_rebuilds_every_projection_as_it_was(pool: PgPool) {
 
     restored.cleanup().await;
     drop(fresh);
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-    )))
-    .execute(&pool)
-    .await;
+    drop_database(&pool, &db).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -429,11 +446,7 @@ async fn a_changed_or_forged_backup_is_refused_and_nothing_is_restored(pool: PgP
         let _ = js.delete_stream(k.bus.dlq_stream_name()).await;
         drop(k);
         fresh.close().await;
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-        )))
-        .execute(&pool)
-        .await;
+        drop_database(&pool, &db).await;
         let _ = std::fs::remove_dir_all(&bad);
     }
 
@@ -483,11 +496,7 @@ async fn a_dump_then_a_backup_restore_in_that_order(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .expect("the test's database");
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let source_url = match base.rfind('/') {
-        Some(i) if base[..i].contains("://") => format!("{}/{db}", &base[..i]),
-        _ => format!("{}/{db}", base.trim_end_matches('/')),
-    };
+    let source_url = database_url(&db);
     let dir = scratch("dump");
     let dump = dir.join("kairos.pgdump");
     pg("pg_dump", &source_url, &dump);
@@ -505,16 +514,7 @@ async fn a_dump_then_a_backup_restore_in_that_order(pool: PgPool) {
         .await
         .expect("backup");
 
-    app.stop_projections();
-    app.stop_access();
-    let settings = app.kairos.settings.clone();
-    let js = app.kairos.bus.jetstream().clone();
-    js.delete_stream(app.kairos.bus.stream_name())
-        .await
-        .expect("deleted");
-    js.delete_stream(app.kairos.bus.dlq_stream_name())
-        .await
-        .expect("deleted");
+    let settings = lose_stream(&mut app).await;
 
     let (new_db, url, fresh) = new_database(&pool).await;
     pg("pg_restore", &url, &dump);
@@ -548,10 +548,6 @@ async fn a_dump_then_a_backup_restore_in_that_order(pool: PgPool) {
 
     restored.cleanup().await;
     drop(fresh);
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {new_db} WITH (FORCE)"
-    )))
-    .execute(&pool)
-    .await;
+    drop_database(&pool, &new_db).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

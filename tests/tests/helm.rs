@@ -581,8 +581,29 @@ fn one_deployment_per_module_of_the_registry_runs_kairos_consume() {
                 format!("kairos-projection-{}", args[1]),
                 "{label}"
             );
-            let expected = if label == "production" { 2 } else { 1 };
+            let partitioned = label == "production" && args[1] == "budgets";
+            let expected = match (label, partitioned) {
+                (_, true) => 3,
+                ("production", false) => 2,
+                _ => 1,
+            };
             assert_eq!(*replicas, expected, "{label}: {deployment} replicas");
+            // Only a partitioned projection's replicas are told the partitions they share.
+            let d = render.named("Deployment", deployment);
+            let env = arr(&d["spec"]["template"]["spec"]["containers"][0]["env"]);
+            let partitions: Vec<&Value> = env
+                .iter()
+                .filter(|e| e["name"] == "KAIROS_PROJECTIONS_PARTITIONS")
+                .map(|e| &e["value"])
+                .collect();
+            if partitioned {
+                assert_eq!(partitions, [&Value::from("6")], "{label}: {deployment}");
+            } else {
+                assert!(
+                    partitions.is_empty(),
+                    "{label}: {deployment}: {partitions:?}"
+                );
+            }
         }
     }
 }
@@ -845,7 +866,12 @@ fn stand_in(section: &str, key: &str) -> &'static str {
 /// `toml` with `key = value` in `[section]`, in place of the key's line if it is there (a
 /// variable wins over the file). The chart writes one `key = value` per line.
 fn with_key(toml: &str, section: &str, key: &str, value: &str) -> String {
-    let line = format!("{key} = {}", serde_json::to_string(value).unwrap());
+    // As the environment gives it: a number stays a number (figment parses `KAIROS_*` values).
+    let literal = match value.parse::<i64>() {
+        Ok(n) => n.to_string(),
+        Err(_) => serde_json::to_string(value).unwrap(),
+    };
+    let line = format!("{key} = {literal}");
     let header = format!("[{section}]");
     let mut out = String::new();
     let mut current = String::new();

@@ -8,6 +8,7 @@ use kairos_events::StreamSeq;
 use sqlx::PgPool;
 use tracing::{debug, warn};
 
+use crate::partition::Partition;
 use crate::store::{self, Advance};
 use crate::{ApplyError, Projection, Rejection};
 
@@ -34,6 +35,8 @@ pub struct Target {
     pub live: bool,
     /// Take a snapshot whenever this many sequences passed since the last one (0: never).
     pub snapshot_every: u64,
+    /// The partition written, when the projection runs partitioned (see [`crate::partition`]).
+    pub partition: Option<crate::partition::Partition>,
 }
 
 impl Target {
@@ -43,6 +46,7 @@ impl Target {
             key: p.name().to_owned(),
             live: true,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            partition: None,
         }
     }
 
@@ -53,6 +57,7 @@ impl Target {
             key: format!("{}@next", p.name()),
             live: false,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            partition: None,
         }
     }
 }
@@ -107,8 +112,12 @@ pub(crate) async fn begin(
     } else {
         "; SET LOCAL synchronous_commit TO off"
     };
+    // A partition's SQL keeps to its own projects with `kairos.in_partition(project)`.
+    let partition = target.partition.map_or(String::new(), |p| {
+        format!("; SET LOCAL kairos.partition TO '{}'", p.setting())
+    });
     let sql = format!(
-        "BEGIN; SET LOCAL search_path TO {}, public{durability}",
+        "BEGIN; SET LOCAL search_path TO {}, public{durability}{partition}",
         ident(&target.schema)
     );
     let mut tx = pool.begin_with(sqlx::AssertSqlSafe(sql)).await?;
@@ -151,12 +160,13 @@ impl<I> Decoded<I> {
 pub(crate) fn decode<P: Projection>(
     projection: &P,
     prefix: &str,
+    partition: Option<Partition>,
     batch: &[Delivered],
 ) -> Decoded<P::Item> {
     Decoded(
         batch
             .iter()
-            .map(|m| (m.seq, decode_one(projection, prefix, m)))
+            .map(|m| (m.seq, decode_one(projection, prefix, partition, m)))
             .collect(),
     )
 }
@@ -165,14 +175,18 @@ pub(crate) fn decode<P: Projection>(
 pub(crate) fn decode_one<P: Projection>(
     projection: &P,
     prefix: &str,
+    partition: Option<Partition>,
     m: &Delivered,
 ) -> Slot<P::Item> {
-    if !crate::reads(projection, &m.subject) {
+    if !crate::reads(projection, &m.subject) || partition.is_some_and(|p| !p.holds(&m.subject)) {
         return Slot::Skip;
     }
     let decoded = crate::stored_event(prefix, m.seq, &m.subject, m.stored_at, &m.payload).and_then(
         |stored| {
-            let key = store::applied_key(&stored.event.identity());
+            let identity = stored.event.identity();
+            let key = store::applied_key(
+                &partition.map_or(identity, |p| p.identity(&m.subject, identity)),
+            );
             projection
                 .decode(&stored)
                 .map(|item| item.map(|i| (key, i)))
@@ -241,7 +255,10 @@ pub(crate) async fn apply_batch<P: Projection>(
                 while a.next_if(|(seq, _)| *seq < m.seq).is_some() {}
                 a.next_if(|(seq, _)| *seq == m.seq)
             })
-            .map_or_else(|| decode_one(projection, prefix, m), |(_, slot)| slot);
+            .map_or_else(
+                || decode_one(projection, prefix, target.partition, m),
+                |(_, slot)| slot,
+            );
         match slot {
             Slot::Skip => {}
             Slot::Item(identity, item) => {

@@ -224,7 +224,7 @@ fn decode_stored<P: Projection>(
     if !filter.is_none_or(|f| subject_matches(f, &d.subject)) {
         return None;
     }
-    match crate::apply::decode_one(projection, &bus.config().subject_prefix, d) {
+    match crate::apply::decode_one(projection, &bus.config().subject_prefix, None, d) {
         crate::apply::Slot::Item(key, item) => Some((key, d.seq, item)),
         crate::apply::Slot::Skip | crate::apply::Slot::Rejected(_) => None,
     }

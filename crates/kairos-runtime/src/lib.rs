@@ -11,7 +11,8 @@
 //!   failing, so one bad event never blocks the ones behind it;
 //! - an outbox for events a projection emits, published after commit;
 //! - one active consumer per projection (a PostgreSQL advisory lock), so extra processes stand by
-//!   instead of double counting;
+//!   instead of double counting; or, for a projection whose projects fold independently,
+//!   partitions shared by every process running it ([`partition`]);
 //! - [`CheckpointWatch`] so a reader can wait until a projection reached a stream sequence.
 //!
 //! It is not a place for projection logic: nothing here knows what a budget is.
@@ -22,6 +23,7 @@ mod dynamic;
 mod history;
 pub mod metrics;
 mod migrate;
+pub mod partition;
 mod replay;
 mod runner;
 mod store;
@@ -40,6 +42,7 @@ pub use history::{
     snapshot_at,
 };
 pub use migrate::{MigrationError, RUNTIME_MIGRATIONS, migrate, module_table};
+pub use partition::{Partition, partition_of};
 pub use replay::{Progress, ReplayOptions, ReplayReport, Seat, replay, shared_read};
 pub use runner::{Runner, RunnerConfig, RunnerError};
 
@@ -131,6 +134,15 @@ pub trait Projection: Send + Sync + 'static {
     /// Kairos. `None` (the default) means the projection keeps no snapshots.
     fn snapshot_query(&self) -> Option<&'static str> {
         None
+    }
+
+    /// Whether the projection can run as partitions ([`partition`]): what it keeps for a
+    /// project depends only on that project's events (stored under its subject) and on the
+    /// global ones (`_global`, folded by every partition), and whatever its `apply` reads or
+    /// writes across projects at once it keeps to `kairos.in_partition(project)`. Rows shared
+    /// by every project are kept per partition (`kairos.partition()`). `false` by default.
+    fn partitionable(&self) -> bool {
+        false
     }
 }
 

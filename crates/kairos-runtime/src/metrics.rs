@@ -25,9 +25,15 @@ pub(crate) fn command_conflict(aggregate: &str) {
         .increment(1);
 }
 
+/// How many partitions of `projection` this process folds now.
+pub(crate) fn partitions_held(projection: &'static str, held: usize) {
+    metrics::gauge!("kairos_projection_partitions_held", "projection" => projection)
+        .set(held as f64);
+}
+
 /// Describes the runtime's families (HELP lines), once the process has a recorder.
 pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(
         "kairos_projection_batch_size",
         Unit::Count,
@@ -37,6 +43,11 @@ pub fn describe() {
         "kairos_projection_apply_duration_seconds",
         Unit::Seconds,
         "Time to apply and commit one live batch, checkpoint included."
+    );
+    describe_gauge!(
+        "kairos_projection_partitions_held",
+        Unit::Count,
+        "Partitions of a partitioned projection this process folds now."
     );
     describe_counter!(
         "kairos_commands_total",

@@ -106,7 +106,8 @@ async fn adopt_legacy(pool: &PgPool, modules: &[(&str, &Migrator)]) -> Result<()
             cause,
         };
         tx.ensure_migrations_table(&table).await.map_err(err)?;
-        for m in migrations.iter() {
+        // Only what that layout had: every set's first migration. Later ones run as usual.
+        for m in migrations.iter().filter(|m| m.version == 1) {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO {table} (version, description, success, checksum, execution_time)
                  VALUES ($1, $2, true, $3, 0) ON CONFLICT DO NOTHING"

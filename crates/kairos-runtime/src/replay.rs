@@ -376,7 +376,7 @@ async fn catch_up<P: Projection>(
             if !batch.is_empty() {
                 let (p, prefix) = (Arc::clone(projection), bus.config().subject_prefix.clone());
                 let decoding = tokio::task::spawn_blocking(move || {
-                    let decoded = decode(p.as_ref(), &prefix, &batch);
+                    let decoded = decode(p.as_ref(), &prefix, None, &batch);
                     (batch, decoded)
                 });
                 if batches.send(decoding).await.is_err() {
@@ -761,6 +761,12 @@ async fn switch(pool: &PgPool, live: &Target, next: &Target) -> Result<String, R
     .await?;
     sqlx::query("DELETE FROM kairos.checkpoints WHERE projection = $1")
         .bind(&next.key)
+        .execute(&mut *tx)
+        .await?;
+    // Partitions built the old tables: each starts over where the new ones stand (a running
+    // partition's next advance finds its checkpoint gone, and it re-reads it from this one).
+    sqlx::query("DELETE FROM kairos.checkpoints WHERE starts_with(projection, $1 || '/')")
+        .bind(&live.key)
         .execute(&mut *tx)
         .await?;
     for table in ["snapshots"] {

@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::Projection;
 use crate::apply::{Decoded, Delivered, Failure, Target, apply_batch, decode, delivered};
+use crate::partition::Partition;
 use crate::store::{self, Advance};
 
 /// How a runner consumes. Defaults suit production; tests shorten `ack_wait`.
@@ -35,6 +36,9 @@ pub struct RunnerConfig {
     /// Identities a replay into a new generation keeps in memory at most (see
     /// [`crate::ReplayOptions::identities_in_memory`]).
     pub replay_identities_in_memory: usize,
+    /// Partitions a partitionable projection is split into, shared by every process running
+    /// it (see [`crate::partition`]); 1: one active runner, the others standing by.
+    pub partitions: u32,
 }
 
 impl Default for RunnerConfig {
@@ -46,6 +50,7 @@ impl Default for RunnerConfig {
             max_attempts: 3,
             snapshot_every: crate::apply::DEFAULT_SNAPSHOT_EVERY,
             replay_identities_in_memory: crate::replay::DEFAULT_IDENTITIES_IN_MEMORY,
+            partitions: 1,
         }
     }
 }
@@ -60,6 +65,12 @@ impl RunnerConfig {
         }
         if !(10..=60_000).contains(&self.idle_wait_ms) {
             return Err("projections.idle_wait_ms must be between 10 and 60000".into());
+        }
+        if !(1..=crate::partition::MAX_PARTITIONS).contains(&self.partitions) {
+            return Err(format!(
+                "projections.partitions must be between 1 and {}",
+                crate::partition::MAX_PARTITIONS
+            ));
         }
         if self.max_attempts == 0 {
             return Err("projections.max_attempts must be at least 1".into());
@@ -93,6 +104,8 @@ pub struct Runner<P: Projection> {
     pool: PgPool,
     config: RunnerConfig,
     target: Target,
+    /// The durable consumer's name: the projection's, or its partition's.
+    consumer_name: String,
 }
 
 /// Messages pulled ahead, with what decoding them gave (if it ran).
@@ -118,11 +131,54 @@ impl<P: Projection> Runner<P> {
         let mut target = Target::live(&projection);
         target.snapshot_every = config.snapshot_every;
         Self {
+            consumer_name: projection.name().to_owned(),
             projection: Arc::new(projection),
             bus,
             pool,
             config,
             target,
+        }
+    }
+
+    /// The runner of one partition (see [`crate::partition`]). A partition keeps no snapshots:
+    /// its tables hold the other partitions' rows at other positions.
+    pub(crate) fn partitioned(
+        projection: Arc<P>,
+        bus: Bus,
+        pool: PgPool,
+        config: RunnerConfig,
+        partition: Partition,
+    ) -> Self {
+        let mut target = Target::live(projection.as_ref());
+        target.key = partition.key(projection.name());
+        target.partition = Some(partition);
+        target.snapshot_every = 0;
+        Self {
+            consumer_name: partition.consumer(projection.name()),
+            projection,
+            bus,
+            pool,
+            config,
+            target,
+        }
+    }
+
+    /// Re-reads this runner's checkpoint (a partition's starts where its projection stands).
+    async fn reread_checkpoint(&self) -> Result<StreamSeq, sqlx::Error> {
+        match self.target.partition {
+            Some(_) => {
+                store::ensure_checkpoint_from(&self.pool, &self.target.key, self.name()).await
+            }
+            None => store::ensure_checkpoint(&self.pool, self.name()).await,
+        }
+    }
+
+    /// After a partition moved its checkpoint: raise the projection's to the lowest partition's.
+    async fn raise_base(&self) {
+        if let Some(p) = self.target.partition
+            && let Err(e) = store::raise_base(&self.pool, self.name(), p.count).await
+        {
+            debug!(projection = self.name(), error = %e, "could not raise the checkpoint; the next batch will");
         }
     }
 
@@ -138,9 +194,28 @@ impl<P: Projection> Runner<P> {
     }
 
     /// Consumes until the task is dropped or a fatal error occurs. Transient NATS and database
-    /// failures are retried with backoff, not returned.
+    /// failures are retried with backoff, not returned. With `projections.partitions` above 1,
+    /// a partitionable projection runs as a member sharing the partitions with the other
+    /// processes running it (see [`crate::partition`]).
     pub async fn run(self) -> Result<(), RunnerError> {
         let name = self.name();
+        if self.config.partitions > 1 {
+            if self.projection.partitionable() {
+                return crate::partition::run_member(
+                    self.projection,
+                    self.bus,
+                    self.pool,
+                    self.config.clone(),
+                    self.config.partitions,
+                )
+                .await;
+            }
+            info!(
+                projection = name,
+                "projections.partitions is set, but this projection folds across projects: one runner"
+            );
+        }
+        self.refuse_if_partitioned().await?;
         // One active runner per projection; others wait here as hot standbys.
         let mut lock = self.pool.acquire().await?.detach();
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
@@ -153,16 +228,43 @@ impl<P: Projection> Runner<P> {
                 .bind(format!("kairos.projection.{name}"))
                 .execute(&mut lock)
                 .await?;
+            // Partitioned members may have run while this one stood by.
+            self.refuse_if_partitioned().await?;
         }
-        let checkpoint = store::ensure_checkpoint(&self.pool, name).await?;
+        self.consume(false).await
+    }
+
+    /// Partitioned runs left their checkpoints: one runner starting from the projection's would
+    /// fold some events twice (the partitions are at different places).
+    async fn refuse_if_partitioned(&self) -> Result<(), RunnerError> {
+        let name = self.name();
+        match store::partition_keys(&self.pool, name).await?.first() {
+            Some(k) => Err(self.consumer_error(format!(
+                "{name} runs partitioned (checkpoint {k}): set projections.partitions as its other \
+                 runners have it, or stop them and run `kairos replay {name}` to go back to one runner"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The loop itself, once this runner may write: `fresh` recreates the durable consumer at
+    /// the checkpoint (a partition taken over from another process: what that one had pulled
+    /// would otherwise wait for its ack deadline).
+    pub(crate) async fn consume(self, fresh: bool) -> Result<(), RunnerError> {
+        let name = self.name();
+        let checkpoint = self.reread_checkpoint().await?;
         store::ensure_applied_table(&self.pool, &self.target.schema).await?;
         info!(
             projection = name,
+            key = %self.target.key,
             checkpoint = checkpoint.0,
             "projection running"
         );
         if let Err(e) = self.drain_outbox().await {
             warn!(projection = name, error = %e, "outbox not drained yet; will retry after the next batch");
+        }
+        if fresh {
+            self.delete_consumer().await;
         }
         let mut consumer = self.consumer(checkpoint).await?;
         let mut state = State {
@@ -249,7 +351,7 @@ impl<P: Projection> Runner<P> {
     /// The projection's durable consumer, (re)created at the PostgreSQL checkpoint when the
     /// consumer is missing or ahead of it (tables restored or dropped for a rebuild).
     async fn consumer(&self, checkpoint: StreamSeq) -> Result<PullConsumer, RunnerError> {
-        let name = self.name();
+        let name = self.consumer_name.as_str();
         let stream = self
             .bus
             .jetstream()
@@ -274,7 +376,7 @@ impl<P: Projection> Runner<P> {
         }
         let config = PullConfig {
             durable_name: Some(name.to_owned()),
-            description: Some(format!("Kairos projection {name}")),
+            description: Some(format!("Kairos projection {}", self.target.key)),
             deliver_policy: if checkpoint.0 == 0 {
                 DeliverPolicy::All
             } else {
@@ -298,6 +400,18 @@ impl<P: Projection> Runner<P> {
             .get_or_create_consumer(name, config)
             .await
             .map_err(|e| self.consumer_error(e))
+    }
+
+    /// Deletes the durable consumer, if there is one.
+    async fn delete_consumer(&self) {
+        if let Ok(stream) = self
+            .bus
+            .jetstream()
+            .get_stream(self.bus.stream_name())
+            .await
+        {
+            let _ = stream.delete_consumer(&self.consumer_name).await;
+        }
     }
 
     /// What is available now (up to `max`), or, when nothing is, the next event as soon as it
@@ -335,9 +449,12 @@ impl<P: Projection> Runner<P> {
         // A pull that fails half-way keeps what it received, and a chunk whose decoding failed
         // is decoded again when its batch is applied: nothing received is dropped unanswered.
         let prefix = self.bus.config().subject_prefix.clone();
+        let partition = self.target.partition;
         let spawn = |chunk: Vec<Delivered>| {
             let (projection, prefix) = (Arc::clone(&self.projection), prefix.clone());
-            tokio::task::spawn_blocking(move || decode(projection.as_ref(), &prefix, &chunk))
+            tokio::task::spawn_blocking(move || {
+                decode(projection.as_ref(), &prefix, partition, &chunk)
+            })
         };
         let mut msgs = Vec::with_capacity(max);
         let mut chunk = Vec::with_capacity(CHUNK.min(max));
@@ -485,6 +602,7 @@ impl<P: Projection> Runner<P> {
                 if emitted && let Err(e) = self.drain_outbox().await {
                     warn!(projection = name, error = %e, "outbox publish failed; will retry");
                 }
+                self.raise_base().await;
             }
             Err(failure) => self.recover(state, batch, failure).await,
         }
@@ -507,7 +625,7 @@ impl<P: Projection> Runner<P> {
         let name = self.name();
         match failure {
             Failure::Moved => {
-                if let Ok(seq) = store::ensure_checkpoint(&self.pool, name).await {
+                if let Ok(seq) = self.reread_checkpoint().await {
                     warn!(
                         projection = name,
                         checkpoint = seq.0,
@@ -648,9 +766,9 @@ impl<P: Projection> Runner<P> {
     {
         let name = self.name();
         let mut tx = crate::apply::begin(&self.pool, &self.target, name).await?;
-        if !store::advance(&mut tx, name, state.checkpoint, advance).await? {
+        if !store::advance(&mut tx, &self.target.key, state.checkpoint, advance).await? {
             drop(tx);
-            state.checkpoint = store::ensure_checkpoint(&self.pool, name).await?;
+            state.checkpoint = self.reread_checkpoint().await?;
             warn!(
                 projection = name,
                 checkpoint = state.checkpoint.0,
@@ -661,6 +779,7 @@ impl<P: Projection> Runner<P> {
         before_commit().await?;
         tx.commit().await?;
         state.checkpoint = advance.to;
+        self.raise_base().await;
         Ok(true)
     }
 

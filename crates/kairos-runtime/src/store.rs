@@ -75,6 +75,108 @@ pub(crate) async fn ensure_checkpoint(
     Ok(StreamSeq(to_u64(seq)))
 }
 
+/// A checkpoint `key` that, when it is new, starts where the checkpoint `base` is (a partition
+/// starts where its projection stood unpartitioned, or where a replay left it).
+pub(crate) async fn ensure_checkpoint_from(
+    pool: &PgPool,
+    key: &str,
+    base: &str,
+) -> Result<StreamSeq, sqlx::Error> {
+    ensure_checkpoint(pool, base).await?;
+    sqlx::query(
+        "INSERT INTO kairos.checkpoints (projection, last_seq)
+         SELECT $1, last_seq FROM kairos.checkpoints WHERE projection = $2
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(key)
+    .bind(base)
+    .execute(pool)
+    .await?;
+    ensure_checkpoint(pool, key).await
+}
+
+/// The partition checkpoints of `projection` (`<projection>/<k>of<n>`).
+pub(crate) async fn partition_keys(
+    pool: &PgPool,
+    projection: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT projection FROM kairos.checkpoints
+         WHERE starts_with(projection, $1 || '/') ORDER BY projection",
+    )
+    .bind(projection)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PartitionsError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Creates the checkpoints of all `count` partitions of `projection` at once, each where the
+/// projection stands, so that the lowest of them is always a true position. Refuses another
+/// count than the one the partitions were made with.
+pub(crate) async fn ensure_partitions(
+    pool: &PgPool,
+    projection: &str,
+    count: u32,
+) -> Result<(), PartitionsError> {
+    let suffix = format!("of{count}");
+    let other: Vec<String> = partition_keys(pool, projection)
+        .await?
+        .into_iter()
+        .filter(|k| !k.ends_with(&suffix))
+        .collect();
+    if let Some(k) = other.first() {
+        return Err(PartitionsError::Other(format!(
+            "{projection} is already partitioned otherwise (checkpoint {k}), not into {count}: \
+             to change the number of partitions, stop every runner of {projection}, run \
+             `kairos replay {projection}`, and start them with the new projections.partitions"
+        )));
+    }
+    ensure_checkpoint(pool, projection).await?;
+    let keys: Vec<String> = (0..count)
+        .map(|k| format!("{projection}/{k}of{count}"))
+        .collect();
+    sqlx::query(
+        "INSERT INTO kairos.checkpoints (projection, last_seq)
+         SELECT k, b.last_seq FROM unnest($1::text[]) AS k, kairos.checkpoints b
+         WHERE b.projection = $2
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&keys)
+    .bind(projection)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Raises the checkpoint of a partitioned `projection` to the lowest of its `count` partitions'
+/// (only up: two of these racing each other settle on the higher), and tells listeners.
+pub(crate) async fn raise_base(
+    pool: &PgPool,
+    projection: &str,
+    count: u32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE kairos.checkpoints b SET last_seq = m.low, updated_at = now()
+         FROM (SELECT min(last_seq) AS low, count(*) AS n FROM kairos.checkpoints
+               WHERE starts_with(projection, $1 || '/') AND right(projection, length($3)) = $3) m
+         WHERE b.projection = $1 AND m.n = $2 AND m.low > b.last_seq
+         RETURNING pg_notify('kairos_checkpoint', $1 || ':' || m.low) IS NULL",
+    )
+    .bind(projection)
+    .bind(i64::from(count))
+    .bind(format!("of{count}"))
+    .fetch_optional(pool)
+    .await?;
+    Ok(())
+}
+
 /// The key under which an event's identity is recorded: the first 16 bytes of its SHA-256
 /// ([`kairos_events::Event::identity`]) as a `uuid`, a fixed-width key half the size of the
 /// digest (a collision needs ~2^64 events).

@@ -52,6 +52,7 @@ mod commands;
 mod pages;
 mod reads;
 mod routes;
+mod scale;
 mod workflows;
 
 /// Bytes of each raw message: about one small CloudEvent.
@@ -122,6 +123,13 @@ pub struct BenchOptions {
     /// The series those samples are spread over.
     #[arg(long, default_value_t = 1000)]
     pub metric_series: usize,
+    /// LLM calls the budgets projection folds with 1, 2 and 3 `kairos consume` processes (0
+    /// skips the scale-out figures).
+    #[arg(long, default_value_t = 100_000)]
+    pub scale_out_events: usize,
+    /// Partitions of budgets those processes share.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub scale_out_partitions: u32,
 }
 
 /// The raw ceilings, in messages per second.
@@ -214,6 +222,10 @@ pub async fn run(settings: Settings, opts: BenchOptions) -> anyhow::Result<()> {
     if opts.metric_points > 0 {
         let figures = anomalies::figures(settings.clone(), &js, &opts).await?;
         anomalies::print(&figures);
+    }
+    if opts.scale_out_events > 0 {
+        let figures = scale::figures(settings.clone(), &js, &opts).await?;
+        scale::print(&figures);
     }
     if opts.history > 0 {
         let history = history_figures(settings, &js, &run_id, &opts).await?;

@@ -1,6 +1,9 @@
 //! The command line as a user meets it: bad configuration stops start-up naming the key, and
 //! `kairos publish` validates every line like the HTTP door, against a real NATS server.
 
+mod common;
+use common::unique_tag;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -31,15 +34,6 @@ fn kairos(args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().expect("kairos exits")
 }
 
-/// A suffix no other run uses, for stream names and subject prefixes.
-fn unique_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_nanos();
-    format!("{nanos:x}")
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -63,6 +57,12 @@ fn bad_configuration_stops_start_up_naming_the_key() {
             "database.max_connections",
         ),
         ("[unknown_section]\nx = 1\n", "unknown_section"),
+        ("[projections]\npartitions = 0\n", "projections.partitions"),
+        ("[projections]\npartitions = 65\n", "projections.partitions"),
+        (
+            "[projections]\npartitions = \"six\"\n",
+            "projections.partitions",
+        ),
         ("[anomalies]\nsave_every = 6000\n", "anomalies.save_every"),
         (
             "[anomalies]\nevict_idle_hours = 0\n",

@@ -4,6 +4,9 @@
 //! every batch that got no answer (and some that did), and the budget counts each call exactly
 //! once: nothing lost, nothing doubled.
 
+mod common;
+use common::unique_tag;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,14 +18,6 @@ const BATCH: usize = 200;
 const CLIENTS: usize = 4;
 /// Every call's cost; the spend is checked exactly against it.
 const COST: &str = "0.01";
-
-fn unique_tag() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_nanos();
-    format!("{nanos:x}")
-}
 
 fn serve(env: &[(String, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kairos"))

@@ -578,6 +578,13 @@ impl Projection for Budgets {
         }
     }
 
+    /// A project's limit, spend, crossings, reservations and priced usage come from its own
+    /// events and the catalog's; the catalog is kept per partition, and a price change re-prices
+    /// the partition's own usage only.
+    fn partitionable(&self) -> bool {
+        true
+    }
+
     fn snapshot_query(&self) -> Option<&'static str> {
         Some(
             "SELECT json_build_object(
@@ -588,7 +595,7 @@ impl Projection for Budgets {
                   FROM crossings c),
                  'reservations', (SELECT coalesce(json_agg(r), '[]') FROM reservations r),
                  'priced', (SELECT coalesce(json_agg(u), '[]') FROM priced u),
-                 'catalog', (SELECT row_to_json(c) FROM catalog c))",
+                 'catalog', (SELECT row_to_json(c) FROM catalog c WHERE c.part = ''))",
         )
     }
 
@@ -764,11 +771,16 @@ pub fn settled_event(closed: &ReservationClosed) -> Result<Event, kairos_events:
         .build()
 }
 
-/// Loads the catalog budgets priced by, as last folded.
+/// Loads the catalog budgets priced by, as last folded: by this partition when it runs
+/// partitioned, else (a partition that has folded no catalog change yet starts where the
+/// unpartitioned runner or the replay left it) the unpartitioned row.
 async fn load_catalog(tx: &mut PgConnection, ledger: &mut Ledger) -> Result<(), sqlx::Error> {
-    let row: Option<(i64, serde_json::Value)> = sqlx::query_as("SELECT seq, models FROM catalog")
-        .fetch_optional(&mut *tx)
-        .await?;
+    let row: Option<(i64, serde_json::Value)> = sqlx::query_as(
+        "SELECT seq, models FROM catalog WHERE part IN (kairos.partition(), '')
+         ORDER BY part DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     if let Some((seq, models)) = row {
         ledger.catalog =
             Arc::new(serde_json::from_value(models).map_err(|e| sqlx::Error::Decode(Box::new(e)))?);
@@ -790,7 +802,7 @@ async fn load_usage(
         "SELECT u.project, u.period, u.model, u.day, u.calls, u.input_tokens, u.output_tokens,
                 u.cost_nanos
          FROM priced u
-         WHERE u.model = ANY($5::text[])
+         WHERE (u.model = ANY($5::text[]) AND kairos.in_partition(u.project))
             OR (u.project, u.period, u.model, u.day) IN
                (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::date[]))",
     )
@@ -833,8 +845,8 @@ async fn save_usage(
         let models =
             serde_json::to_value(&*after.catalog).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         sqlx::query(
-            "INSERT INTO catalog (singleton, seq, models) VALUES (true, $1, $2)
-             ON CONFLICT (singleton) DO UPDATE SET seq = EXCLUDED.seq, models = EXCLUDED.models",
+            "INSERT INTO catalog (part, seq, models) VALUES (kairos.partition(), $1, $2)
+             ON CONFLICT (part) DO UPDATE SET seq = EXCLUDED.seq, models = EXCLUDED.models",
         )
         .bind(to_i64(after.catalog_seq))
         .bind(models)

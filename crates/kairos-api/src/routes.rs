@@ -64,15 +64,33 @@ async fn live() -> &'static str {
         (status = 503, description = "NATS or PostgreSQL does not answer", body = ErrorBody),
     ))]
 async fn ready(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    // Anyone may ask: the answer says ready or not, the reason goes to the log.
-    if let Err(e) = sqlx::query("SELECT 1").execute(&st.pool).await {
-        tracing::warn!(error = %e, "not ready: PostgreSQL");
+    // Anyone may ask: the answer says ready or not, the reason goes to the log. Each check has
+    // a short deadline: a server that does not answer is not ready, and a probe must not hang
+    // for the pool's or the request's timeout.
+    const CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+    match tokio::time::timeout(CHECK, sqlx::query("SELECT 1").execute(&st.pool)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: PostgreSQL");
+            return Err(ApiError::NotReady);
+        }
+        Err(_) => {
+            tracing::warn!("not ready: PostgreSQL did not answer within 2 s");
+            return Err(ApiError::NotReady);
+        }
+    }
+    if !st.bus.is_connected() {
+        tracing::warn!("not ready: disconnected from NATS");
         return Err(ApiError::NotReady);
     }
-    let last = match st.bus.last_seq().await {
-        Ok(l) => l,
-        Err(e) => {
+    let last = match tokio::time::timeout(CHECK, st.bus.last_seq()).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready: NATS");
+            return Err(ApiError::NotReady);
+        }
+        Err(_) => {
+            tracing::warn!("not ready: JetStream did not answer within 2 s");
             return Err(ApiError::NotReady);
         }
     };

@@ -599,6 +599,11 @@ impl Bus {
         &self.client
     }
 
+    /// Whether the connection to NATS is up now (the client reconnects on its own meanwhile).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }

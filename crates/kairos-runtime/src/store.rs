@@ -190,12 +190,19 @@ pub(crate) fn applied_key(identity: &[u8; 32]) -> uuid::Uuid {
 /// generation has its own, so switching generations moves it with a rename. A table of an
 /// earlier version (32-byte `bytea` identities) is converted in place.
 pub(crate) async fn ensure_applied_table(pool: &PgPool, schema: &str) -> Result<(), sqlx::Error> {
+    // Processes starting together (the members of a partitioned projection) must not create it
+    // at the same time: two `CREATE TABLE IF NOT EXISTS` racing fail on the catalog's keys.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("kairos.applied.{schema}"))
+        .execute(&mut *tx)
+        .await?;
     let ty: Option<String> = sqlx::query_scalar(
         "SELECT data_type::text FROM information_schema.columns
          WHERE table_schema = $1 AND table_name = 'kairos_applied' AND column_name = 'identity'",
     )
     .bind(schema)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     let table = format!("\"{}\".kairos_applied", schema.replace('"', "\"\""));
     let ddl = match ty.as_deref() {
@@ -216,11 +223,15 @@ pub(crate) async fn ensure_applied_table(pool: &PgPool, schema: &str) -> Result<
              END $convert$",
             literal = table.replace('\'', "''")
         ),
-        Some(_) => return ensure_applied_key(pool, schema).await,
+        Some(_) => {
+            tx.commit().await?;
+            return ensure_applied_key(pool, schema).await;
+        }
     };
     sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     ensure_applied_key(pool, schema).await
 }
 

@@ -158,7 +158,7 @@ async fn fold(
         ensure!(migrated.success(), "kairos migrate failed: {migrated}");
         let pool = db.pool(2).await?;
         let started = Instant::now();
-        let _children = Children(
+        let mut children = Children(
             (0..processes)
                 .map(|_| {
                     Command::new(&exe)
@@ -180,6 +180,12 @@ async fn fold(
             .await?;
             if at as u64 >= end {
                 break;
+            }
+            // A figure with a process fewer than it says would be false.
+            for c in &mut children.0 {
+                if let Some(status) = c.try_wait()? {
+                    anyhow::bail!("a `kairos consume budgets` process exited: {status}");
+                }
             }
             ensure!(
                 started.elapsed() < Duration::from_secs(600),

@@ -64,33 +64,19 @@ async fn live() -> &'static str {
         (status = 503, description = "NATS or PostgreSQL does not answer", body = ErrorBody),
     ))]
 async fn ready(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    // Anyone may ask: the answer says ready or not, the reason goes to the log. Each check has
-    // a short deadline: a server that does not answer is not ready, and a probe must not hang
-    // for the pool's or the request's timeout.
-    const CHECK: std::time::Duration = std::time::Duration::from_secs(2);
-    match tokio::time::timeout(CHECK, sqlx::query("SELECT 1").execute(&st.pool)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "not ready: PostgreSQL");
-            return Err(ApiError::NotReady);
-        }
-        Err(_) => {
-            tracing::warn!("not ready: PostgreSQL did not answer within 2 s");
-            return Err(ApiError::NotReady);
-        }
+    // Anyone may ask: the answer says ready or not, the reason goes to the log.
+    if let Err(why) = within_check(sqlx::query("SELECT 1").execute(&st.pool), "PostgreSQL").await {
+        tracing::warn!("not ready: {why}");
+        return Err(ApiError::NotReady);
     }
     if !st.bus.is_connected() {
         tracing::warn!("not ready: disconnected from NATS");
         return Err(ApiError::NotReady);
     }
-    let last = match tokio::time::timeout(CHECK, st.bus.last_seq()).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "not ready: NATS");
-            return Err(ApiError::NotReady);
-        }
-        Err(_) => {
-            tracing::warn!("not ready: JetStream did not answer within 2 s");
+    let last = match within_check(st.bus.last_seq(), "JetStream").await {
+        Ok(l) => l,
+        Err(why) => {
+            tracing::warn!("not ready: {why}");
             return Err(ApiError::NotReady);
         }
     };
@@ -496,6 +482,20 @@ async fn projections(State(st): State<AppState>) -> Result<Json<Value>, ApiError
     Ok(Json(
         json!({"stream_last_seq": last.0, "projections": items, "generations_being_rebuilt": generations}),
     ))
+}
+
+/// One readiness check, bounded: a server that does not answer within 2 s is not ready (a
+/// probe must not hang for the pool's or the request's timeout). The reason, for the log.
+async fn within_check<T, E: std::fmt::Display>(
+    check: impl std::future::Future<Output = Result<T, E>>,
+    what: &str,
+) -> Result<T, String> {
+    const CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+    match tokio::time::timeout(CHECK, check).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what} did not answer within 2 s")),
+    }
 }
 
 /// `GET /metrics`: Prometheus text format. What is true across processes (checkpoints, lag,

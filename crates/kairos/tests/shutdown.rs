@@ -5,19 +5,17 @@
 //! once: nothing lost, nothing doubled.
 
 mod common;
-use common::unique_tag;
+use common::{load_batch, load_budget_at, unique_tag};
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const BATCH: usize = 200;
 const CLIENTS: usize = 4;
-/// Every call's cost; the spend is checked exactly against it.
-const COST: &str = "0.01";
 
 fn serve(env: &[(String, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kairos"))
@@ -32,29 +30,13 @@ fn serve(env: &[(String, String)]) -> Child {
         .expect("kairos serve runs")
 }
 
-fn batch(n: usize) -> Value {
-    let events: Vec<Value> = (0..BATCH)
-        .map(|i| {
-            json!({
-                "specversion": "1.0", "id": format!("b{n}-{i}"), "source": "test/shutdown",
-                "type": "kairos.llm.call.completed.v1", "subject": "load",
-                "time": "2026-11-20T12:00:00Z",
-                "data": {"project": "load", "model": "gpt-4o", "provider": "openai",
-                         "input_tokens": 10, "output_tokens": 5, "cost": COST,
-                         "latency_ms": 100, "status": "ok"}
-            })
-        })
-        .collect();
-    Value::Array(events)
-}
-
 /// Posts batch `n`; the last sequence stored when it was acknowledged whole.
 async fn post(http: &reqwest::Client, url: &str, key: &str, n: usize) -> Option<u64> {
     let r = http
         .post(format!("{url}/v1/events"))
         .bearer_auth(key)
         .header("content-type", "application/cloudevents-batch+json")
-        .body(batch(n).to_string())
+        .body(load_batch("test/shutdown", n, BATCH).to_string())
         .send()
         .await
         .ok()?;
@@ -219,35 +201,7 @@ fn sigterm_under_load_loses_nothing_and_doubles_nothing() {
     });
     // The restarted projections catch up first (on a loaded machine that can take longer than
     // one read's wait): asked again until the budget has applied the last batch.
-    let budget: Value = rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            let r = http
-                .get(format!(
-                    "{url}/v1/projects/load/budget?period=2026-11&min_seq={last}"
-                ))
-                .bearer_auth(&key)
-                .send()
-                .await;
-            let answer = match r {
-                Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    assert!(
-                        status == 503 || status == 408,
-                        "the budget read answered {status}"
-                    );
-                    None
-                }
-                Err(_) => None,
-            };
-            if let Some(a) = answer {
-                break a;
-            }
-            assert!(Instant::now() < deadline, "budgets did not reach {last}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    let budget = rt.block_on(load_budget_at(&http, &url, &key, last));
     let batches = sent.len();
     let calls = batches * BATCH;
     assert_eq!(budget["calls"], calls, "every call once: {budget}");

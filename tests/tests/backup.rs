@@ -151,6 +151,20 @@ async fn history(app: &TestApp) -> u64 {
     app.kairos.bus.last_seq().await.expect("last seq").0
 }
 
+/// Kairos started on a restored stream and database, as on a first start, once every
+/// projection has rebuilt up to `last`.
+async fn start_restored(
+    pool: PgPool,
+    settings: kairos::configuration::Settings,
+    last: u64,
+) -> TestApp {
+    let app = spawn_app_at(pool, settings, true, kairos_events::Clock::system()).await;
+    for name in app.kairos.projection_names() {
+        app.wait_for(name, last).await;
+    }
+    app
+}
+
 async fn settle(app: &TestApp) -> u64 {
     // The threshold events budgets emits land, and are folded, too.
     let mut last = app.kairos.bus.last_seq().await.expect("last").0;
@@ -258,16 +272,7 @@ async fn a_restored_backup_rebuilds_every_projection_as_it_was(pool: PgPool) {
     let twice = backup::restore(&k, &dir).await.unwrap_err();
     assert!(format!("{twice:#}").contains("holds"), "{twice:#}");
 
-    let restored = spawn_app_at(
-        fresh.clone(),
-        restored_settings,
-        true,
-        kairos_events::Clock::system(),
-    )
-    .await;
-    for name in restored.kairos.projection_names() {
-        restored.wait_for(name, last).await;
-    }
+    let restored = start_restored(fresh.clone(), restored_settings, last).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = digests(&restored).await;
     for ((name, a), (_, b)) in before.iter().zip(&after) {
@@ -466,6 +471,101 @@ async fn a_changed_or_forged_backup_is_refused_and_nothing_is_restored(pool: PgP
         "{err:#}"
     );
     app.cleanup().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A stream whose oldest messages retention removed backs up from its first sequence, and is
+/// restored with its messages at those sequences: the next event follows the last, and the
+/// projections rebuilt from it start at the first message kept.
+#[sqlx::test(migrations = false)]
+async fn a_backup_that_starts_past_sequence_one_is_restored_at_its_sequences(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), kairos_tests::test_settings(), true).await;
+    let events: Vec<Value> = (0..20)
+        .map(|i| llm_call(&format!("c-{i}"), "alpha", "0.01"))
+        .collect();
+    app.ingest(&events).await;
+    let src = scratch("src");
+    let now: chrono::DateTime<chrono::Utc> = "2026-12-03T04:00:00Z".parse().expect("time");
+    let last = backup::backup(&app.kairos, &src, now)
+        .await
+        .expect("backup")
+        .last_seq;
+    let stored = messages(&app.kairos).await;
+    // The events stream denies purges; a backup of a stream that lost its first 8 messages to
+    // `max_age` is this one without its first 8 lines, starting at 9.
+    const GONE: usize = 8;
+    let dir = edited(&src, |m, lines| {
+        lines.drain(..GONE);
+        m["first_seq"] = json!(GONE + 1);
+        rehash(m, lines);
+    });
+    let kept = &stored[GONE..];
+    let calls_kept = kept
+        .iter()
+        .filter(|(_, _, p)| {
+            serde_json::from_slice::<Value>(p)
+                .is_ok_and(|e| e["type"] == "kairos.llm.call.completed.v1")
+        })
+        .count();
+    assert!(calls_kept > 0 && calls_kept < 20, "{calls_kept}");
+
+    let (db, url, fresh) = new_database(&pool).await;
+    let mut settings = kairos_tests::test_settings();
+    settings.database.url = url;
+    let k = Kairos::with_pool(settings.clone(), fresh.clone())
+        .await
+        .expect("Kairos");
+    let r = backup::restore(&k, &dir).await.expect("restore");
+    assert_eq!(
+        (r.first_seq, r.last_seq, r.messages),
+        (GONE as u64 + 1, last, last - GONE as u64)
+    );
+    let mut stream = k
+        .bus
+        .jetstream()
+        .get_stream(k.bus.stream_name())
+        .await
+        .expect("the stream");
+    let info = stream.info().await.expect("info").clone();
+    assert_eq!(
+        (info.state.first_sequence, info.state.last_sequence),
+        (GONE as u64 + 1, last)
+    );
+    // Opened to purges only to start there: closed again, as every events stream.
+    assert!(info.config.deny_purge && info.config.deny_delete);
+    assert_eq!(
+        messages(&k).await,
+        kept,
+        "the kept messages at their sequences"
+    );
+    drop(k);
+
+    let restored = start_restored(fresh.clone(), settings, last).await;
+    let (_, budget) = restored
+        .get("/v1/projects/alpha/budget?period=2026-11")
+        .await;
+    assert_eq!(
+        budget["calls"], calls_kept,
+        "the kept calls, once: {budget}"
+    );
+    // New events go on after the restored last one, with no gap.
+    let next = restored
+        .ingest(&[llm_call("c-after", "alpha", "0.01")])
+        .await;
+    assert!(next > last, "{next} after {last}");
+    let state = stream.info().await.expect("info").state.clone();
+    assert_eq!(state.first_sequence, GONE as u64 + 1);
+    assert_eq!(
+        state.messages,
+        state.last_sequence - GONE as u64,
+        "{state:?}"
+    );
+
+    restored.cleanup().await;
+    app.cleanup().await;
+    drop(fresh);
+    drop_database(&pool, &db).await;
+    let _ = std::fs::remove_dir_all(&src);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

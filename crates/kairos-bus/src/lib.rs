@@ -638,24 +638,14 @@ impl Bus {
     }
 
     /// As [`Bus::ensure_streams`]; a new events stream numbers its first message `first`
-    /// (a restore puts messages back at their sequences).
+    /// (a restore puts messages back at their sequences). nats-server before 2.10 ignores a
+    /// stream's `first_sequence`, so the empty stream is created open to purges, purged up to
+    /// `first` (which moves an empty stream's next sequence there) and then closed to purges.
     pub async fn ensure_streams_from(&self, first: Option<u64>) -> Result<(), BusError> {
-        let max_age = Duration::from_secs(self.config.max_age_days * 86_400);
-        let events = stream::Config {
-            name: self.config.stream.clone(),
-            subjects: vec![self.events_filter()],
-            storage: stream::StorageType::File,
-            retention: stream::RetentionPolicy::Limits,
-            discard: stream::DiscardPolicy::Old,
-            duplicate_window: Duration::from_secs(self.config.duplicate_window_secs),
-            max_age,
-            num_replicas: self.config.replicas,
-            deny_delete: true,
-            deny_purge: true,
-            allow_direct: true,
-            first_sequence: first,
-            ..Default::default()
-        };
+        let events = self.events_stream_config(first);
+        if let Some(first) = first.filter(|f| *f > 1) {
+            self.start_events_stream_at(events.clone(), first).await?;
+        }
         let dlq = stream::Config {
             name: self.dlq_stream_name(),
             subjects: vec![format!("{}.dlq.>", self.config.subject_prefix)],
@@ -673,6 +663,79 @@ impl Bus {
                     stream: name,
                     message: e.to_string(),
                 })?;
+        }
+        Ok(())
+    }
+
+    /// The events stream's settings (`first`: the sequence a new one starts at).
+    fn events_stream_config(&self, first: Option<u64>) -> stream::Config {
+        stream::Config {
+            name: self.config.stream.clone(),
+            subjects: vec![self.events_filter()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: Duration::from_secs(self.config.duplicate_window_secs),
+            max_age: Duration::from_secs(self.config.max_age_days * 86_400),
+            num_replicas: self.config.replicas,
+            deny_delete: true,
+            deny_purge: true,
+            allow_direct: true,
+            first_sequence: first,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the events stream (`config`, open to purges until it starts at `first`) empty
+    /// and numbering its next message `first` (see [`Bus::ensure_streams_from`]); refuses a
+    /// stream that holds messages.
+    async fn start_events_stream_at(
+        &self,
+        config: stream::Config,
+        first: u64,
+    ) -> Result<(), BusError> {
+        let name = self.config.stream.clone();
+        let fail = |message: String| BusError::Stream {
+            stream: name.clone(),
+            message,
+        };
+        let mut stream = self
+            .js
+            .create_stream(stream::Config {
+                deny_purge: false,
+                ..config
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .state
+            .clone();
+        if state.messages > 0 {
+            return Err(fail(format!(
+                "holds {} messages: a restore needs it empty",
+                state.messages
+            )));
+        }
+        if state.first_sequence != first {
+            stream
+                .purge()
+                .sequence(first)
+                .await
+                .map_err(|e| fail(format!("cannot start it at sequence {first}: {e}")))?;
+            let now = stream
+                .info()
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .state
+                .first_sequence;
+            if now != first {
+                return Err(fail(format!(
+                    "starts at sequence {now} after a purge up to {first}"
+                )));
+            }
         }
         Ok(())
     }

@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use kairos_events::{Event, EventError, ProjectId, parse_batch, parse_binary, parse_structured};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::auth::Guard::{AnyKey, Key, Public};
 use crate::auth::{AuditNote, Caller};
@@ -18,7 +18,7 @@ use crate::extract::{QueryParams, body_bytes, limit_param, media_type, time_para
 use crate::module::Publish;
 use crate::module::Routes;
 use crate::openapi::ErrorBody;
-use crate::roles::{Permission, Principal};
+use crate::roles::{Permission, Principal, Role};
 use crate::{ApiError, AppState, ReplayRefused};
 use utoipa_axum::routes;
 
@@ -60,10 +60,10 @@ async fn live() -> &'static str {
 /// `http.ready_max_lag` events behind (the reason when not goes to the log, not the caller).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
-        (status = 200, description = "Ready", body = Object),
+        (status = 200, description = "Ready", body = Ready),
         (status = 503, description = "NATS or PostgreSQL does not answer", body = ErrorBody),
     ))]
-async fn ready(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn ready(State(st): State<AppState>) -> Result<Json<Ready>, ApiError> {
     // Anyone may ask: the answer says ready or not, the reason goes to the log.
     if let Err(why) = within_check(sqlx::query("SELECT 1").execute(&st.pool), "PostgreSQL").await {
         tracing::warn!("not ready: {why}");
@@ -106,7 +106,14 @@ async fn ready(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
             }
         }
     }
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(Ready { status: "ready" }))
+}
+
+/// Ready for traffic.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Ready {
+    /// Always `ready` (not ready answers 503).
+    status: &'static str,
 }
 
 enum Mode {
@@ -123,7 +130,7 @@ enum Mode {
         (Object = "application/json"),
     )),
     responses(
-        (status = 202, description = "Stored: per-event outcomes, in request order", body = Object),
+        (status = 202, description = "Stored: per-event outcomes, in request order", body = Answer),
         (status = 400, description = "The request, or every event in it, was refused", body = ErrorBody),
         (status = 413, description = "The body is larger than http.body_limit_bytes", body = ErrorBody),
         (status = 409, description = "Every event reused the source and id of a stored event that says something else", body = ErrorBody),
@@ -361,31 +368,42 @@ fn same_event(first: &[u8], event: &Event) -> bool {
 }
 
 /// The answer to an ingest call: counts, and one outcome per event, in request order.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = IngestAnswer)]
 struct Answer<'a> {
+    /// Events stored now or before (duplicates included).
     accepted: u64,
+    /// Events refused, each with its error: send them again fixed.
     rejected: u64,
+    /// Events not stored because the stream did not answer: send them again as they are.
     failed: u64,
     results: Vec<Outcome<'a>>,
 }
 
 /// What became of one event of an ingest call (a struct, not a JSON map per event: a batch
 /// of 1,000 answers 1,000 of them).
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = IngestOutcome)]
 struct Outcome<'a> {
+    /// The event's place in the request, from 0.
     index: usize,
+    /// Its `id`, when it had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+    /// `accepted`, `rejected` or `failed`.
     status: &'static str,
+    /// Where it is stored (accepted events).
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
+    /// True when it had been stored before: the same source, id and content.
     #[serde(skip_serializing_if = "Option::is_none")]
     duplicate: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<OutcomeError>,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = IngestError)]
 struct OutcomeError {
     code: &'static str,
     message: String,
@@ -452,10 +470,10 @@ fn admit(st: &AppState, principal: &Principal, event: Event) -> Result<Event, Ev
 /// `GET /v1/projections`: each projection's checkpoint and lag behind the stream.
 #[utoipa::path(get, path = "/v1/projections", tag = "projections",
     responses(
-        (status = 200, description = "Each projection's checkpoint and lag", body = Object),
+        (status = 200, description = "Each projection's checkpoint and lag", body = ProjectionsAnswer),
         (status = 503, description = "The stream or the database does not answer", body = ErrorBody),
     ))]
-async fn projections(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn projections(State(st): State<AppState>) -> Result<Json<ProjectionsAnswer>, ApiError> {
     let last = st
         .bus
         .last_seq()
@@ -465,23 +483,60 @@ async fn projections(State(st): State<AppState>) -> Result<Json<Value>, ApiError
         .await?
         .into_iter()
         .partition(|c| c.projection.contains('@'));
-    let generations: Vec<Value> = generations
-        .into_iter()
-        .map(|c| json!({"key": c.projection, "last_seq": c.last_seq, "updated_at": c.updated_at}))
-        .collect();
-    let items: Vec<Value> = live
-        .into_iter()
-        .map(|c| {
-            json!({
-                "projection": c.projection, "last_seq": c.last_seq,
-                "lag": last.0.saturating_sub(c.last_seq), "events_applied": c.events_applied,
-                "duplicates": c.duplicates, "dead_lettered": c.dead_lettered, "updated_at": c.updated_at,
+    Ok(Json(ProjectionsAnswer {
+        stream_last_seq: last.0,
+        projections: live
+            .into_iter()
+            .map(|c| ProjectionState {
+                lag: last.0.saturating_sub(c.last_seq),
+                projection: c.projection,
+                last_seq: c.last_seq,
+                events_applied: c.events_applied,
+                duplicates: c.duplicates,
+                dead_lettered: c.dead_lettered,
+                updated_at: c.updated_at,
             })
-        })
-        .collect();
-    Ok(Json(
-        json!({"stream_last_seq": last.0, "projections": items, "generations_being_rebuilt": generations}),
-    ))
+            .collect(),
+        generations_being_rebuilt: generations
+            .into_iter()
+            .map(|c| GenerationState {
+                key: c.projection,
+                last_seq: c.last_seq,
+                updated_at: c.updated_at,
+            })
+            .collect(),
+    }))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ProjectionsAnswer {
+    /// The events stream's last sequence, read now.
+    stream_last_seq: u64,
+    projections: Vec<ProjectionState>,
+    /// Generations a replay is building (`name@next`), switched in when they catch up.
+    generations_being_rebuilt: Vec<GenerationState>,
+}
+
+/// A projection's checkpoint (a partitioned one's base: its lowest partition's).
+#[derive(Serialize, utoipa::ToSchema)]
+struct ProjectionState {
+    projection: String,
+    /// The last stream sequence applied.
+    last_seq: u64,
+    /// Events stored after `last_seq`.
+    lag: u64,
+    events_applied: u64,
+    /// Events recognised as already applied (the same identity again).
+    duplicates: u64,
+    dead_lettered: u64,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct GenerationState {
+    key: String,
+    last_seq: u64,
+    updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// One readiness check, bounded: a server that does not answer within 2 s is not ready (a
@@ -567,14 +622,14 @@ const MAX_SCAN: usize = 20_000;
         ("limit" = Option<u32>, Query, description = "1 to 1000 (100)"),
     ),
     responses(
-        (status = 200, description = "A page of the stream, oldest first", body = Object),
+        (status = 200, description = "A page of the stream, oldest first", body = EventsPage),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 503, description = "The stream does not answer", body = ErrorBody),
     ))]
 async fn list_events(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventsPage>, ApiError> {
     let from = time_param(q.from.as_deref(), "from")?;
     let to = time_param(q.to.as_deref(), "to")?;
     let after = q
@@ -631,13 +686,16 @@ async fn list_events(
                 redact_identity(e);
             }
             if matches {
-                let mut item = json!({"seq": m.seq.0, "stored_at": m.stored_at, "subject": m.subject, "event": event});
-                if item["event"].is_null() {
-                    item["raw"] = json!(String::from_utf8_lossy(
-                        &m.payload[..m.payload.len().min(4096)]
-                    ));
-                }
-                events.push(item);
+                let raw = event.is_none().then(|| {
+                    String::from_utf8_lossy(&m.payload[..m.payload.len().min(4096)]).into_owned()
+                });
+                events.push(StoredItem {
+                    seq: m.seq.0,
+                    stored_at: m.stored_at,
+                    subject: m.subject,
+                    event,
+                    raw,
+                });
             }
             if m.seq.0 >= last {
                 break;
@@ -648,9 +706,36 @@ async fn list_events(
             }
         }
     }
-    Ok(Json(
-        json!({"events": events, "next_after": next_after, "stream_last_seq": last}),
-    ))
+    Ok(Json(EventsPage {
+        events,
+        next_after,
+        stream_last_seq: last,
+    }))
+}
+
+/// A page of the stream.
+#[derive(Serialize, utoipa::ToSchema)]
+struct EventsPage {
+    events: Vec<StoredItem>,
+    /// The next page's `after`; `null` when the page reached the stream's end.
+    next_after: Option<u64>,
+    stream_last_seq: u64,
+}
+
+/// One stored message.
+#[derive(Serialize, utoipa::ToSchema)]
+struct StoredItem {
+    seq: u64,
+    /// When JetStream stored it.
+    stored_at: chrono::DateTime<chrono::Utc>,
+    subject: String,
+    /// The CloudEvent (identity events without their hashes); `null` when the message is no
+    /// JSON.
+    #[schema(value_type = Option<Object>)]
+    event: Option<Value>,
+    /// The message's first 4,096 bytes, when it is no JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<String>,
 }
 
 /// Takes the key and token hashes (and lookups) out of an identity event: listing the stream
@@ -670,18 +755,45 @@ fn redact_identity(event: &mut Value) {
 
 /// `GET /v1/me`: who the key belongs to.
 #[utoipa::path(get, path = "/v1/me", tag = "access",
-    responses((status = 200, description = "The key's member, role and permissions", body = Object)))]
-async fn me(Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, description = "The key's member, role and permissions", body = Me)))]
+async fn me(Extension(caller): Extension<Caller>) -> Result<Json<Me>, ApiError> {
     let p = caller.principal()?;
     let permissions: Vec<&str> = Permission::ALL
         .into_iter()
         .filter(|perm| p.can(*perm))
         .map(Permission::as_str)
         .collect();
-    Ok(Json(json!({
-        "member_id": p.member_id, "email": p.email, "role": p.role, "projects": p.projects,
-        "key_id": p.key_id, "permissions": permissions,
-    })))
+    Ok(Json(Me {
+        member_id: p.member_id.clone(),
+        email: p.email.clone(),
+        role: p.role,
+        projects: p.projects.clone(),
+        key_id: p.key_id.clone(),
+        permissions,
+    }))
+}
+
+/// Who a key belongs to, and what it may do.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Me {
+    member_id: String,
+    email: String,
+    role: Role,
+    /// The projects the role is narrowed to; `null`: every project.
+    projects: Option<Vec<String>>,
+    key_id: String,
+    /// Every permission the role grants.
+    permissions: Vec<&'static str>,
+}
+
+/// A rebuild started.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ReplayStarted {
+    projection: String,
+    /// The generation being built, as `GET /v1/projections` lists it.
+    generation: String,
+    /// Where to follow it.
+    progress: &'static str,
 }
 
 /// `POST /v1/projections/{name}/replay`: starts a rebuild in the background; follow it on
@@ -689,7 +801,7 @@ async fn me(Extension(caller): Extension<Caller>) -> Result<Json<Value>, ApiErro
 #[utoipa::path(post, path = "/v1/projections/{name}/replay", tag = "projections",
     params(("name" = String, Path, description = "The projection")),
     responses(
-        (status = 202, description = "Rebuilding in the background", body = Object),
+        (status = 202, description = "Rebuilding in the background", body = ReplayStarted),
         (status = 404, description = "No such projection", body = ErrorBody),
         (status = 409, description = "It is being rebuilt already", body = ErrorBody),
         (status = 503, description = "This process cannot rebuild projections", body = ErrorBody),
@@ -706,7 +818,11 @@ async fn replay(
     match replayer(&name) {
         Ok(()) => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"projection": name, "generation": format!("{name}@next"), "progress": "/v1/projections"})),
+            Json(ReplayStarted {
+                generation: format!("{name}@next"),
+                projection: name,
+                progress: "/v1/projections",
+            }),
         )
             .into_response()),
         Err(ReplayRefused::Unknown(m)) => Err(ApiError::NotFound(m)),

@@ -17,13 +17,13 @@ use kairos_events::types::{
     API_KEY_ISSUED, API_KEY_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
 };
 use kairos_runtime::{AggregateStore, AnyProjection};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
 use utoipa_axum::routes;
 
-use crate::commands::{self, CommandError, Ctx};
+use crate::commands::{self, CommandError, Ctx, Invitation};
 use crate::directory::Directory;
+use crate::views::{InvitationView, KeyView, MemberView};
 use crate::{Access, KeySecret, NAME};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -218,10 +218,62 @@ fn ctx<'a>(st: &'a AppState, api: &'a AccessApi) -> Ctx<'a> {
 
 /// A change, decided and stored, marked as recorded so the audit middleware does not add a
 /// second entry (its event carries the actor).
-fn answer(status: StatusCode, body: Value) -> Response {
+fn answer(status: StatusCode, body: impl Serialize) -> Response {
     let mut r = (status, Json(body)).into_response();
     r.extensions_mut().insert(Recorded);
     r
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct MembersAnswer {
+    /// Active members first, then by join time.
+    members: Vec<MemberView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct InvitationsAnswer {
+    invitations: Vec<InvitationView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct KeysAnswer {
+    api_keys: Vec<KeyView>,
+}
+
+/// A role change, stored.
+#[derive(Serialize, utoipa::ToSchema)]
+struct RoleSet {
+    member_id: String,
+    role: String,
+    /// The event's stream sequence, for `?min_seq=`.
+    seq: u64,
+}
+
+/// A member removed.
+#[derive(Serialize, utoipa::ToSchema)]
+struct MemberRemoved {
+    member_id: String,
+    removed: bool,
+    /// The event's stream sequence, for `?min_seq=`.
+    seq: u64,
+}
+
+/// A key revoked: refused from the next request on.
+#[derive(Serialize, utoipa::ToSchema)]
+struct KeyRevoked {
+    key_id: String,
+    revoked: bool,
+    /// The event's stream sequence, for `?min_seq=`.
+    seq: u64,
+}
+
+/// A new invitation and where to accept it: the token is in this answer only.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Invited {
+    #[serde(flatten)]
+    invitation: Invitation,
+    /// The path that accepts it: `POST` with `{"name"?}`.
+    accept: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,15 +284,15 @@ struct MembersQuery {
 /// `GET /v1/members?include_removed=true`
 #[utoipa::path(get, path = "/v1/members", tag = "access",
     params(("include_removed" = Option<bool>, Query), ("min_seq" = Option<u64>, Query, description = "Wait until the access projection applied this stream sequence")),
-    responses((status = 200, description = "Members", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
+    responses((status = 200, description = "Members", body = MembersAnswer), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
 async fn list_members(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<MembersQuery>,
     read: ReadAt,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MembersAnswer>, ApiError> {
     read.wait(&st, NAME).await?;
     let members = crate::members(&st.pool, q.include_removed.unwrap_or(false)).await?;
-    Ok(Json(json!({ "members": members })))
+    Ok(Json(MembersAnswer { members }))
 }
 
 /// An id from the path; what is not one is not echoed (it may be a key pasted by mistake).
@@ -261,7 +313,7 @@ struct RoleBody {
 #[utoipa::path(put, path = "/v1/members/{id}/role", tag = "access",
     params(("id" = String, Path, description = "The member id")),
     request_body(content = RoleBody, content_type = "application/json"),
-    responses((status = 200, description = "Stored", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+    responses((status = 200, description = "Stored", body = RoleSet), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
         (status = 404, description = "No active member with that id", body = ErrorBody),
         (status = 409, description = "It would leave no admin, or other writers kept changing access", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
@@ -283,7 +335,11 @@ async fn set_role(
     .await?;
     Ok(answer(
         StatusCode::OK,
-        json!({"member_id": id, "role": b.role, "seq": r.seq}),
+        RoleSet {
+            member_id: id,
+            role: b.role,
+            seq: r.seq,
+        },
     ))
 }
 
@@ -295,7 +351,7 @@ struct RemoveQuery {
 /// `DELETE /v1/members/{id}?reason=`
 #[utoipa::path(delete, path = "/v1/members/{id}", tag = "access",
     params(("id" = String, Path, description = "The member id"), ("reason" = Option<String>, Query)),
-    responses((status = 200, description = "Stored", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+    responses((status = 200, description = "Removed", body = MemberRemoved), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
         (status = 404, description = "No active member with that id", body = ErrorBody),
         (status = 409, description = "It would leave no admin, or other writers kept changing access", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
 async fn remove_member(
@@ -322,21 +378,25 @@ async fn remove_member(
     .await?;
     Ok(answer(
         StatusCode::OK,
-        json!({"member_id": id, "removed": true, "seq": r.seq}),
+        MemberRemoved {
+            member_id: id,
+            removed: true,
+            seq: r.seq,
+        },
     ))
 }
 
 /// `GET /v1/invitations` (never the tokens)
 #[utoipa::path(get, path = "/v1/invitations", tag = "access",
     params(("min_seq" = Option<u64>, Query, description = "Wait until the access projection applied this stream sequence")),
-    responses((status = 200, description = "Invitations, never their tokens", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
+    responses((status = 200, description = "Invitations, never their tokens", body = InvitationsAnswer), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
 async fn list_invitations(
     State(st): State<AppState>,
     read: ReadAt,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<InvitationsAnswer>, ApiError> {
     read.wait(&st, NAME).await?;
     let invitations = crate::invitations(&st.pool).await?;
-    Ok(Json(json!({ "invitations": invitations })))
+    Ok(Json(InvitationsAnswer { invitations }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -352,7 +412,7 @@ struct InviteBody {
 /// token is in this answer only.
 #[utoipa::path(post, path = "/v1/invitations", tag = "access",
     request_body(content = InviteBody, content_type = "application/json"),
-    responses((status = 201, description = "The invitation; its token is in this answer only", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+    responses((status = 201, description = "The invitation; its token is in this answer only", body = Invited), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
         (status = 409, description = "Already a member, or other writers kept changing access", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
 async fn invite(
@@ -382,9 +442,13 @@ async fn invite(
     )
     .await?;
     let accept = format!("/v1/invitations/{}/accept", inv.token);
-    let mut body = serde_json::to_value(&inv).unwrap_or_default();
-    body["accept"] = json!(accept);
-    Ok(answer(StatusCode::CREATED, body))
+    Ok(answer(
+        StatusCode::CREATED,
+        Invited {
+            invitation: inv,
+            accept,
+        },
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -397,7 +461,7 @@ struct AcceptBody {
 #[utoipa::path(post, path = "/v1/invitations/{token}/accept", tag = "access",
     params(("token" = String, Path, description = "The invitation's token")),
     request_body(content = AcceptBody, content_type = "application/json"),
-    responses((status = 201, description = "The new member and their first key, shown once", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+    responses((status = 201, description = "The new member and their first key, shown once", body = commands::Joined), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
         (status = 404, description = "Unknown token", body = ErrorBody),
         (status = 409, description = "Already a member", body = ErrorBody),
         (status = 410, description = "Accepted already, or expired", body = ErrorBody),
@@ -420,8 +484,7 @@ async fn accept(
         ));
     }
     let joined = commands::accept(ctx(&st, &access), &caller.origin(), &token, b.name).await?;
-    let body = serde_json::to_value(&joined).unwrap_or_default();
-    Ok(answer(StatusCode::CREATED, body))
+    Ok(answer(StatusCode::CREATED, joined))
 }
 
 #[derive(Debug, Deserialize)]
@@ -433,14 +496,14 @@ struct KeysQuery {
 /// `member_id=all`.
 #[utoipa::path(get, path = "/v1/api-keys", tag = "access",
     params(("member_id" = Option<String>, Query, description = "Another member's (admins), or all"), ("min_seq" = Option<u64>, Query)),
-    responses((status = 200, description = "Keys, never the keys themselves", body = Object),
+    responses((status = 200, description = "Keys, never the keys themselves", body = KeysAnswer),
         (status = 404, description = "member_id is no member id", body = ErrorBody), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
 async fn list_keys(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     QueryParams(q): QueryParams<KeysQuery>,
     read: ReadAt,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<KeysAnswer>, ApiError> {
     read.wait(&st, NAME).await?;
     let p = caller.principal()?;
     let member = q.member_id.as_deref().unwrap_or(&p.member_id);
@@ -455,7 +518,7 @@ async fn list_keys(
         m => Some(id_param(m, "member")?),
     };
     let keys = crate::keys(&st.pool, member.as_deref()).await?;
-    Ok(Json(json!({ "api_keys": keys })))
+    Ok(Json(KeysAnswer { api_keys: keys }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -469,7 +532,7 @@ struct IssueBody {
 /// `POST /v1/api-keys` with `{"name", "member_id"?, "expires_in_days"?}`: the key, shown once.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "access",
     request_body(content = IssueBody, content_type = "application/json"),
-    responses((status = 201, description = "The key, shown once", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+    responses((status = 201, description = "The key, shown once", body = commands::Issued), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
         (status = 404, description = "No active member with that id", body = ErrorBody),
         (status = 409, description = "Other writers kept changing access", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
@@ -509,14 +572,13 @@ async fn issue_key(
         expires,
     )
     .await?;
-    let body = serde_json::to_value(&issued).unwrap_or_default();
-    Ok(answer(StatusCode::CREATED, body))
+    Ok(answer(StatusCode::CREATED, issued))
 }
 
 /// `DELETE /v1/api-keys/{id}`: one's own key, or (admin) anyone's. Refused from the next request.
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "access",
     params(("id" = String, Path, description = "The key id")),
-    responses((status = 200, description = "Revoked", body = Object), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+    responses((status = 200, description = "Revoked", body = KeyRevoked), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
         (status = 404, description = "No such key (or another member's, for a non-admin)", body = ErrorBody),
         (status = 409, description = "Revoked already", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
 async fn revoke_key(
@@ -536,6 +598,10 @@ async fn revoke_key(
     let r = commands::revoke_key(ctx(&st, &access), &caller.origin(), &id).await?;
     Ok(answer(
         StatusCode::OK,
-        json!({"key_id": id, "revoked": true, "seq": r.seq}),
+        KeyRevoked {
+            key_id: id,
+            revoked: true,
+            seq: r.seq,
+        },
     ))
 }

@@ -66,14 +66,15 @@ fn invalid(field: &str, message: impl Into<String>) -> CommandError {
 
 /// Where a recorded change landed: read the access projection's tables with `?min_seq=` to
 /// see it there.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Recorded {
+    /// The event's stream sequence: `?min_seq=` reads wait until it is applied.
     pub seq: u64,
 }
 
 /// A new invitation: `token` is shown once and never stored.
 /// No `Debug`: it holds a secret.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, utoipa::ToSchema)]
 pub struct Invitation {
     pub invitation_id: String,
     pub token: String,
@@ -87,7 +88,7 @@ pub struct Invitation {
 
 /// A new member with their first key (shown once).
 /// No `Debug`: it holds a secret.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, utoipa::ToSchema)]
 pub struct Joined {
     pub member_id: String,
     pub email: String,
@@ -101,7 +102,7 @@ pub struct Joined {
 
 /// A new API key (shown once).
 /// No `Debug`: it holds a secret.
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, utoipa::ToSchema)]
 pub struct Issued {
     pub key_id: String,
     pub member_id: String,

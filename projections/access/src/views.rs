@@ -4,20 +4,25 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgExecutor, PgPool};
 
-#[derive(Debug, Clone, Serialize, FromRow)]
+/// A member (or a removed one).
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct MemberView {
     pub member_id: String,
     pub email: String,
     pub name: Option<String>,
+    /// `admin`, `developer` or `viewer`.
     pub role: String,
+    /// The projects the role is narrowed to; `null`: every project.
     pub projects: Option<Vec<String>>,
+    /// `active` or `removed`.
     pub status: String,
     pub joined_at: DateTime<Utc>,
     pub joined_by: String,
     pub removed_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize, FromRow)]
+/// An API key's record (never the key, never its hash).
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct KeyView {
     pub key_id: String,
     pub member_id: String,
@@ -28,7 +33,8 @@ pub struct KeyView {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Serialize, FromRow)]
+/// An invitation (never its token).
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct InvitationView {
     pub invitation_id: String,
     pub email: String,

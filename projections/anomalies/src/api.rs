@@ -17,8 +17,8 @@ use kairos_api::{
 use kairos_events::Emit;
 use kairos_events::types::{ALERT_ACKNOWLEDGED, ALERT_RAISED, ALERT_RESOLVED, BREAKER_CHANGED};
 use kairos_runtime::AnyProjection;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sqlx::migrate::Migrator;
 use utoipa_axum::routes;
 
@@ -407,7 +407,7 @@ struct AckBody {
     params(("id" = String, Path, description = "The alert's id")),
     request_body(content = AckBody, content_type = "application/json"),
     responses(
-        (status = 202, description = "The acknowledgement was appended: its seq, for min_seq", body = Object),
+        (status = 202, description = "The acknowledgement was appended: its seq, for min_seq", body = Acknowledged),
         (status = 400, description = "The body is malformed", body = ErrorBody),
         (status = 403, description = "Not an admin, or the role does not reach the alert's project", body = ErrorBody),
         (status = 404, description = "No such alert", body = ErrorBody),
@@ -419,7 +419,7 @@ async fn acknowledge(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<AckBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Acknowledged>), ApiError> {
     text_param(&id, "id", 700)?;
     if let Some(note) = &body.note
         && note.chars().count() > 1000
@@ -460,12 +460,22 @@ async fn acknowledge(
         .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "alert_id": id,
-            "seq": receipt.seq.0,
-            "duplicate": receipt.duplicate,
-        })),
+        Json(Acknowledged {
+            alert_id: id,
+            seq: receipt.seq.0,
+            duplicate: receipt.duplicate,
+        }),
     ))
+}
+
+/// An acknowledgement, appended.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Acknowledged {
+    alert_id: String,
+    /// The event's stream sequence, for `?min_seq=`.
+    seq: u64,
+    /// True when this acknowledgement was stored before (the same one sent again).
+    duplicate: bool,
 }
 
 #[derive(Debug, Deserialize)]

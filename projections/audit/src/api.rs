@@ -15,8 +15,8 @@ use kairos_api::{
     Permission, Routes,
 };
 use kairos_runtime::AnyProjection;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::migrate::Migrator;
 use utoipa_axum::routes;
 
@@ -133,7 +133,7 @@ impl AuditQuery {
         ("min_seq" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "RFC 3339"),
     ),
     responses(
-        (status = 200, description = "Entries, newest first", body = Object),
+        (status = 200, description = "Entries, newest first", body = AuditPage),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
     ))]
@@ -141,15 +141,42 @@ async fn list_audit(
     State(st): State<AppState>,
     read: ReadAt,
     QueryParams(q): QueryParams<AuditQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let limit = limit_param(q.limit.as_deref())?;
     let filter = q.filter(&st, &read).await?;
     let entries = crate::query(&st.pool, &filter, limit as i64, false).await?;
-    let next = (entries.len() == limit)
+    let next_cursor = (entries.len() == limit)
         .then(|| entries.last().map(|e| e.entry.seq))
         .flatten();
     let entries: Vec<Value> = entries.iter().map(crate::StoredEntry::to_json).collect();
-    Ok(Json(json!({"entries": entries, "next_cursor": next})))
+    Ok(Json(AuditPage {
+        entries,
+        next_cursor,
+    }))
+}
+
+/// A page of audit entries, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+struct AuditPage {
+    /// Each entry with its chain hash (docs/audit-log.md lists the fields).
+    #[schema(value_type = Vec<Object>)]
+    entries: Vec<Value>,
+    /// The next page's `cursor`; `null` on the last page.
+    next_cursor: Option<u64>,
+}
+
+/// What the chain check found.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ChainVerified {
+    /// True when every entry chains to the one before it.
+    ok: bool,
+    /// Entries checked.
+    entries: u64,
+    /// The first entry that breaks the chain, if any.
+    first_bad: Option<crate::Finding>,
+    /// What was compared: `chain` (the table alone; `kairos audit verify` also compares the
+    /// stream).
+    checked: &'static str,
 }
 
 /// `GET /v1/audit/export?from=&to=&format=jsonl|csv` (and the list filters): every matching entry,
@@ -238,18 +265,18 @@ async fn export_audit(
 /// verify` also compares the table with the stream, which catches a tail cut off too.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
     responses(
-        (status = 200, description = "Whether the chain holds, how many entries it covers, and the first entry that breaks it", body = Object),
+        (status = 200, description = "Whether the chain holds, how many entries it covers, and the first entry that breaks it", body = ChainVerified),
         (status = 503, description = "The audit store is unavailable", body = ErrorBody),
     ))]
-async fn verify_audit(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn verify_audit(State(st): State<AppState>) -> Result<Json<ChainVerified>, ApiError> {
     let v = crate::verify_chain(&st.pool).await.map_err(|e| match e {
         crate::VerifyError::Database(e) => ApiError::Database(e),
         other => ApiError::StreamUnavailable(other.to_string()),
     })?;
-    Ok(Json(json!({
-        "ok": v.first_bad.is_none(),
-        "entries": v.entries,
-        "first_bad": v.first_bad,
-        "checked": "chain",
-    })))
+    Ok(Json(ChainVerified {
+        ok: v.first_bad.is_none(),
+        entries: v.entries,
+        first_bad: v.first_bad,
+        checked: "chain",
+    }))
 }

@@ -347,7 +347,7 @@ fn row_to_entry(r: &sqlx::postgres::PgRow) -> Result<StoredEntry, sqlx::Error> {
 }
 
 /// What is wrong with an entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Problem {
     /// Its content no longer matches its own hash.
@@ -364,7 +364,7 @@ pub enum Problem {
 }
 
 /// The first bad entry, or none.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Finding {
     pub seq: u64,
     pub problem: Problem,

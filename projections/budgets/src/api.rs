@@ -23,7 +23,7 @@ use kairos_events::types::{
 };
 use kairos_events::{Emit, Event, Money, Period, ProjectId};
 use kairos_runtime::{Aggregate, AggregateStore, AnyProjection, Decision, StoredEvent};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
@@ -385,7 +385,7 @@ async fn ledger_as_of(
         ("after" = Option<String>, Query, description = "The previous page's next_after"),
     ),
     responses(
-        (status = 200, description = "A page of budgets, by project id", body = Object),
+        (status = 200, description = "A page of budgets, by project id", body = BudgetsPage),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
     ))]
@@ -395,7 +395,7 @@ async fn list_budgets(
     Extension(caller): Extension<Caller>,
     read: ReadAt,
     QueryParams(q): QueryParams<BudgetQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BudgetsPage>, ApiError> {
     let principal = caller.principal()?;
     let limit = limit_param(q.limit.as_deref())?;
     if let Some(after) = &q.after {
@@ -417,21 +417,58 @@ async fn list_budgets(
             .filter(|b| principal.reaches(b.project.as_str()))
             .take(limit)
             .collect();
-        let next = next_after(&items);
-        return Ok(Json(json!({
-            "period": period, "as_of": read.as_of_raw, "as_of_seq": seq,
-            "budgets": items, "next_after": next,
-        })));
+        let next_after = next_after(&items);
+        return Ok(Json(BudgetsPage {
+            period,
+            as_of: read.as_of_raw,
+            as_of_seq: Some(seq),
+            budgets: items,
+            next_after,
+        }));
     }
     let period = q.period(st.clock.now(), &budgets.tz)?;
     read.wait(&st, NAME).await?;
     // A role narrowed to projects sees only those.
     let only = principal.projects.as_deref();
     let items = crate::list(&st.pool, period, q.after.as_deref(), limit as i64, only).await?;
-    let next = next_after(&items);
-    Ok(Json(
-        json!({"period": period, "budgets": items, "next_after": next}),
-    ))
+    let next_after = next_after(&items);
+    Ok(Json(BudgetsPage {
+        period,
+        as_of: None,
+        as_of_seq: None,
+        budgets: items,
+        next_after,
+    }))
+}
+
+/// A page of budgets of one month.
+#[derive(Serialize, utoipa::ToSchema)]
+struct BudgetsPage {
+    /// The month, `YYYY-MM`, in the budgets' time zone.
+    #[schema(value_type = String, example = "2026-11")]
+    period: Period,
+    /// The instant asked for with `?as_of=` (only then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_of: Option<String>,
+    /// The last stream sequence stored at that instant (only with `?as_of=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_of_seq: Option<u64>,
+    budgets: Vec<BudgetView>,
+    /// The next page's `after`; `null` on the last page.
+    next_after: Option<String>,
+}
+
+/// A budget change, stored.
+#[derive(Serialize, utoipa::ToSchema)]
+struct BudgetStored {
+    project: String,
+    event_id: String,
+    /// The event's stream sequence, for `?min_seq=`.
+    seq: u64,
+    /// The budget's new version, for `If-Match`.
+    version: u64,
+    /// Where to read it back once applied.
+    budget: String,
 }
 
 /// A budget: what `PUT /v1/projects/{project}/budget` takes.
@@ -570,7 +607,7 @@ impl BudgetCommands {
     ),
     request_body(content = BudgetBody, content_type = "application/json"),
     responses(
-        (status = 202, description = "Stored: read it back with ?min_seq=seq", body = Object),
+        (status = 202, description = "Stored: read it back with ?min_seq=seq", body = BudgetStored),
         (status = 400, description = "The body or a header is malformed", body = ErrorBody),
         (status = 409, description = "If-Match names another version, or other writers kept changing it", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
@@ -627,13 +664,13 @@ async fn put_budget(
         })
         .await?;
     let seq = done.seq.map_or(0, |s| s.0);
-    let body = json!({
-        "project": project.as_str(),
-        "event_id": event.id(),
-        "seq": seq,
-        "version": seq,
-        "budget": format!("/v1/projects/{project}/budget?min_seq={seq}"),
-    });
+    let body = BudgetStored {
+        project: project.as_str().to_owned(),
+        event_id: event.id().to_owned(),
+        seq,
+        version: seq,
+        budget: format!("/v1/projects/{project}/budget?min_seq={seq}"),
+    };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     // The budget.set event carries the actor: it is this write's audit entry.
     response.extensions_mut().insert(Recorded);

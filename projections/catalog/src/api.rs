@@ -14,7 +14,7 @@ use kairos_api::{
 };
 use kairos_events::types::{CATALOG_CHANGED, CatalogChanged, ModelSpec};
 use kairos_runtime::{AggregateStore, AnyProjection, Decision};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::migrate::Migrator;
 use utoipa_axum::routes;
@@ -243,7 +243,7 @@ struct CatalogBody {
     ),
     request_body(content = CatalogBody, content_type = "application/json"),
     responses(
-        (status = 202, description = "Stored: the new version", body = Object),
+        (status = 202, description = "Stored: the new version", body = CatalogStored),
         (status = 400, description = "The body or a header is malformed, or the catalog is invalid (the field is named)", body = ErrorBody),
         (status = 409, description = "If-Match names another version, or other writers kept changing it", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
@@ -279,7 +279,12 @@ async fn put_catalog(
     let seq = done.seq.map_or(0, |s| s.0);
     let mut response = (
         StatusCode::ACCEPTED,
-        Json(json!({"version": seq, "seq": seq, "event_id": event.id(), "models": change.models.len()})),
+        Json(CatalogStored {
+            version: seq,
+            seq,
+            event_id: event.id().to_owned(),
+            models: change.models.len(),
+        }),
     )
         .into_response();
     // The change carries the actor: it is this write's audit entry.
@@ -293,22 +298,57 @@ async fn put_catalog(
         ("min_seq" = Option<u64>, Query, description = "Wait until the catalog projection applied this stream sequence"),
     ),
     responses(
-        (status = 200, description = "The versions, newest first (at most 1000)", body = Object),
+        (status = 200, description = "The versions, newest first (at most 1000)", body = CatalogVersions),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
     ))]
-async fn list_versions(State(st): State<AppState>, read: ReadAt) -> Result<Json<Value>, ApiError> {
+async fn list_versions(
+    State(st): State<AppState>,
+    read: ReadAt,
+) -> Result<Json<CatalogVersions>, ApiError> {
     read.wait(&st, NAME).await?;
     let rows: Vec<(i64, chrono::DateTime<chrono::Utc>, Option<String>, Value)> = sqlx::query_as(
         "SELECT seq, changed_at, actor, models FROM catalog.versions ORDER BY seq DESC LIMIT 1000",
     )
     .fetch_all(&st.pool)
     .await?;
-    let versions: Vec<Value> = rows
+    let versions = rows
         .into_iter()
-        .map(|(seq, at, actor, models)| {
-            json!({"version": seq, "changed_at": at, "actor": actor, "models": models})
+        .map(|(version, changed_at, actor, models)| CatalogVersion {
+            version,
+            changed_at,
+            actor,
+            models,
         })
         .collect();
-    Ok(Json(json!({ "versions": versions })))
+    Ok(Json(CatalogVersions { versions }))
+}
+
+/// A catalog change, stored.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CatalogStored {
+    /// The new version: its event's stream sequence.
+    version: u64,
+    /// The same sequence, for `?min_seq=`.
+    seq: u64,
+    event_id: String,
+    /// How many models the new catalog has.
+    models: usize,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct CatalogVersions {
+    versions: Vec<CatalogVersion>,
+}
+
+/// One version of the catalog, as it was set.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CatalogVersion {
+    version: i64,
+    changed_at: chrono::DateTime<chrono::Utc>,
+    /// Who set it (`null`: kairos.toml at start-up).
+    actor: Option<String>,
+    /// Every model of that version, as `GET /v1/catalog` lists them.
+    #[schema(value_type = Vec<Object>)]
+    models: Value,
 }

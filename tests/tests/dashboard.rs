@@ -671,3 +671,137 @@ async fn forms_need_their_token_and_a_revoked_key_ends_the_session(pool: PgPool)
     );
     app.cleanup().await;
 }
+
+/// A dashboard session for `key`, signed in through the form without a browser: the cookie to
+/// send.
+async fn session_for(app: &TestApp, http: &reqwest::Client, key: &str) -> String {
+    let form = http
+        .get(format!("{}/sign-in", app.url))
+        .send()
+        .await
+        .expect("form");
+    let token = form.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .and_then(|c| c.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .expect("token");
+    let r = http
+        .post(format!("{}/sign-in", app.url))
+        .header("cookie", format!("kairos_sign_in={token}"))
+        .form(&[("csrf", token.as_str()), ("key", key)])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 303, "signed in");
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("kairos_session="))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned()
+}
+
+/// The page's HTML, in `session`.
+async fn page_html(app: &TestApp, http: &reqwest::Client, session: &str, path: &str) -> String {
+    let r = http
+        .get(format!("{}{path}", app.url))
+        .header("cookie", session)
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(r.status().as_u16(), 200, "{path}");
+    r.text().await.expect("html")
+}
+
+#[sqlx::test]
+async fn analytics_charts_show_the_costliest_models_and_sum_the_rest(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    // Eight models: the costliest sorts last by name, the cheapest first.
+    let models = [
+        ("aa-cheap", "0.01"),
+        ("bb-cheap", "0.02"),
+        ("cc-mid", "0.10"),
+        ("dd-mid", "0.20"),
+        ("ee-mid", "0.30"),
+        ("ff-mid", "0.40"),
+        ("yy-dear", "2.00"),
+        ("zz-dearest", "5.00"),
+    ];
+    let mut events = Vec::new();
+    for (k, (model, cost)) in models.iter().enumerate() {
+        for i in 0..3 {
+            let mut e = llm_call(&format!("m{k}-{i}"), "shop", cost);
+            let at = chrono::DateTime::parse_from_rfc3339(kairos_tests::FIXTURE_NOW).expect("time")
+                - chrono::Duration::minutes(20 * i64::from(i + 1));
+            e["time"] = json!(at.to_rfc3339());
+            e["data"]["model"] = json!(model);
+            events.push(e);
+        }
+    }
+    let seq = app.ingest(&events).await;
+    app.wait_for("analytics", seq).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let session = session_for(&app, &http, &app.admin_key).await;
+    let html = page_html(&app, &http, &session, "/analytics?range=24h&bucket=hour").await;
+    let cost_chart = html
+        .split("aria-label=\"")
+        .find(|s| s.starts_with("Cost per bucket"))
+        .and_then(|s| s.split('"').next())
+        .expect("the cost chart's label");
+    // Five lines by cost, then one for the three cheapest.
+    for shown in ["zz-dearest", "yy-dear", "ff-mid", "ee-mid", "dd-mid"] {
+        assert!(cost_chart.contains(shown), "{shown} in {cost_chart}");
+    }
+    assert!(cost_chart.contains("3 other models"), "{cost_chart}");
+    for folded in ["aa-cheap", "bb-cheap", "cc-mid"] {
+        assert!(!cost_chart.contains(folded), "{folded} in {cost_chart}");
+    }
+    let latency_chart = html
+        .split("aria-label=\"")
+        .find(|s| s.starts_with("Latency p95"))
+        .and_then(|s| s.split('"').next())
+        .expect("the latency chart's label");
+    assert!(
+        latency_chart.starts_with("Latency p95: zz-dearest · shop, yy-dear · shop"),
+        "{latency_chart}"
+    );
+    app.cleanup().await;
+}
+
+#[sqlx::test]
+async fn the_team_page_shows_why_members_are_not_shown(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let (_, viewer_key) = member(&app, "viewer@example.com", "viewer").await;
+    let viewer = session_for(&app, &http, &viewer_key).await;
+    let html = page_html(&app, &http, &viewer, "/team").await;
+    assert!(
+        html.contains("Only admins see the team"),
+        "a viewer is told why"
+    );
+    // An admin whose read fails sees the failure, not the viewer's explanation.
+    let admin = session_for(&app, &http, &app.admin_key).await;
+    sqlx::query("ALTER TABLE access.members RENAME TO members_away")
+        .execute(&app.kairos.pool)
+        .await
+        .expect("rename");
+    let html = page_html(&app, &http, &admin, "/team").await;
+    sqlx::query("ALTER TABLE access.members_away RENAME TO members")
+        .execute(&app.kairos.pool)
+        .await
+        .expect("rename back");
+    assert!(html.contains("Not available: "), "the failure is shown");
+    assert!(!html.contains("Only admins see"), "not the viewer's note");
+    app.cleanup().await;
+}

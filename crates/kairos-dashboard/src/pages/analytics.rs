@@ -16,6 +16,9 @@ use crate::call::query;
 use crate::chart::{self, Line};
 use crate::view::{self, number, svg, text, usd, when};
 
+/// Lines a chart draws at most (the last one sums the models not shown).
+const MAX_LINES: usize = 6;
+
 /// The ranges the picker offers: value, label, length.
 const RANGES: [(&str, &str, i64); 5] = [
     ("1h", "last hour", 1),
@@ -77,8 +80,36 @@ pub async fn page(
         .and_then(|a| a["items"].as_array())
         .map(|a| a.iter().collect())
         .unwrap_or_default();
-    // Counts add up across projects; percentiles do not, so latency lines are per model and
-    // project.
+    // The charts show the models that cost most (then the busiest): the first five, and the
+    // rest summed as one line, so a costly model is never left out for its name.
+    let mut totals: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for i in &items {
+        let t = totals.entry(text(&i["model"])).or_default();
+        t.0 += number(&i["cost"]).unwrap_or(0.0);
+        t.1 += number(&i["calls"]).unwrap_or(0.0);
+    }
+    let mut ranked: Vec<(String, (f64, f64))> = totals.into_iter().collect();
+    ranked.sort_by(|a, b| {
+        b.1.0
+            .total_cmp(&a.1.0)
+            .then(b.1.1.total_cmp(&a.1.1))
+            .then(a.0.cmp(&b.0))
+    });
+    let ranked: Vec<String> = ranked.into_iter().map(|(m, _)| m).collect();
+    let shown = if ranked.len() > MAX_LINES {
+        MAX_LINES - 1
+    } else {
+        ranked.len()
+    };
+    let other = format!("{} other models", ranked.len() - shown);
+    let line_of = |model: &str| -> String {
+        match ranked.iter().position(|m| m == model) {
+            Some(k) if k < shown => model.to_owned(),
+            _ => other.clone(),
+        }
+    };
+    // Counts add up across projects and models; percentiles do not, so latency lines are per
+    // model and project.
     let sum_by_model = |f: &dyn Fn(&Value) -> f64| -> Vec<Line> {
         let mut m: BTreeMap<String, BTreeMap<DateTime<Utc>, f64>> = BTreeMap::new();
         for i in &items {
@@ -88,16 +119,18 @@ pub async fn page(
             else {
                 continue;
             };
-            *m.entry(text(&i["model"]))
+            *m.entry(line_of(&text(&i["model"])))
                 .or_default()
                 .entry(t)
                 .or_default() += f(i);
         }
-        m.into_iter()
-            .take(6)
-            .map(|(name, pts)| Line {
-                name,
-                points: pts.into_iter().collect(),
+        let order = ranked[..shown].iter().chain(std::iter::once(&other));
+        order
+            .filter_map(|name| {
+                m.remove(name).map(|pts| Line {
+                    name: name.clone(),
+                    points: pts.into_iter().collect(),
+                })
             })
             .collect()
     };
@@ -120,23 +153,34 @@ pub async fn page(
                 .collect(),
         })
         .collect();
-    let mut lat: BTreeMap<String, Vec<(DateTime<Utc>, f64)>> = BTreeMap::new();
+    // Latency lines of the models shown, the busiest (model, project) first within a model.
+    // (model rank, line name) -> (calls, points)
+    type Points = Vec<(DateTime<Utc>, f64)>;
+    let mut lat: BTreeMap<(usize, String), (f64, Points)> = BTreeMap::new();
     for i in &items {
+        let model = text(&i["model"]);
+        let Some(rank) = ranked[..shown].iter().position(|m| *m == model) else {
+            continue;
+        };
         if let (Some(t), Some(p95)) = (
             i["start"]
                 .as_str()
                 .and_then(|t| t.parse::<DateTime<Utc>>().ok()),
             number(&i["latency_ms"]["p95"]),
         ) {
-            lat.entry(format!("{} · {}", text(&i["model"]), text(&i["project"])))
-                .or_default()
-                .push((t, p95));
+            let line = lat
+                .entry((rank, format!("{model} · {}", text(&i["project"]))))
+                .or_default();
+            line.0 += number(&i["calls"]).unwrap_or(0.0);
+            line.1.push((t, p95));
         }
     }
+    let mut lat: Vec<_> = lat.into_iter().collect();
+    lat.sort_by(|a, b| a.0.0.cmp(&b.0.0).then(b.1.0.total_cmp(&a.1.0)));
     let latency: Vec<Line> = lat
         .into_iter()
-        .take(6)
-        .map(|(name, mut points)| {
+        .take(MAX_LINES)
+        .map(|((_, name), (_, mut points))| {
             points.sort_by_key(|p| p.0);
             Line { name, points }
         })

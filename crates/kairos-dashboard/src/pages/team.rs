@@ -114,22 +114,27 @@ pub(crate) async fn render(d: &Dashboard, s: &Signed, notice: Option<Notice>) ->
                             }
                         }
                     },
-                    Err(_) => p { "Only admins see the team's members." },
+                    // A failure is shown as it is; only a role without the permission gets
+                    // the explanation instead.
+                    Err(reason) => @if admin { (reason) } @else { p { "Only admins see the team's members." } },
                 }
             }
         }
         section aria-labelledby="inv-h" {
             h2 id="inv-h" { "Invitations" }
             div id="invitations" data-live {
-                @if let Ok(i) = &invitations {
-                    @let list = i["invitations"].as_array().cloned().unwrap_or_default();
-                    @if list.is_empty() { p { "No open invitation." } }
-                    @else {
-                        table {
-                            thead { tr { th scope="col" { "E-mail" } th scope="col" { "Role" } th scope="col" { "Projects" } th scope="col" { "Expires" } } }
-                            tbody { @for x in &list { tr { td { (text(&x["email"])) } td { (text(&x["role"])) } td { (projects_text(&x["projects"])) } td { (when(&x["expires_at"])) } } } }
+                @match or_reason(&invitations) {
+                    Ok(i) => {
+                        @let list = i["invitations"].as_array().cloned().unwrap_or_default();
+                        @if list.is_empty() { p { "No open invitation." } }
+                        @else {
+                            table {
+                                thead { tr { th scope="col" { "E-mail" } th scope="col" { "Role" } th scope="col" { "Projects" } th scope="col" { "Expires" } } }
+                                tbody { @for x in &list { tr { td { (text(&x["email"])) } td { (text(&x["role"])) } td { (projects_text(&x["projects"])) } td { (when(&x["expires_at"])) } } } }
+                            }
                         }
-                    }
+                    },
+                    Err(reason) => @if admin { (reason) },
                 }
             }
             form.row method="post" action="/team/invite" {

@@ -672,22 +672,35 @@ async fn forms_need_their_token_and_a_revoked_key_ends_the_session(pool: PgPool)
     app.cleanup().await;
 }
 
-/// A dashboard session for `key`, signed in through the form without a browser: the cookie to
-/// send.
-async fn session_for(app: &TestApp, http: &reqwest::Client, key: &str) -> String {
+/// An HTTP client that shows redirects rather than following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// The sign-in form's token (also its cookie's value).
+async fn sign_in_token(app: &TestApp, http: &reqwest::Client) -> String {
     let form = http
         .get(format!("{}/sign-in", app.url))
         .send()
         .await
         .expect("form");
-    let token = form.headers()["set-cookie"]
+    form.headers()["set-cookie"]
         .to_str()
         .expect("cookie")
         .split(';')
         .next()
         .and_then(|c| c.split_once('='))
         .map(|(_, v)| v.to_owned())
-        .expect("token");
+        .expect("token")
+}
+
+/// A dashboard session for `key`, signed in through the form without a browser: the cookie to
+/// send.
+async fn session_for(app: &TestApp, http: &reqwest::Client, key: &str) -> String {
+    let token = sign_in_token(app, http).await;
     let r = http
         .post(format!("{}/sign-in", app.url))
         .header("cookie", format!("kairos_sign_in={token}"))
@@ -745,10 +758,7 @@ async fn analytics_charts_show_the_costliest_models_and_sum_the_rest(pool: PgPoo
     }
     let seq = app.ingest(&events).await;
     app.wait_for("analytics", seq).await;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let http = no_redirects();
     let session = session_for(&app, &http, &app.admin_key).await;
     let html = page_html(&app, &http, &session, "/analytics?range=24h&bucket=hour").await;
     let cost_chart = html
@@ -779,10 +789,7 @@ async fn analytics_charts_show_the_costliest_models_and_sum_the_rest(pool: PgPoo
 #[sqlx::test]
 async fn the_team_page_shows_why_members_are_not_shown(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let http = no_redirects();
     let (_, viewer_key) = member(&app, "viewer@example.com", "viewer").await;
     let viewer = session_for(&app, &http, &viewer_key).await;
     let html = page_html(&app, &http, &viewer, "/team").await;
@@ -803,5 +810,72 @@ async fn the_team_page_shows_why_members_are_not_shown(pool: PgPool) {
         .expect("rename back");
     assert!(html.contains("Not available: "), "the failure is shown");
     assert!(!html.contains("Only admins see"), "not the viewer's note");
+    app.cleanup().await;
+}
+
+#[sqlx::test]
+async fn signing_in_and_out_are_in_the_audit_log(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let http = no_redirects();
+    let (_, key) = member(&app, "kim@example.com", "developer").await;
+    let session = session_for(&app, &http, &key).await;
+    let html = page_html(&app, &http, &session, "/team").await;
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the session's form token")
+        .to_owned();
+    let r = http
+        .post(format!("{}/sign-out", app.url))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 303);
+    // A sign-in with a key that is not valid is recorded too, without the key.
+    let token = sign_in_token(&app, &http).await;
+    let bogus = format!("kairos_{}", "0".repeat(64));
+    let r = http
+        .post(format!("{}/sign-in", app.url))
+        .header("cookie", format!("kairos_sign_in={token}"))
+        .form(&[("csrf", token.as_str()), ("key", bogus.as_str())])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status().as_u16(), 401);
+    let last = app.kairos.bus.last_seq().await.expect("last").0;
+    app.wait_for("audit", last).await;
+    let (_, denied) = app
+        .get("/v1/audit?action=dashboard.sign_in&outcome=denied")
+        .await;
+    let denied = denied["entries"].as_array().expect("entries");
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["actor"], "anonymous");
+    assert!(
+        !denied[0].to_string().contains(&bogus),
+        "the key is not in the log: {}",
+        denied[0]
+    );
+    for action in ["dashboard.sign_in", "dashboard.sign_out"] {
+        let (status, page) = app
+            .get(&format!("/v1/audit?action={action}&outcome=success"))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let entries = page["entries"].as_array().expect("entries");
+        assert_eq!(entries.len(), 1, "{action}: {page}");
+        let e = &entries[0];
+        assert_eq!(
+            (
+                e["actor"].as_str(),
+                e["actor_role"].as_str(),
+                e["outcome"].as_str()
+            ),
+            (Some("kim@example.com"), Some("developer"), Some("success")),
+            "{e}"
+        );
+        assert!(e["ip"].as_str().is_some_and(|ip| ip == "127.0.0.1"), "{e}");
+    }
     app.cleanup().await;
 }

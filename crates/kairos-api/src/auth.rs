@@ -437,9 +437,30 @@ async fn audit(
     outcome: &str,
     reason: &str,
 ) {
-    let origin = caller.origin();
+    record_action(
+        st,
+        &caller.origin(),
+        e.action,
+        &resource(path, e),
+        outcome,
+        reason,
+    )
+    .await;
+}
+
+/// Publishes a `kairos.user.action.v1` (`outcome`: `success`, `failure` or `denied`); the audit
+/// projection makes it an entry. A publish that fails is logged: the action it records has
+/// happened already.
+pub async fn record_action(
+    st: &AppState,
+    origin: &Origin,
+    action: &str,
+    resource: &str,
+    outcome: &str,
+    reason: &str,
+) {
     let mut data = json!({
-        "actor": origin.actor, "action": e.action, "resource": resource(path, e),
+        "actor": origin.actor, "action": action, "resource": resource,
         "outcome": outcome, "reason": reason.chars().take(1000).collect::<String>(),
     });
     if let Some(r) = origin.actor_role {
@@ -464,6 +485,6 @@ async fn audit(
         Err(e) => Err(e.to_string()),
     };
     if let Err(error) = result {
-        tracing::error!(%error, action = e.action, outcome, "could not record the audit event");
+        tracing::error!(%error, action, outcome, "could not record the audit event");
     }
 }

@@ -42,6 +42,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{
     AuditNote, Caller, Delegated, Endpoint, Endpoints, Guard, Recorded, admits, permission_table,
+    record_action,
 };
 pub use error::ApiError;
 pub use module::{

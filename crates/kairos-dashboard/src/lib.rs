@@ -24,10 +24,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::routing::{get, post};
-use kairos_events::Clock;
-use kairos_runtime::CheckpointWatch;
+use kairos_api::AppState;
 use serde::Deserialize;
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -91,9 +89,8 @@ impl DashboardSettings {
 pub struct Dashboard {
     /// The composed API (its routes and middleware), called in-process.
     pub api: Router,
-    pub pool: PgPool,
-    pub clock: Clock,
-    pub checkpoints: CheckpointWatch,
+    /// The API's state: its database, clock and checkpoints, and the audit log's door.
+    pub state: AppState,
     pub settings: DashboardSettings,
 }
 

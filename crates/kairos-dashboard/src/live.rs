@@ -20,7 +20,7 @@ pub async fn events(State(d): State<Dashboard>, headers: HeaderMap, peer: Peer) 
         Ok(s) => s,
         Err(r) => return r,
     };
-    let changes = d.checkpoints.changes();
+    let changes = d.state.checkpoints.changes();
     let interval = Duration::from_millis(d.settings.live_interval_ms);
     let session = signed.session;
     let s = stream::unfold(
@@ -40,13 +40,13 @@ pub async fn events(State(d): State<Dashboard>, headers: HeaderMap, peer: Peer) 
                     .await
                     .ok()?
                     .ok()?;
-                if ended(d.clock.now()) {
+                if ended(d.state.clock.now()) {
                     return None;
                 }
                 let checked = if checked.elapsed() >= RECHECK {
                     let key = crate::call::As::Session(session.key_id.clone());
                     let me = crate::call::api(&d, &key, None, Method::GET, "/v1/me", None);
-                    if !crate::session::live(&d.pool, &session, d.clock.now()).await
+                    if !crate::session::live(&d.state.pool, &session, d.state.clock.now()).await
                         || me.await.is_err()
                     {
                         return None;

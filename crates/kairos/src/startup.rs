@@ -311,28 +311,24 @@ impl Kairos {
         }
         let authenticator = authenticator
             .context("no module authenticates API keys: register the access module")?;
-        let router = kairos_api::router(
-            AppState {
-                bus: host.bus,
-                pool: host.pool.clone(),
-                checkpoints: checkpoints.clone(),
-                http: host.http,
-                auth: host.auth,
-                authenticator,
-                registry: self.registry.clone(),
-                replayer: Some(self.replayer()),
-                clock: host.clock,
-                local: self.local.clone(),
-            },
-            routes,
-        );
+        let state = AppState {
+            bus: host.bus,
+            pool: host.pool.clone(),
+            checkpoints: checkpoints.clone(),
+            http: host.http,
+            auth: host.auth,
+            authenticator,
+            registry: self.registry.clone(),
+            replayer: Some(self.replayer()),
+            clock: host.clock,
+            local: self.local.clone(),
+        };
+        let router = kairos_api::router(state.clone(), routes);
         // The dashboard's pages sit beside the API's routes and read through them.
         let router = if self.settings.dashboard.enabled {
             kairos_dashboard::router(kairos_dashboard::Dashboard {
                 api: router.clone(),
-                pool: host.pool,
-                clock: self.clock.clone(),
-                checkpoints,
+                state,
                 settings: self.settings.dashboard.clone(),
             })
             .merge(router)

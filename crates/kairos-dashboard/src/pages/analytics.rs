@@ -61,7 +61,7 @@ pub async fn page(
         _ => default_bucket(range.2),
     };
     let (project, model) = (param(&q, "project"), param(&q, "model"));
-    let now = d.clock.now();
+    let now = d.state.clock.now();
     let from = now - Duration::hours(range.2);
     let path = format!(
         "/v1/analytics/models{}",

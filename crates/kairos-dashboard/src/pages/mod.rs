@@ -63,7 +63,7 @@ impl Signed {
     /// The member behind the request's session, or the answer to send instead: to sign-in
     /// when there is no live session, or its key is no longer valid.
     pub async fn load(d: &Dashboard, headers: &HeaderMap, peer: Peer) -> Result<Self, Response> {
-        let found = session::find(&d.pool, headers, d.clock.now())
+        let found = session::find(&d.state.pool, headers, d.state.clock.now())
             .await
             .map_err(|e| {
                 failure(&Failure::new(
@@ -98,7 +98,7 @@ impl Signed {
             }),
             Err(f) if f.status == StatusCode::UNAUTHORIZED => {
                 // The key was revoked or expired, or its member removed: the session ends.
-                let _ = session::end(&d.pool, &session).await;
+                let _ = session::end(&d.state.pool, &session).await;
                 Err(Redirect::to("/sign-in?ended=1").into_response())
             }
             Err(f) => Err(failure(&f)),

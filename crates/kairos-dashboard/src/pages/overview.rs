@@ -17,7 +17,7 @@ pub async fn page(State(d): State<Dashboard>, headers: HeaderMap, peer: Peer) ->
         Ok(s) => s,
         Err(r) => return r,
     };
-    let now = d.clock.now();
+    let now = d.state.clock.now();
     let today = Utc
         .with_ymd_and_hms(now.year(), now.month(), now.day(), 0, 0, 0)
         .single()

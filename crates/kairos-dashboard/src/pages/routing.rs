@@ -110,7 +110,7 @@ pub(crate) async fn render(
             .map(|id| s.get(d, format!("/v1/route/decisions/{}", enc(id)))),
     )
     .await;
-    let now = d.clock.now();
+    let now = d.state.clock.now();
     let (from, to, models) = match simulated {
         Some((w, _)) => (w.from.clone(), w.to.clone(), w.models.clone()),
         None => (

@@ -6,6 +6,7 @@ use axum::Form;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use kairos_api::{Origin, Role, record_action};
 use maud::html;
 use serde::Deserialize;
 
@@ -13,7 +14,7 @@ use super::{Peer, same_origin};
 use crate::Dashboard;
 use crate::call::{self, As};
 use crate::session::{self, COOKIE, SIGN_IN_COOKIE};
-use crate::view;
+use crate::view::{self, text};
 
 /// `GET /sign-in`: the form, with a fresh CSRF token in a short-lived cookie of its own.
 pub async fn form(
@@ -21,7 +22,7 @@ pub async fn form(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Ok(Some(_)) = session::find(&d.pool, &headers, d.clock.now()).await {
+    if let Ok(Some(_)) = session::find(&d.state.pool, &headers, d.state.clock.now()).await {
         return Redirect::to("/").into_response();
     }
     let note = if q.contains_key("ended") {
@@ -111,7 +112,28 @@ pub async fn submit(
     .await
     {
         Ok(me) => me,
-        Err(e) => return render(&d, e.status, Some(&e.message)),
+        Err(e) => {
+            // A refused key is a sign-in attempt for the log, as a refused write is (the API's
+            // limits on failed keys per address bound how many); the key itself never is.
+            if e.status == StatusCode::UNAUTHORIZED {
+                let origin = Origin {
+                    actor: "anonymous".into(),
+                    ip: peer.0.map(|a| a.ip().to_string()),
+                    source: "kairos/api".into(),
+                    ..Origin::default()
+                };
+                record_action(
+                    &d.state,
+                    &origin,
+                    "dashboard.sign_in",
+                    "/sign-in",
+                    "denied",
+                    &e.message,
+                )
+                .await;
+            }
+            return render(&d, e.status, Some(&e.message));
+        }
     };
     let Some(key_id) = me["key_id"].as_str() else {
         return render(
@@ -120,11 +142,28 @@ pub async fn submit(
             Some("the API did not name the key"),
         );
     };
-    let now = d.clock.now();
+    let now = d.state.clock.now();
     let hours = i64::from(d.settings.session_hours);
     let expires = now + chrono::Duration::hours(hours);
-    match session::create(&d.pool, key_id, now, expires).await {
+    match session::create(&d.state.pool, key_id, now, expires).await {
         Ok(token) => {
+            let origin = Origin {
+                actor: text(&me["email"]),
+                actor_role: serde_json::from_value::<Role>(me["role"].clone()).ok(),
+                ip: peer.0.map(|a| a.ip().to_string()),
+                request_id: None,
+                source: "kairos/api".into(),
+            };
+            let reason = format!("dashboard session for key {key_id}, {hours} h");
+            record_action(
+                &d.state,
+                &origin,
+                "dashboard.sign_in",
+                "/sign-in",
+                "success",
+                &reason,
+            )
+            .await;
             let secure = d.settings.secure_cookie;
             let cookie = session::set_cookie(COOKIE, &token, "/", hours * 3600, secure);
             let clear = session::set_cookie(SIGN_IN_COOKIE, "", "/sign-in", 0, secure);
@@ -151,22 +190,55 @@ pub struct SignOut {
 pub async fn sign_out(
     State(d): State<Dashboard>,
     headers: HeaderMap,
-    _peer: Peer,
+    peer: Peer,
     Form(f): Form<SignOut>,
 ) -> Response {
     // Only the session, its token and the origin: signing out must not wait on the API.
     if let Err(r) = same_origin(&headers) {
         return r;
     }
-    let found = session::find(&d.pool, &headers, d.clock.now()).await;
+    let found = session::find(&d.state.pool, &headers, d.state.clock.now()).await;
     match found {
         Ok(Some(s)) if session::same_token(&f.csrf, &s.csrf) => {
-            if let Err(e) = session::end(&d.pool, &s).await {
+            if let Err(e) = session::end(&d.state.pool, &s).await {
                 return super::failure(&call::Failure::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     e.to_string(),
                 ));
             }
+            // Who signed out, from the key's record (cached: no API call); a key revoked
+            // meanwhile is named by its id.
+            let origin = match d
+                .state
+                .authenticator
+                .authenticate_key_id(&s.key_id, d.state.clock.now())
+                .await
+            {
+                Ok(p) => Origin {
+                    actor: p.email,
+                    actor_role: Some(p.role),
+                    ..Origin::default()
+                },
+                Err(_) => Origin {
+                    actor: format!("key {}", s.key_id),
+                    ..Origin::default()
+                },
+            };
+            let origin = Origin {
+                ip: peer.0.map(|a| a.ip().to_string()),
+                source: "kairos/api".into(),
+                ..origin
+            };
+            let reason = format!("dashboard session of key {} ended", s.key_id);
+            record_action(
+                &d.state,
+                &origin,
+                "dashboard.sign_out",
+                "/sign-out",
+                "success",
+                &reason,
+            )
+            .await;
         }
         Ok(Some(_)) => {
             return super::failure(&call::Failure::new(

@@ -15,9 +15,9 @@ PROJECT=${PROJECT:-router-demo}
 # shellcheck source=examples/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-# The top-level string member $1 of $BODY (the answer's members come in name order, after the
-# nested ones of the same name, so the last occurrence is the top-level one).
-field() { grep -o "\"$1\":\"[^\"]*\"" <<<"$BODY" | tail -n 1 | cut -d'"' -f4; }
+# The top-level string member $1 of $BODY (a decision's own members come before its nested
+# budget and alternatives, so the first occurrence is the top-level one).
+field() { grep -o "\"$1\":\"[^\"]*\"" <<<"$BODY" | head -n 1 | cut -d'"' -f4; }
 
 step "The model catalog in force"
 request 200 "$URL/v1/catalog"

@@ -27,13 +27,13 @@ use kairos_events::types::{
 };
 use kairos_events::{Emit, Event, Money, Period, ProjectId};
 use kairos_runtime::{AggregateStore, AnyProjection, Decision};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use utoipa_axum::routes;
 
-use crate::rules::{BudgetState, Outcome, RouteRequest, decide};
+use crate::rules::{Alternative, BudgetState, Outcome, RouteRequest, decide};
 use crate::{DecisionRecord, Decisions, NAME, SOURCE};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -543,13 +543,13 @@ fn budget_state(b: &BudgetSetting, period: &str, spent: Spent) -> Option<BudgetS
     ),
     request_body(content = RouteBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "The model, the rule that decided, the alternatives and the decision's id and seq", body = Object),
+        (status = 200, description = "The model, the rule that decided, the alternatives and the decision's id and seq", body = RouteAnswer),
         (status = 400, description = "The body is malformed", body = ErrorBody),
-        (status = 402, description = "The budget admits no call (exceeded under block, or nothing fits what is left)", body = ErrorBody),
+        (status = 402, description = "The budget admits no call (exceeded under block, or nothing fits what is left): the decision, with its error", body = RouteAnswer),
         (status = 403, description = "The key's role does not reach the project", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "No model fits the task (the largest window is named)", body = ErrorBody),
+        (status = 422, description = "No model fits the task (the largest window is named): the decision, with its error", body = RouteAnswer),
         (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
     ))]
 async fn post_route(
@@ -727,51 +727,129 @@ async fn post_route(
         ))
     })?;
     let seq = receipt.seq.0;
-    let mut answer = json!({
-        "decision_id": decision_id,
-        "seq": seq,
-        "outcome": record.outcome,
-        "rule": record.rule,
-        "model": record.model,
-        "provider": record.provider,
-        "estimated_cost": record.estimated_cost,
-        "reserved": record.reserved,
-        "reservation_seq": reserved,
-        "reservation_expires_at": record.reservation_expires_at,
-        "catalog_version": catalog_version,
-        "budget": budget.as_ref().map(budget_json),
-        "alternatives": record.alternatives,
-        "reason": record.reason,
-        "explain": format!("/v1/route/decisions/{decision_id}?min_seq={seq}"),
-    });
-    if let Some(c) = circuit_note {
-        answer["circuit"] = c;
-    }
     let status = match plan.outcome {
         Outcome::Routed | Outcome::Reserved => StatusCode::OK,
         Outcome::NoModelFits => StatusCode::UNPROCESSABLE_ENTITY,
         Outcome::BudgetBlocked => StatusCode::PAYMENT_REQUIRED,
     };
-    if status != StatusCode::OK {
-        let code = match plan.outcome {
+    let error = (status != StatusCode::OK).then(|| RouteError {
+        code: match plan.outcome {
             Outcome::NoModelFits => "no_model_fits",
             _ => "budget_exceeded",
-        };
-        answer["error"] = json!({"code": code, "message": record.reason});
-    }
+        },
+        message: record.reason.clone(),
+    });
+    let answer = RouteAnswer {
+        explain: format!("/v1/route/decisions/{decision_id}?min_seq={seq}"),
+        decision_id,
+        seq,
+        outcome: record.outcome,
+        rule: record.rule,
+        model: record.model,
+        provider: record.provider,
+        estimated_cost: record.estimated_cost,
+        reserved: record.reserved,
+        reservation_seq: reserved,
+        reservation_expires_at: record.reservation_expires_at,
+        catalog_version,
+        budget: budget.as_ref().map(BudgetSeen::of),
+        alternatives: record.alternatives,
+        reason: record.reason,
+        circuit: circuit_note,
+        error,
+    };
     let mut response = (status, Json(answer)).into_response();
     // The decision (with its actor) is this request's record.
     response.extensions_mut().insert(Recorded);
     Ok(response)
 }
 
-fn budget_json(b: &BudgetState) -> Value {
-    json!({
-        "period": b.period, "limit": b.limit, "spent": b.spent, "reserved": b.reserved,
-        "unpriced_calls": b.unpriced_calls,
-        "available": b.available(), "status": b.status(), "on_exceeded": b.on_exceeded,
-        "warn_at_percent": b.warn_at_percent, "fallback_model": b.fallback_model,
-    })
+/// What `POST /v1/route` answers: the decision, and how to read it back explained.
+#[derive(Serialize, utoipa::ToSchema)]
+struct RouteAnswer {
+    decision_id: String,
+    /// The decision event's stream sequence.
+    seq: u64,
+    outcome: Outcome,
+    /// The rule that decided (`context_window`, `budget_exceeded_fallback`, `cheapest`,
+    /// `best_quality`, …).
+    rule: String,
+    /// The model chosen; `null` when none was (402, 422).
+    model: Option<String>,
+    provider: Option<String>,
+    /// USD, a decimal string: input plus expected output at the model's price.
+    #[schema(value_type = Option<String>)]
+    estimated_cost: Option<Money>,
+    /// USD held against the budget until the call settles (outcome `reserved`).
+    #[schema(value_type = Option<String>)]
+    reserved: Option<Money>,
+    /// The reservation event's stream sequence.
+    reservation_seq: Option<u64>,
+    reservation_expires_at: Option<DateTime<Utc>>,
+    /// The catalog version (its change's stream sequence) decided against.
+    catalog_version: u64,
+    /// The budget as the decision saw it; `null`: the project has none.
+    budget: Option<BudgetSeen>,
+    /// Every model not chosen, ranked or ruled out, with why.
+    alternatives: Vec<Alternative>,
+    reason: String,
+    /// The decision explained, once the router projection applied it.
+    explain: String,
+    /// What circuit breakers and lowered limits did (absent: nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    circuit: Option<Value>,
+    /// With 402 and 422: the error, beside the decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<RouteError>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct RouteError {
+    /// `no_model_fits` or `budget_exceeded`.
+    code: &'static str,
+    message: String,
+}
+
+/// A project's budget as a decision saw it (USD amounts as decimal strings).
+#[derive(Serialize, utoipa::ToSchema)]
+struct BudgetSeen {
+    period: String,
+    /// The limit, lowered when an open cost alert lowers it.
+    #[schema(value_type = String)]
+    limit: Money,
+    #[schema(value_type = String)]
+    spent: Money,
+    #[schema(value_type = String)]
+    reserved: Money,
+    unpriced_calls: i64,
+    /// What new reservations may still take.
+    #[schema(value_type = String)]
+    available: Money,
+    /// `ok`, `warning` or `exceeded`, on what is spent and reserved.
+    status: &'static str,
+    /// `fallback_to_local` or `block`.
+    #[schema(value_type = String)]
+    on_exceeded: kairos_events::types::OnExceeded,
+    warn_at_percent: u8,
+    fallback_model: Option<String>,
+}
+
+impl BudgetSeen {
+    fn of(b: &BudgetState) -> Self {
+        Self {
+            period: b.period.clone(),
+            limit: b.limit,
+            spent: b.spent,
+            reserved: b.reserved,
+            unpriced_calls: b.unpriced_calls,
+            available: b.available(),
+            status: b.status(),
+            on_exceeded: b.on_exceeded,
+            warn_at_percent: b.warn_at_percent,
+            fallback_model: b.fallback_model.clone(),
+        }
+    }
 }
 
 /// The decision event: its id is the decision's.
@@ -806,7 +884,7 @@ struct DecisionQuery {
         ("min_seq" = Option<u64>, Query, description = "Wait until the router projection applied this stream sequence"),
     ),
     responses(
-        (status = 200, description = "A page of decisions, in stream order", body = Object),
+        (status = 200, description = "A page of decisions, in stream order", body = DecisionsPage),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
     ))]
@@ -815,7 +893,7 @@ async fn list_decisions(
     Extension(caller): Extension<Caller>,
     read: ReadAt,
     QueryParams(q): QueryParams<DecisionQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DecisionsPage>, ApiError> {
     let principal = caller.principal()?;
     let project = q.project.as_deref().map(project_param).transpose()?;
     if let Some(p) = &project {
@@ -853,23 +931,55 @@ async fn list_decisions(
     .bind(limit as i64)
     .fetch_all(&st.pool)
     .await?;
-    let next = (rows.len() == limit)
+    let next_after = (rows.len() == limit)
         .then(|| rows.last().map(|r| r.1))
         .flatten();
-    let items: Vec<Value> = rows
+    let decisions = rows
         .into_iter()
-        .map(|(id, seq, at, record)| summary(&id, seq, at, &record))
+        .map(|(decision_id, seq, decided_at, r)| {
+            let s = |k: &str| r[k].as_str().map(str::to_owned);
+            DecisionSummary {
+                decision_id,
+                seq,
+                decided_at,
+                project: s("project"),
+                outcome: s("outcome"),
+                rule: s("rule"),
+                model: s("model"),
+                estimated_cost: s("estimated_cost"),
+                reserved: s("reserved"),
+            }
+        })
         .collect();
-    Ok(Json(json!({"decisions": items, "next_after": next})))
+    Ok(Json(DecisionsPage {
+        decisions,
+        next_after,
+    }))
 }
 
-/// A decision in a list: what was chosen, by which rule.
-fn summary(id: &str, seq: i64, at: DateTime<Utc>, r: &Value) -> Value {
-    json!({
-        "decision_id": id, "seq": seq, "decided_at": at, "project": r["project"],
-        "outcome": r["outcome"], "rule": r["rule"],
-        "model": r["model"], "estimated_cost": r["estimated_cost"], "reserved": r["reserved"],
-    })
+#[derive(Serialize, utoipa::ToSchema)]
+struct DecisionsPage {
+    decisions: Vec<DecisionSummary>,
+    /// The next page's `after`; `null` on the last page.
+    next_after: Option<i64>,
+}
+
+/// A decision in a list: what was chosen, by which rule (the whole of it:
+/// `GET /v1/route/decisions/{id}`).
+#[derive(Serialize, utoipa::ToSchema)]
+struct DecisionSummary {
+    decision_id: String,
+    seq: i64,
+    decided_at: DateTime<Utc>,
+    project: Option<String>,
+    /// `routed`, `reserved`, `no_model_fits` or `budget_blocked`.
+    outcome: Option<String>,
+    rule: Option<String>,
+    model: Option<String>,
+    /// USD, a decimal string.
+    estimated_cost: Option<String>,
+    /// USD held by its reservation, a decimal string.
+    reserved: Option<String>,
 }
 
 /// `GET /v1/route/decisions/{id}?min_seq=`: one decision, explained.
@@ -879,7 +989,7 @@ fn summary(id: &str, seq: i64, at: DateTime<Utc>, r: &Value) -> Value {
         ("min_seq" = Option<u64>, Query, description = "Wait until the router projection applied this stream sequence"),
     ),
     responses(
-        (status = 200, description = "The decision with everything it was decided on", body = Object),
+        (status = 200, description = "The decision with everything it was decided on", body = DecisionView),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 404, description = "No such decision (or not in the caller's projects)", body = ErrorBody),
         (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
@@ -889,7 +999,7 @@ async fn get_decision(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     read: ReadAt,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DecisionView>, ApiError> {
     text_param(&id, "id", 200)?;
     read.wait(&st, NAME).await?;
     let row: Option<(i64, DateTime<Utc>, String, Value)> = sqlx::query_as(
@@ -903,11 +1013,27 @@ async fn get_decision(
     if caller.reach(&project).is_err() {
         return Err(not_found());
     }
-    let mut answer = record;
-    answer["decision_id"] = json!(id);
-    answer["seq"] = json!(seq);
-    answer["decided_at"] = json!(at);
-    Ok(Json(answer))
+    let record: DecisionRecord = serde_json::from_value(record).map_err(|e| {
+        ApiError::StreamUnavailable(format!(
+            "decision {id:?} is stored in a form this version cannot read: {e}"
+        ))
+    })?;
+    Ok(Json(DecisionView {
+        decision_id: id,
+        seq,
+        decided_at: at,
+        record,
+    }))
+}
+
+/// A decision with everything it was decided on.
+#[derive(Serialize, utoipa::ToSchema)]
+struct DecisionView {
+    decision_id: String,
+    seq: i64,
+    decided_at: DateTime<Utc>,
+    #[serde(flatten)]
+    record: DecisionRecord,
 }
 
 #[cfg(test)]
@@ -967,7 +1093,7 @@ const MAX_SIMULATED_DAYS: i64 = 31;
 #[utoipa::path(post, path = "/v1/route/simulate", tag = "router",
     request_body(content = SimulateBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "One report per project", body = Object),
+        (status = 200, description = "One report per project", body = SimulationAnswer),
         (status = 400, description = "The body is malformed, the catalog invalid (the field is named), or the range longer than 31 days", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
@@ -977,7 +1103,7 @@ async fn post_simulate(
     State(st): State<AppState>,
     Extension(router): Extension<Router>,
     JsonBody(b): JsonBody<SimulateBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SimulationAnswer>, ApiError> {
     let change = kairos_catalog::catalog_from_body(b.models)?;
     let from = time_param(Some(&b.from), "from")?.unwrap_or_default();
     let to = time_param(Some(&b.to), "to")?.unwrap_or_default();
@@ -1009,5 +1135,17 @@ async fn post_simulate(
         to,
         project.as_ref(),
     );
-    Ok(Json(json!({"from": from, "to": to, "projects": reports})))
+    Ok(Json(SimulationAnswer {
+        from,
+        to,
+        projects: reports,
+    }))
+}
+
+/// What the range would have been under the other catalog, project by project.
+#[derive(Serialize, utoipa::ToSchema)]
+struct SimulationAnswer {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    projects: Vec<crate::simulate::ProjectReport>,
 }

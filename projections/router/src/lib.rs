@@ -31,7 +31,7 @@ pub const NAME: &str = "router";
 pub const SOURCE: &str = "kairos/router";
 
 /// The `data` of a `kairos.router.decision.v1`: a decision and everything it was decided on.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DecisionRecord {
     pub project: String,
     pub request: RouteRequest,
@@ -41,10 +41,13 @@ pub struct DecisionRecord {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// USD, a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub estimated_cost: Option<Money>,
     /// The worst-case cost reserved (outcome `reserved` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub reserved: Option<Money>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation_expires_at: Option<DateTime<Utc>>,
@@ -55,6 +58,7 @@ pub struct DecisionRecord {
     pub budget: Option<BudgetState>,
     /// The last-hour figures of the models that qualified, by model.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub health: Value,
     pub alternatives: Vec<Alternative>,
     pub reason: String,
@@ -63,6 +67,7 @@ pub struct DecisionRecord {
     /// What the anomalies projection's circuit breakers and lowered limits did to this
     /// decision (absent: nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub circuit: Option<Value>,
 }
 

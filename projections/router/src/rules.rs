@@ -12,7 +12,7 @@ use kairos_events::types::{ModelSpec, OnExceeded};
 use serde::{Deserialize, Serialize};
 
 /// What `POST /v1/route` asks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RouteRequest {
     pub project: String,
     pub input_tokens: u64,
@@ -30,19 +30,25 @@ pub struct RouteRequest {
 }
 
 /// The project's budget as a decision sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BudgetState {
     /// The month, as 2026-11.
     pub period: String,
+    /// USD, a decimal string (lowered when an open cost alert lowers it).
+    #[schema(value_type = String)]
     pub limit: Money,
+    #[schema(value_type = String)]
     pub spent: Money,
     /// Calls without a cost the catalog could not price: while there are any, the budget
     /// counts as exceeded (it fails closed: their cost is unknown, never zero).
     #[serde(default)]
     pub unpriced_calls: i64,
     /// Held by open reservations (and settled calls the spend did not count yet).
+    #[schema(value_type = String)]
     pub reserved: Money,
     pub warn_at_percent: u8,
+    /// `fallback_to_local` or `block`.
+    #[schema(value_type = String)]
     pub on_exceeded: OnExceeded,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_model: Option<String>,
@@ -85,7 +91,7 @@ impl BudgetState {
 }
 
 /// How a decision ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// A model that needs no reservation (local, or a project without a budget).
@@ -112,15 +118,18 @@ pub struct Choice {
 }
 
 /// A model that was not chosen, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alternative {
     pub model: String,
     pub provider: String,
     /// Its place in the ranking (1: the best after the chosen one); none if it was ruled out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rank: Option<usize>,
+    /// USD, a decimal string: input plus expected output at its price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub estimated_cost: Option<Money>,
+    /// Why it lost, or why it was ruled out.
     pub reason: String,
 }
 

@@ -32,29 +32,37 @@ pub enum SimEvent {
 }
 
 /// The month a budget entered a state, as it was and as it would have been.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Crossed {
+    /// The day the month's spend reached the warning threshold (`null`: never).
     pub warning: Option<NaiveDate>,
+    /// The day it reached the limit (`null`: never).
     pub exceeded: Option<NaiveDate>,
 }
 
 /// One budget month.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MonthReport {
+    /// USD, a decimal string: the month's limit (absent without a budget).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub limit: Option<Money>,
     pub actual: Crossed,
     pub simulated: Crossed,
 }
 
 /// A project's report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ProjectReport {
     pub project: String,
     /// Calls in the range.
     pub calls: u64,
     pub decisions: u64,
+    /// USD, a decimal string: what the calls cost.
+    #[schema(value_type = String)]
     pub cost_actual: Money,
+    /// USD, a decimal string: what they would have cost under the other catalog.
+    #[schema(value_type = String)]
     pub cost_simulated: Money,
     /// Simulated less actual, as a signed decimal string.
     pub delta: String,
@@ -70,7 +78,7 @@ pub struct ProjectReport {
     pub budgets: BTreeMap<String, MonthReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Move {
     pub from: String,
     pub to: String,

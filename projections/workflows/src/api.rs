@@ -292,7 +292,7 @@ struct ProjectParams {
         ("min_seq" = Option<u64>, Query, description = "Wait until the workflows projection applied this stream sequence"),
     ),
     responses(
-        (status = 200, description = "The project's sessions clustered into workflow families by their task n-gram profiles", body = Object),
+        (status = 200, description = "The project's sessions clustered into workflow families by their task n-gram profiles", body = read::FamiliesAnswer),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 403, description = "The role does not reach the project", body = ErrorBody),
         (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
@@ -303,7 +303,7 @@ async fn get_families(
     Extension(settings): Extension<Arc<WorkflowSettings>>,
     read: ReadAt,
     QueryParams(q): QueryParams<ProjectParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<read::FamiliesAnswer>, ApiError> {
     read.no_history(NO_HISTORY)?;
     let project = project_query(&q.project)?;
     caller.reach(project.as_str())?;
@@ -320,7 +320,7 @@ async fn get_families(
         ("min_seq" = Option<u64>, Query, description = "Wait until the workflows projection applied this stream sequence"),
     ),
     responses(
-        (status = 200, description = "The project's actors, those whose recent sessions depart most from their usual ones first", body = Object),
+        (status = 200, description = "The project's actors, those whose recent sessions depart most from their usual ones first", body = read::Actors),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 403, description = "The role does not reach the project", body = ErrorBody),
         (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody),
@@ -331,7 +331,7 @@ async fn get_actors(
     Extension(settings): Extension<Arc<WorkflowSettings>>,
     read: ReadAt,
     QueryParams(q): QueryParams<ProjectParams>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<read::Actors>, ApiError> {
     read.no_history(NO_HISTORY)?;
     let project = project_query(&q.project)?;
     caller.reach(project.as_str())?;

@@ -79,7 +79,7 @@ impl Default for FamilyConfig {
 }
 
 /// A group of sessions that run much the same tasks in much the same order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Family {
     /// `wf-` and 16 hex digits of a hash of [`Family::sequence`]: the same family keeps its id
     /// from one clustering to the next as long as its typical run stays the same.
@@ -98,7 +98,7 @@ pub struct Family {
 }
 
 /// The families, largest first (then by id), and how they were chosen.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Families {
     pub families: Vec<Family>,
     /// The number of families chosen, after joining similar clusters (`families` may hold

@@ -771,7 +771,7 @@ impl Default for DeviationConfig {
 }
 
 /// An actor whose recent sequences depart from its earlier ones.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deviation {
     pub actor: String,
     /// Jensen–Shannon divergence in bits between the two transition distributions, 0..=1.
@@ -786,7 +786,7 @@ pub struct Deviation {
 }
 
 /// One transition's share before and after, and its part of the divergence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TransitionShift {
     /// `None`: the session's start.
     pub from: Option<String>,

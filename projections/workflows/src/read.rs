@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use kairos_api::ApiError;
 use serde::Serialize;
-use serde_json::{Value, json};
+
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::families::{self, FamilyConfig};
@@ -288,7 +288,7 @@ pub async fn patterns(
 
 /// The actors of `project` whose recent sessions depart from their earlier ones, and the score
 /// of every actor scored.
-pub async fn actors(pool: &PgPool, project: &str, mine: usize) -> Result<Value, ApiError> {
+pub async fn actors(pool: &PgPool, project: &str, mine: usize) -> Result<Actors, ApiError> {
     let (mut tx, as_of_seq) = snapshot(pool).await?;
     let sessions = sessions(&mut tx, project, None, mine).await?;
     tx.commit().await?;
@@ -303,20 +303,51 @@ pub async fn actors(pool: &PgPool, project: &str, mine: usize) -> Result<Value, 
         (mining::deviating_actors(&sessions, &config), n)
     })
     .await?;
-    let deviating: Vec<&mining::Deviation> =
-        scored.iter().filter(|d| d.score >= threshold).collect();
-    Ok(json!({
-        "project": project,
-        "sessions": sessions,
-        "threshold": threshold,
-        "deviating": deviating,
-        "actors": scored,
-        "as_of_seq": as_of_seq,
-    }))
+    let deviating = scored
+        .iter()
+        .filter(|d| d.score >= threshold)
+        .cloned()
+        .collect();
+    Ok(Actors {
+        project: project.to_owned(),
+        sessions,
+        threshold,
+        deviating,
+        actors: scored,
+        as_of_seq,
+    })
+}
+
+/// A project's actors scored for deviation from their usual workflows.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Actors {
+    pub project: String,
+    /// Sessions looked at.
+    pub sessions: usize,
+    /// The score at or above which an actor deviates.
+    pub threshold: f64,
+    /// The actors that deviate (score at or above `threshold`, and a small p-value), most first.
+    pub deviating: Vec<mining::Deviation>,
+    /// Every actor scored.
+    pub actors: Vec<mining::Deviation>,
+    pub as_of_seq: u64,
+}
+
+/// A project's workflow families.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FamiliesAnswer {
+    pub project: String,
+    #[serde(flatten)]
+    pub found: families::Families,
+    pub as_of_seq: u64,
 }
 
 /// The workflow families of `project`'s newest `mine` sessions.
-pub async fn families(pool: &PgPool, project: &str, mine: usize) -> Result<Value, ApiError> {
+pub async fn families(
+    pool: &PgPool,
+    project: &str,
+    mine: usize,
+) -> Result<FamiliesAnswer, ApiError> {
     let (mut tx, as_of_seq) = snapshot(pool).await?;
     let sessions = sessions(&mut tx, project, None, mine).await?;
     tx.commit().await?;
@@ -330,9 +361,9 @@ pub async fn families(pool: &PgPool, project: &str, mine: usize) -> Result<Value
         )
     })
     .await?;
-    let mut answer = serde_json::to_value(found)
-        .map_err(|e| ApiError::StreamUnavailable(format!("families: {e}")))?;
-    answer["project"] = json!(project);
-    answer["as_of_seq"] = json!(as_of_seq);
-    Ok(answer)
+    Ok(FamiliesAnswer {
+        project: project.to_owned(),
+        found,
+        as_of_seq,
+    })
 }

@@ -55,6 +55,20 @@ async fn new_database(pool: &PgPool) -> (String, String, PgPool) {
     (name, url, p)
 }
 
+/// Kairos on a new, empty database beside the test's, as a restore starts: the database's
+/// name, `settings` pointed at it, a pool on it, and the Kairos.
+async fn kairos_on_new_database(
+    pool: &PgPool,
+    mut settings: kairos::configuration::Settings,
+) -> (String, kairos::configuration::Settings, PgPool, Kairos) {
+    let (db, url, fresh) = new_database(pool).await;
+    settings.database.url = url;
+    let k = Kairos::with_pool(settings.clone(), fresh.clone())
+        .await
+        .expect("Kairos on the new database");
+    (db, settings, fresh, k)
+}
+
 /// Drops database `name` (best effort: a test that failed before leaves it to be dropped by
 /// hand).
 async fn drop_database(pool: &PgPool, name: &str) {
@@ -257,12 +271,7 @@ async fn a_restored_backup_rebuilds_every_projection_as_it_was(pool: PgPool) {
     let settings = lose_stream(&mut app).await;
 
     // Restored under the same names into a new database, then started as on a first start.
-    let (db, url, fresh) = new_database(&pool).await;
-    let mut restored_settings = settings.clone();
-    restored_settings.database.url = url;
-    let k = Kairos::with_pool(restored_settings.clone(), fresh.clone())
-        .await
-        .expect("Kairos on the new database");
+    let (db, restored_settings, fresh, k) = kairos_on_new_database(&pool, settings.clone()).await;
     let r = backup::restore(&k, &dir).await.expect("restore");
     assert_eq!((r.messages, r.first_seq, r.last_seq), (last, 1, last));
     assert!(r.key_secret);
@@ -433,12 +442,7 @@ async fn a_changed_or_forged_backup_is_refused_and_nothing_is_restored(pool: PgP
         ),
     ];
     for (what, bad, said) in cases {
-        let (db, url, fresh) = new_database(&pool).await;
-        let mut settings = kairos_tests::test_settings();
-        settings.database.url = url;
-        let k = Kairos::with_pool(settings, fresh.clone())
-            .await
-            .expect("Kairos");
+        let (db, _, fresh, k) = kairos_on_new_database(&pool, kairos_tests::test_settings()).await;
         let err = backup::restore(&k, &bad).await.unwrap_err();
         let err = format!("{err:#}");
         assert!(err.contains(said), "{what}: {err}");
@@ -509,12 +513,8 @@ async fn a_backup_that_starts_past_sequence_one_is_restored_at_its_sequences(poo
         .count();
     assert!(calls_kept > 0 && calls_kept < 20, "{calls_kept}");
 
-    let (db, url, fresh) = new_database(&pool).await;
-    let mut settings = kairos_tests::test_settings();
-    settings.database.url = url;
-    let k = Kairos::with_pool(settings.clone(), fresh.clone())
-        .await
-        .expect("Kairos");
+    let (db, settings, fresh, k) =
+        kairos_on_new_database(&pool, kairos_tests::test_settings()).await;
     let r = backup::restore(&k, &dir).await.expect("restore");
     assert_eq!(
         (r.first_seq, r.last_seq, r.messages),

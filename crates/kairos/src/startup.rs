@@ -313,8 +313,8 @@ impl Kairos {
             .context("no module authenticates API keys: register the access module")?;
         let state = AppState {
             bus: host.bus,
-            pool: host.pool.clone(),
-            checkpoints: checkpoints.clone(),
+            pool: host.pool,
+            checkpoints,
             http: host.http,
             auth: host.auth,
             authenticator,

@@ -102,10 +102,17 @@ pub async fn page(
         ranked.len()
     };
     let other = format!("{} other models", ranked.len() - shown);
-    let line_of = |model: &str| -> String {
-        match ranked.iter().position(|m| m == model) {
-            Some(k) if k < shown => model.to_owned(),
-            _ => other.clone(),
+    // The rank of each model drawn on its own line.
+    let rank: HashMap<&str, usize> = ranked[..shown]
+        .iter()
+        .enumerate()
+        .map(|(k, m)| (m.as_str(), k))
+        .collect();
+    let line_of = |model: String| -> String {
+        if rank.contains_key(model.as_str()) {
+            model
+        } else {
+            other.clone()
         }
     };
     // Counts add up across projects and models; percentiles do not, so latency lines are per
@@ -119,7 +126,7 @@ pub async fn page(
             else {
                 continue;
             };
-            *m.entry(line_of(&text(&i["model"])))
+            *m.entry(line_of(text(&i["model"])))
                 .or_default()
                 .entry(t)
                 .or_default() += f(i);
@@ -159,7 +166,7 @@ pub async fn page(
     let mut lat: BTreeMap<(usize, String), (f64, Points)> = BTreeMap::new();
     for i in &items {
         let model = text(&i["model"]);
-        let Some(rank) = ranked[..shown].iter().position(|m| *m == model) else {
+        let Some(&rank) = rank.get(model.as_str()) else {
             continue;
         };
         if let (Some(t), Some(p95)) = (

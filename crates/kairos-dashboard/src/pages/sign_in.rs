@@ -66,6 +66,16 @@ fn render(d: &Dashboard, status: StatusCode, error: Option<&str>) -> Response {
     (status, [(header::SET_COOKIE, cookie)], page).into_response()
 }
 
+/// Who acted at the dashboard's door, and from where, for the audit log.
+fn origin(actor: String, actor_role: Option<Role>, peer: &Peer) -> Origin {
+    Origin {
+        actor,
+        actor_role,
+        ip: peer.0.map(|a| a.ip().to_string()),
+        ..Origin::default()
+    }
+}
+
 #[derive(Deserialize)]
 pub struct SignIn {
     #[serde(default)]
@@ -116,15 +126,9 @@ pub async fn submit(
             // A refused key is a sign-in attempt for the log, as a refused write is (the API's
             // limits on failed keys per address bound how many); the key itself never is.
             if e.status == StatusCode::UNAUTHORIZED {
-                let origin = Origin {
-                    actor: "anonymous".into(),
-                    ip: peer.0.map(|a| a.ip().to_string()),
-                    source: "kairos/api".into(),
-                    ..Origin::default()
-                };
                 record_action(
                     &d.state,
-                    &origin,
+                    &origin("anonymous".into(), None, &peer),
                     "dashboard.sign_in",
                     "/sign-in",
                     "denied",
@@ -147,17 +151,11 @@ pub async fn submit(
     let expires = now + chrono::Duration::hours(hours);
     match session::create(&d.state.pool, key_id, now, expires).await {
         Ok(token) => {
-            let origin = Origin {
-                actor: text(&me["email"]),
-                actor_role: serde_json::from_value::<Role>(me["role"].clone()).ok(),
-                ip: peer.0.map(|a| a.ip().to_string()),
-                request_id: None,
-                source: "kairos/api".into(),
-            };
+            let role = serde_json::from_value::<Role>(me["role"].clone()).ok();
             let reason = format!("dashboard session for key {key_id}, {hours} h");
             record_action(
                 &d.state,
-                &origin,
+                &origin(text(&me["email"]), role, &peer),
                 "dashboard.sign_in",
                 "/sign-in",
                 "success",
@@ -208,31 +206,19 @@ pub async fn sign_out(
             }
             // Who signed out, from the key's record (cached: no API call); a key revoked
             // meanwhile is named by its id.
-            let origin = match d
+            let (actor, role) = match d
                 .state
                 .authenticator
                 .authenticate_key_id(&s.key_id, d.state.clock.now())
                 .await
             {
-                Ok(p) => Origin {
-                    actor: p.email,
-                    actor_role: Some(p.role),
-                    ..Origin::default()
-                },
-                Err(_) => Origin {
-                    actor: format!("key {}", s.key_id),
-                    ..Origin::default()
-                },
-            };
-            let origin = Origin {
-                ip: peer.0.map(|a| a.ip().to_string()),
-                source: "kairos/api".into(),
-                ..origin
+                Ok(p) => (p.email, Some(p.role)),
+                Err(_) => (format!("key {}", s.key_id), None),
             };
             let reason = format!("dashboard session of key {} ended", s.key_id);
             record_action(
                 &d.state,
-                &origin,
+                &origin(actor, role, &peer),
                 "dashboard.sign_out",
                 "/sign-out",
                 "success",

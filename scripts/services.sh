@@ -546,6 +546,20 @@ admin_key() {
     cat "$file"
 }
 
+# The key Kairos signs its own facts with: $KAIROS_NATS_SIGNING_KEY when set, else one generated
+# once and kept in .kairos/signing-key (readable by its owner only).
+signing_key() {
+    if [[ -n ${KAIROS_NATS_SIGNING_KEY:-} ]]; then
+        printf '%s' "$KAIROS_NATS_SIGNING_KEY"
+        return
+    fi
+    local file=$KDIR/signing-key
+    if [[ ! -s $file ]]; then
+        (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$file")
+    fi
+    cat "$file"
+}
+
 cmd_up() {
     lock
     up_nats
@@ -559,6 +573,7 @@ cmd_up() {
             echo "export KAIROS_DATABASE_URL=$(shell_quote "$DATABASE_URL_OUT")"
             echo "export DATABASE_URL=$(shell_quote "$DATABASE_URL_OUT")"
             echo "export KAIROS_BOOTSTRAP_ADMIN_KEY=$(shell_quote "$(admin_key)")"
+            echo "export KAIROS_NATS_SIGNING_KEY=$(shell_quote "$(signing_key)")"
             # A server started from nats.conf (this script's private one) asks for credentials:
             # Kairos signs in as its own user; the producer's password is there for producers.
             if [[ -n ${KAIROS_NATS_USER:-} ]]; then
@@ -573,6 +588,7 @@ cmd_up() {
     )
     mv -f "$tmp" "$ENV_FILE"
     grep '^export ' "$ENV_FILE" | sed -e 's/^\(export KAIROS_BOOTSTRAP_ADMIN_KEY=\).*/\1... (the first admin'"'"'s key; see .kairos\/env)/' \
+        -e 's/^\(export KAIROS_NATS_SIGNING_KEY=\).*/\1... (see .kairos\/env)/' \
         -e 's/^\(export [A-Z_]*NATS_[A-Z_]*PASSWORD=\).*/\1... (see .kairos\/env)/'
 }
 

@@ -53,6 +53,8 @@ pub fn test_settings_with(toml: &str) -> Settings {
     // Tests hammer the API from one address; the limit has its own test.
     s.http.rate_limit_per_second = 0;
     s.auth.bootstrap_admin_key = Some(format!("test-admin-{tag}"));
+    // Kairos signs its own facts, as `make run` has it do.
+    s.nats.signing_key = Some(format!("test-signing-key-{tag}"));
     s.projections.ack_wait_ms = 2_000;
     s.projections.idle_wait_ms = 200;
     s

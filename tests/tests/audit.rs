@@ -2,7 +2,7 @@
 //! for auditors, and a hash chain that names the first entry anyone altered, deleted or moved.
 
 use kairos_audit::{Problem, verify_against_stream, verify_chain};
-use kairos_tests::{TestApp, spawn_app};
+use kairos_tests::{TestApp, spawn_app, spawn_app_with, test_settings_with};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -330,6 +330,162 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
     assert_eq!(
         verify_against_stream(&bus, &pool).await.unwrap().first_bad,
         None
+    );
+    app.cleanup().await;
+}
+
+/// What the table alone cannot tell: a whole table rewritten consistently (every hash
+/// recomputed), and a tail cut off together with the projection's own records of it (its
+/// applied identities and its checkpoint). The stream, read with no table deciding what counts,
+/// and the signed checkpoints on it name the first bad entry of each. A checkpoint forged
+/// without this Kairos' signing key is refused and vouches for nothing.
+#[sqlx::test(migrations = false)]
+async fn a_consistent_rewrite_and_a_cut_tail_are_found_from_the_stream(pool: PgPool) {
+    let mut app = spawn_app_with(
+        pool.clone(),
+        test_settings_with("[audit]\ncheckpoint_every = 5\n"),
+        true,
+    )
+    .await;
+    audited(&app).await;
+    let bus = app.kairos.bus.clone();
+    // The projection signs the chain's head as it grows; wait until a checkpoint is folded.
+    let mut clean = verify_against_stream(&bus, &pool).await.unwrap();
+    for _ in 0..100 {
+        let signed: i64 = sqlx::query_scalar("SELECT signed_entries FROM audit.chain")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        clean = verify_against_stream(&bus, &pool).await.unwrap();
+        if signed > 0 && clean.signed.as_ref().unwrap().through_seq.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    app.stop_projections();
+    let signed = clean.signed.clone().unwrap();
+    assert_eq!(clean.first_bad, None, "{clean:?}");
+    assert!(signed.checkpoints >= 1, "{signed:?}");
+    let through = signed.through_seq.expect("a signed head");
+
+    // Two forged checkpoints straight to NATS, vouching for a chain that never was.
+    let forged =
+        kairos_audit::checkpoint_event(through + 1000, &[7; 32], 9_999, chrono::Utc::now())
+            .unwrap();
+    let mut unsigned = app.kairos.settings.nats.clone();
+    unsigned.signing_key = None;
+    let mut other = app.kairos.settings.nats.clone();
+    other.signing_key = Some("not-this-kairos-signing-key-0123456789".into());
+    for config in [unsigned, other] {
+        let forger = kairos_bus::Bus::connect(&config, "forger").await.unwrap();
+        let mut e = forged.json().clone();
+        e["id"] = json!(format!("forged-{}", config.signing_key.is_some()));
+        forger
+            .publish_event(&kairos_events::Event::from_value(e).unwrap())
+            .await
+            .unwrap();
+    }
+    let v = verify_against_stream(&bus, &pool).await.unwrap();
+    assert_eq!(v.first_bad, None, "{v:?}");
+    let s = v.signed.unwrap();
+    assert_eq!(
+        (s.refused_signatures, s.through_seq, s.checkpoints),
+        (2, Some(through), signed.checkpoints),
+        "forged checkpoints count for nothing"
+    );
+
+    // 1. The whole table rewritten consistently: alice's actions become mallory's, every hash
+    //    recomputed. The chain holds; the stream says otherwise.
+    let saved: Vec<Value> =
+        sqlx::query_scalar("SELECT to_jsonb(e) FROM audit.entries e ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let all = kairos_audit::query(&pool, &kairos_audit::Filter::default(), 1000, true)
+        .await
+        .unwrap();
+    let mut prev = kairos_audit::GENESIS;
+    let mut first_alice = None;
+    for stored in &all {
+        let mut e = stored.entry.clone();
+        if e.actor == "alice" {
+            e.actor = "mallory".into();
+            first_alice.get_or_insert(e.seq);
+        }
+        let hash = e.hash(&prev);
+        sqlx::query(
+            "UPDATE audit.entries SET actor = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
+        )
+        .bind(e.seq as i64)
+        .bind(&e.actor)
+        .bind(prev.to_vec())
+        .bind(hash.to_vec())
+        .execute(&pool)
+        .await
+        .unwrap();
+        prev = hash;
+    }
+    assert_eq!(
+        verify_chain(&pool).await.unwrap().first_bad,
+        None,
+        "consistent"
+    );
+    let bad = verify_against_stream(&bus, &pool)
+        .await
+        .unwrap()
+        .first_bad
+        .unwrap();
+    assert_eq!(
+        (bad.seq, bad.problem),
+        (first_alice.unwrap(), Problem::Differs)
+    );
+    sqlx::query("DELETE FROM audit.entries")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO audit.entries SELECT r.* FROM jsonb_array_elements($1) j,
+                LATERAL jsonb_populate_record(NULL::audit.entries, j) r",
+    )
+    .bind(Value::Array(saved))
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        verify_against_stream(&bus, &pool).await.unwrap().first_bad,
+        None,
+        "restored"
+    );
+
+    // 2. The tail cut off, up to and past the signed head, with the applied identities of the
+    //    entries removed and the projection's checkpoint moved back before them.
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM audit.entries ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let at = seqs.iter().position(|s| *s as u64 == through).unwrap();
+    let cut = seqs[at.saturating_sub(2).max(1)];
+    for sql in [
+        "DELETE FROM audit.entries WHERE seq >= $1",
+        "DELETE FROM audit.kairos_applied WHERE seq >= $1",
+        "UPDATE kairos.checkpoints SET last_seq = $1 - 1 WHERE projection = 'audit'",
+    ] {
+        sqlx::query(sql).bind(cut).execute(&pool).await.unwrap();
+    }
+    assert_eq!(
+        verify_chain(&pool).await.unwrap().first_bad,
+        None,
+        "the table alone cannot tell"
+    );
+    let bad = verify_against_stream(&bus, &pool)
+        .await
+        .unwrap()
+        .first_bad
+        .unwrap();
+    assert_eq!(
+        (bad.seq, &bad.problem),
+        (cut as u64, &Problem::Deleted),
+        "{bad:?}"
     );
     app.cleanup().await;
 }

@@ -263,3 +263,63 @@ async fn keys_per_member_are_capped(pool: PgPool) {
     assert_eq!(status, 201, "{r}");
     app.cleanup().await;
 }
+
+/// A fact only Kairos may state that reaches the stream without Kairos' signature (published
+/// straight to NATS by a user allowed to, unsigned or signed with another key) is dead-lettered
+/// by the projections that fold it: the admin it would remove keeps its key, and the audit log
+/// has no entry for it.
+#[sqlx::test(migrations = false)]
+async fn a_forged_identity_event_on_the_stream_is_dead_lettered(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (status, me) = app.get("/v1/me").await;
+    assert_eq!(status, 200, "{me}");
+    let admin = me["member_id"].as_str().unwrap().to_owned();
+    let removal = kairos_events::Emit::new(
+        "kairos.member.removed.v1",
+        "kairos/api",
+        json!({"member_id": admin, "actor": "admin@kairos.local", "reason": "forged"}),
+    );
+    // Unsigned, then signed with a key that is not this Kairos'.
+    let mut unsigned = app.kairos.settings.nats.clone();
+    unsigned.signing_key = None;
+    let mut other = app.kairos.settings.nats.clone();
+    other.signing_key = Some("not-this-kairos-signing-key-0123456789".into());
+    let mut last = 0;
+    for (i, config) in [unsigned, other].iter().enumerate() {
+        let bus = kairos_bus::Bus::connect(config, "forger").await.unwrap();
+        let event = removal.clone().id(format!("forged-{i}")).build().unwrap();
+        last = bus.publish_event(&event).await.unwrap().seq.0;
+    }
+    // The real one, signed by this Kairos, would be folded: the forged ones are not.
+    let seq = app.ingest(&[llm_call("after", "acme", "1")]).await;
+    for projection in ["access", "audit"] {
+        app.wait_for(projection, seq.max(last)).await;
+    }
+    let (status, me) = app.get("/v1/me").await;
+    assert_eq!(status, 200, "the admin is still a member: {me}");
+    let codes = |dlq: Vec<async_nats::jetstream::Message>| -> Vec<String> {
+        dlq.iter()
+            .map(|m| {
+                m.headers
+                    .as_ref()
+                    .unwrap()
+                    .get("Kairos-Dlq-Code")
+                    .unwrap()
+                    .as_str()
+                    .to_owned()
+            })
+            .collect()
+    };
+    for projection in ["access", "audit"] {
+        let dlq = app
+            .read_stream(
+                &app.kairos.bus.dlq_stream_name(),
+                &format!("{}.dlq.{projection}", app.prefix()),
+            )
+            .await;
+        assert_eq!(codes(dlq), ["unsigned", "bad_signature"], "{projection}");
+    }
+    let (_, log) = app.get("/v1/audit?action=member.remove").await;
+    assert_eq!(log["entries"].as_array().unwrap().len(), 0, "{log}");
+    app.cleanup().await;
+}

@@ -56,6 +56,12 @@ pub struct BusConfig {
     /// Refuse a connection that is not TLS.
     #[serde(default)]
     pub tls_required: bool,
+    /// The key Kairos signs its own facts with (identity events, budget settings, audit
+    /// checkpoints; see [`kairos_events::Signer`]), at least 32 characters. Every Kairos process
+    /// of an installation has the same; it is kept out of the stream and the database. Unset,
+    /// those events are published and folded unsigned.
+    #[serde(default)]
+    pub signing_key: Option<String>,
 }
 
 impl std::fmt::Debug for BusConfig {
@@ -78,6 +84,7 @@ impl std::fmt::Debug for BusConfig {
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
             .field("tls_required", &self.tls_required)
+            .field("signing_key", &set(&self.signing_key))
             .finish()
     }
 }
@@ -145,6 +152,14 @@ impl BusConfig {
                 "nats.user and nats.password go together".into(),
             ));
         }
+        if let Some(key) = &self.signing_key
+            && (key.chars().count() < 32 || key.chars().any(char::is_control))
+        {
+            return Err(BusError::Config(
+                "nats.signing_key must be at least 32 characters, none of them control characters"
+                    .into(),
+            ));
+        }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return Err(BusError::Config(
                 "nats.tls_cert_file and nats.tls_key_file go together".into(),
@@ -190,7 +205,15 @@ impl BusConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_required: false,
+            signing_key: None,
         }
+    }
+
+    /// What signs and checks Kairos' own facts, when a signing key is set.
+    pub fn signer(&self) -> Option<kairos_events::Signer> {
+        self.signing_key
+            .as_deref()
+            .map(|k| kairos_events::Signer::new(k.as_bytes()))
     }
 
     /// `options` with the configured credentials and TLS settings.
@@ -506,6 +529,7 @@ pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     config: BusConfig,
+    signer: Option<kairos_events::Signer>,
     inflight: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
@@ -585,6 +609,7 @@ impl Bus {
             client,
             js,
             config: config.clone(),
+            signer: config.signer(),
             inflight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         })
     }
@@ -1074,6 +1099,14 @@ impl Bus {
             };
             let mut pending = Vec::with_capacity(chunk.len());
             for event in chunk {
+                let signed = match self.signed(event) {
+                    Ok(signed) => signed,
+                    Err(e) => {
+                        pending.push((event.nats_subject(&self.config.subject_prefix), Err(e)));
+                        continue;
+                    }
+                };
+                let event = signed.as_ref().unwrap_or(event);
                 let subject = event.nats_subject(&self.config.subject_prefix);
                 let mut headers = HeaderMap::new();
                 headers.insert("Nats-Msg-Id", event.msg_id().as_str());
@@ -1085,21 +1118,22 @@ impl Bus {
                         headers,
                         Bytes::copy_from_slice(event.to_bytes()),
                     )
-                    .await;
+                    .await
+                    .map_err(|e| e.to_string());
                 pending.push((subject, sent));
             }
             for (subject, sent) in pending {
                 let result = match sent {
-                    Ok(ack) => ack.await.map(|ack| Receipt {
-                        seq: StreamSeq(ack.sequence),
-                        duplicate: ack.duplicate,
-                    }),
+                    Ok(ack) => ack
+                        .await
+                        .map(|ack| Receipt {
+                            seq: StreamSeq(ack.sequence),
+                            duplicate: ack.duplicate,
+                        })
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e),
                 };
-                results.push(result.map_err(|e| BusError::Publish {
-                    subject,
-                    message: e.to_string(),
-                }));
+                results.push(result.map_err(|message| BusError::Publish { subject, message }));
             }
         }
         results
@@ -1110,6 +1144,11 @@ impl Bus {
     /// `Nats-Expected-Last-Subject-Sequence`, checked and stored atomically by the server. A
     /// subject that moved on answers [`BusError::Conflict`].
     pub async fn publish_if_last(&self, event: &Event, expected: u64) -> Result<Receipt, BusError> {
+        let signed = self.signed(event).map_err(|message| BusError::Publish {
+            subject: event.nats_subject(&self.config.subject_prefix),
+            message,
+        })?;
+        let event = signed.as_ref().unwrap_or(event);
         let subject = event.nats_subject(&self.config.subject_prefix);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.msg_id().as_str());
@@ -1182,6 +1221,16 @@ impl Bus {
                 stream: self.config.stream.clone(),
                 message: e.to_string(),
             })
+    }
+
+    /// `event` signed, if this bus signs and its type is signed ([`kairos_events::is_signed`]).
+    fn signed(&self, event: &Event) -> Result<Option<Event>, String> {
+        match &self.signer {
+            Some(signer) => signer
+                .sign(event)
+                .map_err(|e| format!("signing the event: {e}")),
+            None => Ok(None),
+        }
     }
 
     /// Publishes one event and waits for its acknowledgement.

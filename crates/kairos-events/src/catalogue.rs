@@ -10,7 +10,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::types::{
-    BudgetSet, CatalogChanged, LlmCallCompleted, ReservationClosed, Reserved, ThresholdCrossed,
+    AuditCheckpoint, BudgetSet, CatalogChanged, LlmCallCompleted, ReservationClosed, Reserved,
+    ThresholdCrossed,
 };
 
 /// One event type.
@@ -24,6 +25,9 @@ pub struct EventSpec {
     /// Who is a member, with which role and keys: one aggregate (the `access` subject), and
     /// their digests are redacted when the stream is listed.
     pub identity: bool,
+    /// Whether Kairos signs it ([`crate::Signer`]): the identity events, budget settings and
+    /// audit checkpoints, facts a projection folds only when their signature holds.
+    pub signed: bool,
     /// Reads `data` into the typed payload Kairos folds it as; a schema-valid event that does
     /// not fit is refused at the door rather than dead-lettered later.
     pub payload: Option<ReadsAs>,
@@ -44,12 +48,15 @@ fn reads_as_catalog(data: &Value) -> Result<(), String> {
 }
 
 macro_rules! spec {
-    ($ty:literal, money: $money:expr, identity: $identity:expr, payload: $payload:expr $(,)?) => {
+    ($ty:literal, money: $money:expr, identity: $identity:expr, $(signed: $signed:expr,)?
+     payload: $payload:expr $(,)?) => {
         EventSpec {
             ty: $ty,
             schema: include_str!(concat!("../../../events-schema/", $ty, ".json")),
             money: $money,
             identity: $identity,
+            // Identity events are always signed.
+            signed: $identity $(|| $signed)?,
             payload: $payload,
         }
     };
@@ -63,7 +70,7 @@ pub static CATALOGUE: &[EventSpec] = &[
     spec!("kairos.metric.recorded.v1", money: &[], identity: false, payload: None),
     spec!("kairos.task.started.v1", money: &[], identity: false, payload: None),
     spec!("kairos.task.completed.v1", money: &[], identity: false, payload: None),
-    spec!("kairos.budget.set.v1", money: &["monthly_limit"], identity: false,
+    spec!("kairos.budget.set.v1", money: &["monthly_limit"], identity: false, signed: true,
         payload: Some(reads_as::<BudgetSet>)),
     spec!("kairos.budget.threshold_crossed.v1", money: &["limit", "spent"], identity: false,
         payload: Some(reads_as::<ThresholdCrossed>)),
@@ -77,6 +84,8 @@ pub static CATALOGUE: &[EventSpec] = &[
         payload: Some(reads_as_catalog)),
     spec!("kairos.router.decision.v1", money: &["estimated_cost", "reserved"], identity: false,
         payload: None),
+    spec!("kairos.audit.checkpoint.v1", money: &[], identity: false, signed: true,
+        payload: Some(reads_as::<AuditCheckpoint>)),
     spec!("kairos.alert.raised.v1", money: &[], identity: false, payload: None),
     spec!("kairos.alert.resolved.v1", money: &[], identity: false, payload: None),
     spec!("kairos.alert.acknowledged.v1", money: &[], identity: false, payload: None),
@@ -92,6 +101,11 @@ pub static CATALOGUE: &[EventSpec] = &[
 /// The entry of type `ty`, if Kairos knows it.
 pub fn spec(ty: &str) -> Option<&'static EventSpec> {
     CATALOGUE.iter().find(|s| s.ty == ty)
+}
+
+/// Whether Kairos signs events of type `ty`.
+pub fn is_signed(ty: &str) -> bool {
+    spec(ty).is_some_and(|s| s.signed)
 }
 
 /// Whether `ty` is an identity event.

@@ -16,15 +16,17 @@ mod emit;
 mod envelope;
 mod error;
 mod schema;
+mod signature;
 pub mod types;
 
-pub use catalogue::{CATALOGUE, EventSpec, is_identity, spec};
+pub use catalogue::{CATALOGUE, EventSpec, is_identity, is_signed, spec};
 pub use clock::Clock;
 pub use domain::{EventType, Money, MoneyError, Period, ProjectId, StreamSeq};
 pub use emit::Emit;
 pub use envelope::{Event, MAX_EVENT_BYTES, parse_batch, parse_binary, parse_structured};
 pub use error::{EventError, printable};
 pub use schema::{known_type, known_types, schema_source};
+pub use signature::{SIGNATURE_ATTRIBUTE, Signer};
 
 /// The 64-bit FNV-1a hash of `text`: a stable, fixed-width key for names that may be long (a
 /// projection's stored keys, ids built from them). Not for anything an attacker may want to

@@ -28,6 +28,18 @@ pub const ALERT_RAISED: &str = "kairos.alert.raised.v1";
 pub const ALERT_RESOLVED: &str = "kairos.alert.resolved.v1";
 pub const ALERT_ACKNOWLEDGED: &str = "kairos.alert.acknowledged.v1";
 pub const BREAKER_CHANGED: &str = "kairos.alert.breaker_changed.v1";
+pub const AUDIT_CHECKPOINT: &str = "kairos.audit.checkpoint.v1";
+
+/// `kairos.audit.checkpoint.v1`: the head of the audit hash chain, as the projection wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    /// The stream sequence of the newest entry.
+    pub head_seq: u64,
+    /// Its hash, in hex.
+    pub head_hash: String,
+    /// How many entries the chain held, that one included.
+    pub entries: u64,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -159,14 +159,14 @@ impl<I> Decoded<I> {
 /// while the previous batch is written.
 pub(crate) fn decode<P: Projection>(
     projection: &P,
-    prefix: &str,
+    door: &crate::Door,
     partition: Option<Partition>,
     batch: &[Delivered],
 ) -> Decoded<P::Item> {
     Decoded(
         batch
             .iter()
-            .map(|m| (m.seq, decode_one(projection, prefix, partition, m)))
+            .map(|m| (m.seq, decode_one(projection, door, partition, m)))
             .collect(),
     )
 }
@@ -174,15 +174,15 @@ pub(crate) fn decode<P: Projection>(
 /// What `projection` makes of one message: exactly what the runner folds from it.
 pub(crate) fn decode_one<P: Projection>(
     projection: &P,
-    prefix: &str,
+    door: &crate::Door,
     partition: Option<Partition>,
     m: &Delivered,
 ) -> Slot<P::Item> {
     if !crate::reads(projection, &m.subject) || partition.is_some_and(|p| !p.holds(&m.subject)) {
         return Slot::Skip;
     }
-    let decoded = crate::stored_event(prefix, m.seq, &m.subject, m.stored_at, &m.payload).and_then(
-        |stored| {
+    let decoded =
+        crate::stored_event(door, m.seq, &m.subject, m.stored_at, &m.payload).and_then(|stored| {
             let identity = stored.event.identity();
             let key = store::applied_key(
                 &partition.map_or(identity, |p| p.identity(&m.subject, identity)),
@@ -190,8 +190,7 @@ pub(crate) fn decode_one<P: Projection>(
             projection
                 .decode(&stored)
                 .map(|item| item.map(|i| (key, i)))
-        },
-    );
+        });
     match decoded {
         Ok(None) => Slot::Skip,
         Ok(Some((key, item))) => Slot::Item(key, item),
@@ -244,7 +243,7 @@ pub(crate) async fn apply_batch<P: Projection>(
     let mut duplicates = 0i64;
     let mut seen = HashSet::new();
     let mut rejected = Vec::new();
-    let prefix = &bus.config().subject_prefix;
+    let door = &crate::Door::of(bus);
     let mut ahead = decoded.map(|d| d.0.into_iter().peekable());
     for m in batch {
         // Both are usually in the same order (a redelivery can break it: then the message is
@@ -256,7 +255,7 @@ pub(crate) async fn apply_batch<P: Projection>(
                 a.next_if(|(seq, _)| *seq == m.seq)
             })
             .map_or_else(
-                || decode_one(projection, prefix, target.partition, m),
+                || decode_one(projection, door, target.partition, m),
                 |(_, slot)| slot,
             );
         match slot {

@@ -203,12 +203,12 @@ impl<A: Aggregate> AggregateStore<A> {
         if reader.pending_at_start() == 0 {
             return Ok(out);
         }
+        let door = &crate::Door::of(&self.bus);
         while let Some(m) = reader.next(READ_WAIT).await? {
             if m.seq.0 > to {
                 break;
             }
-            let prefix = &self.bus.config().subject_prefix;
-            if let Ok(e) = crate::stored_event(prefix, m.seq, &m.subject, m.stored_at, &m.payload) {
+            if let Ok(e) = crate::stored_event(door, m.seq, &m.subject, m.stored_at, &m.payload) {
                 out.push(e);
             }
             if m.seq.0 >= to || m.pending == 0 {
@@ -363,12 +363,12 @@ impl<A: Aggregate> AggregateStore<A> {
                 Some(self.subject.clone()),
             )
             .await?;
-        let prefix = self.bus.config().subject_prefix.clone();
+        let door = crate::Door::of(&self.bus);
         loop {
             let Some(m) = reader.next(Duration::from_secs(60)).await? else {
                 continue;
             };
-            let event = crate::stored_event(&prefix, m.seq, &m.subject, m.stored_at, &m.payload);
+            let event = crate::stored_event(&door, m.seq, &m.subject, m.stored_at, &m.payload);
             let mut f = self
                 .state
                 .write()

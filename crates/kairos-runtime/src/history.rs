@@ -116,6 +116,7 @@ async fn read_after<P: Projection>(
         .await
         .map_err(|e| stream_err(&e))?;
     let (mut last, mut decoded) = (after, Vec::new());
+    let door = crate::Door::of(bus);
     let mut first = true;
     let mut more = reader.pending_at_start() > 0;
     while more {
@@ -141,7 +142,7 @@ async fn read_after<P: Projection>(
         }
         last = d.seq;
         more = d.seq < end && d.pending > 0;
-        decoded.extend(decode_stored(projection, bus, filter, &d));
+        decoded.extend(decode_stored(projection, &door, filter, &d));
     }
     Ok((last, SpanItems(decoded)))
 }
@@ -214,17 +215,87 @@ pub async fn as_of_span<P: Projection>(
     }))
 }
 
+/// What a projection makes of one message of the stream, read by [`StreamDecoder`].
+pub enum Decoded<I> {
+    /// An event it folds: its identity's key, its sequence and the item.
+    Item(uuid::Uuid, StreamSeq, I),
+    /// An event it must fold but refuses (the runner dead-letters it).
+    Rejected(StreamSeq, crate::Rejection),
+}
+
+/// Reads the stream in order and decodes what `projection` reads, as its runner would, asking no
+/// table what was applied: for checks that must not trust the projection's own tables.
+pub struct StreamDecoder<'a, P: Projection> {
+    projection: &'a P,
+    door: crate::Door,
+    reader: kairos_bus::EventReader,
+    end: StreamSeq,
+    more: bool,
+}
+
+impl<'a, P: Projection> StreamDecoder<'a, P> {
+    /// From `from` up to `end`, both stream sequences.
+    pub async fn open(
+        projection: &'a P,
+        bus: &Bus,
+        from: StreamSeq,
+        end: StreamSeq,
+    ) -> Result<Self, HistoryError> {
+        let reader = bus
+            .read_span(from, end)
+            .await
+            .map_err(|e| HistoryError::Stream(e.to_string()))?;
+        let more = end >= from && reader.pending_at_start() > 0;
+        Ok(Self {
+            projection,
+            door: crate::Door::of(bus),
+            reader,
+            end,
+            more,
+        })
+    }
+
+    /// The next message the projection folds or refuses; `None` past `end`.
+    pub async fn next(&mut self) -> Result<Option<Decoded<P::Item>>, HistoryError> {
+        while self.more {
+            let Some(d) = self
+                .reader
+                .next(Duration::from_secs(10))
+                .await
+                .map_err(|e| HistoryError::Stream(e.to_string()))?
+            else {
+                return Err(HistoryError::Stream(
+                    "the stream stopped delivering before the requested sequence".into(),
+                ));
+            };
+            if d.seq > self.end {
+                break;
+            }
+            self.more = d.seq < self.end && d.pending > 0;
+            match crate::apply::decode_one(self.projection, &self.door, None, &d) {
+                crate::apply::Slot::Item(key, item) => {
+                    return Ok(Some(Decoded::Item(key, d.seq, item)));
+                }
+                crate::apply::Slot::Rejected(r) => return Ok(Some(Decoded::Rejected(d.seq, r))),
+                crate::apply::Slot::Skip => {}
+            }
+        }
+        self.more = false;
+        Ok(None)
+    }
+}
+
 /// What the live projection folded from `d`: what it reads, parses and decodes.
 fn decode_stored<P: Projection>(
     projection: &P,
-    bus: &Bus,
+    door: &crate::Door,
     filter: Option<&str>,
     d: &kairos_bus::StoredMessage,
 ) -> Option<(uuid::Uuid, StreamSeq, P::Item)> {
     if !filter.is_none_or(|f| subject_matches(f, &d.subject)) {
         return None;
     }
-    match crate::apply::decode_one(projection, &bus.config().subject_prefix, None, d) {
+    match crate::apply::decode_one(projection, door, None, d) {
         crate::apply::Slot::Item(key, item) => Some((key, d.seq, item)),
         crate::apply::Slot::Skip | crate::apply::Slot::Rejected(_) => None,
     }

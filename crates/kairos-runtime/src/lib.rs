@@ -38,8 +38,8 @@ pub use apply::{Delivered, Target, writer_lock};
 pub use command::{Aggregate, AggregateStore, CommandError, Decision, Executed};
 pub use dynamic::AnyProjection;
 pub use history::{
-    AsOfSpan, HistoryError, SpanItems, as_of_span, first_applied, items_between, seq_at_time,
-    snapshot_at,
+    AsOfSpan, Decoded, HistoryError, SpanItems, StreamDecoder, as_of_span, first_applied,
+    items_between, seq_at_time, snapshot_at,
 };
 pub use migrate::{MigrationError, RUNTIME_MIGRATIONS, migrate, module_table};
 pub use partition::{Partition, partition_of};
@@ -160,13 +160,17 @@ pub fn reads<P: Projection>(projection: &P, subject: &str) -> bool {
 /// on the subject its type and project give (an event a producer published to NATS under another
 /// subject would escape the projections reading its own).
 pub(crate) fn stored_event(
-    prefix: &str,
+    door: &Door,
     seq: StreamSeq,
     subject: &str,
     stored_at: DateTime<Utc>,
     payload: &[u8],
 ) -> Result<StoredEvent, Rejection> {
+    let prefix = door.prefix.as_str();
     let event = Event::from_slice(payload)?;
+    if let Some(signer) = &door.signer {
+        signer.check(&event)?;
+    }
     if !event.belongs_on(prefix, subject) {
         return Err(Rejection {
             code: "subject_mismatch",
@@ -183,6 +187,24 @@ pub(crate) fn stored_event(
         stored_at,
         event,
     })
+}
+
+/// What every stored message is checked against before a projection decodes it: the subjects
+/// it belongs on, and the key Kairos' own facts are signed with (when one is set, a signed type
+/// without a valid signature is dead-lettered: `unsigned` or `bad_signature`).
+#[derive(Debug, Clone)]
+pub(crate) struct Door {
+    prefix: String,
+    signer: Option<kairos_events::Signer>,
+}
+
+impl Door {
+    pub(crate) fn of(bus: &kairos_bus::Bus) -> Self {
+        Self {
+            prefix: bus.config().subject_prefix.clone(),
+            signer: bus.config().signer(),
+        }
+    }
 }
 
 /// Why a batch could not be applied.

@@ -374,9 +374,9 @@ async fn catch_up<P: Projection>(
                 .await
                 .map_err(|e| replay_error(name, e))?;
             if !batch.is_empty() {
-                let (p, prefix) = (Arc::clone(projection), bus.config().subject_prefix.clone());
+                let (p, door) = (Arc::clone(projection), crate::Door::of(bus));
                 let decoding = tokio::task::spawn_blocking(move || {
-                    let decoded = decode(p.as_ref(), &prefix, None, &batch);
+                    let decoded = decode(p.as_ref(), &door, None, &batch);
                     (batch, decoded)
                 });
                 if batches.send(decoding).await.is_err() {

@@ -454,12 +454,12 @@ impl<P: Projection> Runner<P> {
         let mut fetched = consumer.fetch().max_messages(max).messages().await.ok()?;
         // A pull that fails half-way keeps what it received, and a chunk whose decoding failed
         // is decoded again when its batch is applied: nothing received is dropped unanswered.
-        let prefix = self.bus.config().subject_prefix.clone();
+        let door = crate::Door::of(&self.bus);
         let partition = self.target.partition;
         let spawn = |chunk: Vec<Delivered>| {
-            let (projection, prefix) = (Arc::clone(&self.projection), prefix.clone());
+            let (projection, door) = (Arc::clone(&self.projection), door.clone());
             tokio::task::spawn_blocking(move || {
-                decode(projection.as_ref(), &prefix, partition, &chunk)
+                decode(projection.as_ref(), &door, partition, &chunk)
             })
         };
         let mut msgs = Vec::with_capacity(max);

@@ -175,6 +175,17 @@ mod tests {
             ("[nats]\nsubject_prefix = \"a b\"", "nats.subject_prefix"),
             ("[nats]\nstream = \"a.b\"", "nats.stream"),
             ("[nats]\nreplicas = 2", "nats.replicas"),
+            ("[nats]\nsigning_key = \"short\"", "nats.signing_key"),
+            ("[audit]\ncheckpoint_every = 0", "audit.checkpoint_every"),
+            (
+                "[audit]\ncheckpoint_interval_secs = 0",
+                "audit.checkpoint_interval_secs",
+            ),
+            (
+                "[audit]\ncheckpoint_every = \"often\"",
+                "audit.checkpoint_every",
+            ),
+            ("[audit]\nsurprise = 1", "surprise"),
             ("[database]\nurl = \"mysql://x\"", "database.url"),
             ("[budgets]\ntimezone = \"Mars/Olympus\"", "budgets.timezone"),
             ("[projections]\nbatch_size = 0", "projections.batch_size"),

@@ -7,12 +7,13 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use kairos_api::extract::{
     QueryParams, ReadAt, limit_param, seq_param, text_param, time_param, wait_for,
 };
 use kairos_api::{
-    ApiError, AppState, Configured, ErrorBody, Guard, Module, ModuleConfig, ModuleError,
-    Permission, Routes,
+    ApiError, AppState, Configured, ErrorBody, EventRule, Guard, Host, Module, ModuleConfig,
+    ModuleError, Permission, Publish, Routes, Started,
 };
 use kairos_runtime::AnyProjection;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,28 @@ pub struct AuditModule;
 /// The value the binary registers.
 pub static MODULE: AuditModule = AuditModule;
 
+/// `[audit]` in `kairos.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct AuditSettings {
+    /// Entries between two signed checkpoints of the chain's head.
+    checkpoint_every: u64,
+    /// Seconds of stream time after which the next entry brings a checkpoint; a serving process
+    /// also signs a chain whose head has not moved for this long.
+    checkpoint_interval_secs: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        let d = Audit::default();
+        Self {
+            checkpoint_every: d.checkpoint_every,
+            checkpoint_interval_secs: u64::try_from(d.checkpoint_interval.num_seconds())
+                .unwrap_or(60),
+        }
+    }
+}
+
 impl Module for AuditModule {
     fn name(&self) -> &'static str {
         NAME
@@ -39,16 +62,48 @@ impl Module for AuditModule {
         &MIGRATOR
     }
 
-    fn configure(&self, _config: &ModuleConfig) -> Result<Box<dyn Configured>, ModuleError> {
-        Ok(Box::new(AuditConfigured))
+    fn config_section(&self) -> Option<&'static str> {
+        Some("audit")
+    }
+
+    fn events(&self) -> &'static [EventRule] {
+        &[EventRule {
+            ty: kairos_events::types::AUDIT_CHECKPOINT,
+            publish: Publish::KairosOnly,
+        }]
+    }
+
+    fn configure(&self, config: &ModuleConfig) -> Result<Box<dyn Configured>, ModuleError> {
+        let s: AuditSettings = config.get()?;
+        if s.checkpoint_every == 0 {
+            return Err(config.invalid("checkpoint_every", "must be at least 1"));
+        }
+        if !(1..=86_400).contains(&s.checkpoint_interval_secs) {
+            return Err(config.invalid("checkpoint_interval_secs", "must be between 1 and 86400"));
+        }
+        Ok(Box::new(AuditConfigured(Audit {
+            checkpoint_every: s.checkpoint_every,
+            checkpoint_interval: chrono::Duration::seconds(
+                i64::try_from(s.checkpoint_interval_secs).unwrap_or(60),
+            ),
+        })))
     }
 }
 
-struct AuditConfigured;
+struct AuditConfigured(Audit);
 
 impl Configured for AuditConfigured {
     fn projection(&self) -> Arc<dyn AnyProjection> {
-        Arc::new(Audit)
+        Arc::new(self.0)
+    }
+
+    fn start<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, Result<Started, ModuleError>> {
+        let every = self.0.checkpoint_interval.to_std().unwrap_or_default();
+        let (bus, pool) = (host.bus.clone(), host.pool.clone());
+        Box::pin(async move {
+            tokio::spawn(sign_quiet_tails(bus, pool, every));
+            Ok(Started::default())
+        })
     }
 
     fn routes(&self) -> Routes {
@@ -58,6 +113,49 @@ impl Configured for AuditConfigured {
             .route(routes!(list_audit), Key(ReadAudit), "audit.read")
             .route(routes!(export_audit), Key(ReadAudit), "audit.export")
             .route(routes!(verify_audit), Key(ReadAudit), "audit.verify")
+    }
+}
+
+/// Signs the head of a chain that stopped growing: every `every`, a head that has not moved since
+/// the last look and that no checkpoint covers yet gets one (the projection signs a growing
+/// chain itself). Its id names the head, so serving processes stating the same head publish one
+/// event.
+async fn sign_quiet_tails(bus: kairos_bus::Bus, pool: sqlx::PgPool, every: std::time::Duration) {
+    type Head = (i64, i64, i64, Vec<u8>, chrono::DateTime<chrono::Utc>);
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = None;
+    loop {
+        tick.tick().await;
+        let head: Result<Option<Head>, sqlx::Error> = sqlx::query_as(
+            "SELECT c.entries, c.signed_entries, e.seq, e.hash, e.occurred_at
+             FROM audit.chain c,
+                  LATERAL (SELECT seq, hash, occurred_at FROM audit.entries ORDER BY seq DESC LIMIT 1) e",
+        )
+        .fetch_optional(&pool)
+        .await;
+        let Ok(Some((entries, signed, seq, hash, at))) = head else {
+            continue;
+        };
+        let quiet = last_seen == Some(seq);
+        last_seen = Some(seq);
+        if !quiet || signed >= entries {
+            continue;
+        }
+        let event = crate::checkpoint_event(
+            u64::try_from(seq).unwrap_or(0),
+            &hash,
+            u64::try_from(entries).unwrap_or(0),
+            at,
+        );
+        match event {
+            Ok(e) => {
+                if let Err(err) = bus.publish_event(&e).await {
+                    tracing::warn!(error = %err, "publishing an audit checkpoint failed");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "building an audit checkpoint failed"),
+        }
     }
 }
 

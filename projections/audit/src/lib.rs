@@ -13,11 +13,12 @@
 use chrono::{DateTime, Utc};
 use kairos_bus::Bus;
 use kairos_events::types::{
-    API_KEY_ISSUED, API_KEY_REVOKED, BUDGET_SET, BUDGET_THRESHOLD_CROSSED, MEMBER_INVITED,
-    MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED, USER_ACTION,
+    API_KEY_ISSUED, API_KEY_REVOKED, AUDIT_CHECKPOINT, AuditCheckpoint, BUDGET_SET,
+    BUDGET_THRESHOLD_CROSSED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
+    USER_ACTION,
 };
-use kairos_events::{Event, StreamSeq};
-use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
+use kairos_events::{Emit, Event, StreamSeq};
+use kairos_runtime::{ApplyError, Decoded, Projection, Rejection, StoredEvent, StreamDecoder};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
@@ -231,12 +232,87 @@ fn identity_entry(ty: &str, data: &serde_json::Value) -> (&'static str, String, 
     }
 }
 
-/// The projection.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Audit;
+/// The head of the chain as a signed checkpoint on the stream states it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHead {
+    /// Where the checkpoint itself is stored.
+    pub seq: u64,
+    pub head_seq: u64,
+    pub head_hash: [u8; 32],
+    pub entries: u64,
+    pub at: DateTime<Utc>,
+}
+
+/// What the audit projection folds from one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // nearly every item is an entry: boxing would cost each one
+pub enum Item {
+    Entry(Entry),
+    Checkpoint(SignedHead),
+}
+
+/// The projection. It appends a signed checkpoint of the chain's head to the stream every
+/// `checkpoint_every` entries, or with the first entry `checkpoint_interval` of stream time after
+/// the last checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Audit {
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: chrono::Duration,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1000,
+            checkpoint_interval: chrono::Duration::seconds(60),
+        }
+    }
+}
+
+/// The checkpoint event of a chain whose newest entry is at `head_seq` with `head_hash`, the
+/// `entries`-th: its id names the head, so the projection and a serving process stating the
+/// same head publish one event.
+pub fn checkpoint_event(
+    head_seq: u64,
+    head_hash: &[u8],
+    entries: u64,
+    at: DateTime<Utc>,
+) -> Result<Event, kairos_events::EventError> {
+    Emit::new(
+        AUDIT_CHECKPOINT,
+        "kairos/audit",
+        serde_json::json!({"head_seq": head_seq, "head_hash": hex(head_hash), "entries": entries}),
+    )
+    .id(format!("audit-checkpoint-{head_seq}"))
+    .time(at)
+    .build()
+}
+
+fn decode_checkpoint(stored: &StoredEvent) -> Result<SignedHead, Rejection> {
+    let c: AuditCheckpoint = stored.event.data_as()?;
+    let head_hash = unhex32(&c.head_hash).ok_or_else(|| Rejection {
+        code: "invalid_data",
+        reason: "head_hash is not 64 hex digits".into(),
+    })?;
+    Ok(SignedHead {
+        seq: stored.seq.0,
+        head_seq: c.head_seq,
+        head_hash,
+        entries: c.entries,
+        at: stored.occurred_at(),
+    })
+}
+
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
+}
 
 impl Projection for Audit {
-    type Item = Entry;
+    type Item = Item;
     /// Nothing: audit takes no snapshots, so a batch is one segment.
     type Carry = ();
 
@@ -251,65 +327,122 @@ impl Projection for Audit {
     fn categories(&self) -> Option<&'static [&'static str]> {
         // `member`, `role` and `api_key` hold identity events stored by an earlier layout.
         Some(&[
-            "user", "budget", "catalog", "access", "member", "role", "api_key",
+            "user", "budget", "catalog", "access", "member", "role", "api_key", "audit",
         ])
     }
 
-    fn decode(&self, stored: &StoredEvent) -> Result<Option<Entry>, Rejection> {
-        Entry::from_event(stored)
+    fn decode(&self, stored: &StoredEvent) -> Result<Option<Item>, Rejection> {
+        if stored.event.event_type().as_str() == AUDIT_CHECKPOINT {
+            return decode_checkpoint(stored).map(|c| Some(Item::Checkpoint(c)));
+        }
+        Ok(Entry::from_event(stored)?.map(Item::Entry))
     }
 
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        items: Vec<Entry>,
+        items: Vec<Item>,
         _carry: &mut (),
     ) -> Result<Vec<Event>, ApplyError> {
-        // The checkpoint row is locked for this transaction, so the chain head cannot move.
-        let head: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT hash FROM entries ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        let mut prev: [u8; 32] = match head {
-            Some(h) => h.try_into().map_err(|_| {
-                ApplyError::Data("the audit chain head is not a 32-byte hash".into())
-            })?,
-            None => GENESIS,
-        };
-        let mut prevs = Vec::with_capacity(items.len());
-        let mut hashes = Vec::with_capacity(items.len());
-        for e in &items {
-            let h = e.hash(&prev);
-            prevs.push(prev.to_vec());
-            hashes.push(h.to_vec());
-            prev = h;
+        let (mut entries, mut signed) = (Vec::with_capacity(items.len()), Vec::new());
+        for item in items {
+            match item {
+                Item::Entry(e) => entries.push(e),
+                Item::Checkpoint(c) => signed.push(c),
+            }
         }
-        sqlx::query(
-            "INSERT INTO entries (seq, occurred_at, actor, actor_role, action, resource, outcome, ip,
-                                  request_id, reason, event_id, event_source, event_type, prev_hash, hash)
-             SELECT * FROM unnest($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                                  $13::text[], $14::bytea[], $15::bytea[])",
-        )
-        .bind(items.iter().map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX)).collect::<Vec<_>>())
-        .bind(items.iter().map(Entry::occurred_at).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.actor_role.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.action.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.resource.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.outcome.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.ip.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.request_id.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.reason.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.event_source.clone()).collect::<Vec<_>>())
-        .bind(items.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
-        .bind(prevs)
-        .bind(hashes)
-        .execute(&mut *tx)
-        .await?;
-        Ok(Vec::new())
+        let mut emitted = Vec::new();
+        if let Some(newest) = entries.last() {
+            let (head_seq, newest_at) = (newest.seq, newest.occurred_at());
+            let head = append(tx, &entries).await?;
+            let (count, signed_entries, signed_at): (i64, i64, Option<DateTime<Utc>>) =
+                sqlx::query_as(
+                    "INSERT INTO chain (one, entries) VALUES (true, $1)
+                     ON CONFLICT (one) DO UPDATE SET entries = chain.entries + $1
+                     RETURNING entries, signed_entries, signed_at",
+                )
+                .bind(i64::try_from(entries.len()).unwrap_or(i64::MAX))
+                .fetch_one(&mut *tx)
+                .await?;
+            let every = i64::try_from(self.checkpoint_every).unwrap_or(i64::MAX);
+            // A chain not signed yet is first signed at `every` entries, or by a serving
+            // process once it is quiet.
+            let due = count - signed_entries >= every
+                || signed_at.is_some_and(|t| newest_at - t >= self.checkpoint_interval);
+            if due {
+                let count = u64::try_from(count).unwrap_or(0);
+                emitted.push(
+                    checkpoint_event(head_seq, &head, count, newest_at)
+                        .map_err(|e| ApplyError::Data(format!("audit checkpoint: {e}")))?,
+                );
+                sqlx::query("UPDATE chain SET signed_entries = entries, signed_at = $1")
+                    .bind(newest_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        // A checkpoint published by a serving process (for a quiet chain's tail) counts as one
+        // this projection appended.
+        for c in signed {
+            sqlx::query(
+                "UPDATE chain SET signed_entries = GREATEST(signed_entries, $1),
+                                  signed_at = GREATEST(signed_at, $2)",
+            )
+            .bind(i64::try_from(c.entries).unwrap_or(i64::MAX))
+            .bind(c.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(emitted)
     }
+}
+
+/// Appends `items` to the chain; the new head's hash.
+async fn append(tx: &mut PgConnection, items: &[Entry]) -> Result<[u8; 32], ApplyError> {
+    // The checkpoint row is locked for this transaction, so the chain head cannot move.
+    let head: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT hash FROM entries ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let mut prev: [u8; 32] = match head {
+        Some(h) => h
+            .try_into()
+            .map_err(|_| ApplyError::Data("the audit chain head is not a 32-byte hash".into()))?,
+        None => GENESIS,
+    };
+    let mut prevs = Vec::with_capacity(items.len());
+    let mut hashes = Vec::with_capacity(items.len());
+    for e in items {
+        let h = e.hash(&prev);
+        prevs.push(prev.to_vec());
+        hashes.push(h.to_vec());
+        prev = h;
+    }
+    sqlx::query(
+        "INSERT INTO entries (seq, occurred_at, actor, actor_role, action, resource, outcome, ip,
+                              request_id, reason, event_id, event_source, event_type, prev_hash, hash)
+         SELECT * FROM unnest($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+                              $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                              $13::text[], $14::bytea[], $15::bytea[])",
+    )
+    .bind(items.iter().map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+    .bind(items.iter().map(Entry::occurred_at).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.actor.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.actor_role.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.action.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.resource.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.outcome.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.ip.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.request_id.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.reason.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.event_id.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.event_source.clone()).collect::<Vec<_>>())
+    .bind(items.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
+    .bind(prevs)
+    .bind(hashes)
+    .execute(&mut *tx)
+    .await?;
+    Ok(prev)
 }
 
 /// A stored entry with its chain columns.
@@ -361,6 +494,8 @@ pub enum Problem {
     Inserted,
     /// The stream produced a different entry at this sequence.
     Differs,
+    /// A signed checkpoint on the stream states another head for the chain at this entry.
+    CheckpointMismatch,
 }
 
 /// The first bad entry, or none.
@@ -371,10 +506,30 @@ pub struct Finding {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Verification {
     pub entries: u64,
     pub first_bad: Option<Finding>,
+    /// Against the stream: the signed checkpoints read, and the newest entry the newest one
+    /// covers (the table must reach it, whatever its own checkpoint says).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed: Option<Signed>,
+}
+
+/// What the signed checkpoints on the stream vouch for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Signed {
+    pub checkpoints: u64,
+    /// The newest checkpoint's head: the chain held `entries` entries up to this sequence.
+    pub through_seq: Option<u64>,
+    pub through_entries: Option<u64>,
+    /// Auditable events past both the projection's checkpoint and the newest signed head: not
+    /// applied yet (or cut off after the newest checkpoint, which the next one would tell).
+    pub unapplied: u64,
+    /// Events of a signed type refused for their signature (forged, or signed with another key):
+    /// never folded, so no entry; the first one's sequence.
+    pub refused_signatures: u64,
+    pub first_refused_seq: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -468,6 +623,7 @@ pub async fn verify_chain(pool: &PgPool) -> Result<Verification, VerifyError> {
             .hash(&s.prev_hash.clone().try_into().unwrap_or(GENESIS));
         if own.as_slice() != s.hash.as_slice() {
             return Ok(Verification {
+                signed: None,
                 entries: n,
                 first_bad: Some(Finding {
                     seq: s.entry.seq,
@@ -478,6 +634,7 @@ pub async fn verify_chain(pool: &PgPool) -> Result<Verification, VerifyError> {
         }
         if s.prev_hash != prev {
             return Ok(Verification {
+                signed: None,
                 entries: n,
                 first_bad: Some(Finding {
                     seq: s.entry.seq,
@@ -495,66 +652,200 @@ pub async fn verify_chain(pool: &PgPool) -> Result<Verification, VerifyError> {
     Ok(Verification {
         entries: n,
         first_bad: None,
+        signed: None,
     })
 }
 
-/// Rebuilds the entries the stream implies, up to the projection's checkpoint, and compares them
-/// with the table in order.
+/// Rebuilds the entries from the stream alone (no table decides which events count: a retry is
+/// the second event with an identity the stream already holds) and compares them with the
+/// table in order, both streamed. The table must hold every entry up to the projection's
+/// checkpoint or the newest signed checkpoint on the stream, whichever is further, so a tail
+/// cut off together with the projection's own records is noticed; and every signed head must be
+/// the table's entry at that sequence, with as many entries up to it.
 pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verification, VerifyError> {
-    let upto = kairos_runtime::checkpoint(pool, NAME)
+    let stream_err = |e: kairos_bus::BusError| kairos_runtime::HistoryError::Stream(e.to_string());
+    let end = bus.last_seq().await.map_err(stream_err)?;
+    let applied = kairos_runtime::checkpoint(pool, NAME)
         .await?
         .map_or(0, |c| c.last_seq);
-    let expected =
-        kairos_runtime::items_between(&Audit, bus, pool, StreamSeq(0), StreamSeq(upto), None)
-            .await?;
-    // Every row: the projection never writes past its checkpoint, so a row beyond it is forged too.
-    let rows = sqlx::query("SELECT * FROM audit.entries ORDER BY seq")
-        .fetch_all(pool)
-        .await?;
-    let actual: Vec<Entry> = rows
-        .iter()
-        .map(row_to_entry)
-        .map(|r| r.map(|s| s.entry))
-        .collect::<Result<_, _>>()?;
-    let (mut i, mut j) = (0, 0);
-    while i < expected.len() || j < actual.len() {
-        let finding = match (expected.get(i), actual.get(j)) {
-            (Some(e), Some(a)) if e == a => {
-                i += 1;
-                j += 1;
+    let audit = Audit::default();
+    let mut expected = Expected {
+        decoder: StreamDecoder::open(&audit, bus, StreamSeq(1), end).await?,
+        seen: std::collections::HashSet::new(),
+        heads: Vec::new(),
+        signed: Signed::default(),
+    };
+    let mut rows = sqlx::query("SELECT * FROM audit.entries ORDER BY seq").fetch(pool);
+    let mut next_row = async || -> Result<Option<Entry>, VerifyError> {
+        match futures_util::TryStreamExt::try_next(&mut rows).await? {
+            Some(r) => Ok(Some(row_to_entry(&r)?.entry)),
+            None => Ok(None),
+        }
+    };
+    let (mut e, mut a) = (expected.next().await?, next_row().await?);
+    let mut finding = None;
+    loop {
+        let found = match (&e, &a) {
+            (None, None) => break,
+            (Some(x), Some(y)) if x == y => {
+                e = expected.next().await?;
+                a = next_row().await?;
                 continue;
             }
-            (Some(e), Some(a)) if e.seq == a.seq => Finding {
-                seq: a.seq,
+            (Some(x), Some(y)) if x.seq == y.seq => Finding {
+                seq: y.seq,
                 problem: Problem::Differs,
                 detail: "the table's entry differs from the one its event produces".into(),
             },
-            (Some(e), Some(a)) if e.seq < a.seq => Finding {
-                seq: e.seq,
-                problem: Problem::Deleted,
-                detail: "the event is on the stream; its entry is missing".into(),
-            },
-            (Some(_), Some(a)) | (None, Some(a)) => Finding {
-                seq: a.seq,
+            (Some(x), Some(y)) if x.seq < y.seq => deleted(x.seq),
+            (_, Some(y)) => Finding {
+                seq: y.seq,
                 problem: Problem::Inserted,
                 detail: "no event on the stream produced this entry".into(),
             },
-            (Some(e), None) => Finding {
-                seq: e.seq,
-                problem: Problem::Deleted,
-                detail: "the event is on the stream; its entry is missing".into(),
-            },
-            (None, None) => break,
+            // The table ends here: what the stream holds past it is missing only up to what was
+            // applied or signed, known once the stream is read to its end.
+            (Some(_), None) => break,
         };
-        return Ok(Verification {
-            entries: actual.len() as u64,
-            first_bad: Some(finding),
-        });
+        finding = Some(found);
+        break;
     }
+    let first_unapplied = if finding.is_none() { e.take() } else { None };
+    while expected.next().await?.is_some() {}
+    let mut signed = expected.signed;
+    let newest = expected.heads.iter().max_by_key(|h| h.head_seq).cloned();
+    signed.through_seq = newest.as_ref().map(|h| h.head_seq);
+    signed.through_entries = newest.as_ref().map(|h| h.entries);
+    if finding.is_none()
+        && let Some(x) = first_unapplied
+    {
+        let must_reach = applied.max(signed.through_seq.unwrap_or(0));
+        if x.seq <= must_reach {
+            finding = Some(deleted(x.seq));
+        } else {
+            signed.unapplied = 1 + expected_rest(&audit, bus, x.seq, end).await?;
+        }
+    }
+    if finding.is_none() {
+        finding = check_heads(pool, &expected.heads).await?;
+    }
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.entries")
+        .fetch_one(pool)
+        .await?;
     Ok(Verification {
-        entries: actual.len() as u64,
-        first_bad: None,
+        entries: u64::try_from(entries).unwrap_or(0),
+        first_bad: finding,
+        signed: Some(signed),
     })
+}
+
+fn deleted(seq: u64) -> Finding {
+    Finding {
+        seq,
+        problem: Problem::Deleted,
+        detail: "the event is on the stream; its entry is missing".into(),
+    }
+}
+
+/// The entries the stream implies, in order, and the signed heads it holds.
+struct Expected<'a> {
+    decoder: StreamDecoder<'a, Audit>,
+    seen: std::collections::HashSet<uuid::Uuid>,
+    heads: Vec<SignedHead>,
+    signed: Signed,
+}
+
+impl Expected<'_> {
+    async fn next(&mut self) -> Result<Option<Entry>, VerifyError> {
+        while let Some(d) = self.decoder.next().await? {
+            match d {
+                Decoded::Item(identity, _, item) if self.seen.insert(identity) => match item {
+                    Item::Entry(e) => return Ok(Some(e)),
+                    Item::Checkpoint(c) => {
+                        self.signed.checkpoints += 1;
+                        self.heads.push(c);
+                    }
+                },
+                Decoded::Item(..) => {}
+                Decoded::Rejected(seq, r) if matches!(r.code, "unsigned" | "bad_signature") => {
+                    self.signed.refused_signatures += 1;
+                    self.signed.first_refused_seq.get_or_insert(seq.0);
+                }
+                Decoded::Rejected(..) => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// How many auditable events the stream holds after `after` up to `end`.
+async fn expected_rest(
+    audit: &Audit,
+    bus: &Bus,
+    after: u64,
+    end: StreamSeq,
+) -> Result<u64, VerifyError> {
+    let mut d = StreamDecoder::open(audit, bus, StreamSeq(after + 1), end).await?;
+    let mut n = 0;
+    while let Some(x) = d.next().await? {
+        if matches!(x, Decoded::Item(_, _, Item::Entry(_))) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Each signed head against the table: the entry at its sequence has its hash, and the newest
+/// has as many entries up to it as it says.
+async fn check_heads(pool: &PgPool, heads: &[SignedHead]) -> Result<Option<Finding>, VerifyError> {
+    let mismatch = |h: &SignedHead, why: String| Finding {
+        seq: h.head_seq,
+        problem: Problem::CheckpointMismatch,
+        detail: format!("the signed checkpoint at stream seq {} {why}", h.seq),
+    };
+    let seqs: Vec<i64> = heads
+        .iter()
+        .map(|h| i64::try_from(h.head_seq).unwrap_or(i64::MAX))
+        .collect();
+    let stored: std::collections::HashMap<i64, Vec<u8>> = sqlx::query_as::<_, (i64, Vec<u8>)>(
+        "SELECT seq, hash FROM audit.entries WHERE seq = ANY($1)",
+    )
+    .bind(&seqs)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let mut ordered: Vec<&SignedHead> = heads.iter().collect();
+    ordered.sort_by_key(|h| h.head_seq);
+    for h in &ordered {
+        match stored.get(&i64::try_from(h.head_seq).unwrap_or(i64::MAX)) {
+            None => return Ok(Some(mismatch(h, "names an entry the table lacks".into()))),
+            Some(hash) if hash.as_slice() != h.head_hash => {
+                return Ok(Some(mismatch(
+                    h,
+                    format!(
+                        "states hash {} for it; the table's is {}",
+                        &hex(&h.head_hash)[..16],
+                        &hex(hash)[..16.min(hash.len() * 2)]
+                    ),
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(h) = ordered.last() {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.entries WHERE seq <= $1")
+            .bind(i64::try_from(h.head_seq).unwrap_or(i64::MAX))
+            .fetch_one(pool)
+            .await?;
+        if u64::try_from(n).unwrap_or(0) != h.entries {
+            return Ok(Some(mismatch(
+                h,
+                format!("counts {} entries up to it; the table holds {n}", h.entries),
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Filters for [`query`].

@@ -171,6 +171,11 @@ fn three_members_one_killed_one_added_count_every_event_once_in_order() {
             ("KAIROS_NATS_URL", nats_url.clone()),
             ("KAIROS_NATS_STREAM", stream.clone()),
             ("KAIROS_NATS_SUBJECT_PREFIX", format!("scale{tag}")),
+            // The budget settings this test publishes are signed with the processes' key.
+            (
+                "KAIROS_NATS_SIGNING_KEY",
+                format!("scale-out-signing-key-{tag}-0123456789"),
+            ),
             ("KAIROS_PROJECTIONS_PARTITIONS", partitions.to_string()),
             ("KAIROS_PROJECTIONS_BATCH_SIZE", "500".into()),
             ("KAIROS_PROJECTIONS_ACK_WAIT_MS", "2000".into()),
@@ -199,6 +204,7 @@ fn three_members_one_killed_one_added_count_every_event_once_in_order() {
         settings.nats.url = nats_url.clone();
         settings.nats.stream = stream.clone();
         settings.nats.subject_prefix = format!("scale{tag}");
+        settings.nats.signing_key = Some(format!("scale-out-signing-key-{tag}-0123456789"));
         let bus = kairos_bus::Bus::connect(&settings.nats, "scale-out-test")
             .await
             .expect("NATS");

@@ -51,16 +51,6 @@ impl Signer {
         mac
     }
 
-    /// The HMAC-SHA256 of any bytes under this key, in hex: for what is signed beside events.
-    pub fn sign_bytes(&self, domain: &str, bytes: &[u8]) -> String {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
-        mac.update(domain.as_bytes());
-        mac.update(&[0]);
-        mac.update(bytes);
-        hex(&mac.finalize().into_bytes())
-    }
-
     /// `event` with its signature set, when its type is signed; unchanged otherwise. A signature
     /// it already carries is replaced.
     pub fn sign(&self, event: &Event) -> Result<Option<Event>, EventError> {

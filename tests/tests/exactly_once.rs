@@ -225,23 +225,30 @@ async fn budgets_are_exact_under_duplicates_crashes_and_redelivery(pool: PgPool)
 #[sqlx::test(migrations = false)]
 async fn identities_recorded_by_an_earlier_version_still_dedupe(pool: PgPool) {
     let mut app = spawn_app_with(pool.clone(), test_settings(), false).await;
-    sqlx::raw_sql(
-        "DROP TABLE IF EXISTS budgets.kairos_applied;
-         CREATE TABLE budgets.kairos_applied (
-             identity bytea PRIMARY KEY CHECK (length(identity) = 32), seq bigint NOT NULL);
-         INSERT INTO budgets.kairos_applied VALUES (
-             sha256(convert_to('test/gateway', 'UTF8') || '\\x00'::bytea || convert_to('old-1', 'UTF8')),
-             1)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
     let last = app
         .ingest(&[
             llm_call("old-1", "acme", "5"),
             llm_call("new-1", "acme", "2"),
         ])
         .await;
+    // The earlier version applied old-1 where it lies in the stream, one before new-1.
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS budgets.kairos_applied;
+         CREATE TABLE budgets.kairos_applied (
+             identity bytea PRIMARY KEY CHECK (length(identity) = 32), seq bigint NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO budgets.kairos_applied VALUES (
+             sha256(convert_to('test/gateway', 'UTF8') || '\\x00'::bytea || convert_to('old-1', 'UTF8')),
+             $1)",
+    )
+    .bind(last as i64 - 1)
+    .execute(&pool)
+    .await
+    .unwrap();
     // The runner and a replay start together: both find the old table, one converts it.
     app.start_projection("budgets");
     let replayed = app

@@ -233,6 +233,85 @@ async fn a_reused_identity_with_other_content_is_refused(pool: PgPool) {
     app.cleanup().await;
 }
 
+/// A producer publishing straight to NATS, or retrying after the duplicate window, is past the
+/// HTTP door's check: the projection compares what a reused `(source, id)` says with the event
+/// that carried it first. A retry (the same event, even re-serialised) is a duplicate; other
+/// content is dead-lettered `identity_conflict`, whether the first is in the same batch or long
+/// applied, and a replay counts the same.
+#[sqlx::test(migrations = false)]
+async fn a_reused_identity_published_straight_to_nats_is_dead_lettered(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    // pb has a budget, so it reports what it spent even when that is nothing.
+    app.ingest(&[kairos_tests::budget_set("b-pb", "pb", "100", 80)])
+        .await;
+    let js = app.kairos.bus.jetstream();
+    let publish = |event: &Value, pretty: bool| {
+        let subject = format!(
+            "{}.events.llm.{}",
+            app.prefix(),
+            event["subject"].as_str().unwrap()
+        );
+        let body = if pretty {
+            serde_json::to_vec_pretty(event)
+        } else {
+            serde_json::to_vec(event)
+        }
+        .unwrap();
+        let js = js.clone();
+        async move {
+            js.publish(subject, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .sequence
+        }
+    };
+    let spent = |project: &'static str| {
+        let app = &app;
+        async move {
+            let (status, b) = app
+                .get(&format!("/v1/projects/{project}/budget?period=2026-11"))
+                .await;
+            assert_eq!(status, 200, "{b}");
+            b["spent"].as_str().unwrap().to_owned()
+        }
+    };
+    // Far apart: the first is applied before its conflict and its retry arrive.
+    let first = llm_call("call-1", "pa", "1.00");
+    let seq = publish(&first, false).await;
+    app.wait_for("budgets", seq).await;
+    publish(&llm_call("call-1", "pb", "9.00"), false).await;
+    publish(&first, true).await;
+    // Close together: most likely one batch.
+    publish(&llm_call("call-2", "pa", "0.10"), false).await;
+    let last = publish(&llm_call("call-2", "pb", "3.00"), false).await;
+    app.wait_for("budgets", last).await;
+    assert_eq!(spent("pa").await, "1.10");
+    assert_eq!(spent("pb").await, "0.00");
+    let cp = kairos_runtime::checkpoint(&pool, "budgets")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((cp.dead_lettered, cp.duplicates), (2, 1), "{cp:?}");
+    let codes = dlq_codes(&app, "budgets").await;
+    assert_eq!(
+        codes,
+        ["identity_conflict", "identity_conflict"],
+        "{codes:?}"
+    );
+    // A replay, which dedupes against the identities it keeps in memory, counts the same.
+    let report = app
+        .kairos
+        .replay("budgets", &Default::default(), None, |_| {})
+        .await
+        .unwrap();
+    assert!(report.switched);
+    assert_eq!(spent("pa").await, "1.10", "after replay");
+    assert_eq!(spent("pb").await, "0.00", "after replay");
+    app.cleanup().await;
+}
+
 /// A member may hold `auth.max_keys_per_member` keys at once: one more is refused until one is
 /// revoked.
 #[sqlx::test(migrations = false)]
@@ -297,29 +376,31 @@ async fn a_forged_identity_event_on_the_stream_is_dead_lettered(pool: PgPool) {
     }
     let (status, me) = app.get("/v1/me").await;
     assert_eq!(status, 200, "the admin is still a member: {me}");
-    let codes = |dlq: Vec<async_nats::jetstream::Message>| -> Vec<String> {
-        dlq.iter()
-            .map(|m| {
-                m.headers
-                    .as_ref()
-                    .unwrap()
-                    .get("Kairos-Dlq-Code")
-                    .unwrap()
-                    .as_str()
-                    .to_owned()
-            })
-            .collect()
-    };
     for projection in ["access", "audit"] {
-        let dlq = app
-            .read_stream(
-                &app.kairos.bus.dlq_stream_name(),
-                &format!("{}.dlq.{projection}", app.prefix()),
-            )
-            .await;
-        assert_eq!(codes(dlq), ["unsigned", "bad_signature"], "{projection}");
+        assert_eq!(
+            dlq_codes(&app, projection).await,
+            ["unsigned", "bad_signature"],
+            "{projection}"
+        );
     }
     let (_, log) = app.get("/v1/audit?action=member.remove").await;
     assert_eq!(log["entries"].as_array().unwrap().len(), 0, "{log}");
     app.cleanup().await;
+}
+
+/// The codes of what `projection` dead-lettered, in order.
+async fn dlq_codes(app: &kairos_tests::TestApp, projection: &str) -> Vec<String> {
+    app.read_stream(
+        &app.kairos.bus.dlq_stream_name(),
+        &format!("{}.dlq.{projection}", app.prefix()),
+    )
+    .await
+    .iter()
+    .map(|m| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get("Kairos-Dlq-Code"))
+            .map_or_else(String::new, |v| v.as_str().to_owned())
+    })
+    .collect()
 }

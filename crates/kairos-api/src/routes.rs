@@ -170,8 +170,10 @@ async fn ingest(
             && r.duplicate
         {
             match st.bus.payload_at(r.seq).await {
-                Ok(first) if same_event(&first, event) => {}
-                Ok(_) => {
+                // Aged out of the stream: nothing left to compare with.
+                Ok(None) => {}
+                Ok(Some(first)) if kairos_events::same_content(&first, event.to_bytes()) => {}
+                Ok(Some(_)) => {
                     *receipt = Err(kairos_bus::BusError::Conflict {
                         subject: event.nats_subject(&st.bus.config().subject_prefix),
                         expected: r.seq.0,
@@ -358,21 +360,6 @@ fn parse_request(
             items
         }
     })
-}
-
-/// Whether the stored `first` and `event` are the same event: the same envelope and data, which
-/// a producer's retry keeps (its bytes may differ in spacing or member order).
-fn same_event(first: &[u8], event: &Event) -> bool {
-    // Kairos' signature on the stored one (a budget setting) is not part of what was sent.
-    let unsigned = |mut v: Value| {
-        if let Some(attrs) = v.as_object_mut() {
-            attrs.remove(kairos_events::SIGNATURE_ATTRIBUTE);
-        }
-        v
-    };
-    first == event.to_bytes()
-        || serde_json::from_slice::<Value>(first)
-            .is_ok_and(|v| unsigned(v) == unsigned(event.json().clone()))
 }
 
 /// The answer to an ingest call: counts, and one outcome per event, in request order.

@@ -1210,17 +1210,17 @@ impl Bus {
         }
     }
 
-    /// The payload stored at `seq` (a direct get).
-    pub async fn payload_at(&self, seq: StreamSeq) -> Result<Bytes, BusError> {
-        self.events_stream()
-            .await?
-            .direct_get(seq.0)
-            .await
-            .map(|m| m.payload)
-            .map_err(|e| BusError::Stream {
+    /// The payload stored at `seq` (a direct get); `None` when the stream no longer holds it.
+    pub async fn payload_at(&self, seq: StreamSeq) -> Result<Option<Bytes>, BusError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        match self.events_stream().await?.direct_get(seq.0).await {
+            Ok(m) => Ok(Some(m.payload)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BusError::Stream {
                 stream: self.config.stream.clone(),
                 message: e.to_string(),
-            })
+            }),
+        }
     }
 
     /// `event` signed, if this bus signs and its type is signed ([`kairos_events::is_signed`]).

@@ -719,6 +719,23 @@ mod fast {
     }
 }
 
+/// Whether two stored events with the same identity say the same: the same envelope and data,
+/// which a producer's retry keeps though its bytes may differ in spacing or member order.
+/// Kairos' signature ([`crate::SIGNATURE_ATTRIBUTE`]) is left out: it is not part of what the
+/// producer sent. Two that differ otherwise are an identity conflict, not a retry.
+pub fn same_content(first: &[u8], second: &[u8]) -> bool {
+    let unsigned = |bytes: &[u8]| {
+        serde_json::from_slice::<Value>(bytes).ok().map(|mut v| {
+            if let Some(attrs) = v.as_object_mut() {
+                attrs.remove(crate::SIGNATURE_ATTRIBUTE);
+            }
+            v
+        })
+    };
+    first.trim_ascii() == second.trim_ascii()
+        || unsigned(first).is_some_and(|a| unsigned(second).is_some_and(|b| a == b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1067,5 +1084,33 @@ mod tests {
         ] {
             assert!(!e.belongs_on("kairos", other), "{other}");
         }
+    }
+
+    #[test]
+    fn a_retry_says_the_same_and_a_conflict_does_not() {
+        let first =
+            br#"{"specversion":"1.0","id":"a","source":"s","type":"t","data":{"x":1,"y":[1,2]}}"#;
+        // Spacing and member order are not content.
+        let respaced = br#" { "source" : "s", "id":"a", "type":"t", "specversion":"1.0",
+            "data": {"y":[1, 2], "x":1} }
+"#;
+        assert!(same_content(first, first));
+        assert!(same_content(first, respaced));
+        // Kairos' signature on the stored one was not sent by the producer.
+        let signed = br#"{"specversion":"1.0","id":"a","source":"s","type":"t","kairossig":"00ff","data":{"x":1,"y":[1,2]}}"#;
+        assert!(same_content(signed, first));
+        for other in [
+            &br#"{"specversion":"1.0","id":"a","source":"s","type":"t","data":{"x":2,"y":[1,2]}}"#[..],
+            br#"{"specversion":"1.0","id":"a","source":"s","type":"t","data":{"x":1,"y":[2,1]}}"#,
+            br#"{"specversion":"1.0","id":"a","source":"s","type":"u","data":{"x":1,"y":[1,2]}}"#,
+            br#"{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"p","data":{"x":1,"y":[1,2]}}"#,
+            b"not json",
+        ] {
+            assert!(!same_content(first, other), "{}", String::from_utf8_lossy(other));
+            assert!(!same_content(other, first), "{}", String::from_utf8_lossy(other));
+        }
+        // Text that is not JSON is the same only byte for byte.
+        assert!(same_content(b"not json", b"not json\n"));
+        assert!(!same_content(b"not json", b"not  json"));
     }
 }

@@ -23,7 +23,9 @@ pub use catalogue::{CATALOGUE, EventSpec, is_identity, is_signed, spec};
 pub use clock::Clock;
 pub use domain::{EventType, Money, MoneyError, Period, ProjectId, StreamSeq};
 pub use emit::Emit;
-pub use envelope::{Event, MAX_EVENT_BYTES, parse_batch, parse_binary, parse_structured};
+pub use envelope::{
+    Event, MAX_EVENT_BYTES, parse_batch, parse_binary, parse_structured, same_content,
+};
 pub use error::{EventError, printable};
 pub use schema::{known_type, known_types, schema_source};
 pub use signature::{SIGNATURE_ATTRIBUTE, Signer};

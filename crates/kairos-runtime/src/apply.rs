@@ -1,7 +1,7 @@
 //! Applying one contiguous batch of stream messages to a projection: decode, dead-letter, dedupe,
 //! fold and checkpoint in one transaction. Shared by the live runner and by replay.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use kairos_bus::Bus;
 use kairos_events::StreamSeq;
@@ -198,6 +198,38 @@ pub(crate) fn decode_one<P: Projection>(
     }
 }
 
+/// What a message repeating the identity of the one at `first` is: `None` for a retry (the same
+/// content, or a first message the stream no longer holds to compare with), or the rejection of
+/// an identity conflict, which says something else under the same `(source, id)`. The first
+/// stays folded; the conflict is dead-lettered, not dropped as a retry that would hide a fact
+/// (another project's call, say). Rare, so the first's text is fetched only here.
+async fn repeated<'a>(
+    bus: &Bus,
+    batch: &'a [Delivered],
+    m: &'a Delivered,
+    first: StreamSeq,
+) -> Result<Option<Rejection>, Failure> {
+    if first >= m.seq {
+        return Ok(None);
+    }
+    let stored = match batch.iter().find(|b| b.seq == first) {
+        Some(b) => Some(b.payload.clone()),
+        None => bus
+            .payload_at(first)
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?,
+    };
+    Ok(match stored {
+        Some(text) if !kairos_events::same_content(&text, &m.payload) => Some(Rejection {
+            code: "identity_conflict",
+            reason: format!(
+                "source and id were used by the event at seq {first}, which says something else"
+            ),
+        }),
+        _ => None,
+    })
+}
+
 /// Where the snapshots of a batch after `checkpoint` go: at each message that reaches a multiple
 /// of `every` (the multiple itself on a stream without holes), with when it was stored.
 fn snapshot_marks(
@@ -221,9 +253,9 @@ fn snapshot_marks(
 
 /// Applies `batch` (contiguous, starting right after `checkpoint`); returns whether events were
 /// written to the outbox. `decoded` is used for the messages it holds, the rest are decoded
-/// here. With `known`, identities are deduplicated against that set (every identity the
-/// target's table holds, kept by a replay filling a new generation) instead of the table, and
-/// the set gets this batch's once it committed.
+/// here. With `known`, identities are deduplicated against that map (every identity the
+/// target's table holds, with the sequence that carried it first, kept by a replay filling a
+/// new generation) instead of the table, and the map gets this batch's once it committed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn apply_batch<P: Projection>(
     projection: &P,
@@ -233,7 +265,7 @@ pub(crate) async fn apply_batch<P: Projection>(
     checkpoint: StreamSeq,
     batch: &[Delivered],
     decoded: Option<Decoded<P::Item>>,
-    known: Option<&mut HashSet<uuid::Uuid>>,
+    known: Option<&mut HashMap<uuid::Uuid, i64>>,
 ) -> Result<bool, Failure> {
     let name = projection.name();
     let mut items = Vec::new();
@@ -241,11 +273,15 @@ pub(crate) async fn apply_batch<P: Projection>(
     let mut seqs = Vec::new();
     let mut dead = 0i64;
     let mut duplicates = 0i64;
-    let mut seen = HashSet::new();
+    // Each identity's first message in the batch, and the later messages that repeat one: a
+    // retry, or an identity conflict when it says something else.
+    let mut seen = HashMap::new();
+    let mut positions = Vec::new();
+    let mut repeats: Vec<(usize, StreamSeq)> = Vec::new();
     let mut rejected = Vec::new();
     let door = &crate::Door::of(bus);
     let mut ahead = decoded.map(|d| d.0.into_iter().peekable());
-    for m in batch {
+    for (at, m) in batch.iter().enumerate() {
         // Both are usually in the same order (a redelivery can break it: then the message is
         // decoded here); skip what the batch no longer holds.
         let slot = ahead
@@ -260,15 +296,18 @@ pub(crate) async fn apply_batch<P: Projection>(
             );
         match slot {
             Slot::Skip => {}
-            Slot::Item(identity, item) => {
-                if seen.insert(identity) {
+            Slot::Item(identity, item) => match seen.entry(identity) {
+                std::collections::hash_map::Entry::Vacant(first) => {
+                    first.insert(m.seq);
                     identities.push(identity);
                     seqs.push(store::to_i64(m.seq));
+                    positions.push(at);
                     items.push(item);
-                } else {
-                    duplicates += 1;
                 }
-            }
+                std::collections::hash_map::Entry::Occupied(first) => {
+                    repeats.push((at, *first.get()));
+                }
+            },
             Slot::Rejected(rejection) => {
                 dead += 1;
                 if target.live {
@@ -282,7 +321,7 @@ pub(crate) async fn apply_batch<P: Projection>(
     // With `known`, the identities recorded here join it once the transaction committed.
     let (fresh, claimed) = match &known {
         Some(known) => {
-            let fresh: Vec<bool> = identities.iter().map(|i| !known.contains(i)).collect();
+            let fresh: Vec<bool> = identities.iter().map(|i| !known.contains_key(i)).collect();
             let (ids, at): (Vec<uuid::Uuid>, Vec<i64>) = identities
                 .iter()
                 .zip(&seqs)
@@ -292,7 +331,7 @@ pub(crate) async fn apply_batch<P: Projection>(
             store::record_identities(&mut tx, &ids, &at)
                 .await
                 .map_err(classify)?;
-            (fresh, ids)
+            (fresh, ids.into_iter().zip(at).collect())
         }
         None if store::record_new_identities(&mut tx, &identities, &seqs)
             .await
@@ -319,7 +358,48 @@ pub(crate) async fn apply_batch<P: Projection>(
             (fresh, Vec::new())
         }
     };
-    duplicates += fresh.iter().filter(|f| !**f).count() as i64;
+    // An identity recorded before: the first message that carried it is the one folded.
+    let recorded: Vec<uuid::Uuid> = identities
+        .iter()
+        .zip(&fresh)
+        .filter_map(|(identity, fresh)| (!fresh).then_some(*identity))
+        .collect();
+    if !recorded.is_empty() {
+        let firsts = match &known {
+            Some(known) => recorded
+                .iter()
+                .filter_map(|i| known.get(i).map(|seq| (*i, *seq)))
+                .collect(),
+            None => store::first_seqs(&mut tx, &recorded)
+                .await
+                .map_err(classify)?,
+        };
+        for (identity, at) in identities
+            .iter()
+            .zip(&positions)
+            .zip(&fresh)
+            .filter_map(|(pair, fresh)| (!fresh).then_some(pair))
+        {
+            // Without a recorded first (none should be missing) it is counted as a retry.
+            let first = firsts
+                .get(identity)
+                .and_then(|seq| u64::try_from(*seq).ok())
+                .map_or(StreamSeq(u64::MAX), StreamSeq);
+            repeats.push((*at, first));
+        }
+    }
+    for (at, first) in repeats {
+        let m = &batch[at];
+        match repeated(bus, batch, m, first).await? {
+            None => duplicates += 1,
+            Some(rejection) => {
+                dead += 1;
+                if target.live {
+                    rejected.push((m, rejection));
+                }
+            }
+        }
+    }
     let mut items = items
         .into_iter()
         .zip(seqs)

@@ -7,7 +7,7 @@
 //! checkpoint and dedupe keys in one transaction: readers see the old tables or the new ones,
 //! never a half-built generation, and the live runner carries on from the same sequence.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -169,7 +169,7 @@ pub async fn replay<P: Projection>(
     // A new generation's identities are kept in memory while it is filled, and its table gets
     // its key once, at the end of this pass, rather than event by event.
     let known = if fresh && opts.identities_in_memory > 0 {
-        Some(HashSet::new())
+        Some(HashMap::new())
     } else {
         store::ensure_applied_key(pool, &next.schema).await?;
         None
@@ -344,7 +344,7 @@ async fn catch_up<P: Projection>(
     end: u64,
     batch_size: usize,
     seat: Option<Seat>,
-    (mut known, known_at_most): (Option<HashSet<uuid::Uuid>>, usize),
+    (mut known, known_at_most): (Option<HashMap<uuid::Uuid, i64>>, usize),
     read: &mut u64,
     on_progress: &mut impl FnMut(Progress),
 ) -> Result<StreamSeq, RunnerError> {
@@ -648,7 +648,7 @@ async fn apply_with_retry<P: Projection>(
     checkpoint: StreamSeq,
     batch: &[Delivered],
     mut decoded: Option<Decoded<P::Item>>,
-    mut known: Option<&mut HashSet<uuid::Uuid>>,
+    mut known: Option<&mut HashMap<uuid::Uuid, i64>>,
 ) -> Result<StreamSeq, RunnerError> {
     let name = projection.name();
     let mut attempts = 0;

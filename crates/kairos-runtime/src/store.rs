@@ -327,6 +327,19 @@ pub(crate) async fn claim_identities(
     Ok(seqs.iter().map(|s| fresh.contains(s)).collect())
 }
 
+/// The sequence each of `identities` was first recorded with, for those recorded.
+pub(crate) async fn first_seqs(
+    tx: &mut PgConnection,
+    identities: &[uuid::Uuid],
+) -> Result<std::collections::HashMap<uuid::Uuid, i64>, sqlx::Error> {
+    let rows: Vec<(uuid::Uuid, i64)> =
+        sqlx::query_as("SELECT identity, seq FROM kairos_applied WHERE identity = ANY($1)")
+            .bind(identities)
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
 pub(crate) struct Advance {
     pub to: StreamSeq,
     pub applied: i64,

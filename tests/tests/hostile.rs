@@ -404,3 +404,61 @@ async fn dlq_codes(app: &kairos_tests::TestApp, projection: &str) -> Vec<String>
     })
     .collect()
 }
+
+/// A write whose audit entry cannot be recorded is answered as failed (503 `audit_unavailable`),
+/// not as done; its retry, once the stream takes audit entries again, is deduplicated and
+/// recorded. A write that records itself (a budget change is its own audit event) is unaffected.
+#[sqlx::test(migrations = false)]
+async fn a_write_whose_audit_entry_cannot_be_recorded_fails(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    // The stream stops taking user actions (no stream listens on their subjects any more): the
+    // audit publish fails at once while LLM calls and budget settings are still stored.
+    let js = app.kairos.bus.jetstream();
+    let name = app.kairos.bus.stream_name().to_owned();
+    let mut config = js
+        .get_stream(&name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    let all = config.subjects.clone();
+    config.subjects = ["llm", "budget", "access", "audit"]
+        .map(|c| format!("{}.events.{c}.>", app.prefix()))
+        .to_vec();
+    js.update_stream(config.clone()).await.unwrap();
+
+    let call = llm_call("unaudited-1", "acme", "0.50");
+    let body = serde_json::to_vec(&call).unwrap();
+    let (status, r) = app
+        .post_events("application/cloudevents+json", body.clone())
+        .await;
+    assert_eq!(status, 503, "{r}");
+    assert_eq!(r["error"]["code"], "audit_unavailable", "{r}");
+    let (status, r) = app
+        .put_json(
+            "/v1/projects/acme/budget",
+            &json!({"monthly_limit": "10", "warn_at_percent": 80}),
+        )
+        .await;
+    assert!(status < 300, "a budget change records itself: {status} {r}");
+
+    config.subjects = all;
+    js.update_stream(config).await.unwrap();
+    let (status, r) = app.post_events("application/cloudevents+json", body).await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!(
+        r["results"][0]["duplicate"], true,
+        "the first try was stored: {r}"
+    );
+    let seq = r["results"][0]["seq"].as_u64().unwrap();
+    let last = app.kairos.bus.last_seq().await.unwrap().0;
+    app.wait_for("audit", last.max(seq)).await;
+    let (_, log) = app.get("/v1/audit?action=events.publish").await;
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "only the retry was recorded: {log}");
+    assert_eq!(entries[0]["outcome"], "success", "{log}");
+    app.cleanup().await;
+}

@@ -407,7 +407,17 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
             (None, Some(e)) => format!("{} {}: {}", status.as_u16(), e.code, e.message),
             (None, None) => status.to_string(),
         };
-        audit(&gate.st, &caller, endpoint, &path, outcome, &reason).await;
+        let logged = audit(&gate.st, &caller, endpoint, &path, outcome, &reason).await;
+        // A write done but not recorded is answered as failed, not as done: its caller retries
+        // (an event batch is deduplicated by source and id), and the retry is recorded.
+        if logged.is_err() && write && status.is_success() {
+            return ApiError::AuditUnavailable(format!(
+                "{} {} was carried out, but its audit entry could not be recorded, so it is \
+                 answered as failed: retry it once the event stream takes writes again",
+                endpoint.method, endpoint.path
+            ))
+            .into_response();
+        }
     }
     response
 }
@@ -422,8 +432,9 @@ async fn refuse(
     e: ApiError,
     reason: &str,
 ) -> Response {
+    // A refusal stands whether or not its entry could be recorded (the failure is logged).
     if record {
-        audit(&gate.st, caller, endpoint, path, "denied", reason).await;
+        let _ = audit(&gate.st, caller, endpoint, path, "denied", reason).await;
     }
     e.into_response()
 }
@@ -436,7 +447,7 @@ async fn audit(
     path: &str,
     outcome: &str,
     reason: &str,
-) {
+) -> Result<(), String> {
     record_action(
         st,
         &caller.origin(),
@@ -445,12 +456,12 @@ async fn audit(
         outcome,
         reason,
     )
-    .await;
+    .await
 }
 
 /// Publishes a `kairos.user.action.v1` (`outcome`: `success`, `failure` or `denied`); the audit
-/// projection makes it an entry. A publish that fails is logged: the action it records has
-/// happened already.
+/// projection makes it an entry. A publish that fails is logged and returned: a caller whose
+/// action is done answers it as failed rather than let it go unaudited.
 pub async fn record_action(
     st: &AppState,
     origin: &Origin,
@@ -458,7 +469,7 @@ pub async fn record_action(
     resource: &str,
     outcome: &str,
     reason: &str,
-) {
+) -> Result<(), String> {
     let mut data = json!({
         "actor": origin.actor, "action": action, "resource": resource,
         "outcome": outcome, "reason": reason.chars().take(1000).collect::<String>(),
@@ -484,7 +495,8 @@ pub async fn record_action(
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
-    if let Err(error) = result {
+    if let Err(error) = &result {
         tracing::error!(%error, action, outcome, "could not record the audit event");
     }
+    result
 }

@@ -42,6 +42,10 @@ pub enum ApiError {
     NotYetApplied(String),
     #[error("the event stream is unavailable: {0}")]
     StreamUnavailable(String),
+    /// A write was carried out but its audit entry could not be recorded: answered as failed,
+    /// so that nothing is done unaudited without its caller knowing.
+    #[error("{0}")]
+    AuditUnavailable(String),
     #[error("too many requests from this client; retry in {0} s")]
     RateLimited(u64),
     #[error("the projection database is unavailable")]
@@ -96,6 +100,9 @@ impl ApiError {
             Self::NotYetApplied(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_yet_applied", None),
             Self::StreamUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable", None)
+            }
+            Self::AuditUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", None)
             }
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None),
             Self::Database(_) => (

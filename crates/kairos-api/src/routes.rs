@@ -135,7 +135,7 @@ enum Mode {
         (status = 413, description = "The body is larger than http.body_limit_bytes", body = ErrorBody),
         (status = 409, description = "Every event reused the source and id of a stored event that says something else", body = ErrorBody),
         (status = 415, description = "Not a CloudEvents encoding", body = ErrorBody),
-        (status = 503, description = "JetStream acknowledged none of them", body = ErrorBody),
+        (status = 503, description = "JetStream acknowledged none of them (stream_unavailable), or the events were stored but the request could not be audited (audit_unavailable: send it again)", body = ErrorBody),
     ))]
 async fn ingest(
     State(st): State<AppState>,

@@ -140,6 +140,15 @@ pub async fn live(pool: &PgPool, session: &Session, now: DateTime<Utc>) -> bool 
     .is_ok_and(|r| r.is_some())
 }
 
+/// Ends the session whose cookie holds `token`.
+pub async fn discard(pool: &PgPool, token: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM dashboard.sessions WHERE token_sha256 = $1")
+        .bind(digest(token))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Ends `session`.
 pub async fn end(pool: &PgPool, session: &Session) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM dashboard.sessions WHERE token_sha256 = $1")

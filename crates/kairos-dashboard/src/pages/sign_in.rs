@@ -126,7 +126,8 @@ pub async fn submit(
             // A refused key is a sign-in attempt for the log, as a refused write is (the API's
             // limits on failed keys per address bound how many); the key itself never is.
             if e.status == StatusCode::UNAUTHORIZED {
-                record_action(
+                // Refused either way; a failure to record it is logged.
+                let _ = record_action(
                     &d.state,
                     &origin("anonymous".into(), None, &peer),
                     "dashboard.sign_in",
@@ -153,7 +154,8 @@ pub async fn submit(
         Ok(token) => {
             let role = serde_json::from_value::<Role>(me["role"].clone()).ok();
             let reason = format!("dashboard session for key {key_id}, {hours} h");
-            record_action(
+            // A session nobody can find in the audit log is not handed out.
+            if record_action(
                 &d.state,
                 &origin(text(&me["email"]), role, &peer),
                 "dashboard.sign_in",
@@ -161,7 +163,16 @@ pub async fn submit(
                 "success",
                 &reason,
             )
-            .await;
+            .await
+            .is_err()
+            {
+                let _ = session::discard(&d.state.pool, &token).await;
+                return render(
+                    &d,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some("signing in could not be recorded in the audit log: try again shortly"),
+                );
+            }
             let secure = d.settings.secure_cookie;
             let cookie = session::set_cookie(COOKIE, &token, "/", hours * 3600, secure);
             let clear = session::set_cookie(SIGN_IN_COOKIE, "", "/sign-in", 0, secure);
@@ -216,7 +227,9 @@ pub async fn sign_out(
                 Err(_) => (format!("key {}", s.key_id), None),
             };
             let reason = format!("dashboard session of key {} ended", s.key_id);
-            record_action(
+            // The session has ended whether or not this is recorded: signing out only takes
+            // access away, so it never fails for the log's sake (a failure is logged).
+            let _ = record_action(
                 &d.state,
                 &origin(actor, role, &peer),
                 "dashboard.sign_out",

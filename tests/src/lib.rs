@@ -258,6 +258,20 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The audit entries counting requests refused for want of a valid key, once there are
+    /// some (10 s at most). They are published once the clock has left their minute.
+    pub async fn refusals(&self) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, r) = self.get("/v1/audit?action=auth.refused").await;
+            let entries = r["entries"].as_array().cloned().unwrap_or_default();
+            if !entries.is_empty() || std::time::Instant::now() > deadline {
+                return entries;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn put_json(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http

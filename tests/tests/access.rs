@@ -859,6 +859,11 @@ async fn every_write_leaves_exactly_one_audit_entry(pool: PgPool) {
             .iter()
             .filter(|e| e["request_id"] == ids[i])
             .collect();
+        // Refused for want of a valid key: counted per address and minute, below.
+        if *actor == "anonymous" {
+            assert_eq!(found.len(), 0, "write {i} {method} {path}: {found:?}");
+            continue;
+        }
         assert_eq!(found.len(), 1, "write {i} {method} {path}: {found:?}");
         let e = found[0];
         assert_eq!(
@@ -872,6 +877,21 @@ async fn every_write_leaves_exactly_one_audit_entry(pool: PgPool) {
         );
         assert_eq!(e["ip"], "127.0.0.1", "{e}");
     }
+    // Once the clock has left the minute, its refusals are one entry for the address.
+    let anonymous = writes.iter().filter(|w| w.5 == "anonymous").count();
+    app.kairos.clock.advance(chrono::TimeDelta::seconds(60));
+    let refused = app.refusals().await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let reason = refused[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!("{anonymous} requests without a valid key")),
+        "{reason}"
+    );
+    assert!(reason.contains("POST /v1/events ×1"), "{reason}");
+    assert_eq!(
+        (refused[0]["actor"].as_str(), refused[0]["ip"].as_str()),
+        (Some("anonymous"), Some("127.0.0.1"))
+    );
     // The budget change that event reported is audited under its producer, not the actor it
     // claims: only Kairos's own events name who acted.
     let (_, r) = app.get("/v1/audit?action=budget.set&limit=1000").await;
@@ -1027,6 +1047,9 @@ async fn keys_never_appear_in_logs_errors_audit_or_the_stream(pool: PgPool) {
         );
         answers.push((status, body));
     }
+    // The refusals are counted for the minute: it is over, and its entry is in the log.
+    app.kairos.clock.advance(chrono::TimeDelta::seconds(60));
+    assert_eq!(app.refusals().await.len(), 1);
     let last = app.kairos.bus.last_seq().await.unwrap().0;
     app.wait_for("audit", last).await;
     let audit: Vec<Value> = sqlx::query_scalar("SELECT to_jsonb(e) FROM audit.entries e")

@@ -25,6 +25,19 @@ async fn a_nul_in_a_body_is_refused_and_its_attempt_stays_audited(pool: PgPool) 
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("\\u{0}"), "quoted escaped: {message}");
 
+    // Refused without a key: counted for the address's minute, published once it is over.
+    app.kairos.clock.advance(chrono::TimeDelta::seconds(60));
+    let entries = app.refusals().await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["outcome"], "denied");
+    assert!(
+        entries[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("1 request without a valid key")
+                && r.contains("\\u{0}")
+                && !r.contains('\0')),
+        "{entries:?}"
+    );
     let last = app.kairos.bus.last_seq().await.unwrap().0;
     app.wait_for("audit", last).await;
     let cp = kairos_runtime::checkpoint(&app.kairos.pool, "audit")
@@ -32,20 +45,6 @@ async fn a_nul_in_a_body_is_refused_and_its_attempt_stays_audited(pool: PgPool) 
         .unwrap()
         .unwrap();
     assert_eq!(cp.dead_lettered, 0, "the attempt's record was not lost");
-    let (_, audit) = app
-        .get(&format!(
-            "/v1/audit?action=member.join&actor=anonymous&min_seq={last}"
-        ))
-        .await;
-    let entries = audit["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 1, "{audit}");
-    assert_eq!(entries[0]["outcome"], "failure");
-    assert!(
-        entries[0]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("\\u{0}") && !r.contains('\0')),
-        "{audit}"
-    );
     app.cleanup().await;
 }
 
@@ -460,5 +459,53 @@ async fn a_write_whose_audit_entry_cannot_be_recorded_fails(pool: PgPool) {
     let entries = log["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "only the retry was recorded: {log}");
     assert_eq!(entries[0]["outcome"], "success", "{log}");
+    app.cleanup().await;
+}
+
+/// Requests refused for want of a valid key add nothing to the stream one by one: they are
+/// counted per address and minute, and the minute becomes one audit entry once it is over.
+#[sqlx::test(migrations = false)]
+async fn refused_requests_without_a_key_are_audited_per_address_and_minute(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let before = app.kairos.bus.last_seq().await.unwrap().0;
+    let anonymous = reqwest::Client::new();
+    let body = serde_json::to_vec(&llm_call("flood", "acme", "1")).unwrap();
+    for i in 0..33 {
+        let mut req = anonymous
+            .post(format!("{}/v1/events", app.url))
+            .header("content-type", "application/cloudevents+json")
+            .body(body.clone());
+        if i % 11 == 0 {
+            req = req.bearer_auth(format!("kairos_{}", "0".repeat(64)));
+        }
+        let (status, r) = send(req).await;
+        assert_eq!(status, 401, "{r}");
+    }
+    let (status, _) = send(anonymous.get(format!("{}/v1/budgets", app.url))).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        app.kairos.bus.last_seq().await.unwrap().0,
+        before,
+        "nothing was published while the minute lasts"
+    );
+    app.kairos.clock.advance(chrono::TimeDelta::seconds(60));
+    let entries = app.refusals().await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let reason = entries[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("34 requests without a valid key"),
+        "{reason}"
+    );
+    assert!(reason.contains("no API key ×31"), "{reason}");
+    assert!(
+        reason.contains("POST /v1/events ×33, GET /v1/budgets ×1"),
+        "{reason}"
+    );
+    assert_eq!(entries[0]["ip"], "127.0.0.1");
+    assert_eq!(
+        app.kairos.bus.last_seq().await.unwrap().0,
+        before + 1,
+        "one event for the minute"
+    );
     app.cleanup().await;
 }

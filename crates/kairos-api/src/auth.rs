@@ -292,16 +292,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
                 let e = ApiError::Unauthorized(
                     "the session's API key is no longer valid: sign in again".into(),
                 );
-                return refuse(
-                    &gate,
-                    &caller,
-                    endpoint,
-                    &path,
-                    write,
-                    e,
-                    &denied.to_string(),
-                )
-                .await;
+                return refuse(&gate, &caller, endpoint, &path, e, &denied.to_string()).await;
             }
         }
     } else if endpoint.guard != Public {
@@ -311,7 +302,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
                 let e = ApiError::Unauthorized(
                     "this endpoint needs an API key: send `Authorization: Bearer <key>`".into(),
                 );
-                return refuse(&gate, &caller, endpoint, &path, write, e, "no API key").await;
+                return refuse(&gate, &caller, endpoint, &path, e, "no API key").await;
             }
             Err(e) => {
                 if let Err(limited) = gate.limiter.failed(ip) {
@@ -322,7 +313,6 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
                     &caller,
                     endpoint,
                     &path,
-                    write,
                     e,
                     "malformed Authorization header",
                 )
@@ -355,16 +345,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
                     "the API key is not valid (unknown, revoked, expired, or its member was removed)"
                         .into(),
                 );
-                return refuse(
-                    &gate,
-                    &caller,
-                    endpoint,
-                    &path,
-                    write,
-                    e,
-                    &denied.to_string(),
-                )
-                .await;
+                return refuse(&gate, &caller, endpoint, &path, e, &denied.to_string()).await;
             }
         }
     }
@@ -384,7 +365,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
                 endpoint.method, endpoint.path
             ));
             let reason = format!("role {p} lacks {need}");
-            return refuse(&gate, &caller, endpoint, &path, true, e, &reason).await;
+            return refuse(&gate, &caller, endpoint, &path, e, &reason).await;
         }
     }
     req.extensions_mut().insert(caller.clone());
@@ -407,6 +388,16 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
             (None, Some(e)) => format!("{} {}: {}", status.as_u16(), e.code, e.message),
             (None, None) => status.to_string(),
         };
+        // A public route refusing a caller without a key (an invitation token that is not
+        // valid) is counted like any refusal without a key.
+        if caller.principal.is_none() && outcome != "success" {
+            gate.st.refusals.add(
+                caller.ip.as_deref(),
+                &format!("{} {}", endpoint.method, endpoint.path),
+                &reason,
+            );
+            return response;
+        }
         let logged = audit(&gate.st, &caller, endpoint, &path, outcome, &reason).await;
         // A write done but not recorded is answered as failed, not as done: its caller retries
         // (an event batch is deduplicated by source and id), and the retry is recorded.
@@ -422,18 +413,25 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
     response
 }
 
-/// Answers `e`, recording the refusal when it concerns a write or a caller with a key.
+/// Answers `e` and records the refusal: one entry for a caller with a key, a count per address
+/// and minute for one without.
 async fn refuse(
     gate: &Gate,
     caller: &Caller,
     endpoint: &Endpoint,
     path: &str,
-    record: bool,
     e: ApiError,
     reason: &str,
 ) -> Response {
     // A refusal stands whether or not its entry could be recorded (the failure is logged).
-    if record {
+    if caller.principal.is_none() {
+        // Anyone can send these: counted per address and minute, not recorded one by one.
+        gate.st.refusals.add(
+            caller.ip.as_deref(),
+            &format!("{} {}", endpoint.method, endpoint.path),
+            reason,
+        );
+    } else {
         let _ = audit(&gate.st, caller, endpoint, path, "denied", reason).await;
     }
     e.into_response()

@@ -19,6 +19,7 @@ mod limits;
 pub mod module;
 mod observe;
 mod openapi;
+mod refusals;
 
 pub use observe::handle as metrics_recorder;
 pub mod roles;
@@ -50,6 +51,7 @@ pub use module::{
     Started,
 };
 pub use openapi::{ErrorBody, ErrorDetail};
+pub use refusals::Refusals;
 pub use roles::{Authenticator, Denied, Origin, Permission, Principal, Role, allows};
 pub use routes::platform_routes;
 pub use serve::{ServeLimits, serve};
@@ -330,6 +332,8 @@ pub struct AppState {
     pub replayer: Option<Replayer>,
     /// The projections running in this process, for `/health/ready`'s lag check.
     pub local: LocalProjections,
+    /// Requests refused for want of a valid key, counted per address and minute for the log.
+    pub refusals: Refusals,
 }
 
 /// The names of the projections whose runners are alive in this process.

@@ -565,6 +565,7 @@ async fn serve(
     let kairos::startup::Api {
         router: app,
         banner,
+        refusals,
     } = k.api().await?;
     // The port opens at once, whatever the projections' lag; the first admin is decided on the
     // identity events in the background.
@@ -614,7 +615,11 @@ async fn serve(
     println!("  (more: {url}/v1/projections, {url}/metrics; Ctrl-C stops)\n");
     let server = kairos_api::serve(listener, app, limits, shutdown_signal());
     tokio::select! {
-        () = server => Ok(ExitCode::SUCCESS),
+        () = server => {
+            // The minute under way is counted too: a tally is not lost with the process.
+            refusals.publish(true).await;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(done) = tasks.join_next(), if with_projections => {
             let (name, result) = done?;
             error!(projection = name, ?result, "projection stopped");

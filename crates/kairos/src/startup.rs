@@ -120,6 +120,8 @@ pub struct Kairos {
 pub struct Api {
     pub router: axum::Router,
     pub banner: Vec<String>,
+    /// The refused requests still being counted: publish them all when the server stops.
+    pub refusals: kairos_api::Refusals,
 }
 
 /// How Kairos pools its PostgreSQL connections (at most `max_connections`).
@@ -311,7 +313,9 @@ impl Kairos {
         }
         let authenticator = authenticator
             .context("no module authenticates API keys: register the access module")?;
+        let refusals = kairos_api::Refusals::new(host.bus.clone(), host.clock.clone());
         let state = AppState {
+            refusals: refusals.clone(),
             bus: host.bus,
             pool: host.pool,
             checkpoints,
@@ -335,7 +339,11 @@ impl Kairos {
         } else {
             router
         };
-        Ok(Api { router, banner })
+        Ok(Api {
+            router,
+            banner,
+            refusals,
+        })
     }
 
     /// Starts `POST /v1/projections/{name}/replay` rebuilds on background tasks, one per

@@ -123,20 +123,8 @@ pub async fn submit(
     {
         Ok(me) => me,
         Err(e) => {
-            // A refused key is a sign-in attempt for the log, as a refused write is (the API's
-            // limits on failed keys per address bound how many); the key itself never is.
-            if e.status == StatusCode::UNAUTHORIZED {
-                // Refused either way; a failure to record it is logged.
-                let _ = record_action(
-                    &d.state,
-                    &origin("anonymous".into(), None, &peer),
-                    "dashboard.sign_in",
-                    "/sign-in",
-                    "denied",
-                    &e.message,
-                )
-                .await;
-            }
+            // A refused key is counted for the log by the API's own refusal of `GET /v1/me`
+            // (per address and minute, as every request without a valid key is).
             return render(&d, e.status, Some(&e.message));
         }
     };

@@ -277,16 +277,18 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
     }
     let delegated = req.extensions().get::<Delegated>().cloned();
     if let Some(d) = delegated.filter(|_| endpoint.guard != Public) {
-        if let Err(limited) = gate.limiter.check(&Bucket::Key(format!("id:{}", d.key_id))) {
-            return limited.into_response();
-        }
         match gate
             .st
             .authenticator
             .authenticate_key_id(&d.key_id, gate.st.clock.now())
             .await
         {
-            Ok(p) => caller.principal = Some(p),
+            Ok(p) => {
+                if let Err(limited) = gate.limiter.check(&Bucket::Member(p.member_id.clone())) {
+                    return limited.into_response();
+                }
+                caller.principal = Some(p);
+            }
             Err(Denied::Database(e)) => return ApiError::Database(e).into_response(),
             Err(denied) => {
                 let e = ApiError::Unauthorized(
@@ -319,12 +321,6 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
                 .await;
             }
         };
-        if let Err(limited) = gate
-            .limiter
-            .check(&Bucket::Key(gate.st.authenticator.lookup(&token)))
-        {
-            return limited.into_response();
-        }
         if let Err(limited) = gate.limiter.guessing(ip) {
             return limited.into_response();
         }
@@ -334,7 +330,13 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
             .authenticate(&token, gate.st.clock.now())
             .await
         {
-            Ok(p) => caller.principal = Some(p),
+            // One bucket per member, however many keys it holds.
+            Ok(p) => {
+                if let Err(limited) = gate.limiter.check(&Bucket::Member(p.member_id.clone())) {
+                    return limited.into_response();
+                }
+                caller.principal = Some(p);
+            }
             Err(Denied::Database(e)) => return ApiError::Database(e).into_response(),
             Err(denied) => {
                 // Failed keys also spend the address's bucket, so guessing is slow.

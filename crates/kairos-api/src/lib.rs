@@ -46,6 +46,7 @@ pub use auth::{
     record_action,
 };
 pub use error::ApiError;
+pub use limits::{TrustedProxies, client_address};
 pub use module::{
     Configured, EventRule, Host, Module, ModuleConfig, ModuleError, Publish, Registry, Routes,
     Started,
@@ -103,6 +104,11 @@ pub struct HttpSettings {
     /// this many events behind the stream (0: lag is not checked).
     #[serde(default = "default_ready_max_lag")]
     pub ready_max_lag: u64,
+    /// Reverse proxies in front of the API, as addresses or ranges (`10.0.0.0/8`). A request
+    /// from one comes from the rightmost address of its `X-Forwarded-For` that is not one of
+    /// them; any other request from its TCP peer. Rate limits and audit entries use that address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_ready_max_lag() -> u64 {
@@ -191,6 +197,10 @@ impl HttpSettings {
         if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
             return Err("http.rate_limit_burst must be at least 1 when rate limiting is on".into());
         }
+        if self.trusted_proxies.len() > 1000 {
+            return Err("http.trusted_proxies may name at most 1000 addresses or ranges".into());
+        }
+        TrustedProxies::parse(&self.trusted_proxies)?;
         Ok(())
     }
 }

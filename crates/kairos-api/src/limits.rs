@@ -1,4 +1,5 @@
-//! Abuse limits: a token bucket per API key and per client address, and the security headers every answer carries.
+//! Abuse limits: a token bucket per member and per client address, the client's address behind
+//! trusted proxies, and the security headers every answer carries.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,12 +17,13 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::ApiError;
 
-/// Whose bucket a request spends: its key's (once it presents one), else its address's.
+/// Whose bucket a request spends: its member's (once its key is known: one bucket for all the
+/// member's keys), else its address's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Caller {
     Ip(Option<IpAddr>),
-    /// The key's lookup prefix (never the key).
-    Key(String),
+    /// The member's id.
+    Member(String),
 }
 
 /// Token buckets per key and per client address (`None` when limiting is off), and the addresses
@@ -119,11 +121,11 @@ impl IntoResponse for Limited {
     }
 }
 
-/// Limits requests without a key per client address (requests with one are limited per key,
-/// after routing, by the auth middleware).
+/// Limits requests without a key per client address (requests with one are limited per member,
+/// after routing, by the auth middleware, or per address by [`unrouted`] when no route matches).
 pub(crate) async fn rate_limit(
     State(limiter): State<Limiter>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     // A dashboard session's request is limited per key too.
@@ -137,6 +139,95 @@ pub(crate) async fn rate_limit(
             .map(|c| c.0.ip());
         if let Err(limited) = limiter.check(&Caller::Ip(ip)) {
             return limited.into_response();
+        }
+    } else {
+        req.extensions_mut().insert(limiter);
+    }
+    next.run(req).await
+}
+
+/// A request no route answers spends its address's bucket even with a key (no route means no
+/// member's bucket was spent): otherwise anyone could send unlimited requests by adding an
+/// `Authorization` header.
+pub(crate) fn unrouted(parts: &axum::http::request::Parts) -> Result<(), Limited> {
+    match parts.extensions.get::<Limiter>() {
+        Some(limiter) => limiter.check(&Caller::Ip(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Reverse proxies whose `X-Forwarded-For` is believed (`http.trusted_proxies`).
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Arc<[ipnet::IpNet]>);
+
+impl TrustedProxies {
+    /// Parses addresses (`10.0.0.7`) and ranges (`10.0.0.0/8`); names the first that is neither.
+    pub fn parse(items: &[String]) -> Result<Self, String> {
+        items
+            .iter()
+            .map(|item| {
+                let item = item.trim();
+                item.parse::<ipnet::IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!(
+                            "http.trusted_proxies: {} is not an address or a range like 10.0.0.0/8",
+                            kairos_events::printable(item, 60)
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|nets| Self(nets.into()))
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client's address: the TCP peer, unless the peer is a trusted proxy; then the
+    /// rightmost address of `X-Forwarded-For` (every proxy appends the one it heard from) that
+    /// is not a trusted proxy. A header that does not parse is not believed.
+    pub fn client(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let mut hops = Vec::new();
+        for value in headers.get_all("x-forwarded-for") {
+            let Some(text) = value.to_str().ok() else {
+                return peer;
+            };
+            for hop in text.split(',') {
+                match hop.trim().parse::<IpAddr>() {
+                    Ok(ip) => hops.push(ip),
+                    Err(_) => return peer,
+                }
+            }
+        }
+        let mut client = peer;
+        for hop in hops.into_iter().rev() {
+            client = hop;
+            if !self.trusts(hop) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// Puts the client's address ([`TrustedProxies::client`]) where the connection's was, so rate
+/// limits, audit entries and the dashboard all see the client behind a trusted proxy.
+pub async fn client_address(trusted: TrustedProxies, mut req: Request, next: Next) -> Response {
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        let client = trusted.client(peer.ip(), req.headers());
+        if client != peer.ip() {
+            req.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::new(client, 0)));
         }
     }
     next.run(req).await
@@ -171,4 +262,48 @@ pub(crate) fn header_layer(
     value: &'static str,
 ) -> SetResponseHeaderLayer<HeaderValue> {
     SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(values: &[&str]) -> axum::http::HeaderMap {
+        let mut h = axum::http::HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_address_no_trusted_proxy_added() {
+        let trusted =
+            TrustedProxies::parse(&["10.0.0.0/8".into(), " 192.168.1.5 ".into()]).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxy = ip("10.1.2.3");
+        // Spoofed hops on the left are ignored: the first untrusted one from the right counts.
+        let h = forwarded(&["6.6.6.6, 1.2.3.4", "192.168.1.5"]);
+        assert_eq!(trusted.client(proxy, &h), ip("1.2.3.4"));
+        // A peer that is not a proxy is the client, whatever it forwards.
+        assert_eq!(trusted.client(ip("8.8.8.8"), &h), ip("8.8.8.8"));
+        // Only proxies: the leftmost.
+        assert_eq!(
+            trusted.client(proxy, &forwarded(&["10.9.9.9"])),
+            ip("10.9.9.9")
+        );
+        // No header, or one that does not parse: the proxy itself.
+        assert_eq!(trusted.client(proxy, &forwarded(&[])), proxy);
+        assert_eq!(
+            trusted.client(proxy, &forwarded(&["1.2.3.4, nonsense"])),
+            proxy
+        );
+        // An IPv4 peer seen as IPv6 is the same address.
+        assert_eq!(trusted.client(ip("::ffff:10.1.2.3"), &h), ip("1.2.3.4"));
+        assert!(
+            TrustedProxies::parse(&["10.0.0.0/33".into()])
+                .unwrap_err()
+                .contains("http.trusted_proxies")
+        );
+    }
 }

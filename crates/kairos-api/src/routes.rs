@@ -41,12 +41,23 @@ pub fn platform_routes() -> Routes {
         .route(routes!(replay), Key(Replay), "projection.replay")
 }
 
-pub(crate) async fn unknown_route(uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound(format!("no route {}", uri.path()))
+pub(crate) async fn unknown_route(parts: axum::http::request::Parts) -> Response {
+    if let Err(limited) = crate::limits::unrouted(&parts) {
+        return limited.into_response();
+    }
+    ApiError::NotFound(format!("no route {}", parts.uri.path())).into_response()
 }
 
-pub(crate) async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+pub(crate) async fn wrong_method(parts: axum::http::request::Parts) -> Response {
+    if let Err(limited) = crate::limits::unrouted(&parts) {
+        return limited.into_response();
+    }
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        parts.method,
+        parts.uri.path()
+    ))
+    .into_response()
 }
 
 /// The process is alive.

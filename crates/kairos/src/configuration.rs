@@ -208,6 +208,15 @@ mod tests {
                 "http.header_read_timeout_ms",
             ),
             ("[http]\nmax_connections = 0", "http.max_connections"),
+            (
+                "[http]\ntrusted_proxies = [\"10.0.0.0/33\"]",
+                "http.trusted_proxies",
+            ),
+            (
+                "[http]\ntrusted_proxies = [\"proxy.internal\"]",
+                "http.trusted_proxies",
+            ),
+            ("[http]\ntrusted_proxies = \"10.0.0.1\"", "trusted_proxies"),
             ("[http]\nmax_connections = -1", "max_connections"),
             (
                 "[http]\nshutdown_grace_ms = 3600000",

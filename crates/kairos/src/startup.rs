@@ -339,6 +339,12 @@ impl Kairos {
         } else {
             router
         };
+        // Outermost, so the API's limits and audit and the dashboard see the same client.
+        let trusted = kairos_api::TrustedProxies::parse(&self.settings.http.trusted_proxies)
+            .map_err(anyhow::Error::msg)?;
+        let router = router.layer(axum::middleware::from_fn(move |req, next| {
+            kairos_api::client_address(trusted.clone(), req, next)
+        }));
         Ok(Api {
             router,
             banner,

@@ -258,6 +258,37 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Invites `email` as `role` (on `projects`, or all) and accepts the invitation; the new
+    /// member's id and key, once the access projection knows them.
+    pub async fn join(
+        &self,
+        email: &str,
+        role: &str,
+        projects: Option<&[&str]>,
+    ) -> (String, String) {
+        let mut body = json!({"email": email, "role": role});
+        if let Some(p) = projects {
+            body["projects"] = json!(p);
+        }
+        let (status, inv) = self.post_json("/v1/invitations", &body).await;
+        assert_eq!(status, 201, "{inv}");
+        let (status, joined) = send(
+            reqwest::Client::new()
+                .post(format!("{}{}", self.url, inv["accept"].as_str().unwrap()))
+                .json(&json!({"name": email})),
+        )
+        .await;
+        assert_eq!(status, 201, "{joined}");
+        assert_eq!(joined["role"], role);
+        // Commands answer once their event is stored; the lists read the access projection.
+        self.wait_for("access", joined["seq"].as_u64().unwrap())
+            .await;
+        (
+            joined["member_id"].as_str().unwrap().to_owned(),
+            joined["api_key"].as_str().unwrap().to_owned(),
+        )
+    }
+
     /// The audit entries counting requests refused for want of a valid key, once there are
     /// some (10 s at most). They are published once the clock has left their minute.
     pub async fn refusals(&self) -> Vec<Value> {

@@ -11,36 +11,6 @@ use kairos_tests::{TestApp, client, llm_call, send, spawn_app};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-/// Invites `email` as `role` (narrowed to `projects`) and accepts: (member id, key).
-async fn join(
-    app: &TestApp,
-    email: &str,
-    role: &str,
-    projects: Option<&[&str]>,
-) -> (String, String) {
-    let mut body = json!({"email": email, "role": role});
-    if let Some(p) = projects {
-        body["projects"] = json!(p);
-    }
-    let (status, inv) = app.post_json("/v1/invitations", &body).await;
-    assert_eq!(status, 201, "{inv}");
-    let (status, joined) = send(
-        reqwest::Client::new()
-            .post(format!("{}{}", app.url, inv["accept"].as_str().unwrap()))
-            .json(&json!({"name": email})),
-    )
-    .await;
-    assert_eq!(status, 201, "{joined}");
-    assert_eq!(joined["role"], role);
-    // Commands answer once their event is stored; the lists read the access projection.
-    app.wait_for("access", joined["seq"].as_u64().unwrap())
-        .await;
-    (
-        joined["member_id"].as_str().unwrap().to_owned(),
-        joined["api_key"].as_str().unwrap().to_owned(),
-    )
-}
-
 /// A request for one endpoint, and the status a caller allowed to make it gets.
 struct Sample {
     method: &'static str,
@@ -291,8 +261,8 @@ async fn call(
 #[sqlx::test(migrations = false)]
 async fn every_endpoint_answers_as_the_matrix_says(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let (_, developer) = join(&app, "dev@example.com", "developer", None).await;
-    let (_, viewer) = join(&app, "viewer@example.com", "viewer", None).await;
+    let (_, developer) = app.join("dev@example.com", "developer", None).await;
+    let (_, viewer) = app.join("viewer@example.com", "viewer", None).await;
     let (status, spare) = app
         .post_json("/v1/api-keys", &json!({"name": "to revoke"}))
         .await;
@@ -597,8 +567,8 @@ type AuditCase<'a> = (
 #[sqlx::test(migrations = false)]
 async fn every_write_leaves_exactly_one_audit_entry(pool: PgPool) {
     let app = spawn_app(pool.clone()).await;
-    let (viewer_id, viewer) = join(&app, "vera@example.com", "viewer", None).await;
-    let (dev_id, developer) = join(&app, "devi@example.com", "developer", None).await;
+    let (viewer_id, viewer) = app.join("vera@example.com", "viewer", None).await;
+    let (dev_id, developer) = app.join("devi@example.com", "developer", None).await;
     let admin = app.admin_key.clone();
     let vk: Value = app
         .get(&format!("/v1/api-keys?member_id={viewer_id}"))

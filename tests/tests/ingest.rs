@@ -464,7 +464,7 @@ async fn clients_over_their_rate_get_429_and_security_headers_are_set(pool: PgPo
         .await;
     assert_eq!(status, 201, "{second}");
     let second = kairos_tests::client(second["api_key"].as_str().unwrap());
-    let other = join_viewer(&app).await;
+    let other = kairos_tests::client(&app.join("vera@example.com", "viewer", None).await.1);
 
     // Per member: the admin's burst passes, then its rate; its second key shares the bucket (a
     // member cannot mint itself more), another member has its own.
@@ -496,27 +496,6 @@ async fn clients_over_their_rate_get_429_and_security_headers_are_set(pool: PgPo
     // And while the address is blocked for guessing, even a right key is refused unchecked.
     assert_eq!(hammer(&app, &second, "/v1/me", 1).await, vec![429]);
     app.cleanup().await;
-}
-
-/// A viewer joined by invitation; its key.
-async fn join_viewer(app: &kairos_tests::TestApp) -> reqwest::Client {
-    let (status, inv) = app
-        .post_json(
-            "/v1/invitations",
-            &json!({"email": "vera@example.com", "role": "viewer"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{inv}");
-    let (status, joined) = kairos_tests::send(
-        reqwest::Client::new()
-            .post(format!("{}{}", app.url, inv["accept"].as_str().unwrap()))
-            .json(&json!({})),
-    )
-    .await;
-    assert_eq!(status, 201, "{joined}");
-    app.wait_for("access", joined["seq"].as_u64().unwrap())
-        .await;
-    kairos_tests::client(joined["api_key"].as_str().unwrap())
 }
 
 /// A request no route answers spends its address's bucket, key or not: an `Authorization`

@@ -319,22 +319,9 @@ async fn a_registered_module_serves_its_counts_behind_its_guard(pool: PgPool) {
     );
 
     // A viewer's role has read_projections; no key, or a bad parameter, is refused.
-    let (status, inv) = app
-        .post_json(
-            "/v1/invitations",
-            &json!({"email": "vera@example.com", "role": "viewer"}),
-        )
-        .await;
-    assert_eq!(status, 201, "{inv}");
-    let (status, joined) = send(
-        reqwest::Client::new()
-            .post(format!("{}{}", app.url, inv["accept"].as_str().unwrap()))
-            .json(&json!({"name": "Vera"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{joined}");
+    let (_, viewer) = app.join("vera@example.com", "viewer", None).await;
     let url = format!("{}/v1/model-counts?min_seq={seq}", app.url);
-    let viewer = client(joined["api_key"].as_str().unwrap());
+    let viewer = client(&viewer);
     assert_eq!(send(viewer.get(&url)).await, (200, body));
     let (status, r) = send(reqwest::Client::new().get(&url)).await;
     assert_eq!(

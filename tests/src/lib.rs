@@ -275,7 +275,7 @@ impl TestApp {
         let (status, joined) = send(
             reqwest::Client::new()
                 .post(format!("{}{}", self.url, inv["accept"].as_str().unwrap()))
-                .json(&json!({"name": email})),
+                .json(&json!({"token": inv["token"], "name": email})),
         )
         .await;
         assert_eq!(status, 201, "{joined}");

@@ -101,9 +101,9 @@ fn samples(n: usize) -> Vec<Sample> {
         ),
         s(
             "POST",
-            "/v1/invitations/{token}/accept",
-            "/v1/invitations/kinv_unknown/accept",
-            Some(json!({})),
+            "/v1/invitations/accept",
+            "/v1/invitations/accept",
+            Some(json!({"token": "kinv_unknown"})),
             404,
         ),
         s("GET", "/v1/api-keys", "/v1/api-keys", None, 200),
@@ -335,10 +335,10 @@ async fn every_endpoint_answers_as_the_matrix_says(pool: PgPool) {
 async fn invitations_keys_and_roles_through_their_life(pool: PgPool) {
     let app = spawn_app(pool).await;
     let anonymous = reqwest::Client::new();
-    let accept = |path: &str| {
+    let accept = |token: &Value| {
         anonymous
-            .post(format!("{}{path}", app.url))
-            .json(&json!({}))
+            .post(format!("{}/v1/invitations/accept", app.url))
+            .json(&json!({ "token": token }))
     };
 
     // An expired token, a reused one and an unknown one are refused.
@@ -352,7 +352,8 @@ async fn invitations_keys_and_roles_through_their_life(pool: PgPool) {
     app.kairos
         .clock
         .advance(chrono::TimeDelta::milliseconds(1500));
-    let (status, r) = send(accept(short["accept"].as_str().unwrap())).await;
+    assert_eq!(short["accept"], "/v1/invitations/accept");
+    let (status, r) = send(accept(&short["token"])).await;
     assert_eq!(
         (status, r["error"]["code"].as_str()),
         (410, Some("gone")),
@@ -365,11 +366,19 @@ async fn invitations_keys_and_roles_through_their_life(pool: PgPool) {
         )
         .await;
     assert_eq!(status, 201, "{inv}");
-    let (status, joined) = send(accept(inv["accept"].as_str().unwrap())).await;
+    // The token never goes in a URL: the old path with it is no route at all.
+    let in_path = format!(
+        "{}/v1/invitations/{}/accept",
+        app.url,
+        inv["token"].as_str().unwrap()
+    );
+    let (status, r) = send(anonymous.post(in_path).json(&json!({}))).await;
+    assert_eq!(status, 404, "{r}");
+    let (status, joined) = send(accept(&inv["token"])).await;
     assert_eq!(status, 201, "{joined}");
-    let (status, r) = send(accept(inv["accept"].as_str().unwrap())).await;
+    let (status, r) = send(accept(&inv["token"])).await;
     assert_eq!(status, 410, "reused: {r}");
-    let (status, r) = send(accept("/v1/invitations/kinv_nope/accept")).await;
+    let (status, r) = send(accept(&json!("kinv_nope"))).await;
     assert_eq!(status, 404, "{r}");
     let (status, r) = app
         .post_json(
@@ -581,7 +590,7 @@ async fn every_write_leaves_exactly_one_audit_entry(pool: PgPool) {
             &json!({"email": "x@example.com", "role": "viewer"}),
         )
         .await;
-    let token_path = inv["accept"].as_str().unwrap().to_owned();
+    let token = inv["token"].clone();
 
     // (who, method, path, body, expected status, audited actor, outcome, action)
     let mut forged_budget = kairos_tests::budget_set("fb1", "alpha", "1", 50);
@@ -693,8 +702,8 @@ async fn every_write_leaves_exactly_one_audit_entry(pool: PgPool) {
         (
             None,
             "POST",
-            token_path.clone(),
-            json!({}),
+            "/v1/invitations/accept".into(),
+            json!({"token": token.clone()}),
             201,
             "x@example.com",
             "success",
@@ -703,8 +712,8 @@ async fn every_write_leaves_exactly_one_audit_entry(pool: PgPool) {
         (
             None,
             "POST",
-            token_path,
-            json!({}),
+            "/v1/invitations/accept".into(),
+            json!({"token": token}),
             410,
             "anonymous",
             "failure",
@@ -928,7 +937,7 @@ async fn keys_never_appear_in_logs_errors_audit_or_the_stream(pool: PgPool) {
     let (_, joined) = send(
         reqwest::Client::new()
             .post(format!("{}{}", app.url, inv["accept"].as_str().unwrap()))
-            .json(&json!({})),
+            .json(&json!({"token": token})),
     )
     .await;
     let sam = joined["api_key"].as_str().unwrap().to_owned();
@@ -987,8 +996,8 @@ async fn keys_never_appear_in_logs_errors_audit_or_the_stream(pool: PgPool) {
     answers.push(
         send(
             reqwest::Client::new()
-                .post(format!("{}/v1/invitations/{token}/accept", app.url))
-                .json(&json!({})),
+                .post(format!("{}/v1/invitations/accept", app.url))
+                .json(&json!({"token": token})),
         )
         .await,
     );
@@ -1048,7 +1057,7 @@ async fn keys_never_appear_in_logs_errors_audit_or_the_stream(pool: PgPool) {
         .collect();
     let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(
-        logs.contains("/v1/invitations/{token}/accept"),
+        logs.contains("/v1/invitations/accept"),
         "requests are logged"
     );
     for secret in &secrets {
@@ -1188,22 +1197,22 @@ async fn identity_endpoints_refuse_bad_input_naming_the_field(pool: PgPool) {
         ("DELETE", "/v1/api-keys/zzz".into(), Value::Null, 404, None),
         (
             "POST",
-            format!("/v1/invitations/{}/accept", "t".repeat(300)),
-            json!({}),
+            "/v1/invitations/accept".into(),
+            json!({"token": "t".repeat(300)}),
             404,
             None,
         ),
         (
             "POST",
-            "/v1/invitations/kinv_x/accept".into(),
-            json!({"name": 5}),
+            "/v1/invitations/accept".into(),
+            json!({"token": "kinv_x", "name": 5}),
             400,
             None,
         ),
         (
             "POST",
-            "/v1/invitations/kinv_x/accept".into(),
-            json!({"name": ""}),
+            "/v1/invitations/accept".into(),
+            json!({"token": "kinv_x", "name": ""}),
             400,
             Some("name"),
         ),

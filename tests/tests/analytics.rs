@@ -612,7 +612,7 @@ async fn narrowed_viewer(app: &TestApp, projects: &[&str]) -> String {
     let (status, joined) = send(
         reqwest::Client::new()
             .post(format!("{}{}", app.url, inv["accept"].as_str().unwrap()))
-            .json(&json!({"name": "Vera"})),
+            .json(&json!({"token": inv["token"], "name": "Vera"})),
     )
     .await;
     assert_eq!(status, 201, "{joined}");

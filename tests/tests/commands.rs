@@ -32,7 +32,7 @@ async fn admin_commands_succeed_while_every_projection_is_stopped_and_events_pou
         let (status, joined) = send(
             reqwest::Client::new()
                 .post(format!("{}{}", app.url, inv["accept"].as_str().unwrap()))
-                .json(&json!({})),
+                .json(&json!({"token": inv["token"]})),
         )
         .await;
         assert_eq!(status, 201, "{joined}");

@@ -195,7 +195,12 @@ async fn member(app: &TestApp, email: &str, role: &str) -> (String, String) {
         app.url,
         inv["accept"].as_str().expect("accept path")
     );
-    let (status, joined) = send(reqwest::Client::new().post(accept).json(&json!({}))).await;
+    let (status, joined) = send(
+        reqwest::Client::new()
+            .post(accept)
+            .json(&json!({"token": inv["token"]})),
+    )
+    .await;
     assert_eq!(status, 201, "{joined}");
     let key = joined["api_key"].as_str().expect("a key").to_owned();
     let (_, me) = send(client(&key).get(format!("{}/v1/me", app.url))).await;

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 async fn a_nul_in_a_body_is_refused_and_its_attempt_stays_audited(pool: PgPool) {
     let app = spawn_app(pool).await;
     let r = reqwest::Client::new()
-        .post(format!("{}/v1/invitations/x/accept", app.url))
+        .post(format!("{}/v1/invitations/accept", app.url))
         .header("content-type", "application/json")
         .body(r#"{"\u0000":1}"#)
         .send()

@@ -212,15 +212,10 @@ fn bearer(req: &Request) -> Result<Option<&str>, ApiError> {
     Ok(Some(token))
 }
 
-/// What the audit entry names as the resource: the path, except that an invitation token in
-/// it is a secret and stays out.
-fn resource(path: &str, e: &Endpoint) -> String {
-    let r = if e.path.contains("{token}") {
-        e.path.to_owned()
-    } else {
-        redact_path(path)
-    };
-    r.chars().take(500).collect()
+/// What the audit entry names as the resource: the path, with anything in it that looks like a
+/// key or an invitation token redacted.
+fn resource(path: &str) -> String {
+    redact_path(path).chars().take(500).collect()
 }
 
 /// `path` with every segment that looks like a key or an invitation token (someone pasted one
@@ -452,7 +447,7 @@ async fn audit(
         st,
         &caller.origin(),
         e.action,
-        &resource(path, e),
+        &resource(path),
         outcome,
         reason,
     )

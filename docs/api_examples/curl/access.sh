@@ -4,7 +4,7 @@
 # changes or removes, it created itself.
 #
 #   GET /v1/me    GET /v1/members    PUT /v1/members/{id}/role    DELETE /v1/members/{id}
-#   GET /v1/invitations    POST /v1/invitations    POST /v1/invitations/{token}/accept
+#   GET /v1/invitations    POST /v1/invitations    POST /v1/invitations/accept
 #   GET /v1/api-keys    POST /v1/api-keys    DELETE /v1/api-keys/{id}
 #
 # Environment: KAIROS_URL, KEY (an admin's), PROJECT (see lib.sh). Run: docs/api_examples/curl/access.sh
@@ -32,18 +32,18 @@ step "The invitations, newest first (tokens are never listed)"
 expect 200 curl -sS -H "Authorization: Bearer $KEY" "$KAIROS_URL/v1/invitations?min_seq=$SEQ"
 check "newest invitation" "$(json invitations.0.invitation_id)" "$INVITATION"
 
-step "They accept it: no key, the token is the credential; the answer is their first key"
-expect 201 curl -sS -X POST "$KAIROS_URL/v1/invitations/$TOKEN/accept" \
+step "They accept it: no key, the token in the body is the credential; the answer is their first key"
+expect 201 curl -sS -X POST "$KAIROS_URL/v1/invitations/accept" \
     -H 'content-type: application/json' \
-    -d '{"name": "Dana"}'
+    -d '{"token": "'"$TOKEN"'", "name": "Dana"}'
 MEMBER=$(json member_id)
 DANA_KEY=$(json api_key)
 DANA_KEY_ID=$(json key_id)
 JOINED=$(json seq)
 
 step "The same token again: 410, already accepted"
-expect 410 curl -sS -X POST "$KAIROS_URL/v1/invitations/$TOKEN/accept" \
-    -H 'content-type: application/json' -d '{}'
+expect 410 curl -sS -X POST "$KAIROS_URL/v1/invitations/accept" \
+    -H 'content-type: application/json' -d '{"token": "'"$TOKEN"'"}'
 
 step "Their key works: a developer narrowed to $PROJECT"
 expect 200 curl -sS -H "Authorization: Bearer $DANA_KEY" "$KAIROS_URL/v1/me"

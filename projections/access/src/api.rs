@@ -272,7 +272,8 @@ struct KeyRevoked {
 struct Invited {
     #[serde(flatten)]
     invitation: Invitation,
-    /// The path that accepts it: `POST` with `{"name"?}`.
+    /// The path that accepts it: `POST` with `{"token", "name"?}` (the token travels in the
+    /// body, never in a URL that proxies log).
     accept: String,
 }
 
@@ -441,7 +442,7 @@ async fn invite(
         ttl,
     )
     .await?;
-    let accept = format!("/v1/invitations/{}/accept", inv.token);
+    let accept = "/v1/invitations/accept".to_owned();
     Ok(answer(
         StatusCode::CREATED,
         Invited {
@@ -454,12 +455,14 @@ async fn invite(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AcceptBody {
+    /// The invitation's token, from the invitation's answer.
+    token: String,
     name: Option<String>,
 }
 
-/// `POST /v1/invitations/{token}/accept` with `{"name"?}`: the new member's first key, shown once.
-#[utoipa::path(post, path = "/v1/invitations/{token}/accept", tag = "access",
-    params(("token" = String, Path, description = "The invitation's token")),
+/// `POST /v1/invitations/accept` with `{"token", "name"?}`: the new member's first key, shown
+/// once. The token is in the body, so it stays out of the URLs proxies and servers log.
+#[utoipa::path(post, path = "/v1/invitations/accept", tag = "access",
     request_body(content = AcceptBody, content_type = "application/json"),
     responses((status = 201, description = "The new member and their first key, shown once", body = commands::Joined), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
         (status = 404, description = "Unknown token", body = ErrorBody),
@@ -470,7 +473,6 @@ async fn accept(
     State(st): State<AppState>,
     Extension(access): Extension<AccessApi>,
     Extension(caller): Extension<Caller>,
-    Path(token): Path<String>,
     JsonBody(b): JsonBody<AcceptBody>,
 ) -> Result<Response, ApiError> {
     if b.name
@@ -483,7 +485,7 @@ async fn accept(
             "name must be 1 to 200 characters",
         ));
     }
-    let joined = commands::accept(ctx(&st, &access), &caller.origin(), &token, b.name).await?;
+    let joined = commands::accept(ctx(&st, &access), &caller.origin(), &b.token, b.name).await?;
     Ok(answer(StatusCode::CREATED, joined))
 }
 

@@ -97,7 +97,7 @@ async fn measure(
                 "{base}{}",
                 inv["accept"].as_str().unwrap_or_default()
             ))
-            .json(&json!({}))
+            .json(&json!({"token": inv["token"]}))
             .send()
             .await?
             .error_for_status()?

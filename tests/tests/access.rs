@@ -93,6 +93,13 @@ fn samples(n: usize) -> Vec<Sample> {
         ),
         s("GET", "/v1/invitations", "/v1/invitations", None, 200),
         s(
+            "DELETE",
+            "/v1/invitations/{id}",
+            &format!("/v1/invitations/{nobody}"),
+            None,
+            404,
+        ),
+        s(
             "POST",
             "/v1/invitations",
             "/v1/invitations",
@@ -380,6 +387,54 @@ async fn invitations_keys_and_roles_through_their_life(pool: PgPool) {
     assert_eq!(status, 410, "reused: {r}");
     let (status, r) = send(accept(&json!("kinv_nope"))).await;
     assert_eq!(status, 404, "{r}");
+
+    // An open invitation can be revoked: its token admits nobody from the moment the revocation
+    // answers. Revoking it again, or one accepted already, is a conflict.
+    let (status, open) = app
+        .post_json(
+            "/v1/invitations",
+            &json!({"email": "eve@example.com", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{open}");
+    let id = open["invitation_id"].as_str().unwrap();
+    let (status, r) = app.delete(&format!("/v1/invitations/{id}")).await;
+    assert_eq!((status, r["revoked"].as_bool()), (200, Some(true)), "{r}");
+    let revoked_at = r["seq"].as_u64().unwrap();
+    let (status, r) = send(accept(&open["token"])).await;
+    assert_eq!(
+        (status, r["error"]["message"].as_str()),
+        (410, Some("this invitation was revoked")),
+        "{r}"
+    );
+    let (status, r) = app.delete(&format!("/v1/invitations/{id}")).await;
+    assert_eq!(status, 409, "again: {r}");
+    let accepted = inv["invitation_id"].as_str().unwrap();
+    let (status, r) = app.delete(&format!("/v1/invitations/{accepted}")).await;
+    assert_eq!(status, 409, "accepted: {r}");
+    let (status, r) = app.delete("/v1/invitations/not-an-id").await;
+    assert_eq!(status, 404, "{r}");
+    let (_, list) = app
+        .get(&format!("/v1/invitations?min_seq={revoked_at}"))
+        .await;
+    let listed = list["invitations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["invitation_id"] == id)
+        .unwrap();
+    assert!(listed["revoked_at"].is_string(), "{listed}");
+    assert_eq!(listed["revoked_by"], "admin@kairos.local", "{listed}");
+    assert!(listed["accepted_at"].is_null(), "{listed}");
+    app.wait_for("audit", revoked_at).await;
+    let (_, log) = app
+        .get("/v1/audit?action=member.revoke_invitation&outcome=success")
+        .await;
+    assert_eq!(
+        log["entries"][0]["resource"],
+        format!("invitation:{id}"),
+        "{log}"
+    );
     let (status, r) = app
         .post_json(
             "/v1/invitations",

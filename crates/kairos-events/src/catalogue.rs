@@ -93,6 +93,7 @@ pub static CATALOGUE: &[EventSpec] = &[
     spec!("kairos.member.invited.v1", money: &[], identity: true, payload: None),
     spec!("kairos.member.joined.v1", money: &[], identity: true, payload: None),
     spec!("kairos.member.removed.v1", money: &[], identity: true, payload: None),
+    spec!("kairos.member.invitation_revoked.v1", money: &[], identity: true, payload: None),
     spec!("kairos.role.assigned.v1", money: &[], identity: true, payload: None),
     spec!("kairos.api_key.issued.v1", money: &[], identity: true, payload: None),
     spec!("kairos.api_key.revoked.v1", money: &[], identity: true, payload: None),

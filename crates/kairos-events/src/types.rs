@@ -16,6 +16,7 @@ pub const TASK_COMPLETED: &str = "kairos.task.completed.v1";
 pub const MEMBER_INVITED: &str = "kairos.member.invited.v1";
 pub const MEMBER_JOINED: &str = "kairos.member.joined.v1";
 pub const MEMBER_REMOVED: &str = "kairos.member.removed.v1";
+pub const INVITATION_REVOKED: &str = "kairos.member.invitation_revoked.v1";
 pub const ROLE_ASSIGNED: &str = "kairos.role.assigned.v1";
 pub const API_KEY_ISSUED: &str = "kairos.api_key.issued.v1";
 pub const API_KEY_REVOKED: &str = "kairos.api_key.revoked.v1";

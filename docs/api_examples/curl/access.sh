@@ -5,6 +5,7 @@
 #
 #   GET /v1/me    GET /v1/members    PUT /v1/members/{id}/role    DELETE /v1/members/{id}
 #   GET /v1/invitations    POST /v1/invitations    POST /v1/invitations/accept
+#   DELETE /v1/invitations/{id}
 #   GET /v1/api-keys    POST /v1/api-keys    DELETE /v1/api-keys/{id}
 #
 # Environment: KAIROS_URL, KEY (an admin's), PROJECT (see lib.sh). Run: docs/api_examples/curl/access.sh
@@ -44,6 +45,18 @@ JOINED=$(json seq)
 step "The same token again: 410, already accepted"
 expect 410 curl -sS -X POST "$KAIROS_URL/v1/invitations/accept" \
     -H 'content-type: application/json' -d '{"token": "'"$TOKEN"'"}'
+
+step "An invitation sent by mistake is revoked; its token then admits nobody"
+expect 201 curl -sS -X POST "$KAIROS_URL/v1/invitations" \
+    -H "Authorization: Bearer $KEY" \
+    -H 'content-type: application/json' \
+    -d '{"email": "wrong-'"$RUN"'@example.com", "role": "viewer"}'
+WRONG_TOKEN=$(json token)
+WRONG=$(json invitation_id)
+expect 200 curl -sS -X DELETE "$KAIROS_URL/v1/invitations/$WRONG" -H "Authorization: Bearer $KEY"
+check revoked "$(json revoked)" true
+expect 410 curl -sS -X POST "$KAIROS_URL/v1/invitations/accept" \
+    -H 'content-type: application/json' -d '{"token": "'"$WRONG_TOKEN"'"}'
 
 step "Their key works: a developer narrowed to $PROJECT"
 expect 200 curl -sS -H "Authorization: Bearer $DANA_KEY" "$KAIROS_URL/v1/me"

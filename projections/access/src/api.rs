@@ -14,7 +14,8 @@ use kairos_api::{
     ModuleConfig, ModuleError, Permission, Publish, Recorded, Routes, Started,
 };
 use kairos_events::types::{
-    API_KEY_ISSUED, API_KEY_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
+    API_KEY_ISSUED, API_KEY_REVOKED, INVITATION_REVOKED, MEMBER_INVITED, MEMBER_JOINED,
+    MEMBER_REMOVED, ROLE_ASSIGNED,
 };
 use kairos_runtime::{AggregateStore, AnyProjection};
 use serde::{Deserialize, Serialize};
@@ -35,8 +36,9 @@ pub struct AccessModule;
 pub static MODULE: AccessModule = AccessModule;
 
 /// Identity events are Kairos' alone: nobody grants themselves a role by publishing one.
-static EVENTS: [EventRule; 6] = [
+static EVENTS: [EventRule; 7] = [
     kairos_only(MEMBER_INVITED),
+    kairos_only(INVITATION_REVOKED),
     kairos_only(MEMBER_JOINED),
     kairos_only(MEMBER_REMOVED),
     kairos_only(ROLE_ASSIGNED),
@@ -89,6 +91,11 @@ impl Configured for AccessConfigured {
                 "member.list_invitations",
             )
             .route(routes!(invite), Key(ManageMembers), "member.invite")
+            .route(
+                routes!(revoke_invitation),
+                Key(ManageMembers),
+                "member.revoke_invitation",
+            )
             .route(routes!(accept), Public, "member.join")
             .route(routes!(list_keys), Key(ManageOwnKeys), "api_key.list")
             .route(routes!(issue_key), Key(ManageOwnKeys), "api_key.issue")
@@ -448,6 +455,39 @@ async fn invite(
         Invited {
             invitation: inv,
             accept,
+        },
+    ))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct InvitationRevoked {
+    invitation_id: String,
+    revoked: bool,
+    /// The event's stream sequence, for `?min_seq=`.
+    seq: u64,
+}
+
+/// `DELETE /v1/invitations/{id}`: revokes an open invitation; its token admits nobody from the
+/// moment this answers.
+#[utoipa::path(delete, path = "/v1/invitations/{id}", tag = "access",
+    params(("id" = String, Path, description = "The invitation id")),
+    responses((status = 200, description = "Revoked", body = InvitationRevoked), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No such invitation", body = ErrorBody),
+        (status = 409, description = "Accepted or revoked already", body = ErrorBody), (status = 503, description = "The stream is unavailable", body = ErrorBody)))]
+async fn revoke_invitation(
+    State(st): State<AppState>,
+    Extension(access): Extension<AccessApi>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = id_param(&id, "invitation")?;
+    let r = commands::revoke_invitation(ctx(&st, &access), &caller.origin(), &id).await?;
+    Ok(answer(
+        StatusCode::OK,
+        InvitationRevoked {
+            invitation_id: id,
+            revoked: true,
+            seq: r.seq,
         },
     ))
 }

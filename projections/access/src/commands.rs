@@ -8,7 +8,8 @@
 use chrono::{DateTime, Utc};
 use kairos_api::Role;
 use kairos_events::types::{
-    API_KEY_ISSUED, API_KEY_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
+    API_KEY_ISSUED, API_KEY_REVOKED, INVITATION_REVOKED, MEMBER_INVITED, MEMBER_JOINED,
+    MEMBER_REMOVED, ROLE_ASSIGNED,
 };
 use kairos_events::{Clock, Emit, Event, ProjectId};
 use kairos_runtime::{AggregateStore, Decision};
@@ -169,6 +170,20 @@ fn event(
     })
 }
 
+/// The event in `slot`, built by `build` the first time: a decision run again after a conflict
+/// appends the same event (the same id, so a retried append is a duplicate), not a new one.
+fn once(
+    slot: &mut Option<Event>,
+    build: impl FnOnce() -> Result<Event, CommandError>,
+) -> Result<Event, CommandError> {
+    if let Some(e) = slot {
+        return Ok(e.clone());
+    }
+    let e = build()?;
+    *slot = Some(e.clone());
+    Ok(e)
+}
+
 /// Runs `decide` against the directory and appends what it decides.
 async fn execute<T>(
     ctx: Ctx<'_>,
@@ -267,6 +282,9 @@ pub async fn accept(
             return Err(CommandError::Gone(
                 "this invitation was already accepted".into(),
             ));
+        }
+        if inv.revoked {
+            return Err(CommandError::Gone("this invitation was revoked".into()));
         }
         if inv.expires_at <= now {
             return Err(CommandError::Gone(format!(
@@ -562,15 +580,45 @@ pub async fn revoke_key(
                 "API key {key_id} is already revoked"
             )));
         }
-        let e = match &event_for {
-            Some(e) => Clone::clone(e),
-            None => {
-                let data = json!({"key_id": key_id, "member_id": key.member_id});
-                let e = event(ctx, origin, None, API_KEY_REVOKED, data)?;
-                event_for = Some(e.clone());
-                e
-            }
+        let e = once(&mut event_for, || {
+            let data = json!({"key_id": key_id, "member_id": key.member_id});
+            event(ctx, origin, None, API_KEY_REVOKED, data)
+        })?;
+        Ok(Decision::append(e, ()))
+    })
+    .await?;
+    Ok(recorded)
+}
+
+/// Revokes the open invitation `invitation_id`: its token admits nobody from the moment this
+/// answers, in this process (its directory folds the revocation before the command returns).
+/// One already accepted (remove the member instead) or already revoked is refused.
+pub async fn revoke_invitation(
+    ctx: Ctx<'_>,
+    origin: &Origin,
+    invitation_id: &str,
+) -> Result<Recorded, CommandError> {
+    let mut event_for = None;
+    let ((), recorded) = execute(ctx, |d| {
+        let Some(inv) = d.invitation(invitation_id) else {
+            return Err(CommandError::NotFound(format!(
+                "no invitation {invitation_id}"
+            )));
         };
+        if inv.accepted {
+            return Err(CommandError::Conflict(format!(
+                "invitation {invitation_id} was accepted already: remove the member instead"
+            )));
+        }
+        if inv.revoked {
+            return Err(CommandError::Conflict(format!(
+                "invitation {invitation_id} is already revoked"
+            )));
+        }
+        let e = once(&mut event_for, || {
+            let data = json!({"invitation_id": invitation_id});
+            event(ctx, origin, None, INVITATION_REVOKED, data)
+        })?;
         Ok(Decision::append(e, ()))
     })
     .await?;

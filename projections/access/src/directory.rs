@@ -31,6 +31,7 @@ pub struct Invite {
     pub projects: Option<Vec<String>>,
     pub expires_at: DateTime<Utc>,
     pub accepted: bool,
+    pub revoked: bool,
 }
 
 /// An API key: its HMAC, never the key.
@@ -54,6 +55,13 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// The invitation with this id, if any.
+    pub fn invitation(&self, invitation_id: &str) -> Option<&Invite> {
+        self.invitation_tokens
+            .get(invitation_id)
+            .and_then(|t| self.invitations.get(t))
+    }
+
     /// The active member with this e-mail (compared case-insensitively), if any.
     pub fn active_by_email(&self, email: &str) -> Option<(&String, &Member)> {
         self.members
@@ -175,6 +183,7 @@ impl Directory {
                         projects,
                         expires_at,
                         accepted: false,
+                        revoked: false,
                     },
                 );
             }
@@ -192,6 +201,10 @@ impl Directory {
                     .and_then(|i| self.invitation_tokens.get(&i))
                     .and_then(|t| self.invitations.get_mut(t))
                 {
+                    // As the projection: a revoked invitation admits nobody.
+                    if inv.revoked {
+                        return;
+                    }
                     inv.accepted = true;
                 }
                 self.members.insert(
@@ -204,6 +217,16 @@ impl Directory {
                     },
                 );
                 self.add_key(member_id, key, key_hash);
+            }
+            Change::InvitationRevoked { invitation_id } => {
+                if let Some(inv) = self
+                    .invitation_tokens
+                    .get(&invitation_id)
+                    .and_then(|t| self.invitations.get_mut(t))
+                    .filter(|inv| !inv.accepted)
+                {
+                    inv.revoked = true;
+                }
             }
             Change::Removed { member_id } => {
                 if let Some(m) = self.members.get_mut(&member_id) {

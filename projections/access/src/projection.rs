@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use kairos_events::Event;
 use kairos_events::types::{
-    API_KEY_ISSUED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
+    API_KEY_ISSUED, API_KEY_REVOKED, INVITATION_REVOKED, MEMBER_INVITED, MEMBER_JOINED,
+    MEMBER_REMOVED, ROLE_ASSIGNED,
 };
 use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
 use serde::Deserialize;
@@ -43,6 +44,9 @@ pub enum Change {
     },
     Removed {
         member_id: String,
+    },
+    InvitationRevoked {
+        invitation_id: String,
     },
     RoleAssigned {
         member_id: String,
@@ -160,9 +164,21 @@ impl Change {
                     },
                 }
             }
-            _ => Change::KeyRevoked {
+            INVITATION_REVOKED => Change::InvitationRevoked {
+                invitation_id: d
+                    .invitation_id
+                    .clone()
+                    .ok_or_else(|| missing("invitation_id"))?,
+            },
+            API_KEY_REVOKED => Change::KeyRevoked {
                 key_id: d.key_id.clone().ok_or_else(|| missing("key_id"))?,
             },
+            other => {
+                return Err(Rejection {
+                    code: "unknown_type",
+                    reason: format!("{other} is an identity type this version does not fold"),
+                });
+            }
         };
         Ok(Some(change))
     }
@@ -278,7 +294,7 @@ impl Projection for Access {
                     if let Some(inv) = invitation_id {
                         let claimed = sqlx::query(
                             "UPDATE invitations SET accepted_at = $2, member_id = $3
-                              WHERE invitation_id = $1 AND accepted_at IS NULL",
+                              WHERE invitation_id = $1 AND accepted_at IS NULL AND revoked_at IS NULL",
                         )
                         .bind(inv)
                         .bind(item.at)
@@ -286,7 +302,7 @@ impl Projection for Access {
                         .execute(&mut *tx)
                         .await?;
                         if claimed.rows_affected() == 0 {
-                            tracing::warn!(seq = item.seq, invitation = %inv, "invitation already used or unknown; join ignored");
+                            tracing::warn!(seq = item.seq, invitation = %inv, "invitation already used, revoked or unknown; join ignored");
                             continue;
                         }
                     }
@@ -309,6 +325,17 @@ impl Projection for Access {
                     if inserted.rows_affected() == 1 {
                         insert_key(tx, item, member_id, key, key_hash).await?;
                     }
+                }
+                Change::InvitationRevoked { invitation_id } => {
+                    sqlx::query(
+                        "UPDATE invitations SET revoked_at = $2, revoked_by = $3
+                          WHERE invitation_id = $1 AND accepted_at IS NULL AND revoked_at IS NULL",
+                    )
+                    .bind(invitation_id)
+                    .bind(item.at)
+                    .bind(&item.actor)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 Change::Removed { member_id } => {
                     sqlx::query(

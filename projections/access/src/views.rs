@@ -45,6 +45,9 @@ pub struct InvitationView {
     pub invited_at: DateTime<Utc>,
     pub accepted_at: Option<DateTime<Utc>>,
     pub member_id: Option<String>,
+    /// When it was revoked; a revoked invitation admits nobody.
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
 }
 
 /// Every member, active first, then by join time.
@@ -88,7 +91,8 @@ pub async fn keys(pool: &PgPool, member_id: Option<&str>) -> Result<Vec<KeyView>
 /// Invitations, newest first.
 pub async fn invitations(pool: &PgPool) -> Result<Vec<InvitationView>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT invitation_id, email, role, projects, expires_at, invited_by, invited_at, accepted_at, member_id
+        "SELECT invitation_id, email, role, projects, expires_at, invited_by, invited_at, accepted_at, member_id,
+                revoked_at, revoked_by
            FROM access.invitations ORDER BY invited_at DESC, invitation_id",
     )
     .fetch_all(pool)

@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use kairos_bus::Bus;
 use kairos_events::types::{
     API_KEY_ISSUED, API_KEY_REVOKED, AUDIT_CHECKPOINT, AuditCheckpoint, BUDGET_SET,
-    BUDGET_THRESHOLD_CROSSED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED, ROLE_ASSIGNED,
-    USER_ACTION,
+    BUDGET_THRESHOLD_CROSSED, INVITATION_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED,
+    ROLE_ASSIGNED, USER_ACTION,
 };
 use kairos_events::{Emit, Event, StreamSeq};
 use kairos_runtime::{ApplyError, Decoded, Projection, Rejection, StoredEvent, StreamDecoder};
@@ -135,8 +135,8 @@ impl Entry {
                         data["models"].as_array().map_or(0, Vec::len)
                     )),
                 ),
-                MEMBER_INVITED | MEMBER_JOINED | MEMBER_REMOVED | ROLE_ASSIGNED
-                | API_KEY_ISSUED | API_KEY_REVOKED => {
+                MEMBER_INVITED | INVITATION_REVOKED | MEMBER_JOINED | MEMBER_REMOVED
+                | ROLE_ASSIGNED | API_KEY_ISSUED | API_KEY_REVOKED => {
                     let (action, resource, reason) = identity_entry(e.event_type().as_str(), data);
                     (
                         t("actor").unwrap_or_else(|| e.source().to_owned()),
@@ -208,6 +208,11 @@ fn identity_entry(ty: &str, data: &serde_json::Value) -> (&'static str, String, 
                     .unwrap_or_default(),
                 data["key"]["key_id"].as_str().unwrap_or_default()
             ),
+        ),
+        INVITATION_REVOKED => (
+            "member.revoke_invitation",
+            format!("invitation:{}", s("invitation_id")),
+            "revoked before it was accepted".to_owned(),
         ),
         MEMBER_REMOVED => (
             "member.remove",

@@ -125,7 +125,11 @@ pub(crate) async fn render(d: &Dashboard, s: &Signed, notice: Option<Notice>) ->
             div id="invitations" data-live {
                 @match or_reason(&invitations) {
                     Ok(i) => {
-                        @let list = i["invitations"].as_array().cloned().unwrap_or_default();
+                        // Open ones only: not accepted, not revoked.
+                        @let list: Vec<Value> = i["invitations"].as_array().cloned().unwrap_or_default()
+                            .into_iter()
+                            .filter(|x| x["accepted_at"].is_null() && x["revoked_at"].is_null())
+                            .collect();
                         @if list.is_empty() { p { "No open invitation." } }
                         @else {
                             table {

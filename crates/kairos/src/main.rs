@@ -602,6 +602,9 @@ async fn serve(
             redact(&k.settings.nats.url)
         );
     }
+    if let Some(warning) = kairos::startup::unsigned_warning(k.bus.config()) {
+        println!("{warning}");
+    }
     println!(
         "\nTry (every endpoint but /health needs the key; KAIROS_BOOTSTRAP_ADMIN_KEY is the first admin's):"
     );

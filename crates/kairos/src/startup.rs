@@ -492,3 +492,24 @@ mod tests {
         assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }
+
+/// What the start-up banner says when Kairos' own facts go unsigned (`nats.signing_key` unset).
+pub fn unsigned_warning(nats: &kairos_bus::BusConfig) -> Option<&'static str> {
+    nats.signer().is_none().then_some(
+        "  nats.signing_key is unset: Kairos' own facts (identity events, budget settings, audit \
+         checkpoints) go unsigned, so one forged straight onto NATS is folded like a real one \
+         (set KAIROS_NATS_SIGNING_KEY; docs/security.md#signed-facts)",
+    )
+}
+
+#[cfg(test)]
+mod banner_tests {
+    #[test]
+    fn the_banner_says_when_facts_go_unsigned() {
+        let mut nats = kairos_bus::BusConfig::new("nats://127.0.0.1:4222", "S", "p");
+        let warning = super::unsigned_warning(&nats).expect("no key: a warning");
+        assert!(warning.contains("nats.signing_key is unset"), "{warning}");
+        nats.signing_key = Some("k".repeat(32));
+        assert_eq!(super::unsigned_warning(&nats), None);
+    }
+}

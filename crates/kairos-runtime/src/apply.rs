@@ -277,7 +277,7 @@ pub(crate) async fn apply_batch<P: Projection>(
     // retry, or an identity conflict when it says something else.
     let mut seen = HashMap::new();
     let mut positions = Vec::new();
-    let mut repeats: Vec<(usize, StreamSeq)> = Vec::new();
+    let mut repeats: Vec<(usize, uuid::Uuid, StreamSeq)> = Vec::new();
     let mut rejected = Vec::new();
     let door = &crate::Door::of(bus);
     let mut ahead = decoded.map(|d| d.0.into_iter().peekable());
@@ -305,7 +305,7 @@ pub(crate) async fn apply_batch<P: Projection>(
                     items.push(item);
                 }
                 std::collections::hash_map::Entry::Occupied(first) => {
-                    repeats.push((at, *first.get()));
+                    repeats.push((at, *first.key(), *first.get()));
                 }
             },
             Slot::Rejected(rejection) => {
@@ -364,8 +364,9 @@ pub(crate) async fn apply_batch<P: Projection>(
         .zip(&fresh)
         .filter_map(|(identity, fresh)| (!fresh).then_some(*identity))
         .collect();
+    let mut firsts = HashMap::new();
     if !recorded.is_empty() {
-        let firsts = match &known {
+        firsts = match &known {
             Some(known) => recorded
                 .iter()
                 .filter_map(|i| known.get(i).map(|seq| (*i, *seq)))
@@ -385,10 +386,16 @@ pub(crate) async fn apply_batch<P: Projection>(
                 .get(identity)
                 .and_then(|seq| u64::try_from(*seq).ok())
                 .map_or(StreamSeq(u64::MAX), StreamSeq);
-            repeats.push((*at, first));
+            repeats.push((*at, *identity, first));
         }
     }
-    for (at, first) in repeats {
+    for (at, identity, first) in repeats {
+        // An identity recorded before this batch is compared with the event that carried it
+        // first, not with its first message here (which may itself be a conflict).
+        let first = firsts
+            .get(&identity)
+            .and_then(|seq| u64::try_from(*seq).ok())
+            .map_or(first, StreamSeq);
         let m = &batch[at];
         match repeated(bus, batch, m, first).await? {
             None => duplicates += 1,

@@ -15,6 +15,7 @@ mod domain;
 mod emit;
 mod envelope;
 mod error;
+pub mod hex;
 mod schema;
 mod signature;
 pub mod types;

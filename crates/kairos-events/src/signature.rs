@@ -58,7 +58,7 @@ impl Signer {
             return Ok(None);
         }
         let mut envelope = event.json().clone();
-        let signature = hex(&self.mac(&envelope).finalize().into_bytes());
+        let signature = crate::hex::encode(&self.mac(&envelope).finalize().into_bytes());
         envelope[SIGNATURE_ATTRIBUTE] = Value::String(signature);
         Event::from_value(envelope).map(Some)
     }
@@ -79,7 +79,8 @@ impl Signer {
                 ),
             ));
         };
-        let valid = unhex(signature).is_some_and(|s| self.mac(envelope).verify_slice(&s).is_ok());
+        let valid = crate::hex::decode32(signature)
+            .is_some_and(|s| self.mac(envelope).verify_slice(&s).is_ok());
         if valid {
             Ok(())
         } else {
@@ -94,20 +95,6 @@ impl Signer {
             ))
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() != 64 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

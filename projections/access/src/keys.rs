@@ -88,21 +88,7 @@ pub fn generate_token() -> String {
     random_hex("kinv_")
 }
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The bytes of lower- or upper-case hex `s`; `None` unless it is whole bytes of hex digits.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
+pub use kairos_events::hex::{decode as unhex, encode as hex};
 
 #[cfg(test)]
 mod tests {

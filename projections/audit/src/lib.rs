@@ -12,6 +12,7 @@
 
 use chrono::{DateTime, Utc};
 use kairos_bus::Bus;
+use kairos_events::hex::encode as hex;
 use kairos_events::types::{
     API_KEY_ISSUED, API_KEY_REVOKED, AUDIT_CHECKPOINT, AuditCheckpoint, BUDGET_SET,
     BUDGET_THRESHOLD_CROSSED, INVITATION_REVOKED, MEMBER_INVITED, MEMBER_JOINED, MEMBER_REMOVED,
@@ -295,7 +296,7 @@ pub fn checkpoint_event(
 
 fn decode_checkpoint(stored: &StoredEvent) -> Result<SignedHead, Rejection> {
     let c: AuditCheckpoint = stored.event.data_as()?;
-    let head_hash = unhex32(&c.head_hash).ok_or_else(|| Rejection {
+    let head_hash = kairos_events::hex::decode32(&c.head_hash).ok_or_else(|| Rejection {
         code: "invalid_data",
         reason: "head_hash is not 64 hex digits".into(),
     })?;
@@ -306,14 +307,6 @@ fn decode_checkpoint(stored: &StoredEvent) -> Result<SignedHead, Rejection> {
         entries: c.entries,
         at: stored.occurred_at(),
     })
-}
-
-fn unhex32(text: &str) -> Option<[u8; 32]> {
-    let bytes: Vec<u8> = (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect::<Option<_>>()?;
-    bytes.try_into().ok()
 }
 
 impl Projection for Audit {
@@ -608,10 +601,6 @@ fn csv_cell(c: &str) -> String {
     } else {
         c
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Recomputes the chain over the table, oldest first.

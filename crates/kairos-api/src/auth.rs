@@ -278,12 +278,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
             .authenticate_key_id(&d.key_id, gate.st.clock.now())
             .await
         {
-            Ok(p) => {
-                if let Err(limited) = gate.limiter.check(&Bucket::Member(p.member_id.clone())) {
-                    return limited.into_response();
-                }
-                caller.principal = Some(p);
-            }
+            Ok(p) => caller.principal = Some(p),
             Err(Denied::Database(e)) => return ApiError::Database(e).into_response(),
             Err(denied) => {
                 let e = ApiError::Unauthorized(
@@ -325,13 +320,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
             .authenticate(&token, gate.st.clock.now())
             .await
         {
-            // One bucket per member, however many keys it holds.
-            Ok(p) => {
-                if let Err(limited) = gate.limiter.check(&Bucket::Member(p.member_id.clone())) {
-                    return limited.into_response();
-                }
-                caller.principal = Some(p);
-            }
+            Ok(p) => caller.principal = Some(p),
             Err(Denied::Database(e)) => return ApiError::Database(e).into_response(),
             Err(denied) => {
                 // Failed keys also spend the address's bucket, so guessing is slow.
@@ -345,6 +334,12 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
                 return refuse(&gate, &caller, endpoint, &path, e, &denied.to_string()).await;
             }
         }
+    }
+    // One bucket per member, however many keys it holds.
+    if let Some(p) = &caller.principal
+        && let Err(limited) = gate.limiter.check(&Bucket::Member(p.member_id.clone()))
+    {
+        return limited.into_response();
     }
     if endpoint.guard != Public {
         let p = caller
@@ -388,11 +383,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut req: Request, next: Next
         // A public route refusing a caller without a key (an invitation token that is not
         // valid) is counted like any refusal without a key.
         if caller.principal.is_none() && outcome != "success" {
-            gate.st.refusals.add(
-                caller.ip.as_deref(),
-                &format!("{} {}", endpoint.method, endpoint.path),
-                &reason,
-            );
+            count_refusal(&gate, &caller, endpoint, &reason);
             return response;
         }
         let logged = audit(&gate.st, &caller, endpoint, &path, outcome, &reason).await;
@@ -422,16 +413,21 @@ async fn refuse(
 ) -> Response {
     // A refusal stands whether or not its entry could be recorded (the failure is logged).
     if caller.principal.is_none() {
-        // Anyone can send these: counted per address and minute, not recorded one by one.
-        gate.st.refusals.add(
-            caller.ip.as_deref(),
-            &format!("{} {}", endpoint.method, endpoint.path),
-            reason,
-        );
+        count_refusal(gate, caller, endpoint, reason);
     } else {
         let _ = audit(&gate.st, caller, endpoint, path, "denied", reason).await;
     }
     e.into_response()
+}
+
+/// Counts a refusal of a caller without a valid key for its address's minute. Anyone can send
+/// these, so they are counted, not recorded one by one.
+fn count_refusal(gate: &Gate, caller: &Caller, endpoint: &Endpoint, reason: &str) {
+    gate.st.refusals.add(
+        caller.ip.as_deref(),
+        &format!("{} {}", endpoint.method, endpoint.path),
+        reason,
+    );
 }
 
 /// Publishes a `kairos.user.action.v1` for this request; the audit projection makes it an entry.

@@ -155,10 +155,6 @@ pub enum Denied {
 /// Turns a bearer key into the member behind it. The access module provides the one Kairos
 /// runs; the API only asks it.
 pub trait Authenticator: Send + Sync + 'static {
-    /// A short keyed digest of `key` that names it without revealing it: the rate limiter's
-    /// bucket for the key.
-    fn lookup(&self, key: &str) -> String;
-
     /// The member behind `key` at `now`, if it is a valid key of an active member.
     fn authenticate<'a>(
         &'a self,

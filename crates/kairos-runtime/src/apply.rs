@@ -375,18 +375,15 @@ pub(crate) async fn apply_batch<P: Projection>(
                 .await
                 .map_err(classify)?,
         };
+        // Each repeats the event that carried its identity first. One without a recorded first
+        // (none should be missing) names itself, and so counts as a retry.
         for (identity, at) in identities
             .iter()
             .zip(&positions)
             .zip(&fresh)
             .filter_map(|(pair, fresh)| (!fresh).then_some(pair))
         {
-            // Without a recorded first (none should be missing) it is counted as a retry.
-            let first = firsts
-                .get(identity)
-                .and_then(|seq| u64::try_from(*seq).ok())
-                .map_or(StreamSeq(u64::MAX), StreamSeq);
-            repeats.push((*at, *identity, first));
+            repeats.push((*at, *identity, batch[*at].seq));
         }
     }
     for (at, identity, first) in repeats {

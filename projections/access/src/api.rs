@@ -146,10 +146,6 @@ struct DirectoryAuthenticator {
 }
 
 impl kairos_api::Authenticator for DirectoryAuthenticator {
-    fn lookup(&self, key: &str) -> String {
-        self.secret.lookup(key)
-    }
-
     fn authenticate<'a>(
         &'a self,
         key: &'a str,

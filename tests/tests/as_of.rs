@@ -173,8 +173,12 @@ fn audited(seq: u64, e: &Event) -> Option<(u64, String, String)> {
     let d = &e.json()["data"];
     let s = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
     match e.event_type().as_str() {
-        "kairos.user.action.v1" => Some((seq, s("actor"), s("action"))),
-        // Reported by a producer: the producer is the actor.
+        // Recorded by Kairos: the member it names. Reported by a producer: the producer is the
+        // actor (who it says acted is its claim).
+        "kairos.user.action.v1" if e.source().starts_with("kairos/") => {
+            Some((seq, s("actor"), s("action")))
+        }
+        "kairos.user.action.v1" => Some((seq, e.source().to_owned(), s("action"))),
         "kairos.budget.set.v1" => Some((seq, e.source().to_owned(), "budget.set".into())),
         "kairos.member.joined.v1" => Some((seq, s("actor"), "member.join".into())),
         _ => None,

@@ -69,15 +69,26 @@ async fn entries_are_queried_newest_first_and_exported(pool: PgPool) {
     assert_eq!(all.len(), 43);
     assert!(all.windows(2).all(|w| w[0] > w[1]));
 
-    let (_, denied) = app.get("/v1/audit?outcome=denied&actor=alice").await;
+    // A producer's user action: Kairos knows the producer, and keeps what it says about who
+    // acted apart.
+    let (_, denied) = app
+        .get("/v1/audit?outcome=denied&claimed_actor=alice")
+        .await;
     let denied = denied["entries"].as_array().unwrap();
     assert!(
         !denied.is_empty()
-            && denied
-                .iter()
-                .all(|e| e["outcome"] == "denied" && e["actor"] == "alice")
+            && denied.iter().all(|e| e["outcome"] == "denied"
+                && e["actor"] == "console"
+                && e["claimed"]["actor"] == "alice")
     );
-    assert_eq!(denied[0]["ip"], "10.1.2.3");
+    assert_eq!(denied[0]["claimed"]["ip"], "10.1.2.3");
+    assert_eq!(denied[0]["claimed"]["role"], "developer");
+    assert_eq!(
+        (&denied[0]["ip"], &denied[0]["actor_role"]),
+        (&Value::Null, &Value::Null)
+    );
+    let (_, by_alice) = app.get("/v1/audit?actor=alice").await;
+    assert_eq!(by_alice["entries"].as_array().unwrap().len(), 0);
     let (_, none) = app.get("/v1/audit?to=2026-11-20T09:00:00Z").await;
     assert_eq!(none["entries"].as_array().unwrap().len(), 0);
 
@@ -114,7 +125,7 @@ async fn entries_are_queried_newest_first_and_exported(pool: PgPool) {
     let csv = app
         .http
         .get(format!(
-            "{}/v1/audit/export?format=csv&actor=%3Dcmd%7C%27%20%2FC%20calc%27%21A0",
+            "{}/v1/audit/export?format=csv&claimed_actor=%3Dcmd%7C%27%20%2FC%20calc%27%21A0",
             app.url
         ))
         .send()
@@ -270,6 +281,7 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
     let swap = "UPDATE audit.entries t SET occurred_at = o.occurred_at, actor = o.actor, actor_role = o.actor_role,
                   action = o.action, resource = o.resource, outcome = o.outcome, ip = o.ip, request_id = o.request_id,
                   reason = o.reason, event_id = o.event_id, event_source = o.event_source, event_type = o.event_type,
+                  recorded_at = o.recorded_at, claimed = o.claimed, layout = o.layout,
                   prev_hash = o.prev_hash, hash = o.hash
                 FROM audit.entries o WHERE (t.seq, o.seq) IN (($1, $2), ($2, $1))";
     sqlx::query(swap)
@@ -408,16 +420,18 @@ async fn a_consistent_rewrite_and_a_cut_tail_are_found_from_the_stream(pool: PgP
     let mut first_alice = None;
     for stored in &all {
         let mut e = stored.entry.clone();
-        if e.actor == "alice" {
-            e.actor = "mallory".into();
+        if let Some(c) = e.claimed.as_mut()
+            && c.actor.as_deref() == Some("alice")
+        {
+            c.actor = Some("mallory".into());
             first_alice.get_or_insert(e.seq);
         }
         let hash = e.hash(&prev);
         sqlx::query(
-            "UPDATE audit.entries SET actor = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
+            "UPDATE audit.entries SET claimed = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
         )
         .bind(e.seq as i64)
-        .bind(&e.actor)
+        .bind(e.claimed.as_ref().map(sqlx::types::Json))
         .bind(prev.to_vec())
         .bind(hash.to_vec())
         .execute(&pool)
@@ -485,6 +499,101 @@ async fn a_consistent_rewrite_and_a_cut_tail_are_found_from_the_stream(pool: PgP
     assert_eq!(
         (bad.seq, &bad.problem),
         (cut as u64, &Problem::Deleted),
+        "{bad:?}"
+    );
+    app.cleanup().await;
+}
+
+/// Rewrites the rows of `entries` as given, chained from `prev`, the way the code that wrote
+/// them would have.
+async fn rewrite(pool: &PgPool, entries: &[kairos_audit::Entry], mut prev: [u8; 32]) {
+    for e in entries {
+        let hash = e.hash(&prev);
+        sqlx::query(
+            "UPDATE audit.entries SET actor = $2, actor_role = $3, ip = $4, request_id = $5,
+                    recorded_at = $6, claimed = $7, layout = $8, prev_hash = $9, hash = $10
+             WHERE seq = $1",
+        )
+        .bind(e.seq as i64)
+        .bind(&e.actor)
+        .bind(&e.actor_role)
+        .bind(&e.ip)
+        .bind(&e.request_id)
+        .bind(e.recorded_at())
+        .bind(e.claimed.as_ref().map(sqlx::types::Json))
+        .bind(i16::from(e.layout))
+        .bind(prev.to_vec())
+        .bind(hash.to_vec())
+        .execute(pool)
+        .await
+        .unwrap();
+        prev = hash;
+    }
+}
+
+/// An audit log written before entries kept the stream's time and a producer's claims apart
+/// (layout 1) still verifies after the upgrade; entries appended after it are in layout 2,
+/// chained to the old head; and a newer entry written back in the old layout is found, even
+/// rehashed consistently.
+#[sqlx::test(migrations = false)]
+async fn entries_written_in_the_old_layout_still_verify(pool: PgPool) {
+    let app = spawn_app_with(
+        pool.clone(),
+        test_settings_with(
+            "[audit]\ncheckpoint_every = 100000\ncheckpoint_interval_secs = 86400\n",
+        ),
+        true,
+    )
+    .await;
+    audited(&app).await;
+    let bus = app.kairos.bus.clone();
+    let all = |pool: PgPool| async move {
+        kairos_audit::query(&pool, &kairos_audit::Filter::default(), 1000, true)
+            .await
+            .unwrap()
+    };
+    let old: Vec<_> = all(pool.clone())
+        .await
+        .iter()
+        .map(|s| s.entry.in_layout(1))
+        .collect();
+    assert!(old.iter().any(|e| e.actor == "alice"), "claims were actors");
+    rewrite(&pool, &old, kairos_audit::GENESIS).await;
+    assert_eq!(verify_chain(&pool).await.unwrap().first_bad, None);
+    let v = verify_against_stream(&bus, &pool).await.unwrap();
+    assert_eq!((v.entries, v.first_bad), (43, None));
+
+    app.ingest(&[action(100, "alice", "success")]).await;
+    // The action, then the entry of the request that reported it.
+    app.wait_for("audit", bus.last_seq().await.unwrap().0).await;
+    let now = all(pool.clone()).await;
+    let layouts: Vec<(u8, &str)> = now[43..]
+        .iter()
+        .map(|s| (s.entry.layout, s.entry.actor.as_str()))
+        .collect();
+    assert_eq!(layouts, [(2, "console"), (2, "admin@kairos.local")]);
+    let newest = now.last().unwrap();
+    assert_eq!(verify_chain(&pool).await.unwrap().first_bad, None);
+    assert_eq!(
+        verify_against_stream(&bus, &pool).await.unwrap().first_bad,
+        None
+    );
+
+    let before: [u8; 32] = now[now.len() - 2].hash.clone().try_into().unwrap();
+    rewrite(&pool, &[newest.entry.in_layout(1)], before).await;
+    assert_eq!(
+        verify_chain(&pool).await.unwrap().first_bad,
+        None,
+        "consistent"
+    );
+    let bad = verify_against_stream(&bus, &pool)
+        .await
+        .unwrap()
+        .first_bad
+        .unwrap();
+    assert_eq!(
+        (bad.seq, &bad.problem),
+        (newest.entry.seq, &Problem::Differs),
         "{bad:?}"
     );
     app.cleanup().await;

@@ -364,27 +364,136 @@ async fn a_forged_identity_event_on_the_stream_is_dead_lettered(pool: PgPool) {
     let mut other = app.kairos.settings.nats.clone();
     other.signing_key = Some("not-this-kairos-signing-key-0123456789".into());
     let mut last = 0;
-    for (i, config) in [unsigned, other].iter().enumerate() {
+    for (i, config) in [&unsigned, &other].into_iter().enumerate() {
         let bus = kairos_bus::Bus::connect(config, "forger").await.unwrap();
         let event = removal.clone().id(format!("forged-{i}")).build().unwrap();
         last = bus.publish_event(&event).await.unwrap().seq.0;
     }
+    // A reservation that would hold the whole of a project's month: a type only Kairos
+    // publishes, forged the same way.
+    let hold = kairos_events::Emit::new(
+        "kairos.budget.reserved.v1",
+        "kairos/router",
+        json!({"project": "acme", "reservation_id": "forged-hold", "period": "2026-11",
+               "model": "gpt-4o", "amount": "1000", "expires_at": "2099-01-01T00:00:00Z"}),
+    )
+    .subject("acme")
+    .build()
+    .unwrap();
+    let bus = kairos_bus::Bus::connect(&unsigned, "forger").await.unwrap();
+    last = last.max(bus.publish_event(&hold).await.unwrap().seq.0);
     // The real one, signed by this Kairos, would be folded: the forged ones are not.
     let seq = app.ingest(&[llm_call("after", "acme", "1")]).await;
-    for projection in ["access", "audit"] {
+    for projection in ["access", "audit", "budgets"] {
         app.wait_for(projection, seq.max(last)).await;
     }
+    assert_eq!(dlq_codes(&app, "budgets").await, ["unsigned"]);
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM budgets.reservations")
+        .fetch_one(&app.kairos.pool)
+        .await
+        .unwrap();
+    assert_eq!(held, 0, "the forged hold is not folded");
     let (status, me) = app.get("/v1/me").await;
     assert_eq!(status, 200, "the admin is still a member: {me}");
-    for projection in ["access", "audit"] {
-        assert_eq!(
-            dlq_codes(&app, projection).await,
-            ["unsigned", "bad_signature"],
-            "{projection}"
-        );
-    }
+    // Audit reads budget events too: it refuses the forged hold as well.
+    assert_eq!(
+        dlq_codes(&app, "access").await,
+        ["unsigned", "bad_signature"]
+    );
+    assert_eq!(
+        dlq_codes(&app, "audit").await,
+        ["unsigned", "bad_signature", "unsigned"]
+    );
     let (_, log) = app.get("/v1/audit?action=member.remove").await;
     assert_eq!(log["entries"].as_array().unwrap().len(), 0, "{log}");
+    app.cleanup().await;
+}
+
+/// A producer's user action says who acted, in which role, from which address and when: the
+/// audit log keeps all of that as the producer's claim, apart from who Kairos authenticated (the
+/// producer) and when the stream stored it. One published straight to NATS under Kairos' own
+/// `kairos/api` source, without Kairos' signature, is a claim too, not an entry in a member's
+/// name.
+#[sqlx::test(migrations = false)]
+async fn a_producer_cannot_act_in_a_members_name_or_backdate_the_log(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let claim = |id: &str, source: &str| {
+        json!({"specversion": "1.0", "id": id, "source": source, "type": "kairos.user.action.v1",
+               "time": "2020-01-01T00:00:00Z",
+               "data": {"actor": "admin@kairos.local", "role": "admin", "ip": "10.9.9.9",
+                        "request_id": "r-forged", "action": "budget.delete",
+                        "resource": "project:acme", "outcome": "success"}})
+    };
+    app.ingest(&[claim("c-1", "console")]).await;
+    // Straight to NATS, as a producer allowed to publish user actions could.
+    let mut unsigned = app.kairos.settings.nats.clone();
+    unsigned.signing_key = None;
+    let bus = kairos_bus::Bus::connect(&unsigned, "producer")
+        .await
+        .unwrap();
+    let forged = kairos_events::Event::from_value(claim("c-2", "kairos/api")).unwrap();
+    let seq = bus.publish_event(&forged).await.unwrap().seq.0;
+    app.wait_for("audit", seq).await;
+
+    let (_, log) = app.get("/v1/audit?action=budget.delete").await;
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{log}");
+    for (e, source) in entries.iter().zip(["kairos/api", "console"]) {
+        assert_eq!(e["actor"], source, "{e}");
+        assert_eq!(
+            (&e["actor_role"], &e["ip"], &e["request_id"]),
+            (&Value::Null, &Value::Null, &Value::Null),
+            "{e}"
+        );
+        assert_eq!(
+            e["claimed"],
+            json!({"actor": "admin@kairos.local", "role": "admin", "ip": "10.9.9.9",
+                   "request_id": "r-forged"}),
+            "{e}"
+        );
+        assert_eq!(e["occurred_at"], "2020-01-01T00:00:00.000000Z", "{e}");
+        assert_ne!(e["recorded_at"], e["occurred_at"], "{e}");
+    }
+    let (_, as_admin) = app
+        .get("/v1/audit?actor=admin@kairos.local&action=budget.delete")
+        .await;
+    assert_eq!(as_admin["entries"].as_array().unwrap().len(), 0);
+    // Time filters bound the stream's time unless asked for the claimed one.
+    let (_, back) = app
+        .get("/v1/audit?action=budget.delete&to=2021-01-01T00:00:00Z")
+        .await;
+    assert_eq!(back["entries"].as_array().unwrap().len(), 0, "{back}");
+    let (_, claimed) = app
+        .get("/v1/audit?action=budget.delete&to=2021-01-01T00:00:00Z&time=occurred")
+        .await;
+    assert_eq!(claimed["entries"].as_array().unwrap().len(), 2, "{claimed}");
+    app.assert_bad_queries(&[("/v1/audit?time=wall", "time")])
+        .await;
+    // A budget setting published as an event by a key with manage_budgets names its producer
+    // as who set it, not the member its data claims.
+    let mut set = kairos_tests::budget_set("b-1", "beta", "9", 80);
+    set["data"]["actor"] = json!("ceo@example.com");
+    let seq = app.ingest(&[set]).await;
+    app.wait_for("budgets", seq).await;
+    let set_by: Option<String> =
+        sqlx::query_scalar("SELECT set_by FROM budgets.limits WHERE project = 'beta'")
+            .fetch_one(&app.kairos.pool)
+            .await
+            .unwrap();
+    assert_eq!(set_by.as_deref(), Some("test/admin"));
+    // What Kairos recorded itself names the member it authenticated.
+    let (status, r) = app
+        .put_json("/v1/projects/acme/budget", &json!({"monthly_limit": "5"}))
+        .await;
+    assert_eq!(status, 202, "{r}");
+    app.wait_for("audit", r["seq"].as_u64().unwrap()).await;
+    let (_, set) = app.get("/v1/audit?action=budget.set").await;
+    let set = &set["entries"][0];
+    assert_eq!(
+        (&set["actor"], &set["actor_role"], &set["claimed"]),
+        (&json!("admin@kairos.local"), &json!("admin"), &Value::Null),
+        "{set}"
+    );
     app.cleanup().await;
 }
 

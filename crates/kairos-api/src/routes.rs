@@ -432,7 +432,7 @@ fn admit(st: &AppState, principal: &Principal, event: Event) -> Result<Event, Ev
     }
     // Audit entries whose source is Kairos's own (`kairos/api`, …) are what Kairos recorded;
     // nobody reports events in its name.
-    if event.source().starts_with("kairos/") {
+    if event.source().starts_with(kairos_events::KAIROS_SOURCE) {
         return Err(EventError::field(
             "reserved_source",
             "source",

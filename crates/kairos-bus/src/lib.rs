@@ -56,8 +56,8 @@ pub struct BusConfig {
     /// Refuse a connection that is not TLS.
     #[serde(default)]
     pub tls_required: bool,
-    /// The key Kairos signs its own facts with (identity events, budget settings, audit
-    /// checkpoints; see [`kairos_events::Signer`]), at least 32 characters. Every Kairos process
+    /// The key Kairos signs its own facts with (every event it states; see
+    /// [`kairos_events::Signer`]), at least 32 characters. Every Kairos process
     /// of an installation has the same; it is kept out of the stream and the database. Unset,
     /// those events are published and folded unsigned.
     #[serde(default)]
@@ -1223,7 +1223,7 @@ impl Bus {
         }
     }
 
-    /// `event` signed, if this bus signs and its type is signed ([`kairos_events::is_signed`]).
+    /// `event` signed, if this bus signs and Kairos states it ([`kairos_events::states`]).
     fn signed(&self, event: &Event) -> Result<Option<Event>, String> {
         match &self.signer {
             Some(signer) => signer

@@ -25,8 +25,9 @@ pub struct EventSpec {
     /// Who is a member, with which role and keys: one aggregate (the `access` subject), and
     /// their digests are redacted when the stream is listed.
     pub identity: bool,
-    /// Whether Kairos signs it ([`crate::Signer`]): the identity events, budget settings and
-    /// audit checkpoints, facts a projection folds only when their signature holds.
+    /// Whether only Kairos states it, signed ([`crate::Signer`]): the identity events, budget
+    /// settings, threshold crossings, reservations, catalog changes, router decisions, alerts
+    /// and audit checkpoints, facts a projection folds only when their signature holds.
     pub signed: bool,
     /// Reads `data` into the typed payload Kairos folds it as; a schema-valid event that does
     /// not fit is refused at the door rather than dead-lettered later.
@@ -73,23 +74,24 @@ pub static CATALOGUE: &[EventSpec] = &[
     spec!("kairos.budget.set.v1", money: &["monthly_limit"], identity: false, signed: true,
         payload: Some(reads_as::<BudgetSet>)),
     spec!("kairos.budget.threshold_crossed.v1", money: &["limit", "spent"], identity: false,
-        payload: Some(reads_as::<ThresholdCrossed>)),
-    spec!("kairos.budget.reserved.v1", money: &["amount"], identity: false,
+        signed: true, payload: Some(reads_as::<ThresholdCrossed>)),
+    spec!("kairos.budget.reserved.v1", money: &["amount"], identity: false, signed: true,
         payload: Some(reads_as::<Reserved>)),
     spec!("kairos.budget.reservation_settled.v1", money: &["amount", "cost"], identity: false,
+        signed: true, payload: Some(reads_as::<ReservationClosed>)),
+    spec!("kairos.budget.reservation_expired.v1", money: &["amount"], identity: false, signed: true,
         payload: Some(reads_as::<ReservationClosed>)),
-    spec!("kairos.budget.reservation_expired.v1", money: &["amount"], identity: false,
-        payload: Some(reads_as::<ReservationClosed>)),
-    spec!("kairos.catalog.changed.v1", money: &[], identity: false,
+    spec!("kairos.catalog.changed.v1", money: &[], identity: false, signed: true,
         payload: Some(reads_as_catalog)),
     spec!("kairos.router.decision.v1", money: &["estimated_cost", "reserved"], identity: false,
-        payload: None),
+        signed: true, payload: None),
     spec!("kairos.audit.checkpoint.v1", money: &[], identity: false, signed: true,
         payload: Some(reads_as::<AuditCheckpoint>)),
-    spec!("kairos.alert.raised.v1", money: &[], identity: false, payload: None),
-    spec!("kairos.alert.resolved.v1", money: &[], identity: false, payload: None),
-    spec!("kairos.alert.acknowledged.v1", money: &[], identity: false, payload: None),
-    spec!("kairos.alert.breaker_changed.v1", money: &[], identity: false, payload: None),
+    spec!("kairos.alert.raised.v1", money: &[], identity: false, signed: true, payload: None),
+    spec!("kairos.alert.resolved.v1", money: &[], identity: false, signed: true, payload: None),
+    spec!("kairos.alert.acknowledged.v1", money: &[], identity: false, signed: true, payload: None),
+    spec!("kairos.alert.breaker_changed.v1", money: &[], identity: false,
+        signed: true, payload: None),
     spec!("kairos.member.invited.v1", money: &[], identity: true, payload: None),
     spec!("kairos.member.joined.v1", money: &[], identity: true, payload: None),
     spec!("kairos.member.removed.v1", money: &[], identity: true, payload: None),

@@ -29,7 +29,7 @@ pub use envelope::{
 };
 pub use error::{EventError, printable};
 pub use schema::{known_type, known_types, schema_source};
-pub use signature::{SIGNATURE_ATTRIBUTE, Signer};
+pub use signature::{KAIROS_SOURCE, SIGNATURE_ATTRIBUTE, Signer, states};
 
 /// The 64-bit FNV-1a hash of `text`: a stable, fixed-width key for names that may be long (a
 /// projection's stored keys, ids built from them). Not for anything an attacker may want to

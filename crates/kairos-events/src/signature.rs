@@ -1,11 +1,16 @@
 //! Signatures on the facts only Kairos may state.
 //!
-//! The identity events, budget settings and audit checkpoints ([`crate::is_signed`]) carry an
-//! HMAC-SHA256 of their envelope in the extension attribute `kairossig`, under the key every
-//! Kairos process is given (`nats.signing_key`) and that is stored neither on the stream nor in
-//! the database. A process holding the key signs each such event as it publishes it, and checks
-//! the signature of each it folds: one that a NATS user allowed to publish there forged, or that
-//! a producer sent with a signature of its own making, is refused.
+//! Every event Kairos states carries an HMAC-SHA256 of its envelope in the extension attribute
+//! `kairossig`, under the key every Kairos process is given (`nats.signing_key`) and that is
+//! stored neither on the stream nor in the database. Kairos states the types only it may publish
+//! ([`crate::is_signed`]: identity events, budget settings, threshold crossings, reservations,
+//! catalog changes, router decisions, alerts, audit checkpoints) and whatever else it publishes
+//! under a `kairos/` source (its user actions). A process holding the key signs each such event as it publishes it.
+//! A projection folds a type only Kairos may publish only when its signature holds (one that a
+//! NATS user allowed to publish there forged, or that a producer sent with a signature of its own
+//! making, is refused); an event of another type that names a `kairos/` source without Kairos'
+//! signature is folded as what a producer claims, not as what Kairos recorded
+//! ([`Signer::vouches`]).
 //!
 //! The MAC covers the envelope as a JSON value without `kairossig`, serialised by `serde_json`,
 //! so the signer and the checker agree whatever whitespace the stored text has.
@@ -51,10 +56,10 @@ impl Signer {
         mac
     }
 
-    /// `event` with its signature set, when its type is signed; unchanged otherwise. A signature
-    /// it already carries is replaced.
+    /// `event` with its signature set, when Kairos states it ([`states`]); `None` otherwise. A
+    /// signature it already carries is replaced.
     pub fn sign(&self, event: &Event) -> Result<Option<Event>, EventError> {
-        if !crate::is_signed(event.event_type().as_str()) {
+        if !states(event) {
             return Ok(None);
         }
         let mut envelope = event.json().clone();
@@ -68,6 +73,16 @@ impl Signer {
         if !crate::is_signed(event.event_type().as_str()) {
             return Ok(());
         }
+        self.verify(event)
+    }
+
+    /// Whether `event` carries this key's signature: what Kairos recorded under a `kairos/`
+    /// source, as opposed to a producer's claim to speak for it.
+    pub fn vouches(&self, event: &Event) -> bool {
+        self.verify(event).is_ok()
+    }
+
+    fn verify(&self, event: &Event) -> Result<(), EventError> {
         let envelope = event.json();
         let Some(signature) = envelope.get(SIGNATURE_ATTRIBUTE).and_then(Value::as_str) else {
             return Err(EventError::field(
@@ -96,6 +111,14 @@ impl Signer {
         }
     }
 }
+
+/// Whether Kairos states `event`: a type only Kairos publishes, or a `kairos/` source.
+pub fn states(event: &Event) -> bool {
+    crate::is_signed(event.event_type().as_str()) || event.source().starts_with(KAIROS_SOURCE)
+}
+
+/// The prefix of the sources Kairos publishes under; the HTTP door refuses it from producers.
+pub const KAIROS_SOURCE: &str = "kairos/";
 
 #[cfg(test)]
 mod tests {
@@ -154,17 +177,31 @@ mod tests {
     }
 
     #[test]
-    fn only_signed_types_are_signed_or_checked() {
+    fn what_kairos_states_is_signed_and_only_its_own_types_must_be() {
         let key = Signer::new(b"k");
-        let action = Emit::new(
-            USER_ACTION,
-            "kairos/api",
-            json!({"actor": "a", "action": "x", "resource": "r", "outcome": "success"}),
-        )
-        .build()
-        .unwrap();
-        assert!(key.sign(&action).unwrap().is_none());
-        key.check(&action).unwrap();
+        let action = |source: &str| {
+            Emit::new(
+                USER_ACTION,
+                source,
+                json!({"actor": "a", "action": "x", "resource": "r", "outcome": "success"}),
+            )
+            .build()
+            .unwrap()
+        };
+        // A user action Kairos records is signed; one a producer reports is not.
+        let recorded = key.sign(&action("kairos/api")).unwrap().expect("signed");
+        assert!(key.vouches(&recorded));
+        assert!(key.sign(&action("gateway/eu")).unwrap().is_none());
+        // Unsigned, or signed with another key, it is not vouched for, but a producer type is
+        // still no signed type: the check lets it through to be folded as a claim.
+        let forged = action("kairos/api");
+        assert!(!key.vouches(&forged));
+        key.check(&forged).unwrap();
+        let other = Signer::new(b"another");
+        assert!(!key.vouches(&other.sign(&forged).unwrap().unwrap()));
+        let mut changed = recorded.json().clone();
+        changed["data"]["actor"] = json!("mallory");
+        assert!(!key.vouches(&Event::from_value(changed).unwrap()));
         for ty in [
             "kairos.budget.set.v1",
             "kairos.audit.checkpoint.v1",

@@ -230,6 +230,8 @@ impl<A: Aggregate> AggregateStore<A> {
                 subject: self.subject.clone(),
                 stored_at: event.time().unwrap_or_else(chrono::Utc::now),
                 event: event.clone(),
+                // This process appended it: signed if it signs.
+                vouched: true,
             });
             f.seq = seq.0;
         }

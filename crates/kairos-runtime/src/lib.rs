@@ -57,6 +57,10 @@ pub struct StoredEvent {
     /// When JetStream stored it: the fallback for events without `time`.
     pub stored_at: DateTime<Utc>,
     pub event: Event,
+    /// Whether what it says in Kairos' name is Kairos': false for an event under a `kairos/`
+    /// source without Kairos' signature (a producer allowed to publish its type claiming to be
+    /// Kairos), true otherwise, and always true where no signing key is set.
+    pub vouched: bool,
 }
 
 impl StoredEvent {
@@ -168,8 +172,10 @@ pub(crate) fn stored_event(
 ) -> Result<StoredEvent, Rejection> {
     let prefix = door.prefix.as_str();
     let event = Event::from_slice(payload)?;
+    let mut vouched = true;
     if let Some(signer) = &door.signer {
         signer.check(&event)?;
+        vouched = !kairos_events::states(&event) || signer.vouches(&event);
     }
     if !event.belongs_on(prefix, subject) {
         return Err(Rejection {
@@ -186,6 +192,7 @@ pub(crate) fn stored_event(
         subject: subject.to_owned(),
         stored_at,
         event,
+        vouched,
     })
 }
 

@@ -496,8 +496,8 @@ mod tests {
 /// What the start-up banner says when Kairos' own facts go unsigned (`nats.signing_key` unset).
 pub fn unsigned_warning(nats: &kairos_bus::BusConfig) -> Option<&'static str> {
     nats.signer().is_none().then_some(
-        "  nats.signing_key is unset: Kairos' own facts (identity events, budget settings, audit \
-         checkpoints) go unsigned, so one forged straight onto NATS is folded like a real one \
+        "  nats.signing_key is unset: Kairos' own facts (identity events, budget settings, \
+         reservations, alerts, its user actions, …) go unsigned, so one forged straight onto NATS is folded like a real one \
          (set KAIROS_NATS_SIGNING_KEY; docs/security.md#signed-facts)",
     )
 }

@@ -45,6 +45,29 @@ if [[ $CURSOR != null ]]; then
         "$KAIROS_URL/v1/audit?actor=$ACTOR&outcome=success&limit=2&cursor=$CURSOR"
 fi
 
+step "A producer reports a user action: Kairos keeps who it says acted apart from who it is"
+expect 202 curl -sS -X POST "$KAIROS_URL/v1/events" \
+    -H "Authorization: Bearer $KEY" \
+    -H 'content-type: application/cloudevents+json' \
+    -d '{"specversion": "1.0", "id": "console-action-'"$SEQ"'", "source": "console/eu", "type": "kairos.user.action.v1",
+         "time": "2020-01-01T00:00:00Z",
+         "data": {"actor": "alice@example.com", "role": "admin", "action": "prompt.update",
+                  "resource": "prompt:welcome", "outcome": "success"}}'
+REPORTED=$(json results.0.seq)
+expect 200 curl -sS -H "Authorization: Bearer $KEY" \
+    "$KAIROS_URL/v1/audit?claimed_actor=alice@example.com&min_seq=$REPORTED&limit=1"
+check "who Kairos knows sent it" "$(json entries.0.actor)" console/eu
+check "who it says acted" "$(json entries.0.claimed.actor)" alice@example.com
+check "the time it claims" "$(json entries.0.occurred_at)" 2020-01-01T00:00:00.000000Z
+
+step "Time filters bound when the stream stored an event: the backdated claim is not before 2021"
+expect 200 curl -sS -H "Authorization: Bearer $KEY" \
+    "$KAIROS_URL/v1/audit?claimed_actor=alice@example.com&to=2021-01-01T00:00:00Z"
+check "entries recorded before 2021" "$(count entries)" 0
+expect 200 curl -sS -H "Authorization: Bearer $KEY" \
+    "$KAIROS_URL/v1/audit?claimed_actor=alice@example.com&to=2021-01-01T00:00:00Z&time=occurred&limit=1"
+check "entries claiming a time before 2021" "$(json entries.0.seq)" "$REPORTED"
+
 step "Export the project's entries as CSV, oldest first (streamed)"
 expect 200 curl -sS -H "Authorization: Bearer $KEY" \
     "$KAIROS_URL/v1/audit/export?format=csv&resource=project:$PROJECT"

@@ -21,7 +21,7 @@ use serde_json::Value;
 use sqlx::migrate::Migrator;
 use utoipa_axum::routes;
 
-use crate::{Audit, Filter, NAME};
+use crate::{Audit, Filter, NAME, TimeBasis};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -175,11 +175,13 @@ async fn seq_at_time(
 #[derive(Debug, Deserialize)]
 struct AuditQuery {
     actor: Option<String>,
+    claimed_actor: Option<String>,
     action: Option<String>,
     resource: Option<String>,
     outcome: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    time: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
     format: Option<String>,
@@ -189,6 +191,7 @@ impl AuditQuery {
     async fn filter(&self, st: &AppState, read: &ReadAt) -> Result<Filter, ApiError> {
         for (field, value) in [
             ("actor", &self.actor),
+            ("claimed_actor", &self.claimed_actor),
             ("action", &self.action),
             ("resource", &self.resource),
             ("outcome", &self.outcome),
@@ -204,8 +207,21 @@ impl AuditQuery {
         if let Some(seq) = upto_seq.or(read.min_seq) {
             wait_for(st, NAME, seq).await?;
         }
+        let time = match self.time.as_deref() {
+            None | Some("recorded") => TimeBasis::Recorded,
+            Some("occurred") => TimeBasis::Occurred,
+            Some(_) => {
+                return Err(ApiError::bad(
+                    "invalid_query",
+                    "time",
+                    "time must be recorded (when the stream stored the event) or occurred (the time the event states)",
+                ));
+            }
+        };
         Ok(Filter {
             actor: self.actor.clone(),
+            claimed_actor: self.claimed_actor.clone(),
+            time,
             action: self.action.clone(),
             resource: self.resource.clone(),
             outcome: self.outcome.clone(),
@@ -218,14 +234,17 @@ impl AuditQuery {
     }
 }
 
-/// `GET /v1/audit?actor=&action=&resource=&outcome=&from=&to=&limit=&cursor=&as_of=`: newest
-/// first; `cursor` is the previous page's `next_cursor`.
+/// `GET /v1/audit?actor=&claimed_actor=&action=&resource=&outcome=&from=&to=&time=&limit=&cursor=&as_of=`:
+/// newest first; `cursor` is the previous page's `next_cursor`.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit",
     params(
-        ("actor" = Option<String>, Query), ("action" = Option<String>, Query),
+        ("actor" = Option<String>, Query, description = "The actor Kairos authenticated: a member, or the producer's source"),
+        ("claimed_actor" = Option<String>, Query, description = "The actor a producer's user action names"),
+        ("action" = Option<String>, Query),
         ("resource" = Option<String>, Query), ("outcome" = Option<String>, Query),
         ("from" = Option<String>, Query, description = "RFC 3339"),
         ("to" = Option<String>, Query, description = "RFC 3339"),
+        ("time" = Option<String>, Query, description = "What from and to bound: recorded (default), when the stream stored the event; or occurred, the time the event states"),
         ("limit" = Option<u32>, Query, description = "1 to 1000 (100)"),
         ("cursor" = Option<u64>, Query, description = "The previous page's next_cursor"),
         ("min_seq" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "RFC 3339"),
@@ -282,10 +301,13 @@ struct ChainVerified {
 #[utoipa::path(get, path = "/v1/audit/export", tag = "audit",
     params(
         ("format" = Option<String>, Query, description = "jsonl (default) or csv"),
-        ("actor" = Option<String>, Query), ("action" = Option<String>, Query),
+        ("actor" = Option<String>, Query, description = "The actor Kairos authenticated: a member, or the producer's source"),
+        ("claimed_actor" = Option<String>, Query, description = "The actor a producer's user action names"),
+        ("action" = Option<String>, Query),
         ("resource" = Option<String>, Query), ("outcome" = Option<String>, Query),
         ("from" = Option<String>, Query, description = "RFC 3339"),
         ("to" = Option<String>, Query, description = "RFC 3339"),
+        ("time" = Option<String>, Query, description = "What from and to bound: recorded (default), when the stream stored the event; or occurred, the time the event states"),
         ("min_seq" = Option<u64>, Query), ("as_of" = Option<String>, Query, description = "RFC 3339"),
     ),
     responses(

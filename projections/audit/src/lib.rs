@@ -20,7 +20,7 @@ use kairos_events::types::{
 };
 use kairos_events::{Emit, Event, StreamSeq};
 use kairos_runtime::{ApplyError, Decoded, Projection, Rejection, StoredEvent, StreamDecoder};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -34,6 +34,16 @@ pub const NAME: &str = "audit";
 pub const GENESIS: [u8; 32] = [0; 32];
 
 /// One audit entry, as hashed. Field order is the canonical order.
+///
+/// `actor`, `actor_role`, `ip` and `request_id` are what Kairos authenticated: the member behind
+/// a request it recorded (a `kairos/` source with Kairos' signature), or else the producer's
+/// source. What a producer's event says about who acted, and from where, is kept apart in
+/// `claimed`. `occurred_at` is the event's own time (for a producer's event, the time it
+/// claims); `recorded_at` is when the stream stored it, which no producer chooses.
+///
+/// Entries written before `recorded_at` and `claimed` existed are layout 1: they lack both, and
+/// a producer's claims sit in the authenticated fields. Their canonical form, and so their hash,
+/// is what it was; [`Entry::in_layout`] gives the layout-1 form of a newer entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Entry {
     pub seq: u64,
@@ -50,9 +60,61 @@ pub struct Entry {
     pub event_id: String,
     pub event_source: String,
     pub event_type: String,
+    /// When the stream stored the event, in microseconds (layout 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_at_us: Option<i64>,
+    /// What a producer's user action says about who acted (layout 2): `None` for what Kairos
+    /// recorded itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed: Option<Claims>,
+    #[serde(skip_serializing_if = "is_first_layout")]
+    pub layout: u8,
+}
+
+/// The layout [`Entry::from_event`] writes.
+pub const LAYOUT: u8 = 2;
+
+fn is_first_layout(layout: &u8) -> bool {
+    *layout <= 1
+}
+
+/// Who a producer says acted, in which role, from where: its word, not Kairos'.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Entry {
+    /// This entry as layout `layout` writes it: unchanged for the current layout; for layout 1,
+    /// without `recorded_at`, and with a producer's claims in the actor's fields.
+    pub fn in_layout(&self, layout: u8) -> Entry {
+        if layout >= LAYOUT {
+            return self.clone();
+        }
+        let mut old = self.clone();
+        old.layout = 1;
+        old.recorded_at_us = None;
+        if let Some(c) = old.claimed.take() {
+            old.actor = c.actor.unwrap_or_default();
+            old.actor_role = c.role;
+            old.ip = c.ip;
+            old.request_id = c.request_id;
+        }
+        old
+    }
+
+    pub fn recorded_at(&self) -> Option<DateTime<Utc>> {
+        self.recorded_at_us
+            .and_then(DateTime::from_timestamp_micros)
+    }
+
     /// The canonical bytes the hash covers.
     pub fn canonical(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -74,24 +136,40 @@ impl Entry {
         let e = &stored.event;
         let data = &e.json()["data"];
         let s = |k: &str| data[k].as_str().map(str::to_owned);
-        // Who acted, in what role, from where: taken from a budget or identity event only when
-        // Kairos recorded it (the API refuses `kairos/` sources from anyone else); otherwise the
-        // producer that reported it is the actor.
-        let trusted = e.source().starts_with("kairos/");
+        // Who acted, in what role, from where: taken from the event only when Kairos recorded it
+        // (a `kairos/` source, which the API refuses from anyone else, with Kairos' signature
+        // where a key is set); otherwise the producer that reported it is the actor, and what
+        // its event says about who acted is its claim.
+        let trusted = e.source().starts_with(kairos_events::KAIROS_SOURCE) && stored.vouched;
         let t = |k: &str| if trusted { s(k) } else { None };
         let project = || format!("project:{}", s("project").unwrap_or_default());
+        let mut claimed = None;
         let (actor, actor_role, action, resource, outcome, ip, request_id, reason) =
             match e.event_type().as_str() {
-                USER_ACTION => (
-                    s("actor").unwrap_or_default(),
-                    s("role"),
-                    s("action").unwrap_or_default(),
-                    s("resource").unwrap_or_default(),
-                    s("outcome").unwrap_or_default(),
-                    s("ip"),
-                    s("request_id"),
-                    s("reason"),
-                ),
+                USER_ACTION => {
+                    if !trusted {
+                        claimed = Some(Claims {
+                            actor: s("actor"),
+                            role: s("role"),
+                            ip: s("ip"),
+                            request_id: s("request_id"),
+                        });
+                    }
+                    (
+                        if trusted {
+                            s("actor").unwrap_or_default()
+                        } else {
+                            e.source().to_owned()
+                        },
+                        t("role"),
+                        s("action").unwrap_or_default(),
+                        s("resource").unwrap_or_default(),
+                        s("outcome").unwrap_or_default(),
+                        t("ip"),
+                        t("request_id"),
+                        s("reason"),
+                    )
+                }
                 BUDGET_SET => (
                     t("actor").unwrap_or_else(|| e.source().to_owned()),
                     t("actor_role"),
@@ -166,6 +244,9 @@ impl Entry {
             event_id: e.id().to_owned(),
             event_source: e.source().to_owned(),
             event_type: e.event_type().to_string(),
+            recorded_at_us: Some(stored.stored_at.timestamp_micros()),
+            claimed,
+            layout: LAYOUT,
         }))
     }
 }
@@ -418,10 +499,12 @@ async fn append(tx: &mut PgConnection, items: &[Entry]) -> Result<[u8; 32], Appl
     }
     sqlx::query(
         "INSERT INTO entries (seq, occurred_at, actor, actor_role, action, resource, outcome, ip,
-                              request_id, reason, event_id, event_source, event_type, prev_hash, hash)
+                              request_id, reason, event_id, event_source, event_type, prev_hash, hash,
+                              recorded_at, claimed, layout)
          SELECT * FROM unnest($1::int8[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
                               $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                              $13::text[], $14::bytea[], $15::bytea[])",
+                              $13::text[], $14::bytea[], $15::bytea[], $16::timestamptz[], $17::jsonb[],
+                              $18::int2[])",
     )
     .bind(items.iter().map(|e| i64::try_from(e.seq).unwrap_or(i64::MAX)).collect::<Vec<_>>())
     .bind(items.iter().map(Entry::occurred_at).collect::<Vec<_>>())
@@ -438,6 +521,14 @@ async fn append(tx: &mut PgConnection, items: &[Entry]) -> Result<[u8; 32], Appl
     .bind(items.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
     .bind(prevs)
     .bind(hashes)
+    .bind(items.iter().map(Entry::recorded_at).collect::<Vec<_>>())
+    .bind(
+        items
+            .iter()
+            .map(|e| e.claimed.as_ref().map(sqlx::types::Json))
+            .collect::<Vec<_>>(),
+    )
+    .bind(items.iter().map(|e| i16::from(e.layout)).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     Ok(prev)
@@ -456,6 +547,9 @@ pub struct StoredEntry {
 
 fn row_to_entry(r: &sqlx::postgres::PgRow) -> Result<StoredEntry, sqlx::Error> {
     let occurred: DateTime<Utc> = r.try_get("occurred_at")?;
+    let recorded: Option<DateTime<Utc>> = r.try_get("recorded_at")?;
+    let claimed: Option<sqlx::types::Json<Claims>> = r.try_get("claimed")?;
+    let layout: i16 = r.try_get("layout")?;
     Ok(StoredEntry {
         entry: Entry {
             seq: u64::try_from(r.try_get::<i64, _>("seq")?).unwrap_or(0),
@@ -471,6 +565,9 @@ fn row_to_entry(r: &sqlx::postgres::PgRow) -> Result<StoredEntry, sqlx::Error> {
             event_id: r.try_get("event_id")?,
             event_source: r.try_get("event_source")?,
             event_type: r.try_get("event_type")?,
+            recorded_at_us: recorded.map(|t| t.timestamp_micros()),
+            claimed: claimed.map(|c| c.0),
+            layout: u8::try_from(layout).unwrap_or(u8::MAX),
         },
         prev_hash: r.try_get("prev_hash")?,
         hash: r.try_get("hash")?,
@@ -544,12 +641,12 @@ impl StoredEntry {
         let mut v = serde_json::to_value(&self.entry).unwrap_or_default();
         if let Some(m) = v.as_object_mut() {
             m.remove("occurred_at_us");
+            m.remove("recorded_at_us");
         }
-        v["occurred_at"] = serde_json::json!(
-            self.entry
-                .occurred_at()
-                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-        );
+        let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        v["occurred_at"] = serde_json::json!(rfc3339(self.entry.occurred_at()));
+        v["recorded_at"] = serde_json::json!(self.entry.recorded_at().map(rfc3339));
+        v["layout"] = serde_json::json!(self.entry.layout);
         v["prev_hash"] = serde_json::json!(hex(&self.prev_hash));
         v["hash"] = serde_json::json!(hex(&self.hash));
         v
@@ -559,9 +656,9 @@ impl StoredEntry {
     /// prefixed with `'`).
     pub fn to_csv(&self) -> String {
         let e = &self.entry;
-        let when = e
-            .occurred_at()
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let when = rfc3339(e.occurred_at());
+        let claims = e.claimed.clone().unwrap_or_default();
         let cells = [
             e.seq.to_string(),
             when,
@@ -576,6 +673,11 @@ impl StoredEntry {
             e.event_id.clone(),
             e.event_source.clone(),
             e.event_type.clone(),
+            e.recorded_at().map(rfc3339).unwrap_or_default(),
+            claims.actor.unwrap_or_default(),
+            claims.role.unwrap_or_default(),
+            claims.ip.unwrap_or_default(),
+            claims.request_id.unwrap_or_default(),
             hex(&self.hash),
         ];
         cells
@@ -588,7 +690,7 @@ impl StoredEntry {
 }
 
 /// The CSV header matching [`StoredEntry::to_csv`].
-pub const CSV_HEADER: &str = "seq,occurred_at,actor,actor_role,action,resource,outcome,ip,request_id,reason,event_id,event_source,event_type,hash\r\n";
+pub const CSV_HEADER: &str = "seq,occurred_at,actor,actor_role,action,resource,outcome,ip,request_id,reason,event_id,event_source,event_type,recorded_at,claimed_actor,claimed_role,claimed_ip,claimed_request_id,hash\r\n";
 
 fn csv_cell(c: &str) -> String {
     let c = if c.starts_with(['=', '+', '-', '@', '\t', '\r']) {
@@ -678,10 +780,21 @@ pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verificat
     };
     let (mut e, mut a) = (expected.next().await?, next_row().await?);
     let mut finding = None;
+    // Entries written before an upgrade are in an older layout; none comes after a newer one.
+    let mut layout = 0;
     loop {
         let found = match (&e, &a) {
             (None, None) => break,
-            (Some(x), Some(y)) if x == y => {
+            (Some(_), Some(y)) if y.layout < layout => Finding {
+                seq: y.seq,
+                problem: Problem::Differs,
+                detail: format!(
+                    "the entry is in layout {} after an entry in layout {layout}",
+                    y.layout
+                ),
+            },
+            (Some(x), Some(y)) if x.in_layout(y.layout) == *y => {
+                layout = y.layout;
                 e = expected.next().await?;
                 a = next_row().await?;
                 continue;
@@ -832,18 +945,34 @@ async fn check_heads(pool: &PgPool, heads: &[SignedHead]) -> Result<Option<Findi
 /// Filters for [`query`].
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
+    /// The actor Kairos authenticated.
     pub actor: Option<String>,
+    /// The actor a producer's user action names.
+    pub claimed_actor: Option<String>,
     pub action: Option<String>,
     pub resource: Option<String>,
     pub outcome: Option<String>,
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
+    /// What `from` and `to` bound: when the stream stored the event (the default), or the time
+    /// the event states.
+    pub time: TimeBasis,
     /// Only entries before this sequence (keyset cursor, newest first).
     pub before_seq: Option<u64>,
     /// Only entries at or before this sequence (`as_of`).
     pub upto_seq: Option<u64>,
     /// Only entries after this sequence (keyset cursor, oldest first).
     pub after_seq: Option<u64>,
+}
+
+/// Which time of an entry a filter bounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimeBasis {
+    /// When the stream stored the event: no producer chooses it.
+    #[default]
+    Recorded,
+    /// The event's own `time`: for a producer's event, the time it claims.
+    Occurred,
 }
 
 /// Entries matching `f`, newest first, at most `limit`.
@@ -854,13 +983,19 @@ pub async fn query(
     oldest_first: bool,
 ) -> Result<Vec<StoredEntry>, sqlx::Error> {
     let order = if oldest_first { "ASC" } else { "DESC" };
+    // A layout-1 entry has no `recorded_at`: its event's time stands in.
+    let time = match f.time {
+        TimeBasis::Recorded => "COALESCE(recorded_at, occurred_at)",
+        TimeBasis::Occurred => "occurred_at",
+    };
     let sql = format!(
         "SELECT * FROM audit.entries
          WHERE ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR action = $2)
            AND ($3::text IS NULL OR resource = $3) AND ($4::text IS NULL OR outcome = $4)
-           AND ($5::timestamptz IS NULL OR occurred_at >= $5) AND ($6::timestamptz IS NULL OR occurred_at <= $6)
+           AND ($5::timestamptz IS NULL OR {time} >= $5) AND ($6::timestamptz IS NULL OR {time} <= $6)
            AND ($7::int8 IS NULL OR seq < $7) AND ($8::int8 IS NULL OR seq <= $8)
            AND ($10::int8 IS NULL OR seq > $10)
+           AND ($11::text IS NULL OR claimed->>'actor' = $11)
          ORDER BY seq {order} LIMIT $9"
     );
     let seq = |s: Option<u64>| s.map(|s| i64::try_from(s).unwrap_or(i64::MAX));
@@ -875,6 +1010,7 @@ pub async fn query(
         .bind(seq(f.upto_seq))
         .bind(limit)
         .bind(seq(f.after_seq))
+        .bind(&f.claimed_actor)
         .fetch_all(pool)
         .await?
         .iter()
@@ -901,6 +1037,9 @@ mod tests {
             event_id: format!("e{seq}"),
             event_source: "s".into(),
             event_type: USER_ACTION.into(),
+            recorded_at_us: None,
+            claimed: None,
+            layout: 1,
         }
     }
 
@@ -912,6 +1051,95 @@ mod tests {
         assert_ne!(h, entry(1, "mallory").hash(&GENESIS));
         assert_ne!(h, entry(2, "alice").hash(&GENESIS));
         assert_ne!(h, a.hash(&h));
+    }
+
+    #[test]
+    fn a_layout_1_entry_hashes_as_it_always_did() {
+        // The canonical form entries were hashed in before layout 2: its bytes must not move.
+        let e = entry(7, "alice");
+        assert_eq!(
+            String::from_utf8(e.canonical()).unwrap(),
+            r#"{"seq":7,"occurred_at_us":1700000000000000,"actor":"alice","actor_role":"admin","action":"budget.set","resource":"project:p","outcome":"success","ip":null,"request_id":null,"reason":null,"event_id":"e7","event_source":"s","event_type":"kairos.user.action.v1"}"#
+        );
+        let mut newer = e.clone();
+        newer.layout = LAYOUT;
+        assert_ne!(
+            newer.hash(&GENESIS),
+            e.hash(&GENESIS),
+            "the layout is hashed"
+        );
+    }
+
+    fn stored(source: &str, vouched: bool) -> StoredEvent {
+        let event = Emit::new(
+            USER_ACTION,
+            source,
+            serde_json::json!({"actor": "alice", "role": "admin", "ip": "10.0.0.9",
+                               "request_id": "r-1", "action": "prompt.update",
+                               "resource": "prompt:1", "outcome": "success"}),
+        )
+        .id("u-1")
+        .time("2020-01-01T00:00:00Z".parse().unwrap())
+        .build()
+        .unwrap();
+        StoredEvent {
+            seq: StreamSeq(3),
+            subject: "kairos.events.user._global".into(),
+            stored_at: "2026-12-06T10:00:00.123456789Z".parse().unwrap(),
+            event,
+            vouched,
+        }
+    }
+
+    #[test]
+    fn a_producer_claims_who_acted_and_kairos_says_who_it_authenticated() {
+        let recorded = Entry::from_event(&stored("kairos/api", true))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (recorded.actor.as_str(), recorded.actor_role.as_deref()),
+            ("alice", Some("admin"))
+        );
+        assert_eq!(
+            (recorded.ip.as_deref(), recorded.claimed),
+            (Some("10.0.0.9"), None)
+        );
+
+        for (source, vouched) in [("console", true), ("kairos/api", false)] {
+            let e = Entry::from_event(&stored(source, vouched))
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                e.actor, source,
+                "the producer is who acted, as far as Kairos knows"
+            );
+            assert_eq!((&e.actor_role, &e.ip, &e.request_id), (&None, &None, &None));
+            let c = e.claimed.clone().unwrap();
+            assert_eq!(
+                (c.actor.as_deref(), c.role.as_deref(), c.ip.as_deref()),
+                (Some("alice"), Some("admin"), Some("10.0.0.9"))
+            );
+            // The producer's time and the stream's, apart.
+            assert_eq!(e.occurred_at().to_rfc3339(), "2020-01-01T00:00:00+00:00");
+            assert_eq!(
+                e.recorded_at().unwrap().to_rfc3339(),
+                "2026-12-06T10:00:00.123456+00:00"
+            );
+            // Layout 1 had the claims in the actor's fields, and no stream time.
+            let old = e.in_layout(1);
+            assert_eq!(
+                (
+                    old.actor.as_str(),
+                    old.actor_role.as_deref(),
+                    old.ip.as_deref()
+                ),
+                ("alice", Some("admin"), Some("10.0.0.9"))
+            );
+            assert_eq!(
+                (old.recorded_at_us, old.claimed, old.layout),
+                (None, None, 1)
+            );
+        }
     }
 
     #[test]

@@ -547,12 +547,22 @@ impl Projection for Budgets {
                 period,
                 call: stored.event.data_as()?,
             })),
-            BUDGET_SET => Ok(Some(Item::Set {
-                seq,
-                at,
-                period,
-                set: stored.event.data_as()?,
-            })),
+            BUDGET_SET => {
+                let mut set: kairos_events::types::BudgetSet = stored.event.data_as()?;
+                // Who set it is what Kairos authenticated (its `PUT` records the member); a
+                // setting a producer published with `manage_budgets` names the producer, not
+                // whoever its `data.actor` claims.
+                let e = &stored.event;
+                if !e.source().starts_with(kairos_events::KAIROS_SOURCE) {
+                    set.actor = Some(e.source().to_owned());
+                }
+                Ok(Some(Item::Set {
+                    seq,
+                    at,
+                    period,
+                    set,
+                }))
+            }
             kairos_events::types::CATALOG_CHANGED => Ok(kairos_catalog::decode_change(stored)?
                 .map(|c| Item::Catalog {
                     seq,

@@ -1,5 +1,6 @@
-//! The audit log: filters (actor, action, resource, outcome, time), cursor paging, export, and
-//! the chain's verification on demand.
+//! The audit log: filters (actor, claimed actor, action, resource, outcome, time), cursor paging,
+//! export, and the chain's verification on demand. "When" is the stream's time; "Claimed" is
+//! what a producer's user action says about who acted, and when.
 
 use std::collections::HashMap;
 
@@ -13,8 +14,9 @@ use crate::Dashboard;
 use crate::call::{self, As, query};
 use crate::view::{self, text, when};
 
-const FILTERS: [(&str, &str); 6] = [
+const FILTERS: [(&str, &str); 7] = [
     ("actor", "Actor"),
+    ("claimed_actor", "Claimed actor"),
     ("action", "Action"),
     ("resource", "Resource"),
     ("outcome", "Outcome"),
@@ -32,6 +34,33 @@ fn older(base: &[(&str, &str)], c: u64) -> String {
     let mut pairs = base.to_vec();
     pairs.push(("cursor", &c));
     format!("/audit{}", query(&pairs))
+}
+
+/// When the stream stored the entry's event; an entry of the first layout has only its event's
+/// time.
+fn recorded(r: &serde_json::Value) -> &serde_json::Value {
+    if r["recorded_at"].is_string() {
+        &r["recorded_at"]
+    } else {
+        &r["occurred_at"]
+    }
+}
+
+/// What a producer claims: who acted (in which role), and when, if that is not when it was
+/// recorded.
+fn claimed(r: &serde_json::Value) -> String {
+    let c = &r["claimed"];
+    if !c.is_object() {
+        return String::new();
+    }
+    let mut out = c["actor"].as_str().unwrap_or("?").to_owned();
+    if let Some(role) = c["role"].as_str() {
+        out.push_str(&format!(" ({role})"));
+    }
+    if r["occurred_at"].is_string() {
+        out.push_str(&format!(", at {}", when(&r["occurred_at"])));
+    }
+    out
 }
 
 pub async fn page(
@@ -102,13 +131,13 @@ pub async fn page(
                         table {
                             thead { tr {
                                 th scope="col" { "Seq" } th scope="col" { "When" } th scope="col" { "Actor" } th scope="col" { "Role" }
-                                th scope="col" { "Action" } th scope="col" { "Resource" } th scope="col" { "Outcome" } th scope="col" { "Reason" }
+                                th scope="col" { "Claimed" } th scope="col" { "Action" } th scope="col" { "Resource" } th scope="col" { "Outcome" } th scope="col" { "Reason" }
                             } }
                             tbody {
                                 @for r in e["entries"].as_array().into_iter().flatten() {
                                     tr {
-                                        td { (text(&r["seq"])) } td { (when(&r["occurred_at"])) } td { (text(&r["actor"])) } td { (text(&r["actor_role"])) }
-                                        td { (text(&r["action"])) } td { (text(&r["resource"])) } td { (text(&r["outcome"])) } td { (text(&r["reason"])) }
+                                        td { (text(&r["seq"])) } td { (when(recorded(r))) } td { (text(&r["actor"])) } td { (text(&r["actor_role"])) }
+                                        td { (claimed(r)) } td { (text(&r["action"])) } td { (text(&r["resource"])) } td { (text(&r["outcome"])) } td { (text(&r["reason"])) }
                                     }
                                 }
                             }

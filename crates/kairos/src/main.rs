@@ -774,13 +774,13 @@ async fn admin(settings: Settings, cmd: AdminCommand) -> anyhow::Result<ExitCode
     let out = match cmd {
         AdminCommand::Permissions => unreachable!("handled above"),
         AdminCommand::Members { all } => {
-            serde_json::json!({"members": kairos_access::members(&k.pool, all).await?})
+            serde_json::json!({"members": kairos_access::members(&k.pool, all, kairos_access::Page::ALL).await?})
         }
         AdminCommand::Invitations => {
-            serde_json::json!({"invitations": kairos_access::invitations(&k.pool).await?})
+            serde_json::json!({"invitations": kairos_access::invitations(&k.pool, false, kairos_access::Page::ALL).await?})
         }
         AdminCommand::Keys { member } => {
-            serde_json::json!({"api_keys": kairos_access::keys(&k.pool, member.as_deref()).await?})
+            serde_json::json!({"api_keys": kairos_access::keys(&k.pool, member.as_deref(), kairos_access::Page::ALL).await?})
         }
         AdminCommand::AddMember {
             email,

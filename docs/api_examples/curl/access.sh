@@ -68,6 +68,14 @@ expect 200 curl -sS -H "Authorization: Bearer $KEY" "$KAIROS_URL/v1/members?min_
 expect 200 curl -sS -H "Authorization: Bearer $KEY" "$KAIROS_URL/v1/members?include_removed=true"
 json members | grep -q "\"$MEMBER\"" || fail "member $MEMBER is not listed"
 
+step "Lists come in pages: one member per page, the next one after next_cursor"
+expect 200 curl -sS -H "Authorization: Bearer $KEY" "$KAIROS_URL/v1/members?limit=1"
+check "a page of one" "$(count members)" 1
+FIRST=$(json members.0.member_id)
+CURSOR=$(json next_cursor)
+expect 200 curl -sS -H "Authorization: Bearer $KEY" "$KAIROS_URL/v1/members?limit=1&cursor=$CURSOR"
+[[ $(json members.0.member_id) != "$FIRST" ]] || fail "the second page repeats the first"
+
 step "Make them a viewer of $PROJECT"
 expect 200 curl -sS -X PUT "$KAIROS_URL/v1/members/$MEMBER/role" \
     -H "Authorization: Bearer $KEY" \

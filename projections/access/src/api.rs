@@ -231,16 +231,57 @@ fn answer(status: StatusCode, body: impl Serialize) -> Response {
 struct MembersAnswer {
     /// Active members first, then by join time.
     members: Vec<MemberView>,
+    /// The next page's `cursor`; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 struct InvitationsAnswer {
+    /// Newest first.
     invitations: Vec<InvitationView>,
+    /// The next page's `cursor`; `null` on the last page.
+    next_cursor: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 struct KeysAnswer {
+    /// Newest first.
     api_keys: Vec<KeyView>,
+    /// The next page's `cursor`; `null` on the last page.
+    next_cursor: Option<String>,
+}
+
+/// `limit` (1 to 1000, 100 by default) and `cursor` (the previous page's `next_cursor`: the id
+/// of its last row).
+fn page_params<'a>(
+    limit: Option<&str>,
+    cursor: Option<&'a str>,
+) -> Result<(usize, Option<&'a str>), ApiError> {
+    let limit = kairos_api::extract::limit_param(limit)?;
+    if let Some(c) = cursor
+        && uuid::Uuid::parse_str(c).is_err()
+    {
+        return Err(ApiError::bad(
+            "invalid_query",
+            "cursor",
+            "cursor must be the previous page's next_cursor",
+        ));
+    }
+    Ok((limit, cursor))
+}
+
+/// The `next_cursor` of a page of `limit` asked for: the last row's id when the page is full.
+fn next_cursor<T>(rows: &[T], limit: usize, id: impl Fn(&T) -> &str) -> Option<String> {
+    (rows.len() == limit)
+        .then(|| rows.last().map(|r| id(r).to_owned()))
+        .flatten()
+}
+
+fn page(limit: usize, after: Option<&str>) -> crate::Page<'_> {
+    crate::Page {
+        limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        after,
+    }
 }
 
 /// A role change, stored.
@@ -283,20 +324,35 @@ struct Invited {
 #[derive(Debug, Deserialize)]
 struct MembersQuery {
     include_removed: Option<bool>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
-/// `GET /v1/members?include_removed=true`
+/// `GET /v1/members?include_removed=true&limit=&cursor=`
 #[utoipa::path(get, path = "/v1/members", tag = "access",
-    params(("include_removed" = Option<bool>, Query), ("min_seq" = Option<u64>, Query, description = "Wait until the access projection applied this stream sequence")),
+    params(("include_removed" = Option<bool>, Query),
+        ("limit" = Option<u32>, Query, description = "1 to 1000 (100)"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+        ("min_seq" = Option<u64>, Query, description = "Wait until the access projection applied this stream sequence")),
     responses((status = 200, description = "Members", body = MembersAnswer), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
 async fn list_members(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<MembersQuery>,
     read: ReadAt,
 ) -> Result<Json<MembersAnswer>, ApiError> {
+    let (limit, after) = page_params(q.limit.as_deref(), q.cursor.as_deref())?;
     read.wait(&st, NAME).await?;
-    let members = crate::members(&st.pool, q.include_removed.unwrap_or(false)).await?;
-    Ok(Json(MembersAnswer { members }))
+    let members = crate::members(
+        &st.pool,
+        q.include_removed.unwrap_or(false),
+        page(limit, after),
+    )
+    .await?;
+    let next_cursor = next_cursor(&members, limit, |m| &m.member_id);
+    Ok(Json(MembersAnswer {
+        members,
+        next_cursor,
+    }))
 }
 
 /// An id from the path; what is not one is not echoed (it may be a key pasted by mistake).
@@ -390,17 +446,44 @@ async fn remove_member(
     ))
 }
 
-/// `GET /v1/invitations` (never the tokens)
+#[derive(Debug, Deserialize)]
+struct InvitationsQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/invitations?status=open|all&limit=&cursor=` (never the tokens)
 #[utoipa::path(get, path = "/v1/invitations", tag = "access",
-    params(("min_seq" = Option<u64>, Query, description = "Wait until the access projection applied this stream sequence")),
+    params(("status" = Option<String>, Query, description = "all (default), or open: neither accepted nor revoked"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000 (100)"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+        ("min_seq" = Option<u64>, Query, description = "Wait until the access projection applied this stream sequence")),
     responses((status = 200, description = "Invitations, never their tokens", body = InvitationsAnswer), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
 async fn list_invitations(
     State(st): State<AppState>,
+    QueryParams(q): QueryParams<InvitationsQuery>,
     read: ReadAt,
 ) -> Result<Json<InvitationsAnswer>, ApiError> {
+    let open_only = match q.status.as_deref() {
+        None | Some("all") => false,
+        Some("open") => true,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "invalid_query",
+                "status",
+                "status must be all or open",
+            ));
+        }
+    };
+    let (limit, after) = page_params(q.limit.as_deref(), q.cursor.as_deref())?;
     read.wait(&st, NAME).await?;
-    let invitations = crate::invitations(&st.pool).await?;
-    Ok(Json(InvitationsAnswer { invitations }))
+    let invitations = crate::invitations(&st.pool, open_only, page(limit, after)).await?;
+    let next_cursor = next_cursor(&invitations, limit, |i| &i.invitation_id);
+    Ok(Json(InvitationsAnswer {
+        invitations,
+        next_cursor,
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -528,12 +611,17 @@ async fn accept(
 #[derive(Debug, Deserialize)]
 struct KeysQuery {
     member_id: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
 }
 
-/// `GET /v1/api-keys?member_id=`: one's own keys; an admin may name another member, or ask for
+/// `GET /v1/api-keys?member_id=&limit=&cursor=`: one's own keys; an admin may name another member, or ask for
 /// `member_id=all`.
 #[utoipa::path(get, path = "/v1/api-keys", tag = "access",
-    params(("member_id" = Option<String>, Query, description = "Another member's (admins), or all"), ("min_seq" = Option<u64>, Query)),
+    params(("member_id" = Option<String>, Query, description = "Another member's (admins), or all"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000 (100)"),
+        ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+        ("min_seq" = Option<u64>, Query)),
     responses((status = 200, description = "Keys, never the keys themselves", body = KeysAnswer),
         (status = 404, description = "member_id is no member id", body = ErrorBody), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody), (status = 503, description = "Not applied within the wait, or a store is unavailable", body = ErrorBody)))]
 async fn list_keys(
@@ -555,8 +643,13 @@ async fn list_keys(
         "all" => None,
         m => Some(id_param(m, "member")?),
     };
-    let keys = crate::keys(&st.pool, member.as_deref()).await?;
-    Ok(Json(KeysAnswer { api_keys: keys }))
+    let (limit, after) = page_params(q.limit.as_deref(), q.cursor.as_deref())?;
+    let keys = crate::keys(&st.pool, member.as_deref(), page(limit, after)).await?;
+    let next_cursor = next_cursor(&keys, limit, |k| &k.key_id);
+    Ok(Json(KeysAnswer {
+        api_keys: keys,
+        next_cursor,
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

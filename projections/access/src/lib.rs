@@ -24,7 +24,7 @@ pub use kairos_api::{Denied, Permission, Principal, Role, allows};
 pub use keys::{KeySecret, generate_key, generate_token, hex, unhex};
 pub use projection::{Access, Change};
 pub use views::{
-    InvitationView, KeyView, MemberView, active_admins, invitations, keys, member, members,
+    InvitationView, KeyView, MemberView, Page, active_admins, invitations, keys, member, members,
 };
 
 /// Projection name, checkpoint key and schema.

@@ -50,14 +50,38 @@ pub struct InvitationView {
     pub revoked_by: Option<String>,
 }
 
-/// Every member, active first, then by join time.
-pub async fn members(pool: &PgPool, include_removed: bool) -> Result<Vec<MemberView>, sqlx::Error> {
+/// A page of a list: at most `limit` rows after the row with id `after` (the previous page's
+/// last), in the list's order.
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    pub limit: i64,
+    pub after: Option<&'a str>,
+}
+
+impl Page<'_> {
+    /// Everything, for an operator's command line.
+    pub const ALL: Page<'static> = Page {
+        limit: i64::MAX,
+        after: None,
+    };
+}
+
+/// Members, active first, then by join time.
+pub async fn members(
+    pool: &PgPool,
+    include_removed: bool,
+    page: Page<'_>,
+) -> Result<Vec<MemberView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT member_id, email, name, role, projects, status, joined_at, joined_by, removed_at
-           FROM access.members WHERE $1 OR status = 'active'
-          ORDER BY status, joined_at, member_id",
+           FROM access.members WHERE ($1 OR status = 'active')
+            AND ($2::text IS NULL OR (status, joined_at, member_id) >
+                 (SELECT status, joined_at, member_id FROM access.members WHERE member_id = $2))
+          ORDER BY status, joined_at, member_id LIMIT $3",
     )
     .bind(include_removed)
+    .bind(page.after)
+    .bind(page.limit)
     .fetch_all(pool)
     .await
 }
@@ -77,24 +101,43 @@ pub async fn member(
 }
 
 /// API keys (of one member, or all), newest first.
-pub async fn keys(pool: &PgPool, member_id: Option<&str>) -> Result<Vec<KeyView>, sqlx::Error> {
+pub async fn keys(
+    pool: &PgPool,
+    member_id: Option<&str>,
+    page: Page<'_>,
+) -> Result<Vec<KeyView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT key_id, member_id, name, created_at, created_by, expires_at, revoked_at
-           FROM access.api_keys WHERE $1::text IS NULL OR member_id = $1
-          ORDER BY created_at DESC, key_id",
+           FROM access.api_keys WHERE ($1::text IS NULL OR member_id = $1)
+            AND ($2::text IS NULL OR (created_at, key_id) <
+                 (SELECT created_at, key_id FROM access.api_keys WHERE key_id = $2))
+          ORDER BY created_at DESC, key_id DESC LIMIT $3",
     )
     .bind(member_id)
+    .bind(page.after)
+    .bind(page.limit)
     .fetch_all(pool)
     .await
 }
 
-/// Invitations, newest first.
-pub async fn invitations(pool: &PgPool) -> Result<Vec<InvitationView>, sqlx::Error> {
+/// Invitations (all, or only the open ones: neither accepted nor revoked), newest first.
+pub async fn invitations(
+    pool: &PgPool,
+    open_only: bool,
+    page: Page<'_>,
+) -> Result<Vec<InvitationView>, sqlx::Error> {
     sqlx::query_as(
         "SELECT invitation_id, email, role, projects, expires_at, invited_by, invited_at, accepted_at, member_id,
                 revoked_at, revoked_by
-           FROM access.invitations ORDER BY invited_at DESC, invitation_id",
+           FROM access.invitations
+          WHERE (NOT $1 OR (accepted_at IS NULL AND revoked_at IS NULL))
+            AND ($2::text IS NULL OR (invited_at, invitation_id) <
+                 (SELECT invited_at, invitation_id FROM access.invitations WHERE invitation_id = $2))
+          ORDER BY invited_at DESC, invitation_id DESC LIMIT $3",
     )
+    .bind(open_only)
+    .bind(page.after)
+    .bind(page.limit)
     .fetch_all(pool)
     .await
 }

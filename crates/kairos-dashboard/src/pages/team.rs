@@ -67,7 +67,7 @@ pub(crate) async fn render(d: &Dashboard, s: &Signed, notice: Option<Notice>) ->
         },
         async {
             if admin {
-                s.get(d, "/v1/invitations").await
+                s.get(d, "/v1/invitations?status=open").await
             } else {
                 not_admin()
             }

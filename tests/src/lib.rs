@@ -442,6 +442,32 @@ impl TestApp {
         }
     }
 
+    /// Every event stored so far expires, as if `nats.max_age_days` had passed: retention is
+    /// shortened to a second until the stream is empty, then set back (no limit, and the
+    /// duplicate window of two minutes).
+    pub async fn expire_stored_events(&self) {
+        let js = self.kairos.bus.jetstream();
+        let mut stream = js
+            .get_stream(self.kairos.bus.stream_name())
+            .await
+            .expect("stream exists");
+        let mut config = stream.info().await.expect("stream info").config.clone();
+        config.max_age = Duration::from_secs(1);
+        config.duplicate_window = Duration::from_secs(1);
+        js.update_stream(config.clone()).await.expect("retention");
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while stream.info().await.expect("stream info").state.messages > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "events did not expire"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        config.max_age = Duration::ZERO;
+        config.duplicate_window = Duration::from_secs(120);
+        js.update_stream(config).await.expect("retention back");
+    }
+
     /// Deletes this test's streams.
     pub async fn cleanup(mut self) {
         self.stop_projections();

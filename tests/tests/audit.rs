@@ -598,3 +598,52 @@ async fn entries_written_in_the_old_layout_still_verify(pool: PgPool) {
     );
     app.cleanup().await;
 }
+
+/// Events that aged out of the stream (`nats.max_age_days`) leave their entries in the table:
+/// the stream check passes over them, says how many it could not check, and still checks every
+/// entry whose event the stream holds.
+#[sqlx::test(migrations = false)]
+async fn entries_whose_events_aged_out_are_not_taken_for_insertions(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    audited(&app).await;
+    let bus = app.kairos.bus.clone();
+    app.wait_for("audit", bus.last_seq().await.unwrap().0).await;
+    app.expire_stored_events().await;
+
+    app.ingest(&[
+        action(100, "alice", "success"),
+        action(101, "bob", "success"),
+    ])
+    .await;
+    app.wait_for("audit", bus.last_seq().await.unwrap().0).await;
+    let v = verify_against_stream(&bus, &pool).await.unwrap();
+    assert_eq!(v.first_bad, None, "{v:?}");
+    let s = v.signed.unwrap();
+    assert_eq!(s.aged_out, 43, "{s:?}");
+    assert!(s.stream_first_seq > 43, "{s:?}");
+    assert_eq!(
+        v.entries,
+        43 + 3,
+        "two actions and the request that reported them"
+    );
+    assert_eq!(verify_chain(&pool).await.unwrap().first_bad, None);
+
+    // An entry whose event the stream still holds is still checked.
+    let kept: i64 = sqlx::query_scalar("SELECT min(seq) FROM audit.entries WHERE seq >= $1")
+        .bind(s.stream_first_seq as i64)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit.entries SET outcome = 'denied' WHERE seq = $1")
+        .bind(kept)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let bad = verify_against_stream(&bus, &pool)
+        .await
+        .unwrap()
+        .first_bad
+        .unwrap();
+    assert_eq!((bad.seq, &bad.problem), (kept as u64, &Problem::Differs));
+    app.cleanup().await;
+}

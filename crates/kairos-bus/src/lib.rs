@@ -845,6 +845,17 @@ impl Bus {
         Ok(StreamSeq(self.state().await?.last_sequence))
     }
 
+    /// The oldest sequence the events stream still holds (the next one when it holds none): what
+    /// came before it was removed by age (`nats.max_age_days`).
+    pub async fn first_seq(&self) -> Result<StreamSeq, BusError> {
+        let state = self.state().await?;
+        Ok(StreamSeq(if state.messages == 0 {
+            state.last_sequence + 1
+        } else {
+            state.first_sequence
+        }))
+    }
+
     /// The events stream's state, in one request (the stream lookup already carries it).
     async fn state(&self) -> Result<jetstream::stream::State, BusError> {
         let stream =

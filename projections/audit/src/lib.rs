@@ -625,6 +625,11 @@ pub struct Signed {
     /// never folded, so no entry; the first one's sequence.
     pub refused_signatures: u64,
     pub first_refused_seq: Option<u64>,
+    /// The oldest sequence the stream still holds, and the table's entries older than it (their
+    /// events aged out, `nats.max_age_days`): the chain check covers those, the stream no longer
+    /// can.
+    pub stream_first_seq: u64,
+    pub aged_out: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -761,6 +766,7 @@ pub async fn verify_chain(pool: &PgPool) -> Result<Verification, VerifyError> {
 pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verification, VerifyError> {
     let stream_err = |e: kairos_bus::BusError| kairos_runtime::HistoryError::Stream(e.to_string());
     let end = bus.last_seq().await.map_err(stream_err)?;
+    let first = bus.first_seq().await.map_err(stream_err)?.0;
     let applied = kairos_runtime::checkpoint(pool, NAME)
         .await?
         .map_or(0, |c| c.last_seq);
@@ -771,7 +777,15 @@ pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verificat
         heads: Vec::new(),
         signed: Signed::default(),
     };
-    let mut rows = sqlx::query("SELECT * FROM audit.entries ORDER BY seq").fetch(pool);
+    let aged_out: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.entries WHERE seq < $1")
+        .bind(i64::try_from(first).unwrap_or(i64::MAX))
+        .fetch_one(pool)
+        .await?;
+    expected.signed.stream_first_seq = first;
+    expected.signed.aged_out = u64::try_from(aged_out).unwrap_or(0);
+    let mut rows = sqlx::query("SELECT * FROM audit.entries WHERE seq >= $1 ORDER BY seq")
+        .bind(i64::try_from(first).unwrap_or(i64::MAX))
+        .fetch(pool);
     let mut next_row = async || -> Result<Option<Entry>, VerifyError> {
         match futures_util::TryStreamExt::try_next(&mut rows).await? {
             Some(r) => Ok(Some(row_to_entry(&r)?.entry)),

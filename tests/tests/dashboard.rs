@@ -890,3 +890,38 @@ async fn signing_in_and_out_are_in_the_audit_log(pool: PgPool) {
     }
     app.cleanup().await;
 }
+
+/// The team page shows a page of each list, and a link to the next one when the API has more:
+/// 101 open invitations fill one page of 100 and start another.
+#[sqlx::test]
+async fn the_team_page_links_to_the_next_page_of_a_long_list(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let http = no_redirects();
+    for i in 0..101 {
+        let (status, r) = app
+            .post_json(
+                "/v1/invitations",
+                &json!({"email": format!("p{i:03}@example.com"), "role": "viewer"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{r}");
+    }
+    app.wait_for("access", app.kairos.bus.last_seq().await.unwrap().0)
+        .await;
+    let admin = session_for(&app, &http, &app.admin_key).await;
+    let first = page_html(&app, &http, &admin, "/team").await;
+    let listed = |html: &str| {
+        (0..101)
+            .filter(|i| html.contains(&format!("p{i:03}@example.com")))
+            .count()
+    };
+    assert_eq!(listed(&first), 100, "one page");
+    let link = "href=\"/team?invitations_cursor=";
+    let at = first.find(link).expect("a link to the next page") + "href=\"".len();
+    let href = first[at..].split('"').next().unwrap().to_owned();
+    let rest = page_html(&app, &http, &admin, &href.replace("&amp;", "&")).await;
+    assert_eq!(listed(&rest), 1, "the one left: {href}");
+    assert!(!rest.contains("More invitations"), "the last page");
+    assert!(!first.contains("More members") && !first.contains("More keys"));
+    app.cleanup().await;
+}

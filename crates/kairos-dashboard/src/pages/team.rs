@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{Peer, Signed, form_session, notice_of, or_reason};
 use crate::Dashboard;
-use crate::call::{Failure, enc};
+use crate::call::{Failure, enc, query};
 use crate::view::{self, Notice, csrf, needs, text, when};
 
 const ROLES: [&str; 3] = ["admin", "developer", "viewer"];
@@ -22,13 +22,32 @@ pub async fn page(
     State(d): State<Dashboard>,
     headers: HeaderMap,
     peer: Peer,
-    Query(_q): Query<HashMap<String, String>>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let s = match Signed::load(&d, &headers, peer).await {
         Ok(s) => s,
         Err(r) => return r,
     };
-    render(&d, &s, None).await.into_response()
+    render(&d, &s, &q, None).await.into_response()
+}
+
+/// The API path of a list's page: the one `/team?<cursor_param>=` names, else the first.
+fn list_path(base: &str, q: &HashMap<String, String>, cursor_param: &str) -> String {
+    let cursor = q.get(cursor_param).map_or("", String::as_str);
+    let sep = if base.contains('?') { '&' } else { '?' };
+    match query(&[("cursor", cursor)]).strip_prefix('?') {
+        Some(c) => format!("{base}{sep}{c}"),
+        None => base.to_owned(),
+    }
+}
+
+/// The link to a list's next page, when the API says there is one.
+fn more(list: &Value, cursor_param: &str, label: &str) -> Markup {
+    html! {
+        @if let Some(c) = list["next_cursor"].as_str() {
+            p { a href=(format!("/team{}", query(&[(cursor_param, c)]))) rel="next" { (label) } }
+        }
+    }
 }
 
 fn projects_text(v: &Value) -> String {
@@ -49,7 +68,12 @@ fn projects_field(s: &str) -> Option<Vec<String>> {
     (!ps.is_empty()).then_some(ps)
 }
 
-pub(crate) async fn render(d: &Dashboard, s: &Signed, notice: Option<Notice>) -> Markup {
+pub(crate) async fn render(
+    d: &Dashboard,
+    s: &Signed,
+    q: &HashMap<String, String>,
+    notice: Option<Notice>,
+) -> Markup {
     let admin = s.can("manage_members");
     let not_admin = || {
         Err(Failure::new(
@@ -60,19 +84,24 @@ pub(crate) async fn render(d: &Dashboard, s: &Signed, notice: Option<Notice>) ->
     let (members, invitations, keys) = tokio::join!(
         async {
             if admin {
-                s.get(d, "/v1/members").await
+                s.get(d, list_path("/v1/members", q, "members_cursor"))
+                    .await
             } else {
                 not_admin()
             }
         },
         async {
             if admin {
-                s.get(d, "/v1/invitations?status=open").await
+                s.get(
+                    d,
+                    list_path("/v1/invitations?status=open", q, "invitations_cursor"),
+                )
+                .await
             } else {
                 not_admin()
             }
         },
-        s.get(d, "/v1/api-keys"),
+        s.get(d, list_path("/v1/api-keys", q, "keys_cursor")),
     );
     let content = html! {
         section aria-labelledby="you-h" {
@@ -85,7 +114,7 @@ pub(crate) async fn render(d: &Dashboard, s: &Signed, notice: Option<Notice>) ->
             (needs(s, "manage_members"))
             div id="members" data-live {
                 @match or_reason(&members) {
-                    Ok(m) => table {
+                    Ok(m) => { table {
                         thead { tr { th scope="col" { "E-mail" } th scope="col" { "Name" } th scope="col" { "Role" } th scope="col" { "Projects" } th scope="col" { "Status" } th scope="col" { "Joined" } th scope="col" { "Change role" } } }
                         tbody {
                             @for x in m["members"].as_array().into_iter().flatten() {
@@ -113,7 +142,7 @@ pub(crate) async fn render(d: &Dashboard, s: &Signed, notice: Option<Notice>) ->
                                 }
                             }
                         }
-                    },
+                    } (more(m, "members_cursor", "More members")) },
                     // A failure is shown as it is; only a role without the permission gets
                     // the explanation instead.
                     Err(reason) => @if admin { (reason) } @else { p { "Only admins see the team's members." } },
@@ -137,6 +166,7 @@ pub(crate) async fn render(d: &Dashboard, s: &Signed, notice: Option<Notice>) ->
                                 tbody { @for x in &list { tr { td { (text(&x["email"])) } td { (text(&x["role"])) } td { (projects_text(&x["projects"])) } td { (when(&x["expires_at"])) } } } }
                             }
                         }
+                        (more(i, "invitations_cursor", "More invitations"))
                     },
                     Err(reason) => @if admin { (reason) },
                 }
@@ -155,7 +185,7 @@ pub(crate) async fn render(d: &Dashboard, s: &Signed, notice: Option<Notice>) ->
             h2 id="key-h" { "API keys" }
             div id="keys" data-live {
                 @match or_reason(&keys) {
-                    Ok(k) => table {
+                    Ok(k) => { table {
                         thead { tr { th scope="col" { "Name" } th scope="col" { "Key id" } th scope="col" { "Member" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Revoked" } th scope="col" { "" } } }
                         tbody {
                             @for x in k["api_keys"].as_array().into_iter().flatten() {
@@ -175,7 +205,7 @@ pub(crate) async fn render(d: &Dashboard, s: &Signed, notice: Option<Notice>) ->
                                 }
                             }
                         }
-                    },
+                    } (more(k, "keys_cursor", "More keys")) },
                     Err(m) => (m),
                 }
             }
@@ -209,6 +239,7 @@ async fn act(d: &Dashboard, headers: &HeaderMap, peer: Peer, csrf: &str, a: Acti
             Some((what, field)) => render(
                 d,
                 &s,
+                &HashMap::new(),
                 Some(Notice::Secret {
                     what: what.to_owned(),
                     value: text(&v[field]),
@@ -218,7 +249,10 @@ async fn act(d: &Dashboard, headers: &HeaderMap, peer: Peer, csrf: &str, a: Acti
             .into_response(),
             None => Redirect::to("/team").into_response(),
         },
-        Err(e) => view::answer(e.status, render(d, &s, Some(notice_of(&e))).await),
+        Err(e) => view::answer(
+            e.status,
+            render(d, &s, &HashMap::new(), Some(notice_of(&e))).await,
+        ),
     }
 }
 

@@ -68,12 +68,14 @@ impl Signer {
         Event::from_value(envelope).map(Some)
     }
 
-    /// Whether `event`'s signature holds, for a type that is signed (any other passes).
-    pub fn check(&self, event: &Event) -> Result<(), EventError> {
-        if !crate::is_signed(event.event_type().as_str()) {
-            return Ok(());
+    /// Whether `event` may be folded, and as what: an error for a type only Kairos publishes
+    /// without this key's signature; otherwise whether what it says in Kairos' name is Kairos'
+    /// (false for an unsigned event of another type under a `kairos/` source).
+    pub fn check(&self, event: &Event) -> Result<bool, EventError> {
+        if crate::is_signed(event.event_type().as_str()) {
+            return self.verify(event).map(|()| true);
         }
-        self.verify(event)
+        Ok(!states(event) || self.vouches(event))
     }
 
     /// Whether `event` carries this key's signature: what Kairos recorded under a `kairos/`
@@ -144,7 +146,7 @@ mod tests {
             .sign(&role("00000000-0000-4000-8000-000000000001"))
             .unwrap()
             .expect("identity events are signed");
-        key.check(&signed).unwrap();
+        assert!(key.check(&signed).unwrap());
         // Read back from its stored bytes, as a projection does.
         key.check(&Event::from_slice(signed.to_bytes()).unwrap())
             .unwrap();
@@ -196,7 +198,7 @@ mod tests {
         // still no signed type: the check lets it through to be folded as a claim.
         let forged = action("kairos/api");
         assert!(!key.vouches(&forged));
-        key.check(&forged).unwrap();
+        assert!(!key.check(&forged).unwrap(), "folded as a claim");
         let other = Signer::new(b"another");
         assert!(!key.vouches(&other.sign(&forged).unwrap().unwrap()));
         let mut changed = recorded.json().clone();

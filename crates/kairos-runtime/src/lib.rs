@@ -174,8 +174,7 @@ pub(crate) fn stored_event(
     let event = Event::from_slice(payload)?;
     let mut vouched = true;
     if let Some(signer) = &door.signer {
-        signer.check(&event)?;
-        vouched = !kairos_events::states(&event) || signer.vouches(&event);
+        vouched = signer.check(&event)?;
     }
     if !event.belongs_on(prefix, subject) {
         return Err(Rejection {

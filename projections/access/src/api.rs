@@ -252,11 +252,11 @@ struct KeysAnswer {
 }
 
 /// `limit` (1 to 1000, 100 by default) and `cursor` (the previous page's `next_cursor`: the id
-/// of its last row).
+/// of its last row), as the page to read.
 fn page_params<'a>(
     limit: Option<&str>,
     cursor: Option<&'a str>,
-) -> Result<(usize, Option<&'a str>), ApiError> {
+) -> Result<(usize, crate::Page<'a>), ApiError> {
     let limit = kairos_api::extract::limit_param(limit)?;
     if let Some(c) = cursor
         && uuid::Uuid::parse_str(c).is_err()
@@ -267,7 +267,11 @@ fn page_params<'a>(
             "cursor must be the previous page's next_cursor",
         ));
     }
-    Ok((limit, cursor))
+    let page = crate::Page {
+        limit: i64::try_from(limit).unwrap_or(i64::MAX),
+        after: cursor,
+    };
+    Ok((limit, page))
 }
 
 /// The `next_cursor` of a page of `limit` asked for: the last row's id when the page is full.
@@ -275,13 +279,6 @@ fn next_cursor<T>(rows: &[T], limit: usize, id: impl Fn(&T) -> &str) -> Option<S
     (rows.len() == limit)
         .then(|| rows.last().map(|r| id(r).to_owned()))
         .flatten()
-}
-
-fn page(limit: usize, after: Option<&str>) -> crate::Page<'_> {
-    crate::Page {
-        limit: i64::try_from(limit).unwrap_or(i64::MAX),
-        after,
-    }
 }
 
 /// A role change, stored.
@@ -340,14 +337,9 @@ async fn list_members(
     QueryParams(q): QueryParams<MembersQuery>,
     read: ReadAt,
 ) -> Result<Json<MembersAnswer>, ApiError> {
-    let (limit, after) = page_params(q.limit.as_deref(), q.cursor.as_deref())?;
+    let (limit, page) = page_params(q.limit.as_deref(), q.cursor.as_deref())?;
     read.wait(&st, NAME).await?;
-    let members = crate::members(
-        &st.pool,
-        q.include_removed.unwrap_or(false),
-        page(limit, after),
-    )
-    .await?;
+    let members = crate::members(&st.pool, q.include_removed.unwrap_or(false), page).await?;
     let next_cursor = next_cursor(&members, limit, |m| &m.member_id);
     Ok(Json(MembersAnswer {
         members,
@@ -476,9 +468,9 @@ async fn list_invitations(
             ));
         }
     };
-    let (limit, after) = page_params(q.limit.as_deref(), q.cursor.as_deref())?;
+    let (limit, page) = page_params(q.limit.as_deref(), q.cursor.as_deref())?;
     read.wait(&st, NAME).await?;
-    let invitations = crate::invitations(&st.pool, open_only, page(limit, after)).await?;
+    let invitations = crate::invitations(&st.pool, open_only, page).await?;
     let next_cursor = next_cursor(&invitations, limit, |i| &i.invitation_id);
     Ok(Json(InvitationsAnswer {
         invitations,
@@ -643,8 +635,8 @@ async fn list_keys(
         "all" => None,
         m => Some(id_param(m, "member")?),
     };
-    let (limit, after) = page_params(q.limit.as_deref(), q.cursor.as_deref())?;
-    let keys = crate::keys(&st.pool, member.as_deref(), page(limit, after)).await?;
+    let (limit, page) = page_params(q.limit.as_deref(), q.cursor.as_deref())?;
+    let keys = crate::keys(&st.pool, member.as_deref(), page).await?;
     let next_cursor = next_cursor(&keys, limit, |k| &k.key_id);
     Ok(Json(KeysAnswer {
         api_keys: keys,

@@ -648,7 +648,6 @@ impl StoredEntry {
             m.remove("occurred_at_us");
             m.remove("recorded_at_us");
         }
-        let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         v["occurred_at"] = serde_json::json!(rfc3339(self.entry.occurred_at()));
         v["recorded_at"] = serde_json::json!(self.entry.recorded_at().map(rfc3339));
         v["layout"] = serde_json::json!(self.entry.layout);
@@ -661,7 +660,6 @@ impl StoredEntry {
     /// prefixed with `'`).
     pub fn to_csv(&self) -> String {
         let e = &self.entry;
-        let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let when = rfc3339(e.occurred_at());
         let claims = e.claimed.clone().unwrap_or_default();
         let cells = [
@@ -692,6 +690,11 @@ impl StoredEntry {
             .join(",")
             + "\r\n"
     }
+}
+
+/// A time as the API and the export show it: RFC 3339 in UTC, to the microsecond.
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// The CSV header matching [`StoredEntry::to_csv`].
@@ -777,12 +780,7 @@ pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verificat
         heads: Vec::new(),
         signed: Signed::default(),
     };
-    let aged_out: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.entries WHERE seq < $1")
-        .bind(i64::try_from(first).unwrap_or(i64::MAX))
-        .fetch_one(pool)
-        .await?;
     expected.signed.stream_first_seq = first;
-    expected.signed.aged_out = u64::try_from(aged_out).unwrap_or(0);
     let mut rows = sqlx::query("SELECT * FROM audit.entries WHERE seq >= $1 ORDER BY seq")
         .bind(i64::try_from(first).unwrap_or(i64::MAX))
         .fetch(pool);
@@ -854,9 +852,12 @@ pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verificat
     if finding.is_none() {
         finding = check_heads(pool, &expected.heads).await?;
     }
-    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM audit.entries")
-        .fetch_one(pool)
-        .await?;
+    let (entries, aged_out): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE seq < $1) FROM audit.entries")
+            .bind(i64::try_from(first).unwrap_or(i64::MAX))
+            .fetch_one(pool)
+            .await?;
+    signed.aged_out = u64::try_from(aged_out).unwrap_or(0);
     Ok(Verification {
         entries: u64::try_from(entries).unwrap_or(0),
         first_bad: finding,

@@ -154,11 +154,8 @@ pub(crate) async fn render(
             div id="invitations" data-live {
                 @match or_reason(&invitations) {
                     Ok(i) => {
-                        // Open ones only: not accepted, not revoked.
-                        @let list: Vec<Value> = i["invitations"].as_array().cloned().unwrap_or_default()
-                            .into_iter()
-                            .filter(|x| x["accepted_at"].is_null() && x["revoked_at"].is_null())
-                            .collect();
+                        // Open ones only (`status=open`): not accepted, not revoked.
+                        @let list = i["invitations"].as_array().cloned().unwrap_or_default();
                         @if list.is_empty() { p { "No open invitation." } }
                         @else {
                             table {

@@ -14,6 +14,11 @@ fn action(i: usize, actor: &str, outcome: &str) -> Value {
                     "reason": if outcome == "denied" { "viewer may not write, \"really\"" } else { "ok" }}})
 }
 
+/// What the stream check finds first, if anything.
+async fn first_bad(bus: &kairos_bus::Bus, pool: &PgPool) -> Option<kairos_audit::Finding> {
+    verify_against_stream(bus, pool).await.unwrap().first_bad
+}
+
 async fn audited(app: &TestApp) -> u64 {
     let events: Vec<Value> = (0..40)
         .map(|i| {
@@ -161,10 +166,7 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
     let bus = app.kairos.bus.clone();
     let clean = verify_chain(&pool).await.unwrap();
     assert_eq!((clean.entries, clean.first_bad), (43, None));
-    assert_eq!(
-        verify_against_stream(&bus, &pool).await.unwrap().first_bad,
-        None
-    );
+    assert_eq!(first_bad(&bus, &pool).await, None);
     let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM audit.entries ORDER BY seq")
         .fetch_all(&pool)
         .await
@@ -180,11 +182,7 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
         .unwrap();
     let bad = verify_chain(&pool).await.unwrap().first_bad.unwrap();
     assert_eq!((bad.seq, bad.problem), (a as u64, Problem::Altered));
-    let bad = verify_against_stream(&bus, &pool)
-        .await
-        .unwrap()
-        .first_bad
-        .unwrap();
+    let bad = first_bad(&bus, &pool).await.expect("a finding");
     assert_eq!((bad.seq, bad.problem), (a as u64, Problem::Differs));
     sqlx::query("UPDATE audit.entries SET outcome = 'denied' WHERE seq = $1")
         .bind(a)
@@ -258,11 +256,7 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
         (bad.seq, bad.problem),
         (seqs[22] as u64, Problem::ChainBroken)
     );
-    let bad = verify_against_stream(&bus, &pool)
-        .await
-        .unwrap()
-        .first_bad
-        .unwrap();
+    let bad = first_bad(&bus, &pool).await.expect("a finding");
     assert_eq!((bad.seq, bad.problem), (b as u64, Problem::Deleted));
     sqlx::query(
         "INSERT INTO audit.entries SELECT * FROM jsonb_populate_record(NULL::audit.entries, $1)",
@@ -292,11 +286,7 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
         .unwrap();
     let bad = verify_chain(&pool).await.unwrap().first_bad.unwrap();
     assert_eq!(bad.seq, a as u64, "{bad:?}");
-    let bad = verify_against_stream(&bus, &pool)
-        .await
-        .unwrap()
-        .first_bad
-        .unwrap();
+    let bad = first_bad(&bus, &pool).await.expect("a finding");
     assert_eq!(bad.seq, a as u64, "{bad:?}");
     sqlx::query(swap)
         .bind(a)
@@ -323,11 +313,7 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
         (bad.seq, bad.problem),
         ((b * 1000) as u64, Problem::Altered)
     );
-    let bad = verify_against_stream(&bus, &pool)
-        .await
-        .unwrap()
-        .first_bad
-        .unwrap();
+    let bad = first_bad(&bus, &pool).await.expect("a finding");
     assert_eq!(
         (bad.seq, bad.problem),
         ((b * 1000) as u64, Problem::Inserted)
@@ -339,10 +325,7 @@ async fn verify_names_the_first_tampered_entry(pool: PgPool) {
         .unwrap();
 
     assert_eq!(verify_chain(&pool).await.unwrap().first_bad, None);
-    assert_eq!(
-        verify_against_stream(&bus, &pool).await.unwrap().first_bad,
-        None
-    );
+    assert_eq!(first_bad(&bus, &pool).await, None);
     app.cleanup().await;
 }
 
@@ -444,11 +427,7 @@ async fn a_consistent_rewrite_and_a_cut_tail_are_found_from_the_stream(pool: PgP
         None,
         "consistent"
     );
-    let bad = verify_against_stream(&bus, &pool)
-        .await
-        .unwrap()
-        .first_bad
-        .unwrap();
+    let bad = first_bad(&bus, &pool).await.expect("a finding");
     assert_eq!(
         (bad.seq, bad.problem),
         (first_alice.unwrap(), Problem::Differs)
@@ -465,11 +444,7 @@ async fn a_consistent_rewrite_and_a_cut_tail_are_found_from_the_stream(pool: PgP
     .execute(&pool)
     .await
     .unwrap();
-    assert_eq!(
-        verify_against_stream(&bus, &pool).await.unwrap().first_bad,
-        None,
-        "restored"
-    );
+    assert_eq!(first_bad(&bus, &pool).await, None, "restored");
 
     // 2. The tail cut off, up to and past the signed head, with the applied identities of the
     //    entries removed and the projection's checkpoint moved back before them.
@@ -491,11 +466,7 @@ async fn a_consistent_rewrite_and_a_cut_tail_are_found_from_the_stream(pool: PgP
         None,
         "the table alone cannot tell"
     );
-    let bad = verify_against_stream(&bus, &pool)
-        .await
-        .unwrap()
-        .first_bad
-        .unwrap();
+    let bad = first_bad(&bus, &pool).await.expect("a finding");
     assert_eq!(
         (bad.seq, &bad.problem),
         (cut as u64, &Problem::Deleted),
@@ -574,10 +545,7 @@ async fn entries_written_in_the_old_layout_still_verify(pool: PgPool) {
     assert_eq!(layouts, [(2, "console"), (2, "admin@kairos.local")]);
     let newest = now.last().unwrap();
     assert_eq!(verify_chain(&pool).await.unwrap().first_bad, None);
-    assert_eq!(
-        verify_against_stream(&bus, &pool).await.unwrap().first_bad,
-        None
-    );
+    assert_eq!(first_bad(&bus, &pool).await, None);
 
     let before: [u8; 32] = now[now.len() - 2].hash.clone().try_into().unwrap();
     rewrite(&pool, &[newest.entry.in_layout(1)], before).await;
@@ -586,11 +554,7 @@ async fn entries_written_in_the_old_layout_still_verify(pool: PgPool) {
         None,
         "consistent"
     );
-    let bad = verify_against_stream(&bus, &pool)
-        .await
-        .unwrap()
-        .first_bad
-        .unwrap();
+    let bad = first_bad(&bus, &pool).await.expect("a finding");
     assert_eq!(
         (bad.seq, &bad.problem),
         (newest.entry.seq, &Problem::Differs),
@@ -639,11 +603,56 @@ async fn entries_whose_events_aged_out_are_not_taken_for_insertions(pool: PgPool
         .execute(&pool)
         .await
         .unwrap();
-    let bad = verify_against_stream(&bus, &pool)
-        .await
-        .unwrap()
-        .first_bad
-        .unwrap();
+    let bad = first_bad(&bus, &pool).await.expect("a finding");
     assert_eq!((bad.seq, &bad.problem), (kept as u64, &Problem::Differs));
+    app.cleanup().await;
+}
+
+/// `audit verify` keeps a bounded number of identities in memory: past it, they move to a
+/// temporary table of its own session. A retry whose first event was met before the move is
+/// still a retry, and the table goes with the session.
+#[sqlx::test(migrations = false)]
+async fn verify_moves_the_identities_it_met_out_of_memory(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    audited(&app).await;
+    let bus = app.kairos.bus.clone();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit.entries")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let entries = count().await;
+    // Retries straight to NATS (no `Nats-Msg-Id`, so the server keeps them): the same bytes,
+    // long after their first events. They make no entry.
+    let js = bus.jetstream().clone();
+    for i in [1, 2, 29, 38] {
+        let e = action(i, "alice", "success");
+        let subject = kairos_events::Event::from_value(e.clone())
+            .unwrap()
+            .nats_subject(app.prefix());
+        js.publish(subject, serde_json::to_vec(&e).unwrap().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    app.wait_for("audit", bus.last_seq().await.unwrap().0).await;
+    assert_eq!(count().await, entries);
+    // Three identities in memory: the forty-odd met before the retries are in the table by
+    // then. Twice: the first run's table is gone with it.
+    for cap in [kairos_audit::IDENTITIES_IN_MEMORY, 3, 3] {
+        let v = kairos_audit::verify_against_stream_within(&bus, &pool, cap)
+            .await
+            .unwrap();
+        assert_eq!(v.first_bad, None, "cap {cap}: {v:?}");
+        assert_eq!(v.entries, entries as u64);
+        let spilled = v.signed.unwrap().spilled_identities;
+        if cap == 3 {
+            assert!(spilled >= 40, "cap {cap}: {spilled} identities moved");
+        } else {
+            assert_eq!(spilled, 0);
+        }
+    }
     app.cleanup().await;
 }

@@ -630,6 +630,9 @@ pub struct Signed {
     /// can.
     pub stream_first_seq: u64,
     pub aged_out: u64,
+    /// Identities of the events read that verify moved from memory to its temporary table
+    /// (see [`verify_against_stream_within`]).
+    pub spilled_identities: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -767,6 +770,22 @@ pub async fn verify_chain(pool: &PgPool) -> Result<Verification, VerifyError> {
 /// cut off together with the projection's own records is noticed; and every signed head must be
 /// the table's entry at that sequence, with as many entries up to it.
 pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verification, VerifyError> {
+    verify_against_stream_within(bus, pool, IDENTITIES_IN_MEMORY).await
+}
+
+/// How many identities [`verify_against_stream`] keeps in memory (about 40 MB) before it moves
+/// them to a temporary table of its own.
+pub const IDENTITIES_IN_MEMORY: usize = 1 << 20;
+
+/// [`verify_against_stream`], keeping at most about `in_memory` identities in memory: past
+/// that, the identities met so far move to a temporary table in a transaction of verify's own,
+/// filled from the stream alone and dropped when verify ends, and each later read of the stream
+/// asks it about the identities it holds, a thousand at a time.
+pub async fn verify_against_stream_within(
+    bus: &Bus,
+    pool: &PgPool,
+    in_memory: usize,
+) -> Result<Verification, VerifyError> {
     let stream_err = |e: kairos_bus::BusError| kairos_runtime::HistoryError::Stream(e.to_string());
     let end = bus.last_seq().await.map_err(stream_err)?;
     let first = bus.first_seq().await.map_err(stream_err)?.0;
@@ -776,7 +795,8 @@ pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verificat
     let audit = Audit::default();
     let mut expected = Expected {
         decoder: StreamDecoder::open(&audit, bus, StreamSeq(1), end).await?,
-        seen: std::collections::HashSet::new(),
+        seen: Seen::new(pool, in_memory),
+        ahead: std::collections::VecDeque::new(),
         heads: Vec::new(),
         signed: Signed::default(),
     };
@@ -858,6 +878,8 @@ pub async fn verify_against_stream(bus: &Bus, pool: &PgPool) -> Result<Verificat
             .fetch_one(pool)
             .await?;
     signed.aged_out = u64::try_from(aged_out).unwrap_or(0);
+    signed.spilled_identities = expected.seen.spilled;
+    expected.seen.close().await;
     Ok(Verification {
         entries: u64::try_from(entries).unwrap_or(0),
         first_bad: finding,
@@ -876,31 +898,139 @@ fn deleted(seq: u64) -> Finding {
 /// The entries the stream implies, in order, and the signed heads it holds.
 struct Expected<'a> {
     decoder: StreamDecoder<'a, Audit>,
-    seen: std::collections::HashSet<uuid::Uuid>,
+    seen: Seen<'a>,
+    /// Entries decoded ahead of the comparison (at most a read's worth).
+    ahead: std::collections::VecDeque<Entry>,
     heads: Vec<SignedHead>,
     signed: Signed,
 }
 
+/// How many decoded events [`Expected`] reads ahead (fewer if [`Seen`] keeps fewer in memory):
+/// one question to [`Seen`]'s table each.
+const READ_AHEAD: usize = 1000;
+
 impl Expected<'_> {
     async fn next(&mut self) -> Result<Option<Entry>, VerifyError> {
-        while let Some(d) = self.decoder.next().await? {
-            match d {
-                Decoded::Item(identity, _, item) if self.seen.insert(identity) => match item {
-                    Item::Entry(e) => return Ok(Some(e)),
-                    Item::Checkpoint(c) => {
-                        self.signed.checkpoints += 1;
-                        self.heads.push(c);
+        loop {
+            if let Some(e) = self.ahead.pop_front() {
+                return Ok(Some(e));
+            }
+            let mut read = Vec::new();
+            while read.len() < READ_AHEAD.min(self.seen.cap)
+                && let Some(d) = self.decoder.next().await?
+            {
+                read.push(d);
+            }
+            if read.is_empty() {
+                return Ok(None);
+            }
+            let met_before = self.seen.met_before(&read).await?;
+            for d in read {
+                match d {
+                    Decoded::Item(identity, _, item)
+                        if !met_before.contains(&identity) && self.seen.insert(identity) =>
+                    {
+                        match item {
+                            Item::Entry(e) => self.ahead.push_back(e),
+                            Item::Checkpoint(c) => {
+                                self.signed.checkpoints += 1;
+                                self.heads.push(c);
+                            }
+                        }
                     }
-                },
-                Decoded::Item(..) => {}
-                Decoded::Rejected(seq, r) if matches!(r.code, "unsigned" | "bad_signature") => {
-                    self.signed.refused_signatures += 1;
-                    self.signed.first_refused_seq.get_or_insert(seq.0);
+                    Decoded::Item(..) => {}
+                    Decoded::Rejected(seq, r) if matches!(r.code, "unsigned" | "bad_signature") => {
+                        self.signed.refused_signatures += 1;
+                        self.signed.first_refused_seq.get_or_insert(seq.0);
+                    }
+                    Decoded::Rejected(..) => {}
                 }
-                Decoded::Rejected(..) => {}
             }
         }
-        Ok(None)
+    }
+}
+
+/// The identities of the events verify has met, so that a retry (an identity met before) makes
+/// no entry: in memory up to `cap`, then moved to a temporary table of verify's own.
+struct Seen<'a> {
+    pool: &'a PgPool,
+    memory: std::collections::HashSet<uuid::Uuid>,
+    cap: usize,
+    /// The transaction holding the table, once identities were moved there: the table is
+    /// dropped with it, however verify ends.
+    table: Option<sqlx::Transaction<'static, sqlx::Postgres>>,
+    spilled: u64,
+}
+
+impl<'a> Seen<'a> {
+    fn new(pool: &'a PgPool, cap: usize) -> Self {
+        Self {
+            pool,
+            memory: std::collections::HashSet::new(),
+            cap: cap.max(1),
+            table: None,
+            spilled: 0,
+        }
+    }
+
+    /// Whether `identity` is new (and now met).
+    fn insert(&mut self, identity: uuid::Uuid) -> bool {
+        self.memory.insert(identity)
+    }
+
+    /// The identities of `read` that the table holds; first moves the memory's identities to
+    /// the table if there are `cap` of them (between reads, so none of `read` is moved before
+    /// it is asked about).
+    async fn met_before(
+        &mut self,
+        read: &[Decoded<Item>],
+    ) -> Result<std::collections::HashSet<uuid::Uuid>, VerifyError> {
+        if self.memory.len() >= self.cap {
+            let conn = match &mut self.table {
+                Some(c) => c,
+                None => {
+                    let mut c = self.pool.begin().await?;
+                    sqlx::query(
+                        "CREATE TEMPORARY TABLE kairos_verify_seen (identity uuid PRIMARY KEY) ON COMMIT DROP",
+                    )
+                    .execute(&mut *c)
+                    .await?;
+                    self.table.insert(c)
+                }
+            };
+            let ids: Vec<uuid::Uuid> = self.memory.drain().collect();
+            sqlx::query("INSERT INTO kairos_verify_seen SELECT unnest($1::uuid[])")
+                .bind(&ids)
+                .execute(&mut **conn)
+                .await?;
+            self.spilled += ids.len() as u64;
+            self.memory.shrink_to(self.cap);
+        }
+        let Some(conn) = &mut self.table else {
+            return Ok(std::collections::HashSet::new());
+        };
+        let ids: Vec<uuid::Uuid> = read
+            .iter()
+            .filter_map(|d| match d {
+                Decoded::Item(identity, ..) => Some(*identity),
+                Decoded::Rejected(..) => None,
+            })
+            .collect();
+        Ok(sqlx::query_scalar::<_, uuid::Uuid>(
+            "SELECT identity FROM kairos_verify_seen WHERE identity = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut **conn)
+        .await?
+        .into_iter()
+        .collect())
+    }
+
+    /// Drops the table (its transaction rolled back; dropping the transaction would too).
+    async fn close(self) {
+        if let Some(t) = self.table {
+            let _ = t.rollback().await;
+        }
     }
 }
 

@@ -848,12 +848,18 @@ impl Bus {
     /// The oldest sequence the events stream still holds (the next one when it holds none): what
     /// came before it was removed by age (`nats.max_age_days`).
     pub async fn first_seq(&self) -> Result<StreamSeq, BusError> {
+        Ok(self.span().await?.0)
+    }
+
+    /// [`Bus::first_seq`] and [`Bus::last_seq`], from one look at the stream.
+    pub async fn span(&self) -> Result<(StreamSeq, StreamSeq), BusError> {
         let state = self.state().await?;
-        Ok(StreamSeq(if state.messages == 0 {
+        let first = if state.messages == 0 {
             state.last_sequence + 1
         } else {
             state.first_sequence
-        }))
+        };
+        Ok((StreamSeq(first), StreamSeq(state.last_sequence)))
     }
 
     /// The events stream's state, in one request (the stream lookup already carries it).

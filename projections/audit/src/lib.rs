@@ -787,8 +787,8 @@ pub async fn verify_against_stream_within(
     in_memory: usize,
 ) -> Result<Verification, VerifyError> {
     let stream_err = |e: kairos_bus::BusError| kairos_runtime::HistoryError::Stream(e.to_string());
-    let end = bus.last_seq().await.map_err(stream_err)?;
-    let first = bus.first_seq().await.map_err(stream_err)?.0;
+    let (first, end) = bus.span().await.map_err(stream_err)?;
+    let first = first.0;
     let applied = kairos_runtime::checkpoint(pool, NAME)
         .await?
         .map_or(0, |c| c.last_seq);

@@ -180,3 +180,91 @@ async fn admin_commands_succeed_while_every_projection_is_stopped_and_events_pou
     );
     app.cleanup().await;
 }
+
+/// Commands that queue on one aggregate while another appends are decided together, each on
+/// the state with the ones before it folded in, and appended as one event: here twenty
+/// reservations of $1 arrive at once on a $5 budget. Five are admitted, in one
+/// `kairos.budget.reserved_batch.v1`, and the fifteen others refused, by the aggregate and then
+/// by every later command; the budgets projection folds the batch as five reservations.
+#[sqlx::test(migrations = false)]
+async fn commands_that_arrive_together_are_appended_as_one_event(pool: PgPool) {
+    use kairos_budgets::BudgetSetting;
+    use kairos_events::types::{BUDGET_RESERVED, Reserved};
+    use kairos_events::{Emit, Money, ProjectId};
+    use kairos_runtime::Decision;
+
+    let app = kairos_tests::spawn_app(pool.clone()).await;
+    let (status, set) = app
+        .put_json("/v1/projects/grp/budget", &json!({"monthly_limit": "5"}))
+        .await;
+    assert_eq!(status, 202, "{set}");
+    let project = ProjectId::parse("grp").unwrap();
+    let store = kairos_budgets::BudgetCommands::new(app.kairos.bus.clone()).of(&project);
+    let one = Money::parse("1").unwrap();
+    let reserve = |i: usize| {
+        let (store, project) = (store.clone(), project.clone());
+        async move {
+            store
+                .execute_grouped(move |b: &BudgetSetting| {
+                    let limit = b.budget.as_ref().expect("a budget").monthly_limit;
+                    let held = b.reserved_in("2026-11");
+                    if held.checked_add(one).unwrap() > limit {
+                        return Err(format!("{held} of {limit} held"));
+                    }
+                    let data = serde_json::to_value(Reserved {
+                        project: project.clone(),
+                        reservation_id: format!("r{i}"),
+                        period: "2026-11".into(),
+                        model: "m".into(),
+                        amount: one,
+                        expires_at: "2026-11-20T13:00:00Z".parse().unwrap(),
+                    })
+                    .unwrap();
+                    let event = Emit::new(BUDGET_RESERVED, "kairos/router", data)
+                        .id(format!("reserved/r{i}"))
+                        .subject("grp")
+                        .time("2026-11-20T12:00:00Z".parse().unwrap())
+                        .build()
+                        .unwrap();
+                    Ok(Decision::append(event, i))
+                })
+                .await
+        }
+    };
+    // All twenty queue before the first group is taken (the test runs on one thread).
+    let done = futures_util::future::join_all((0..20).map(reserve)).await;
+    let admitted: Vec<_> = done.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(admitted.len(), 5, "{done:?}");
+    let seqs: std::collections::HashSet<_> = admitted.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs.len(), 1, "appended as one event: {seqs:?}");
+    let seq = admitted[0].seq.unwrap();
+    let refused = done
+        .iter()
+        .filter(|r| matches!(r, Err(kairos_runtime::CommandError::Rejected(_))))
+        .count();
+    assert_eq!(refused, 15, "{done:?}");
+    let stored = app.kairos.bus.payload_at(seq).await.unwrap().unwrap();
+    let event = kairos_events::Event::from_slice(&stored).unwrap();
+    assert_eq!(
+        event.event_type().as_str(),
+        "kairos.budget.reserved_batch.v1"
+    );
+    assert_eq!(
+        event.json()["data"]["reservations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    // The aggregate refuses what comes later, and the projection holds the five.
+    assert!(reserve(99).await.is_err());
+    app.wait_for("budgets", seq.0).await;
+    let (status, b) = app.get("/v1/projects/grp/budget?period=2026-11").await;
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(
+        (b["reserved"].as_str(), b["available"].as_str()),
+        (Some("5.00"), Some("0.00")),
+        "{b}"
+    );
+    app.cleanup().await;
+}

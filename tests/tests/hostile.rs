@@ -380,14 +380,25 @@ async fn a_forged_identity_event_on_the_stream_is_dead_lettered(pool: PgPool) {
     .subject("acme")
     .build()
     .unwrap();
+    // And the same hold as a group of routes' reservations.
+    let held_together = kairos_events::Emit::new(
+        "kairos.budget.reserved_batch.v1",
+        "kairos/router",
+        json!({"project": "acme", "reservations": [hold.json()["data"]]}),
+    )
+    .subject("acme")
+    .build()
+    .unwrap();
     let bus = kairos_bus::Bus::connect(&unsigned, "forger").await.unwrap();
-    last = last.max(bus.publish_event(&hold).await.unwrap().seq.0);
+    for forged in [&hold, &held_together] {
+        last = last.max(bus.publish_event(forged).await.unwrap().seq.0);
+    }
     // The real one, signed by this Kairos, would be folded: the forged ones are not.
     let seq = app.ingest(&[llm_call("after", "acme", "1")]).await;
     for projection in ["access", "audit", "budgets"] {
         app.wait_for(projection, seq.max(last)).await;
     }
-    assert_eq!(dlq_codes(&app, "budgets").await, ["unsigned"]);
+    assert_eq!(dlq_codes(&app, "budgets").await, ["unsigned", "unsigned"]);
     let held: i64 = sqlx::query_scalar("SELECT count(*) FROM budgets.reservations")
         .fetch_one(&app.kairos.pool)
         .await
@@ -402,7 +413,7 @@ async fn a_forged_identity_event_on_the_stream_is_dead_lettered(pool: PgPool) {
     );
     assert_eq!(
         dlq_codes(&app, "audit").await,
-        ["unsigned", "bad_signature", "unsigned"]
+        ["unsigned", "bad_signature", "unsigned", "unsigned"]
     );
     let (_, log) = app.get("/v1/audit?action=member.remove").await;
     assert_eq!(log["entries"].as_array().unwrap().len(), 0, "{log}");

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::types::{
     AuditCheckpoint, BudgetSet, CatalogChanged, LlmCallCompleted, ReservationClosed, Reserved,
-    ThresholdCrossed,
+    ReservedBatch, ThresholdCrossed,
 };
 
 /// One event type.
@@ -39,6 +39,13 @@ pub type ReadsAs = fn(&Value) -> Result<(), String>;
 
 fn reads_as<T: DeserializeOwned>(data: &Value) -> Result<(), String> {
     T::deserialize(data).map(drop).map_err(|e| e.to_string())
+}
+
+/// A batch of reservations must read as one and pass [`ReservedBatch::check`].
+fn reads_as_batch(data: &Value) -> Result<(), String> {
+    ReservedBatch::deserialize(data)
+        .map_err(|e| e.to_string())?
+        .check()
 }
 
 /// A catalog must read as one and pass [`CatalogChanged::check`]: a catalog Kairos could not
@@ -77,6 +84,8 @@ pub static CATALOGUE: &[EventSpec] = &[
         signed: true, payload: Some(reads_as::<ThresholdCrossed>)),
     spec!("kairos.budget.reserved.v1", money: &["amount"], identity: false, signed: true,
         payload: Some(reads_as::<Reserved>)),
+    spec!("kairos.budget.reserved_batch.v1", money: &[], identity: false, signed: true,
+        payload: Some(reads_as_batch)),
     spec!("kairos.budget.reservation_settled.v1", money: &["amount", "cost"], identity: false,
         signed: true, payload: Some(reads_as::<ReservationClosed>)),
     spec!("kairos.budget.reservation_expired.v1", money: &["amount"], identity: false, signed: true,

@@ -23,6 +23,7 @@ pub const API_KEY_REVOKED: &str = "kairos.api_key.revoked.v1";
 pub const CATALOG_CHANGED: &str = "kairos.catalog.changed.v1";
 pub const ROUTER_DECISION: &str = "kairos.router.decision.v1";
 pub const BUDGET_RESERVED: &str = "kairos.budget.reserved.v1";
+pub const BUDGET_RESERVED_BATCH: &str = "kairos.budget.reserved_batch.v1";
 pub const BUDGET_RESERVATION_SETTLED: &str = "kairos.budget.reservation_settled.v1";
 pub const BUDGET_RESERVATION_EXPIRED: &str = "kairos.budget.reservation_expired.v1";
 pub const ALERT_RAISED: &str = "kairos.alert.raised.v1";
@@ -423,6 +424,45 @@ pub struct Reserved {
     pub model: String,
     pub amount: Money,
     pub expires_at: DateTime<Utc>,
+}
+
+/// `kairos.budget.reserved_batch.v1`: several routes of one project admitted together, their
+/// reservations appended as one event (a group commit on the budget's subject). Each holds as a
+/// `kairos.budget.reserved.v1` of its own would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservedBatch {
+    pub project: ProjectId,
+    /// In the order they were decided; each names the batch's project.
+    pub reservations: Vec<Reserved>,
+}
+
+impl ReservedBatch {
+    /// At most this many reservations in one event.
+    pub const MAX: usize = 1000;
+
+    /// Refuses an empty or oversized batch, one whose reservations name another project, and
+    /// a reservation id twice.
+    pub fn check(&self) -> Result<(), String> {
+        if self.reservations.is_empty() || self.reservations.len() > Self::MAX {
+            return Err(format!(
+                "reservations must hold 1 to {} reservations",
+                Self::MAX
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, r) in self.reservations.iter().enumerate() {
+            if r.project != self.project {
+                return Err(format!(
+                    "reservations[{i}].project is not the batch's project"
+                ));
+            }
+            if !ids.insert(r.reservation_id.as_str()) {
+                return Err(format!("reservations[{i}].reservation_id is repeated"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `kairos.budget.reservation_settled.v1` (the call came: its cost replaces the reservation)

@@ -30,6 +30,17 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     fn fold(&mut self, event: &StoredEvent);
 }
 
+/// An aggregate whose commands may be decided together and appended as one event (a group
+/// commit, [`AggregateStore::execute_grouped`]): under contention on one subject, each append
+/// waits for the acknowledgement of the one before it, so commands that take turns one event
+/// each are bound by that round trip.
+pub trait Grouped: Aggregate + Clone {
+    /// The one event that stands for `events` (two or more, decided in turn by the group's
+    /// commands, each on the state folded with the ones before it): folding it must leave the
+    /// state as folding them in order would.
+    fn combine(events: Vec<Event>) -> Result<Event, String>;
+}
+
 /// What a decide function concluded: the event to append (none: nothing to change), and what
 /// the caller gets back.
 pub struct Decision<T> {
@@ -91,9 +102,20 @@ pub struct AggregateStore<A> {
     /// appended to.
     legacy: Vec<String>,
     state: RwLock<Folded<A>>,
-    /// One command at a time per process.
-    turn: Mutex<()>,
+    /// One command (or one group of commands) at a time per process.
+    turn: Arc<Mutex<()>>,
+    /// Commands waiting to be decided together ([`AggregateStore::execute_grouped`]).
+    queue: std::sync::Mutex<Vec<Box<dyn Queued<A>>>>,
     attempts: u32,
+}
+
+/// Writers that met head on would meet again: a random pause of up to 2^attempt ms sets them
+/// apart (the clock's nanoseconds are random enough).
+fn backoff(attempt: u32) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Duration::from_millis(u64::from(nanos) % (1u64 << attempt.min(6)))
 }
 
 /// How long a read of the subject waits for a message the server said was there.
@@ -117,7 +139,8 @@ impl<A: Aggregate> AggregateStore<A> {
                 loaded: false,
                 state: A::default(),
             }),
-            turn: Mutex::new(()),
+            turn: Arc::new(Mutex::new(())),
+            queue: std::sync::Mutex::new(Vec::new()),
             attempts: 5,
         });
         // Shown from the start, at 0, rather than after the first conflict.
@@ -225,15 +248,20 @@ impl<A: Aggregate> AggregateStore<A> {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if seq.0 > f.seq {
-            f.state.fold(&StoredEvent {
-                seq,
-                subject: self.subject.clone(),
-                stored_at: event.time().unwrap_or_else(chrono::Utc::now),
-                event: event.clone(),
-                // This process appended it: signed if it signs.
-                vouched: true,
-            });
+            f.state.fold(&self.as_stored(event, seq));
             f.seq = seq.0;
+        }
+    }
+
+    /// `event` as this process appends it to the subject at `seq`.
+    fn as_stored(&self, event: &Event, seq: StreamSeq) -> StoredEvent {
+        StoredEvent {
+            seq,
+            subject: self.subject.clone(),
+            stored_at: event.time().unwrap_or_else(chrono::Utc::now),
+            event: event.clone(),
+            // This process appended it: signed if it signs.
+            vouched: true,
         }
     }
 
@@ -244,6 +272,14 @@ impl<A: Aggregate> AggregateStore<A> {
         decide: impl FnMut(&A) -> Result<Decision<T>, E>,
     ) -> Result<Executed<T>, CommandError<E>> {
         let result = self.decide_and_append(decide).await;
+        self.counted(result)
+    }
+
+    /// `result`, counted in the commands' metrics by outcome.
+    fn counted<T, E>(
+        &self,
+        result: Result<Executed<T>, CommandError<E>>,
+    ) -> Result<Executed<T>, CommandError<E>> {
         let outcome = match &result {
             Ok(done) if done.seq.is_some() => "appended",
             Ok(_) => "unchanged",
@@ -327,13 +363,7 @@ impl<A: Aggregate> AggregateStore<A> {
                 Err(BusError::Conflict { .. }) => {
                     crate::metrics::command_conflict(self.aggregate());
                     tracing::debug!(subject = %self.subject, attempt, "command conflicted; deciding again");
-                    // Writers that met head on would meet again: a random pause of up to
-                    // 2^attempt ms sets them apart (the clock's nanoseconds are random enough).
-                    let nanos = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.subsec_nanos());
-                    let pause = u64::from(nanos) % (1u64 << attempt.min(6));
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    tokio::time::sleep(backoff(attempt)).await;
                     self.catch_up().await?;
                 }
                 Err(e) => return Err(e.into()),
@@ -384,5 +414,270 @@ impl<A: Aggregate> AggregateStore<A> {
                 f.seq = m.seq.0;
             }
         }
+    }
+}
+
+/// A command queued for a group: it decides on the state it is given, and is told how the
+/// group's append went.
+trait Queued<A>: Send {
+    /// Decides (again, after a conflict) on `state`: the event it would append, if any.
+    fn decide(&mut self, state: &A) -> Step;
+    /// The group was appended at `seq` (or had nothing to append) in `attempts` decisions.
+    fn done(self: Box<Self>, seq: Option<StreamSeq>, attempts: u32);
+    /// The group could not be appended.
+    fn failed(self: Box<Self>, error: GroupError);
+}
+
+enum Step {
+    Append(Event),
+    Nothing,
+    Refused,
+}
+
+#[derive(Clone)]
+enum GroupError {
+    Conflict { subject: String, attempts: u32 },
+    Bus(String),
+}
+
+struct Command<A, T, E, F> {
+    decide: F,
+    /// The last decision: its value (none while refused) and whether it appends.
+    decided: Option<Result<(T, bool), E>>,
+    reply: tokio::sync::oneshot::Sender<Result<Executed<T>, CommandError<E>>>,
+    _state: std::marker::PhantomData<fn(&A)>,
+}
+
+impl<A, T, E, F> Queued<A> for Command<A, T, E, F>
+where
+    A: Send + Sync,
+    T: Send,
+    E: Send,
+    F: FnMut(&A) -> Result<Decision<T>, E> + Send,
+{
+    fn decide(&mut self, state: &A) -> Step {
+        let (step, decided) = match (self.decide)(state) {
+            Ok(Decision {
+                event: Some(e),
+                value,
+            }) => (Step::Append(e), Ok((value, true))),
+            Ok(Decision { event: None, value }) => (Step::Nothing, Ok((value, false))),
+            Err(e) => (Step::Refused, Err(e)),
+        };
+        self.decided = Some(decided);
+        step
+    }
+
+    fn done(self: Box<Self>, seq: Option<StreamSeq>, attempts: u32) {
+        let answer = match self.decided {
+            Some(Ok((value, appended))) => Ok(Executed {
+                seq: seq.filter(|_| appended),
+                value,
+                attempts,
+            }),
+            Some(Err(e)) => Err(CommandError::Rejected(e)),
+            None => Err(CommandError::Bus(BusError::Publish {
+                subject: String::new(),
+                message: "the command was never decided".into(),
+            })),
+        };
+        let _ = self.reply.send(answer);
+    }
+
+    fn failed(self: Box<Self>, error: GroupError) {
+        let _ = self.reply.send(Err(match error {
+            GroupError::Conflict { subject, attempts } => {
+                CommandError::Conflict { subject, attempts }
+            }
+            GroupError::Bus(message) => CommandError::Bus(BusError::Publish {
+                subject: String::new(),
+                message,
+            }),
+        }));
+    }
+}
+
+/// At most this many commands in one group.
+const GROUP_MAX: usize = 200;
+
+impl<A: Grouped> AggregateStore<A> {
+    /// As [`AggregateStore::execute`], but the commands that queue on the aggregate while a
+    /// group is being appended are decided together, each on the state folded with the events
+    /// decided before it in the group, and appended as one event ([`Grouped::combine`]) with
+    /// optimistic concurrency. On a conflict the whole group decides again. A command whose
+    /// decision is refused is refused alone (once checked against the subject's newest
+    /// events, as `execute` does); the rest of its group goes on.
+    ///
+    /// The group is appended on a task of its own: a caller that stops waiting cancels
+    /// neither its own command nor the others'.
+    pub async fn execute_grouped<T, E, F>(
+        self: &Arc<Self>,
+        decide: F,
+    ) -> Result<Executed<T>, CommandError<E>>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+        F: FnMut(&A) -> Result<Decision<T>, E> + Send + 'static,
+    {
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(Command {
+                decide,
+                decided: None,
+                reply,
+                _state: std::marker::PhantomData,
+            }));
+        // Whoever holds the turn next appends what is queued: this command's group, unless an
+        // earlier turn took it along.
+        let result = tokio::select! {
+            biased;
+            r = &mut answer => r.ok(),
+            turn = self.turn.clone().lock_owned() => {
+                let mut turn = turn;
+                loop {
+                    let store = self.clone();
+                    // A group runs to its end even if this caller goes away.
+                    turn = match tokio::spawn(async move {
+                        store.append_queued().await;
+                        turn
+                    })
+                    .await
+                    {
+                        Ok(turn) => turn,
+                        Err(_) => break None,
+                    };
+                    match answer.try_recv() {
+                        Ok(r) => break Some(r),
+                        // Queued behind a full group: the next one.
+                        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                        Err(tokio::sync::oneshot::error::TryRecvError::Closed) => break None,
+                    }
+                }
+            }
+        };
+        let result = result.unwrap_or_else(|| {
+            Err(CommandError::Bus(BusError::Publish {
+                subject: self.subject.clone(),
+                message: "the command's group ended without an answer".into(),
+            }))
+        });
+        self.counted(result)
+    }
+
+    /// Appends the first [`GROUP_MAX`] commands queued, as one group.
+    async fn append_queued(&self) {
+        let group: Vec<_> = {
+            let mut q = self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = q.len().min(GROUP_MAX);
+            q.drain(..n).collect()
+        };
+        if !group.is_empty() {
+            self.append_group(group).await;
+        }
+    }
+
+    /// Decides `group` in order and appends what it decides as one event.
+    async fn append_group(&self, mut group: Vec<Box<dyn Queued<A>>>) {
+        let fail = |group: Vec<Box<dyn Queued<A>>>, e: GroupError| {
+            for c in group {
+                c.failed(e.clone());
+            }
+        };
+        let loaded = self
+            .state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .loaded;
+        if !loaded && let Err(e) = self.catch_up().await {
+            return fail(group, GroupError::Bus(e.to_string()));
+        }
+        let mut verified = false;
+        for attempt in 1..=self.attempts {
+            let (expected, mut events, refused) = {
+                let f = self
+                    .state
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (mut events, mut refused) = (Vec::new(), false);
+                if let [one] = group.as_mut_slice() {
+                    match one.decide(&f.state) {
+                        Step::Append(e) => events.push(e),
+                        Step::Nothing => {}
+                        Step::Refused => refused = true,
+                    }
+                } else {
+                    // Each decides on the state with the group's events before it folded in.
+                    let mut scratch = f.state.clone();
+                    for c in &mut group {
+                        match c.decide(&scratch) {
+                            Step::Append(e) => {
+                                scratch.fold(&self.as_stored(&e, StreamSeq(f.seq + 1)));
+                                events.push(e);
+                            }
+                            Step::Nothing => {}
+                            Step::Refused => refused = true,
+                        }
+                    }
+                }
+                (f.seq, events, refused)
+            };
+            // A refusal is only as good as the state it was decided on (see `decide_and_append`).
+            if refused && !verified {
+                verified = true;
+                match self.catch_up().await {
+                    Ok(seq) if seq != expected => continue,
+                    Ok(_) => {}
+                    Err(e) => return fail(group, GroupError::Bus(e.to_string())),
+                }
+            }
+            let event = match events.len() {
+                0 => {
+                    for c in group {
+                        c.done(None, attempt);
+                    }
+                    return;
+                }
+                1 => events.pop().expect("one event"),
+                _ => match A::combine(events) {
+                    Ok(e) => e,
+                    Err(e) => return fail(group, GroupError::Bus(e)),
+                },
+            };
+            match self.bus.publish_if_last(&event, expected).await {
+                Ok(receipt) => {
+                    if receipt.duplicate {
+                        if let Err(e) = self.catch_up().await {
+                            return fail(group, GroupError::Bus(e.to_string()));
+                        }
+                    } else {
+                        self.fold_appended(&event, receipt.seq);
+                    }
+                    for c in group {
+                        c.done(Some(receipt.seq), attempt);
+                    }
+                    return;
+                }
+                Err(BusError::Conflict { .. }) => {
+                    crate::metrics::command_conflict(self.aggregate());
+                    tokio::time::sleep(backoff(attempt)).await;
+                    if let Err(e) = self.catch_up().await {
+                        return fail(group, GroupError::Bus(e.to_string()));
+                    }
+                }
+                Err(e) => return fail(group, GroupError::Bus(e.to_string())),
+            }
+        }
+        fail(
+            group,
+            GroupError::Conflict {
+                subject: self.subject.clone(),
+                attempts: self.attempts,
+            },
+        );
     }
 }

@@ -35,7 +35,7 @@ use chrono::{DateTime, Utc};
 use kairos_events::{Event, StreamSeq};
 
 pub use apply::{Delivered, Target, writer_lock};
-pub use command::{Aggregate, AggregateStore, CommandError, Decision, Executed};
+pub use command::{Aggregate, AggregateStore, CommandError, Decision, Executed, Grouped};
 pub use dynamic::AnyProjection;
 pub use history::{
     AsOfSpan, Decoded, HistoryError, SpanItems, StreamDecoder, as_of_span, first_applied,

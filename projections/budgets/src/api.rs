@@ -18,11 +18,11 @@ use kairos_api::{
     ModuleConfig, ModuleError, Permission, Publish, Recorded, Routes, Started,
 };
 use kairos_events::types::{
-    BUDGET_RESERVATION_EXPIRED, BUDGET_RESERVATION_SETTLED, BUDGET_RESERVED, BUDGET_SET,
-    BUDGET_THRESHOLD_CROSSED, BudgetSet, ReservationClosed, Reserved,
+    BUDGET_RESERVATION_EXPIRED, BUDGET_RESERVATION_SETTLED, BUDGET_RESERVED, BUDGET_RESERVED_BATCH,
+    BUDGET_SET, BUDGET_THRESHOLD_CROSSED, BudgetSet, ReservationClosed, Reserved, ReservedBatch,
 };
 use kairos_events::{Emit, Event, Money, Period, ProjectId};
-use kairos_runtime::{Aggregate, AggregateStore, AnyProjection, Decision, StoredEvent};
+use kairos_runtime::{Aggregate, AggregateStore, AnyProjection, Decision, Grouped, StoredEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -108,6 +108,10 @@ impl Module for BudgetsModule {
             },
             EventRule {
                 ty: BUDGET_RESERVED,
+                publish: Publish::KairosOnly,
+            },
+            EventRule {
+                ty: BUDGET_RESERVED_BATCH,
                 publish: Publish::KairosOnly,
             },
             EventRule {
@@ -493,7 +497,7 @@ struct BudgetBody {
 /// leave it: the setting in force and the reservations still open. What a budget set and a
 /// route's reservation decide against; the spend comes from the LLM calls, elsewhere. The
 /// subject also carries the project's threshold events, which change nothing here.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct BudgetSetting {
     /// The stream sequence of the set in force (0: none yet).
     pub version: u64,
@@ -546,6 +550,15 @@ impl Aggregate for BudgetSetting {
                     self.open.insert(r.reservation_id.clone(), r);
                 }
             }
+            BUDGET_RESERVED_BATCH => {
+                if let Ok(b) = event.event.data_as::<ReservedBatch>()
+                    && b.check().is_ok()
+                {
+                    for r in b.reservations {
+                        self.open.insert(r.reservation_id.clone(), r);
+                    }
+                }
+            }
             BUDGET_RESERVATION_SETTLED | BUDGET_RESERVATION_EXPIRED => {
                 if let Ok(c) = event.event.data_as::<ReservationClosed>() {
                     self.open.remove(&c.reservation_id);
@@ -559,6 +572,38 @@ impl Aggregate for BudgetSetting {
             }
             _ => {}
         }
+    }
+}
+
+/// Routes admitted together: their `kairos.budget.reserved.v1`s as one
+/// `kairos.budget.reserved_batch.v1`, stated by the same source at the first one's time, with
+/// the first one's id and the count (`reserved/<decision id>+<n>`).
+impl Grouped for BudgetSetting {
+    fn combine(events: Vec<Event>) -> Result<Event, String> {
+        let first = events.first().ok_or("no reservation to combine")?;
+        let (source, time) = (first.source().to_owned(), first.time());
+        let id = format!("{}+{}", first.id(), events.len());
+        let reservations = events
+            .iter()
+            .map(|e| match e.event_type().as_str() {
+                BUDGET_RESERVED => e.data_as::<Reserved>().map_err(|e| e.to_string()),
+                other => Err(format!("{other} cannot be combined with reservations")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let project = reservations[0].project.clone();
+        let batch = ReservedBatch {
+            project: project.clone(),
+            reservations,
+        };
+        batch.check()?;
+        let data = serde_json::to_value(&batch).map_err(|e| e.to_string())?;
+        let mut emit = Emit::new(BUDGET_RESERVED_BATCH, source, data)
+            .id(id)
+            .subject(project.as_str());
+        if let Some(t) = time {
+            emit = emit.time(t);
+        }
+        emit.build().map_err(|e| e.to_string())
     }
 }
 

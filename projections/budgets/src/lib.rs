@@ -16,9 +16,10 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use kairos_events::types::{
-    BUDGET_RESERVATION_EXPIRED, BUDGET_RESERVATION_SETTLED, BUDGET_RESERVED, BUDGET_SET,
-    BUDGET_THRESHOLD_CROSSED, BudgetSet, CallStatus, LLM_CALL_COMPLETED, LlmCallCompleted,
-    ModelSpec, OnExceeded, ReservationClosed, Reserved, Threshold, ThresholdCrossed,
+    BUDGET_RESERVATION_EXPIRED, BUDGET_RESERVATION_SETTLED, BUDGET_RESERVED, BUDGET_RESERVED_BATCH,
+    BUDGET_SET, BUDGET_THRESHOLD_CROSSED, BudgetSet, CallStatus, LLM_CALL_COMPLETED,
+    LlmCallCompleted, ModelSpec, OnExceeded, ReservationClosed, Reserved, ReservedBatch, Threshold,
+    ThresholdCrossed,
 };
 use kairos_events::{Emit, Event, Money, Period, ProjectId};
 use kairos_runtime::{ApplyError, Projection, Rejection, StoredEvent};
@@ -45,11 +46,11 @@ pub enum Item {
         period: Period,
         set: BudgetSet,
     },
-    /// A route held a worst-case cost against the month `period`.
+    /// Routes held worst-case costs, each against its month (one route's reservation, or a
+    /// group's, appended together).
     Reserved {
         seq: u64,
-        period: Period,
-        reserved: Reserved,
+        reserved: Vec<(Period, Reserved)>,
     },
     /// A reservation was settled or expired (folding it again changes nothing).
     Closed {
@@ -72,9 +73,10 @@ impl Item {
         let (project, period) = match self {
             Item::Call { call, period, .. } => (&call.project, period),
             Item::Set { set, period, .. } => (&set.project, period),
-            Item::Reserved {
-                reserved, period, ..
-            } => (&reserved.project, period),
+            Item::Reserved { reserved, .. } => {
+                let (period, r) = reserved.first()?;
+                (&r.project, period)
+            }
             Item::Closed { closed, period } => (&closed.project, period),
             Item::Catalog { .. } => return None,
         };
@@ -96,18 +98,22 @@ impl Item {
         }
     }
 
-    /// The reservation this item opens, settles or closes, if any.
-    fn reservation(&self) -> Option<(ProjectId, String)> {
+    /// The reservations this item opens, settles or closes.
+    fn reservations(&self) -> Vec<(ProjectId, String)> {
         match self {
             Item::Call { call, .. } => call
                 .decision_id
-                .as_ref()
-                .map(|d| (call.project.clone(), d.clone())),
-            Item::Reserved { reserved: r, .. } => {
-                Some((r.project.clone(), r.reservation_id.clone()))
+                .iter()
+                .map(|d| (call.project.clone(), d.clone()))
+                .collect(),
+            Item::Reserved { reserved, .. } => reserved
+                .iter()
+                .map(|(_, r)| (r.project.clone(), r.reservation_id.clone()))
+                .collect(),
+            Item::Closed { closed: c, .. } => {
+                vec![(c.project.clone(), c.reservation_id.clone())]
             }
-            Item::Closed { closed: c, .. } => Some((c.project.clone(), c.reservation_id.clone())),
-            Item::Set { .. } | Item::Catalog { .. } => None,
+            Item::Set { .. } | Item::Catalog { .. } => Vec::new(),
         }
     }
 }
@@ -367,21 +373,19 @@ impl Ledger {
                 }
                 (*seq, *at)
             }
-            Item::Reserved {
-                seq,
-                period,
-                reserved: r,
-            } => {
-                self.reservations.insert(
-                    (r.project.clone(), r.reservation_id.clone()),
-                    Reservation {
-                        period: *period,
-                        model: r.model.clone(),
-                        amount: r.amount,
-                        expires_at: r.expires_at,
-                        seq: *seq,
-                    },
-                );
+            Item::Reserved { seq, reserved } => {
+                for (period, r) in reserved {
+                    self.reservations.insert(
+                        (r.project.clone(), r.reservation_id.clone()),
+                        Reservation {
+                            period: *period,
+                            model: r.model.clone(),
+                            amount: r.amount,
+                            expires_at: r.expires_at,
+                            seq: *seq,
+                        },
+                    );
+                }
                 return Ok(Vec::new());
             }
             Item::Closed { closed: c, .. } => {
@@ -573,9 +577,21 @@ impl Projection for Budgets {
                 let reserved: Reserved = stored.event.data_as()?;
                 Ok(Some(Item::Reserved {
                     seq,
-                    period: month_of(&reserved.period)?,
-                    reserved,
+                    reserved: vec![(month_of(&reserved.period)?, reserved)],
                 }))
+            }
+            BUDGET_RESERVED_BATCH => {
+                let batch: ReservedBatch = stored.event.data_as()?;
+                batch.check().map_err(|reason| Rejection {
+                    code: "invalid_data",
+                    reason,
+                })?;
+                let reserved = batch
+                    .reservations
+                    .into_iter()
+                    .map(|r| Ok((month_of(&r.period)?, r)))
+                    .collect::<Result<_, Rejection>>()?;
+                Ok(Some(Item::Reserved { seq, reserved }))
             }
             BUDGET_RESERVATION_SETTLED | BUDGET_RESERVATION_EXPIRED => {
                 let closed: ReservationClosed = stored.event.data_as()?;
@@ -659,7 +675,7 @@ impl Projection for Budgets {
         }
         let ids: HashSet<(ProjectId, String)> = items
             .iter()
-            .filter_map(Item::reservation)
+            .flat_map(Item::reservations)
             .filter(|k| !loaded.reservation_ids.contains(k))
             .collect();
         if !ids.is_empty() {

@@ -612,41 +612,53 @@ async fn post_route(
     let ttl =
         TimeDelta::seconds(i64::try_from(router.settings.reservation_ttl_secs).unwrap_or(600));
     let expires_at = now + ttl;
+    // Routes of one project that arrive together are decided in turn and their reservations
+    // appended as one event (a group commit on the budget's subject).
     let done = store
-        .execute(|b: &BudgetSetting| {
-            let mut budget = spent.and_then(|s| budget_state(b, &period, s));
-            // An open cost alert lowered the limit this decision sees.
-            if let (Some(b), Some(l)) = (budget.as_mut(), &lowered) {
-                b.lower_limit(l.factor);
-            }
-            let mut plan = decide(&req, &models, now, budget.as_ref(), &health);
-            plan.alternatives.extend(skipped.iter().cloned());
-            let reservation = match (&plan.outcome, &plan.chosen) {
-                (Outcome::Reserved, Some(c)) => {
-                    let data = serde_json::to_value(Reserved {
-                        project: project.clone(),
-                        reservation_id: decision_id.clone(),
-                        period: period.clone(),
-                        model: c.model.clone(),
-                        amount: c.worst_case_cost,
-                        expires_at,
-                    })
-                    .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
-                    Some(
-                        Emit::new(BUDGET_RESERVED, SOURCE, data)
-                            .id(format!("reserved/{decision_id}"))
-                            .subject(project.as_str())
-                            .time(now)
-                            .build()
-                            .map_err(ApiError::InvalidEvent)?,
-                    )
+        .execute_grouped({
+            let (req, period, project, decision_id) = (
+                req.clone(),
+                period.clone(),
+                project.clone(),
+                decision_id.clone(),
+            );
+            let (health, lowered, skipped) = (health.clone(), lowered.clone(), skipped.clone());
+            let models = models.clone().into_owned();
+            move |b: &BudgetSetting| {
+                let mut budget = spent.and_then(|s| budget_state(b, &period, s));
+                // An open cost alert lowered the limit this decision sees.
+                if let (Some(b), Some(l)) = (budget.as_mut(), &lowered) {
+                    b.lower_limit(l.factor);
                 }
-                _ => None,
-            };
-            Ok::<_, ApiError>(match reservation {
-                Some(e) => Decision::append(e, (plan, budget)),
-                None => Decision::nothing((plan, budget)),
-            })
+                let mut plan = decide(&req, &models, now, budget.as_ref(), &health);
+                plan.alternatives.extend(skipped.iter().cloned());
+                let reservation = match (&plan.outcome, &plan.chosen) {
+                    (Outcome::Reserved, Some(c)) => {
+                        let data = serde_json::to_value(Reserved {
+                            project: project.clone(),
+                            reservation_id: decision_id.clone(),
+                            period: period.clone(),
+                            model: c.model.clone(),
+                            amount: c.worst_case_cost,
+                            expires_at,
+                        })
+                        .map_err(|e| ApiError::StreamUnavailable(e.to_string()))?;
+                        Some(
+                            Emit::new(BUDGET_RESERVED, SOURCE, data)
+                                .id(format!("reserved/{decision_id}"))
+                                .subject(project.as_str())
+                                .time(now)
+                                .build()
+                                .map_err(ApiError::InvalidEvent)?,
+                        )
+                    }
+                    _ => None,
+                };
+                Ok::<_, ApiError>(match reservation {
+                    Some(e) => Decision::append(e, (plan, budget)),
+                    None => Decision::nothing((plan, budget)),
+                })
+            }
         })
         .await?;
     let (mut plan, budget) = done.value;

@@ -203,6 +203,11 @@ impl ModuleConfig {
 #[derive(Clone)]
 pub struct Host {
     pub bus: Bus,
+    /// A NATS connection of its own for commands: their appends, acknowledgements and reads of
+    /// their aggregates' subjects do not queue behind the ingest and the projections' deliveries
+    /// on `bus`'s connection. The commands' aggregate stores (`kairos_runtime::AggregateStore`)
+    /// take it.
+    pub commands: Bus,
     pub pool: PgPool,
     pub clock: Clock,
     pub http: Arc<crate::HttpSettings>,

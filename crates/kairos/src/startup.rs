@@ -287,6 +287,7 @@ impl Kairos {
         let checkpoints = CheckpointWatch::start(self.pool.clone()).await?;
         let host = Host {
             bus: self.bus.clone(),
+            commands: Bus::connect(&self.settings.nats, "kairos-commands").await?,
             pool: self.pool.clone(),
             clock: self.clock.clone(),
             http: Arc::new(self.settings.http.clone()),

@@ -109,7 +109,7 @@ impl Configured for AccessConfigured {
                 .map_err(|e| ModuleError(format!("loading the key secret: {e}")))?;
             // Only the identity events are read: however long the rest of the stream, this
             // takes as long as the organisation's history of members and keys.
-            let directory = directory_store(host.bus.clone());
+            let directory = directory_store(host.commands.clone());
             directory
                 .catch_up()
                 .await

@@ -188,7 +188,7 @@ impl Configured for BudgetsConfigured {
             }
             Ok(Started::default()
                 .with_extension(self.budgets.clone())
-                .with_extension(BudgetCommands::new(host.bus.clone()))
+                .with_extension(BudgetCommands::new(host.commands.clone()))
                 .with_extension(ReadCache::default())
                 .with_banner(format!("budget presets: {}", self.presets.len())))
         })

@@ -125,7 +125,7 @@ impl Configured for CatalogConfigured {
 
     fn start<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, Result<Started, ModuleError>> {
         Box::pin(async move {
-            let catalog = store(&host.bus);
+            let catalog = store(&host.commands);
             let published = publish_configured(&catalog, &self.models, host.clock.now())
                 .await
                 .map_err(|e| ModuleError(format!("publishing the configured catalog: {e}")))?;

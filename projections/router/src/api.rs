@@ -217,7 +217,7 @@ impl Configured for RouterConfigured {
 
     fn start<'a>(&'a self, host: &'a Host) -> BoxFuture<'a, Result<Started, ModuleError>> {
         Box::pin(async move {
-            let catalog = kairos_catalog::store(&host.bus);
+            let catalog = kairos_catalog::store(&host.commands);
             catalog
                 .catch_up()
                 .await
@@ -227,7 +227,7 @@ impl Configured for RouterConfigured {
                 settings: Arc::new(self.settings.clone()),
                 tz: self.tz,
                 catalog,
-                budgets: BudgetCommands::new(host.bus.clone()),
+                budgets: BudgetCommands::new(host.commands.clone()),
                 health: Arc::default(),
                 circuit: Arc::default(),
                 probes: Arc::default(),

@@ -526,8 +526,7 @@ pub fn describe_metrics() {
 /// A connection to NATS plus the names of this Kairos instance's streams.
 ///
 /// Cloned into every request's state and every task: a clone is one reference count, not the
-/// client's and the JetStream context's several (which showed as a fifth of the API's CPU time
-/// under a load of reads).
+/// client's and the JetStream context's several.
 #[derive(Clone)]
 pub struct Bus {
     inner: std::sync::Arc<Connection>,
@@ -780,10 +779,7 @@ impl Bus {
     /// Deletes the events stream if it holds no message (a restore recreates it to number its
     /// messages as the backup's); refuses one that holds any. True if there was one to delete.
     pub async fn delete_empty_events_stream(&self) -> Result<bool, BusError> {
-        let err = |e: &dyn std::fmt::Display| BusError::Stream {
-            stream: self.inner.config.stream.clone(),
-            message: e.to_string(),
-        };
+        let err = |e: &dyn std::fmt::Display| self.stream_error(e);
         let mut stream = match self.inner.js.get_stream(&self.inner.config.stream).await {
             Ok(s) => s,
             Err(e)
@@ -816,10 +812,7 @@ impl Bus {
         &self,
         messages: Vec<(String, Option<String>, Bytes, chrono::DateTime<chrono::Utc>)>,
     ) -> Result<Vec<u64>, BusError> {
-        let err = |e: &dyn std::fmt::Display| BusError::Stream {
-            stream: self.inner.config.stream.clone(),
-            message: e.to_string(),
-        };
+        let err = |e: &dyn std::fmt::Display| self.stream_error(e);
         let mut acks = Vec::with_capacity(messages.len());
         for (subject, msg_id, payload, stored_at) in messages {
             let mut headers = HeaderMap::new();
@@ -883,10 +876,7 @@ impl Bus {
             .js
             .get_stream(&self.inner.config.stream)
             .await
-            .map_err(|e| BusError::Stream {
-                stream: self.inner.config.stream.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| self.stream_error(e))?;
         Ok(stream.cached_info().state.clone())
     }
 
@@ -938,10 +928,7 @@ impl Bus {
         max_batch: Option<i64>,
     ) -> Result<EventReader, BusError> {
         use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-        let err = |e: &dyn std::fmt::Display| BusError::Stream {
-            stream: self.inner.config.stream.clone(),
-            message: e.to_string(),
-        };
+        let err = |e: &dyn std::fmt::Display| self.stream_error(e);
         let deliver_policy = match from {
             ReadFrom::Seq(s) => DeliverPolicy::ByStartSequence {
                 start_sequence: s.0.max(1),
@@ -1048,15 +1035,20 @@ impl Bus {
         self.search(&stream, at, lo, hi).await
     }
 
+    /// An error about the events stream.
+    fn stream_error(&self, e: impl std::fmt::Display) -> BusError {
+        BusError::Stream {
+            stream: self.inner.config.stream.clone(),
+            message: e.to_string(),
+        }
+    }
+
     async fn events_stream(&self) -> Result<jetstream::stream::Stream<()>, BusError> {
         self.inner
             .js
             .get_stream_no_info(&self.inner.config.stream)
             .await
-            .map_err(|e| BusError::Stream {
-                stream: self.inner.config.stream.clone(),
-                message: e.to_string(),
-            })
+            .map_err(|e| self.stream_error(e))
     }
 
     /// The last sequence stored at or before `at`, with `lo` stored at or before it and `hi`
@@ -1243,10 +1235,7 @@ impl Bus {
         {
             Ok(m) => Ok(m.sequence),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
-            Err(e) => Err(BusError::Stream {
-                stream: self.inner.config.stream.clone(),
-                message: e.to_string(),
-            }),
+            Err(e) => Err(self.stream_error(e)),
         }
     }
 
@@ -1256,10 +1245,7 @@ impl Bus {
         match self.events_stream().await?.direct_get(seq.0).await {
             Ok(m) => Ok(Some(m.payload)),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BusError::Stream {
-                stream: self.inner.config.stream.clone(),
-                message: e.to_string(),
-            }),
+            Err(e) => Err(self.stream_error(e)),
         }
     }
 

@@ -79,3 +79,68 @@ async fn events_page_by_sequence_and_filter(pool: PgPool) {
     .await;
     app.cleanup().await;
 }
+
+/// A page is written as it is read, not built whole first: 40 events of 200 kB each (a page of
+/// 1,000 such would be 200 MB held at once) come back chunked, with no length known up front,
+/// each whole and in order, and the page still ends with its `next_after`.
+#[sqlx::test(migrations = false)]
+async fn a_page_of_large_events_is_streamed(pool: PgPool) {
+    let app = kairos_tests::spawn_app_with(pool, kairos_tests::test_settings(), false).await;
+    let js = app.kairos.bus.jetstream();
+    let pad = "x".repeat(200_000);
+    for i in 0..40 {
+        let body = serde_json::json!({"type": "big", "n": i, "pad": pad});
+        js.publish(
+            format!("{}.events.llm.p9", app.prefix()),
+            body.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let answer = app
+        .http
+        .get(format!("{}/v1/events?project=p9&limit=1000", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(
+        answer.content_length().is_none(),
+        "a length up front means the page was built whole: {:?}",
+        answer.headers()
+    );
+    assert_eq!(
+        answer.headers()["transfer-encoding"],
+        "chunked",
+        "{:?}",
+        answer.headers()
+    );
+    let page: Value = answer.json().await.unwrap();
+    let events = page["events"].as_array().unwrap();
+    let ns: Vec<u64> = events
+        .iter()
+        .map(|e| e["event"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (0..40).collect::<Vec<u64>>());
+    assert!(events.iter().all(|e| e["event"]["pad"] == pad.as_str()));
+    assert_eq!(page["next_after"], Value::Null);
+
+    // A page cut by its limit names where the next one starts, the streamed way too.
+    let (status, page) = app.get("/v1/events?project=p9&limit=3").await;
+    assert_eq!(status, 200, "{page}");
+    let seqs: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs.len(), 3);
+    assert_eq!(page["next_after"].as_u64(), seqs.last().copied());
+    // Nothing matches: an empty page, whole.
+    let (status, page) = app.get("/v1/events?type=nothing-has-this").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["events"], serde_json::json!([]));
+    app.cleanup().await;
+}

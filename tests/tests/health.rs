@@ -56,6 +56,18 @@ async fn ready_waits_for_the_projections_of_this_process_only(pool: PgPool) {
         503,
         "budgets is {last} events behind, over 20"
     );
+    // The probe is told not ready and nothing more: which projection lags, and by how much, is
+    // in the log and in the keyed `GET /v1/projections`.
+    let body: Value = reqwest::get(format!("{}/health/ready", app.url))
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("a JSON body");
+    assert_eq!(
+        body,
+        serde_json::json!({"error": {"code": "not_ready", "message": "not ready"}}),
+    );
     drop(held);
     assert_eq!(ready(&app).await, 200, "budgets no longer runs here");
 

@@ -343,6 +343,44 @@ async fn keys_per_member_are_capped(pool: PgPool) {
     app.cleanup().await;
 }
 
+/// A key issued with `expires_in_days` works until that instant of Kairos' clock and is refused
+/// from then on, with the same 401 as any invalid key; the refusal is counted for the audit log.
+#[sqlx::test(migrations = false)]
+async fn a_key_is_refused_once_it_has_expired(pool: PgPool) {
+    let app = kairos_tests::spawn_app_with(pool, kairos_tests::test_settings(), false).await;
+    let (status, r) = app
+        .post_json(
+            "/v1/api-keys",
+            &json!({"name": "short", "expires_in_days": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(r["expires_at"], "2026-11-21T12:00:00Z", "{r}");
+    let key = r["api_key"]
+        .as_str()
+        .expect("the key, shown once")
+        .to_owned();
+    let me = || send(kairos_tests::client(&key).get(format!("{}/v1/me", app.url)));
+    let (status, r) = me().await;
+    assert_eq!(status, 200, "{r}");
+    app.kairos
+        .clock
+        .advance(chrono::TimeDelta::days(1) - chrono::TimeDelta::seconds(1));
+    let (status, r) = me().await;
+    assert_eq!(status, 200, "a second before its expiry: {r}");
+    app.kairos.clock.advance(chrono::TimeDelta::seconds(1));
+    let (status, r) = me().await;
+    assert_eq!(
+        (status, r["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "at its expiry: {r}"
+    );
+    // The admin's own key, issued without an expiry, still works.
+    let (status, r) = app.get("/v1/me").await;
+    assert_eq!(status, 200, "{r}");
+    app.cleanup().await;
+}
+
 /// A fact only Kairos may state that reaches the stream without Kairos' signature (published
 /// straight to NATS by a user allowed to, unsigned or signed with another key) is dead-lettered
 /// by the projections that fold it: the admin it would remove keeps its key, and the audit log

@@ -635,7 +635,7 @@ const MAX_SCAN: usize = 20_000;
 async fn list_events(
     State(st): State<AppState>,
     QueryParams(q): QueryParams<EventsQuery>,
-) -> Result<Json<EventsPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let from = time_param(q.from.as_deref(), "from")?;
     let to = time_param(q.to.as_deref(), "to")?;
     let after = q
@@ -662,22 +662,90 @@ async fn list_events(
         (None, Some(t)) => kairos_bus::ReadFrom::Time(t),
         (None, None) => kairos_bus::ReadFrom::Seq(kairos_events::StreamSeq(1)),
     };
-    let mut events = Vec::new();
-    let mut next_after = None;
-    if after.is_none_or(|a| a < last) {
-        let mut reader = st.bus.read(start, filter).await.map_err(unavailable)?;
+    let reader = match after.is_none_or(|a| a < last) {
+        true => Some(st.bus.read(start, filter).await.map_err(unavailable)?),
+        false => None,
+    };
+    // The page is written as it is read: a few events in flight, however large the page
+    // (1,000 events of up to 256 KiB each held at once would be a quarter of a gigabyte).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let page = Page {
+        ty: q.ty,
+        to,
+        limit,
+        last,
+    };
+    tokio::spawn(page.write(reader, tx));
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// What one `GET /v1/events` page holds: its filters past the start, and the stream's end when
+/// the request came.
+struct Page {
+    ty: Option<String>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    limit: usize,
+    last: u64,
+}
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+impl Page {
+    /// Writes the page ([`EventsPage`] as JSON) to `tx` item by item. A stream that fails
+    /// halfway cuts the body short, so the client sees a broken answer, never a short page
+    /// passed off as whole; a client that went away stops the read.
+    async fn write(
+        self,
+        reader: Option<kairos_bus::EventReader>,
+        tx: tokio::sync::mpsc::Sender<Chunk>,
+    ) {
+        let mut head = b"{\"events\":[".to_vec();
+        let next_after = match reader {
+            None => None,
+            Some(reader) => match self.items(reader, &tx, &mut head).await {
+                Ok(Sent::Page { next_after }) => next_after,
+                Ok(Sent::ClientGone) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "GET /v1/events: the stream failed mid-page");
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            },
+        };
+        if head == b"," {
+            head.clear();
+        }
+        let tail = serde_json::json!({"next_after": next_after, "stream_last_seq": self.last});
+        let mut end = head;
+        end.extend_from_slice(b"],");
+        // `{"next_after":…,"stream_last_seq":…}` without its opening brace.
+        end.extend_from_slice(&tail.to_string().as_bytes()[1..]);
+        let _ = tx.send(Ok(end.into())).await;
+    }
+
+    /// Sends the matching items, each with what precedes it (`pending`: the page's opening, or
+    /// a comma once an item is sent).
+    async fn items(
+        &self,
+        mut reader: kairos_bus::EventReader,
+        tx: &tokio::sync::mpsc::Sender<Chunk>,
+        pending: &mut Vec<u8>,
+    ) -> Result<Sent, kairos_bus::BusError> {
         let mut scanned = 0;
+        let mut sent = 0;
         // Nothing matching (pending 0 at the start, or after a message) ends the page at once;
         // the wait only covers a slow server.
         let mut more = reader.pending_at_start() > 0;
-        while more
-            && let Some(m) = reader
-                .next(Duration::from_secs(5))
-                .await
-                .map_err(unavailable)?
-        {
+        while more && let Some(m) = reader.next(Duration::from_secs(5)).await? {
             more = m.pending > 0;
-            if to.is_some_and(|to| m.stored_at > to) {
+            if self.to.is_some_and(|to| m.stored_at > to) {
                 break;
             }
             scanned += 1;
@@ -687,40 +755,53 @@ async fn list_events(
                 .and_then(|e| e["type"].as_str())
                 .unwrap_or_default()
                 .to_owned();
-            let matches = q.ty.as_deref().is_none_or(|t| ty == t);
             if let Some(e) = event.as_mut().filter(|_| kairos_events::is_identity(&ty)) {
                 redact_identity(e);
             }
-            if matches {
+            if self.ty.as_deref().is_none_or(|t| ty == t) {
                 let raw = event.is_none().then(|| {
                     String::from_utf8_lossy(&m.payload[..m.payload.len().min(4096)]).into_owned()
                 });
-                events.push(StoredItem {
+                let item = StoredItem {
                     seq: m.seq.0,
                     stored_at: m.stored_at,
                     subject: m.subject,
                     event,
                     raw,
+                };
+                let mut chunk = std::mem::take(pending);
+                serde_json::to_writer(&mut chunk, &item).expect("an item serialises");
+                if tx.send(Ok(chunk.into())).await.is_err() {
+                    return Ok(Sent::ClientGone);
+                }
+                pending.push(b',');
+                sent += 1;
+            }
+            if m.seq.0 >= self.last {
+                break;
+            }
+            if sent >= self.limit || scanned >= MAX_SCAN {
+                return Ok(Sent::Page {
+                    next_after: Some(m.seq.0),
                 });
             }
-            if m.seq.0 >= last {
-                break;
-            }
-            if events.len() >= limit || scanned >= MAX_SCAN {
-                next_after = Some(m.seq.0);
-                break;
-            }
         }
+        Ok(Sent::Page { next_after: None })
     }
-    Ok(Json(EventsPage {
-        events,
-        next_after,
-        stream_last_seq: last,
-    }))
 }
 
+/// How sending a page's items ended.
+enum Sent {
+    /// Every item is sent; the next page starts after `next_after` (`None`: at the stream's end).
+    Page { next_after: Option<u64> },
+    /// The client hung up.
+    ClientGone,
+}
+
+// The schema of what `Page::write` writes piece by piece.
 /// A page of the stream.
 #[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
 struct EventsPage {
     events: Vec<StoredItem>,
     /// The next page's `after`; `null` when the page reached the stream's end.

@@ -16,9 +16,10 @@ pub enum ApiError {
         message: String,
         field: Option<String>,
     },
-    /// Every event of a batch was refused; `results` says why for each.
+    /// Every event of a batch was refused; `results` says why for each. `forbidden`: each for
+    /// who sent it (a project or source the key does not reach), a 403.
     #[error("every event in the batch was rejected")]
-    AllRejected { results: Value },
+    AllRejected { results: Value, forbidden: bool },
     /// No key, or one that is not valid. The message never repeats the key.
     #[error("{0}")]
     Unauthorized(String),
@@ -75,6 +76,9 @@ impl ApiError {
         match self {
             Self::InvalidEvent(e) => (StatusCode::BAD_REQUEST, e.code, e.field.clone()),
             Self::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, *code, field.clone()),
+            Self::AllRejected {
+                forbidden: true, ..
+            } => (StatusCode::FORBIDDEN, "forbidden", None),
             Self::AllRejected { .. } => (StatusCode::BAD_REQUEST, "all_events_rejected", None),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
@@ -138,7 +142,7 @@ impl IntoResponse for ApiError {
             error["field"] = Value::String(field);
         }
         let mut body = json!({ "error": error });
-        if let Self::AllRejected { results } = self {
+        if let Self::AllRejected { results, .. } = self {
             body["results"] = results;
         }
         let mut response = (status, Json(body)).into_response();

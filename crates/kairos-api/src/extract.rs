@@ -64,18 +64,27 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         } else {
             &body
         };
-        serde_json::from_slice(body).map(JsonBody).map_err(|e| {
-            // serde names the offending field as "unknown field `x`" / "missing field `x`".
-            let msg = e.to_string();
-            let field = ["unknown field `", "missing field `", "invalid type: "]
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let parsed = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let msg = e.inner().to_string();
+            // serde names an unknown or missing field in its message ("unknown field `x`"); a
+            // value of the wrong type is named by where it is (`allowed_sources[0]`).
+            let named = ["unknown field `", "missing field `"]
                 .iter()
                 .find_map(|p| msg.strip_prefix(p))
                 .and_then(|rest| rest.split('`').next())
-                .filter(|f| !f.contains(' '))
-                .unwrap_or("body")
-                .to_owned();
+                .filter(|f| !f.contains(' '));
+            let path = e.path().to_string();
+            let field = match named {
+                Some(f) => f.to_owned(),
+                None if path != "." && !path.is_empty() => path,
+                None => "body".to_owned(),
+            };
             ApiError::bad("invalid_body", field, msg)
-        })
+        })?;
+        de.end()
+            .map_err(|e| ApiError::bad("invalid_body", "body", e.to_string()))?;
+        Ok(JsonBody(parsed))
     }
 }
 

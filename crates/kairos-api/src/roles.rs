@@ -122,11 +122,20 @@ pub struct Principal {
     /// `None`: every project.
     pub projects: Option<Vec<String>>,
     pub key_id: String,
+    /// The CloudEvent source prefixes the key may publish under; `None`: any.
+    pub allowed_sources: Option<Vec<String>>,
 }
 
 impl Principal {
     pub fn can(&self, permission: Permission) -> bool {
         allows(self.role, permission)
+    }
+
+    /// Whether the key may publish under `source`.
+    pub fn may_publish_as(&self, source: &str) -> bool {
+        self.allowed_sources
+            .as_ref()
+            .is_none_or(|prefixes| prefixes.iter().any(|p| source.starts_with(p.as_str())))
     }
 
     /// Whether the member's role reaches `project`.

@@ -143,6 +143,7 @@ enum Mode {
     responses(
         (status = 202, description = "Stored: per-event outcomes, in request order", body = Answer),
         (status = 400, description = "The request, or every event in it, was refused", body = ErrorBody),
+        (status = 403, description = "Every event was refused for who sent it: a project the role does not reach, a source the key is not bound to, or a type the role may not publish (results says which)", body = ErrorBody),
         (status = 413, description = "The body is larger than http.body_limit_bytes", body = ErrorBody),
         (status = 409, description = "Every event reused the source and id of a stored event that says something else", body = ErrorBody),
         (status = 415, description = "Not a CloudEvents encoding", body = ErrorBody),
@@ -297,8 +298,12 @@ async fn ingest(
         ))
         .into_response()
     } else if accepted == 0 {
+        let forbidden = results
+            .iter()
+            .all(|r| r.error.as_ref().is_some_and(|e| e.code == "forbidden"));
         ApiError::AllRejected {
             results: serde_json::to_value(&results).unwrap_or_default(),
+            forbidden,
         }
         .into_response()
     } else {
@@ -437,6 +442,20 @@ fn admit(st: &AppState, principal: &Principal, event: Event) -> Result<Event, Ev
             "reserved_source",
             "source",
             "sources starting with kairos/ are Kairos's own; name your producer",
+        ));
+    }
+    if !principal.may_publish_as(event.source()) {
+        return Err(EventError::field(
+            "forbidden",
+            "source",
+            format!(
+                "this API key may publish only under the sources {}",
+                principal
+                    .allowed_sources
+                    .as_deref()
+                    .unwrap_or_default()
+                    .join(", ")
+            ),
         ));
     }
     if let Publish::With(needed) = rule

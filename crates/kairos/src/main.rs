@@ -201,6 +201,9 @@ enum AdminCommand {
         name: String,
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// A CloudEvent source prefix the key may publish under (repeat for more); none: any.
+        #[arg(long = "allowed-source")]
+        allowed_sources: Vec<String>,
     },
     /// Revoke an API key.
     RevokeKey { key_id: String },
@@ -819,6 +822,7 @@ async fn admin(settings: Settings, cmd: AdminCommand) -> anyhow::Result<ExitCode
             member_id,
             name,
             expires_in_days,
+            allowed_sources,
         } => {
             let expires = match expires_in_days {
                 None => None,
@@ -826,7 +830,15 @@ async fn admin(settings: Settings, cmd: AdminCommand) -> anyhow::Result<ExitCode
                 Some(_) => anyhow::bail!("--expires-in-days must be between 1 and 3650"),
             };
             serde_json::to_value(
-                commands::issue_key(ctx, &origin, &member_id, &name, expires).await?,
+                commands::issue_key(
+                    ctx,
+                    &origin,
+                    &member_id,
+                    &name,
+                    expires,
+                    (!allowed_sources.is_empty()).then_some(allowed_sources),
+                )
+                .await?,
             )?
         }
         AdminCommand::RevokeKey { key_id } => {

@@ -509,10 +509,37 @@ fn admin_manages_members_and_keys_with_the_apis_checks() {
             dev["member_id"].as_str().unwrap(),
             "--name",
             "ci",
+            "--allowed-source",
+            "ci/",
+            "--allowed-source",
+            "deploy/",
         ],
         &env,
         None,
     ));
+    assert_eq!(
+        key["allowed_sources"],
+        serde_json::json!(["ci/", "deploy/"]),
+        "{key}"
+    );
+    let bad = kairos(
+        &[
+            "admin",
+            "issue-key",
+            dev["member_id"].as_str().unwrap(),
+            "--name",
+            "ci",
+            "--allowed-source",
+            "kairos/cli",
+        ],
+        &env,
+        None,
+    );
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("allowed_sources"),
+        "{}",
+        stderr(&bad)
+    );
     let key_id = key["key_id"].as_str().unwrap();
     json(&kairos(&["admin", "revoke-key", key_id], &env, None));
     let again = kairos(&["admin", "revoke-key", key_id], &env, None);

@@ -650,9 +650,12 @@ struct IssueBody {
     name: String,
     member_id: Option<String>,
     expires_in_days: Option<u32>,
+    /// The CloudEvent source prefixes the key may publish under (1 to 20); absent: any source.
+    allowed_sources: Option<Vec<String>>,
 }
 
-/// `POST /v1/api-keys` with `{"name", "member_id"?, "expires_in_days"?}`: the key, shown once.
+/// `POST /v1/api-keys` with `{"name", "member_id"?, "expires_in_days"?, "allowed_sources"?}`:
+/// the key, shown once.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "access",
     request_body(content = IssueBody, content_type = "application/json"),
     responses((status = 201, description = "The key, shown once", body = commands::Issued), (status = 400, description = "The body or a parameter is malformed", body = ErrorBody),
@@ -693,6 +696,7 @@ async fn issue_key(
         &member,
         &b.name,
         expires,
+        b.allowed_sources,
     )
     .await?;
     Ok(answer(StatusCode::CREATED, issued))

@@ -110,8 +110,53 @@ pub struct Issued {
     pub name: String,
     pub api_key: String,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The CloudEvent source prefixes the key may publish under; absent: any source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_sources: Option<Vec<String>>,
     #[serde(flatten)]
     pub recorded: Recorded,
+}
+
+/// Most source prefixes one key may be bound to.
+pub const MAX_ALLOWED_SOURCES: usize = 20;
+
+/// Checks the source prefixes a key is to be bound to: 1 to 20 distinct prefixes of 1 to 200
+/// characters without control characters, none of them Kairos' own `kairos/`.
+pub fn allowed_sources(prefixes: Option<Vec<String>>) -> Result<Option<Vec<String>>, CommandError> {
+    let Some(prefixes) = prefixes else {
+        return Ok(None);
+    };
+    let field = "allowed_sources";
+    if prefixes.is_empty() || prefixes.len() > MAX_ALLOWED_SOURCES {
+        return Err(invalid(
+            field,
+            format!("allowed_sources must hold 1 to {MAX_ALLOWED_SOURCES} source prefixes"),
+        ));
+    }
+    for (i, p) in prefixes.iter().enumerate() {
+        let chars = p.chars().count();
+        if chars == 0 || chars > 200 || p.chars().any(char::is_control) {
+            return Err(invalid(
+                field,
+                format!(
+                    "allowed_sources[{i}] must be 1 to 200 characters without control characters"
+                ),
+            ));
+        }
+        if p.starts_with(kairos_events::KAIROS_SOURCE) {
+            return Err(invalid(
+                field,
+                format!("allowed_sources[{i}]: sources starting with kairos/ are Kairos's own"),
+            ));
+        }
+        if prefixes[..i].contains(p) {
+            return Err(invalid(
+                field,
+                format!("allowed_sources[{i}] is named twice"),
+            ));
+        }
+    }
+    Ok(Some(prefixes))
 }
 
 /// A role and the projects it is narrowed to, checked.
@@ -520,10 +565,12 @@ pub async fn issue_key(
     member_id: &str,
     name: &str,
     expires_in: Option<chrono::Duration>,
+    allowed: Option<Vec<String>>,
 ) -> Result<Issued, CommandError> {
     if name.is_empty() || name.chars().count() > 100 {
         return Err(invalid("name", "name must be 1 to 100 characters"));
     }
+    let allowed = allowed_sources(allowed)?;
     let api_key = generate_key();
     let key_id = uuid::Uuid::new_v4().to_string();
     let expires_at = expires_in.map(|d| ctx.clock.now() + d);
@@ -533,6 +580,9 @@ pub async fn issue_key(
     });
     if let Some(at) = expires_at {
         data["expires_at"] = json!(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
+    if let Some(prefixes) = &allowed {
+        data["allowed_sources"] = json!(prefixes);
     }
     let event = event(ctx, origin, None, API_KEY_ISSUED, data)?;
     let ((), recorded) = execute(ctx, |d| {
@@ -553,6 +603,7 @@ pub async fn issue_key(
         name: name.to_owned(),
         api_key,
         expires_at,
+        allowed_sources: allowed,
         recorded,
     })
 }

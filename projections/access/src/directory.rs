@@ -42,6 +42,8 @@ pub struct Key {
     pub hash: Vec<u8>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked: bool,
+    /// The source prefixes it may publish under; `None`: any.
+    pub allowed_sources: Option<Vec<String>>,
 }
 
 /// Who may do what, as of the last identity event folded.
@@ -139,6 +141,7 @@ impl Directory {
             role: m.role,
             projects: m.projects.clone(),
             key_id,
+            allowed_sources: k.allowed_sources.clone(),
         })
     }
 
@@ -156,6 +159,7 @@ impl Directory {
                 hash,
                 expires_at: key.expires_at,
                 revoked: false,
+                allowed_sources: key.allowed_sources,
             },
         );
     }
@@ -292,6 +296,7 @@ mod tests {
                 lookup: secret.lookup(&key),
                 hash: hex(&secret.hash(&key)),
                 expires_at: None,
+                allowed_sources: None,
             },
             key_hash: secret.hash(&key).to_vec(),
         });
@@ -314,6 +319,7 @@ mod tests {
                 lookup: secret.lookup(&sam),
                 hash: String::new(),
                 expires_at: None,
+                allowed_sources: None,
             },
             vec![7; 32],
         );

@@ -19,6 +19,9 @@ pub struct NewKey {
     pub lookup: String,
     pub hash: String,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The source prefixes the key may publish under; `None`: any.
+    #[serde(default)]
+    pub allowed_sources: Option<Vec<String>>,
 }
 
 /// One identity change, as decoded from its event.
@@ -86,6 +89,7 @@ struct Data {
     lookup: Option<String>,
     hash: Option<String>,
     key: Option<NewKey>,
+    allowed_sources: Option<Vec<String>>,
 }
 
 fn missing(field: &str) -> Rejection {
@@ -161,6 +165,7 @@ impl Change {
                         lookup: d.lookup.clone().ok_or_else(|| missing("lookup"))?,
                         hash,
                         expires_at: d.expires_at,
+                        allowed_sources: d.allowed_sources.clone(),
                     },
                 }
             }
@@ -196,8 +201,9 @@ async fn insert_key(
     hash: &[u8],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO api_keys (key_id, member_id, name, lookup, hash, created_at, created_by, expires_at, seq)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (key_id) DO NOTHING",
+        "INSERT INTO api_keys (key_id, member_id, name, lookup, hash, created_at, created_by, expires_at,
+                               seq, allowed_sources)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (key_id) DO NOTHING",
     )
     .bind(&key.key_id)
     .bind(member_id)
@@ -208,6 +214,7 @@ async fn insert_key(
     .bind(&item.actor)
     .bind(key.expires_at)
     .bind(item.seq)
+    .bind(&key.allowed_sources)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -31,6 +31,8 @@ pub struct KeyView {
     pub created_by: String,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The CloudEvent source prefixes the key may publish under; `null`: any source.
+    pub allowed_sources: Option<Vec<String>>,
 }
 
 /// An invitation (never its token).
@@ -107,7 +109,7 @@ pub async fn keys(
     page: Page<'_>,
 ) -> Result<Vec<KeyView>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT key_id, member_id, name, created_at, created_by, expires_at, revoked_at
+        "SELECT key_id, member_id, name, created_at, created_by, expires_at, revoked_at, allowed_sources
            FROM access.api_keys WHERE ($1::text IS NULL OR member_id = $1)
             AND ($2::text IS NULL OR (created_at, key_id) <
                  (SELECT created_at, key_id FROM access.api_keys WHERE key_id = $2))

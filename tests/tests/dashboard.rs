@@ -449,6 +449,51 @@ async fn the_dashboard_in_a_real_browser(pool: PgPool) {
         "the role changed: {}",
         text_of(&b, "main").await
     );
+    // Admin creates a key for one producer: it expires, and it is bound to two sources.
+    b.goto(&format!("{}/team", app.url)).await.expect("team");
+    let form = b
+        .find(Locator::Css("form[action='/team/keys']"))
+        .await
+        .expect("the new-key form");
+    for (field, value) in [
+        ("name", "gateway eu"),
+        ("expires_in_days", "30"),
+        ("allowed_sources", " llm-gateway/eu-1, batch/ ,"),
+    ] {
+        form.find(Locator::Css(&format!("input[name={field}]")))
+            .await
+            .expect("field")
+            .send_keys(value)
+            .await
+            .expect("typed");
+    }
+    form.find(Locator::Css("button"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("sent");
+    let shown = text_of(&b, "main").await;
+    assert!(shown.contains("Your new API key"), "{shown}");
+    let (_, last) = app.get("/v1/projections").await;
+    app.wait_for("access", last["stream_last_seq"].as_u64().expect("seq"))
+        .await;
+    let (_, keys) = app.get("/v1/api-keys").await;
+    let made = keys["api_keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "gateway eu")
+        .expect("the new key listed")
+        .clone();
+    assert_eq!(
+        made["allowed_sources"],
+        json!(["llm-gateway/eu-1", "batch/"])
+    );
+    assert_eq!(made["expires_at"], "2026-12-20T12:00:00Z");
+    b.goto(&format!("{}/team", app.url)).await.expect("team");
+    let listed = text_of(&b, "#keys").await;
+    assert!(listed.contains("llm-gateway/eu-1, batch/"), "{listed}");
     sign_out(&b).await;
     // A viewer: the controls it may not use are disabled; forcing one gets the server's 403.
     sign_in(&b, &app.url, &viewer_key).await;

@@ -183,13 +183,14 @@ pub(crate) async fn render(
             div id="keys" data-live {
                 @match or_reason(&keys) {
                     Ok(k) => { table {
-                        thead { tr { th scope="col" { "Name" } th scope="col" { "Key id" } th scope="col" { "Member" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Revoked" } th scope="col" { "" } } }
+                        thead { tr { th scope="col" { "Name" } th scope="col" { "Key id" } th scope="col" { "Member" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Sources" } th scope="col" { "Revoked" } th scope="col" { "" } } }
                         tbody {
                             @for x in k["api_keys"].as_array().into_iter().flatten() {
                                 @let id = text(&x["key_id"]);
                                 tr {
                                     td { (text(&x["name"])) } td { code { (id) } } td { code { (text(&x["member_id"])) } }
-                                    td { (when(&x["created_at"])) } td { (when(&x["expires_at"])) } td { (when(&x["revoked_at"])) }
+                                    td { (when(&x["created_at"])) } td { (when(&x["expires_at"])) }
+                                    td.sources { (sources(&x["allowed_sources"])) } td { (when(&x["revoked_at"])) }
                                     td {
                                         @if x["revoked_at"].is_null() && id != s.session.key_id {
                                             form.inline method="post" action="/team/keys/revoke" {
@@ -210,6 +211,7 @@ pub(crate) async fn render(
                 (csrf(s))
                 label { "New key's name" input name="name" required maxlength="100"; }
                 label { "Expires in (days; empty: never)" input name="expires_in_days" type="number" min="1" max="3650"; }
+                label { "Sources it may publish under (prefixes, comma-separated; empty: any)" input name="allowed_sources" maxlength="4200"; }
                 button type="submit" { "Create key" }
             }
         }
@@ -334,6 +336,16 @@ pub struct NewKey {
     name: String,
     #[serde(default)]
     expires_in_days: String,
+    #[serde(default)]
+    allowed_sources: String,
+}
+
+/// A key's source prefixes as the list shows them; `null` is any source.
+fn sources(v: &Value) -> String {
+    match v.as_array() {
+        Some(prefixes) => prefixes.iter().map(text).collect::<Vec<_>>().join(", "),
+        None => "any".to_owned(),
+    }
 }
 
 /// `POST /team/keys`: `POST /v1/api-keys`; the key is shown once.
@@ -346,6 +358,15 @@ pub async fn new_key(
     let mut body = json!({ "name": f.name.trim() });
     if let Ok(days) = f.expires_in_days.trim().parse::<u32>() {
         body["expires_in_days"] = json!(days);
+    }
+    let prefixes: Vec<&str> = f
+        .allowed_sources
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if !prefixes.is_empty() {
+        body["allowed_sources"] = json!(prefixes);
     }
     let secret = Some(("Your new API key", "api_key"));
     act(

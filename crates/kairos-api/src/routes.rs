@@ -725,10 +725,16 @@ impl Page {
         reader: Option<kairos_bus::EventReader>,
         tx: tokio::sync::mpsc::Sender<Chunk>,
     ) {
-        let mut head = b"{\"events\":[".to_vec();
+        if tx
+            .send(Ok(Bytes::from_static(b"{\"events\":[")))
+            .await
+            .is_err()
+        {
+            return;
+        }
         let next_after = match reader {
             None => None,
-            Some(reader) => match self.items(reader, &tx, &mut head).await {
+            Some(reader) => match self.items(reader, &tx).await {
                 Ok(Sent::Page { next_after }) => next_after,
                 Ok(Sent::ClientGone) => return,
                 Err(e) => {
@@ -738,24 +744,17 @@ impl Page {
                 }
             },
         };
-        if head == b"," {
-            head.clear();
-        }
         let tail = serde_json::json!({"next_after": next_after, "stream_last_seq": self.last});
-        let mut end = head;
-        end.extend_from_slice(b"],");
-        // `{"next_after":…,"stream_last_seq":…}` without its opening brace.
-        end.extend_from_slice(&tail.to_string().as_bytes()[1..]);
+        // `],` and then `{"next_after":…,"stream_last_seq":…}` without its opening brace.
+        let end = format!("],{}", &tail.to_string()[1..]);
         let _ = tx.send(Ok(end.into())).await;
     }
 
-    /// Sends the matching items, each with what precedes it (`pending`: the page's opening, or
-    /// a comma once an item is sent).
+    /// Sends the matching items, each after the comma that parts it from the one before.
     async fn items(
         &self,
         mut reader: kairos_bus::EventReader,
         tx: &tokio::sync::mpsc::Sender<Chunk>,
-        pending: &mut Vec<u8>,
     ) -> Result<Sent, kairos_bus::BusError> {
         let mut scanned = 0;
         let mut sent = 0;
@@ -788,12 +787,11 @@ impl Page {
                     event,
                     raw,
                 };
-                let mut chunk = std::mem::take(pending);
+                let mut chunk = if sent > 0 { vec![b','] } else { Vec::new() };
                 serde_json::to_writer(&mut chunk, &item).expect("an item serialises");
                 if tx.send(Ok(chunk.into())).await.is_err() {
                     return Ok(Sent::ClientGone);
                 }
-                pending.push(b',');
                 sent += 1;
             }
             if m.seq.0 >= self.last {

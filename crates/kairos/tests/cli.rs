@@ -38,6 +38,15 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Asserts that the command failed and said `why` on stderr.
+fn assert_refused(o: &Output, why: &str) {
+    assert!(
+        !o.status.success() && stderr(o).contains(why),
+        "{}",
+        stderr(o)
+    );
+}
+
 #[test]
 fn bad_configuration_stops_start_up_naming_the_key() {
     let dir = std::env::temp_dir().join(format!("kairos-cli-{}", std::process::id()));
@@ -450,11 +459,7 @@ fn admin_manages_members_and_keys_with_the_apis_checks() {
         &env,
         None,
     );
-    assert!(
-        !bad.status.success() && stderr(&bad).contains("role"),
-        "{}",
-        stderr(&bad)
-    );
+    assert_refused(&bad, "role");
     let narrowed_admin = kairos(
         &[
             "admin",
@@ -489,11 +494,7 @@ fn admin_manages_members_and_keys_with_the_apis_checks() {
     ));
     let ops_id = ops["member_id"].as_str().unwrap();
     let last = kairos(&["admin", "set-role", ops_id, "viewer"], &env, None);
-    assert!(
-        !last.status.success() && stderr(&last).contains("last admin"),
-        "{}",
-        stderr(&last)
-    );
+    assert_refused(&last, "last admin");
     let members = json(&kairos(&["admin", "members"], &env, None));
     let emails: Vec<&str> = members["members"]
         .as_array()
@@ -535,19 +536,11 @@ fn admin_manages_members_and_keys_with_the_apis_checks() {
         &env,
         None,
     );
-    assert!(
-        !bad.status.success() && stderr(&bad).contains("allowed_sources"),
-        "{}",
-        stderr(&bad)
-    );
+    assert_refused(&bad, "allowed_sources");
     let key_id = key["key_id"].as_str().unwrap();
     json(&kairos(&["admin", "revoke-key", key_id], &env, None));
     let again = kairos(&["admin", "revoke-key", key_id], &env, None);
-    assert!(
-        !again.status.success() && stderr(&again).contains("already revoked"),
-        "{}",
-        stderr(&again)
-    );
+    assert_refused(&again, "already revoked");
     let keys = json(&kairos(&["admin", "keys"], &env, None));
     assert_eq!(keys["api_keys"].as_array().unwrap().len(), 3);
     assert!(
